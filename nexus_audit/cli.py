@@ -1,0 +1,153 @@
+"""The ``nexus-audit`` command: parse, load config, wire objects, run.
+
+No business logic lives here. Errors become one line on standard error and an exit code:
+2 for a usage or configuration mistake, 1 for a runtime failure, 130 for Ctrl-C.
+Tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from nexus_audit import __version__
+from nexus_audit.config import Settings, load_settings
+from nexus_audit.errors import NexusAuditError, UsageError
+from nexus_audit.logs import configure_logging, redactor
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in our one-line style (still exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"nexus-audit: error: {message} (see {self.prog} --help)\n")
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.simulator.cli import run
+
+    return run(args)
+
+
+def _cmd_crawl(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.crawl import crawl_command
+
+    return crawl_command(args, settings)
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.report import report_command
+
+    return report_command(args, settings)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.serve import serve_command
+
+    return serve_command(args, settings)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.demo import demo_command
+
+    return demo_command(args, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (the contract in DESIGN.md)."""
+    from nexus_audit.simulator.cli import add_arguments as add_simulator_arguments
+
+    parser = _Parser(
+        prog="nexus-audit",
+        description="Inventory exporter and audit service for CloudNexus (REST API v2).",
+        epilog="Configuration comes from the environment (NEXUS_API_KEY or NEXUS_API_KEY_FILE, "
+        "NEXUS_API_URL, NEXUS_AUDIT_DB, NEXUS_RATE_BUDGET) and the TOML file named by "
+        "NEXUS_AUDIT_CONFIG; the environment wins. Keys are never taken on the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"nexus-audit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    crawl = sub.add_parser("crawl", help="crawl every configured account once, now")
+    crawl.add_argument("--account", metavar="NAME", help="crawl only this account")
+    crawl.add_argument("--kinds", default="instances,buckets",
+                       help="resource kinds to crawl, comma-separated (default: both)")
+    crawl.set_defaults(handler=_cmd_crawl)
+
+    report = sub.add_parser("report", help="audit report over a window of history")
+    report.add_argument("--since", default="30d",
+                        help="window start: a duration back from now (30d) or an ISO 8601 time")
+    report.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
+    report.add_argument("--format", default="table", choices=["table", "json", "markdown", "csv"],
+                        help="output format (default: table)")
+    report.add_argument("--account", metavar="NAME", help="only this account")
+    report.add_argument("--stale-after", default=None, metavar="DURATION",
+                        help="how long an instance must sit not running to be stale (default 7d)")
+    report.set_defaults(handler=_cmd_report)
+
+    serve = sub.add_parser("serve", help="scheduled crawls plus /metrics, /report, /healthz")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="listen address (default 127.0.0.1:9747, or NEXUS_AUDIT_LISTEN)")
+    serve.add_argument("--interval", metavar="DURATION",
+                       help="instance crawl interval (default 1h)")
+    serve.add_argument("--bucket-interval", metavar="DURATION",
+                       help="bucket poll interval (default 1m)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    simulate = sub.add_parser("simulate", help="run the CloudNexus v2 simulator")
+    add_simulator_arguments(simulate)
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    demo = sub.add_parser("demo", help="the whole service against the simulator, with churn")
+    demo.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:9747",
+                      help="where the service listens (default 127.0.0.1:9747)")
+    demo.add_argument("--interval", metavar="DURATION", default="30s",
+                      help="crawl interval (default 30s)")
+    demo.add_argument("--db", metavar="PATH", default=None,
+                      help="database file (default: NEXUS_AUDIT_DB or ./nexus-audit-demo.duckdb)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _fail(message: str, code: int, hint: str = "") -> int:
+    text = redactor.scrub(message)
+    sys.stderr.write(f"nexus-audit: error: {text}\n")
+    if hint:
+        sys.stderr.write(f"nexus-audit: hint: {hint}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nexus-audit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(secrets=settings.secrets())
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE, exc.hint)
+    except NexusAuditError as exc:
+        return _fail(str(exc), EXIT_FAILURE, exc.hint)
+    except KeyboardInterrupt:
+        sys.stderr.write("nexus-audit: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def run() -> NoReturn:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

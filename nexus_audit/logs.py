@@ -1,0 +1,102 @@
+"""Structured logging: JSON lines off a terminal, readable lines on one, secrets redacted.
+
+Every process calls :func:`configure_logging` once with the secrets in force; the
+redactor replaces any of them wherever it appears in an event (values, nested text,
+exception text) before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Final, TextIO
+
+import structlog
+
+REDACTED: Final = "[REDACTED]"
+
+
+class SecretRedactor:
+    """A structlog processor that scrubs known secret values out of every event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        """Replace the set of secrets (longest first, so a key containing another wins)."""
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._walk(v) for v in value)
+        if isinstance(value, BaseException):
+            return self.scrub(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Scrub the event in place (structlog processor protocol)."""
+        for key in list(event):
+            event[key] = self._walk(event[key])
+        return event
+
+
+#: The process-wide redactor; :func:`configure_logging` feeds it the secrets in force.
+redactor: Final = SecretRedactor()
+
+
+def configure_logging(
+    *,
+    secrets: Iterable[str] = (),
+    json: bool | None = None,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+) -> None:
+    """Set up structlog for this process.
+
+    ``json=None`` picks JSON lines unless ``stream`` is a terminal. Log lines go to
+    standard error so a command's output (a report, the simulator's URL) stays clean.
+    """
+    out = stream or sys.stderr
+    redactor.update(secrets)
+    if json is None:
+        json = not out.isatty()
+    # format_exc_info renders exceptions into text *before* the redactor runs, so an
+    # exception message that quotes a secret is scrubbed too.
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger bound with ``logger=name``."""
+    return structlog.get_logger().bind(logger=name)

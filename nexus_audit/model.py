@@ -1,0 +1,176 @@
+"""The records a crawl produces and the crawl's summary: plain values shared by every layer.
+
+``Instance`` and ``Bucket`` are named tuples on purpose: their field order is the column
+order of the store's staging tables, so a batch goes to DuckDB's Appender as it is,
+without a conversion per row (the store ingests millions of observations).
+
+``instance_from_api`` and ``bucket_from_api`` validate one API item and keep the fields we
+do not know in ``extra``: CloudNexus may add fields, and history must not lose them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, NamedTuple
+
+Kind = Literal["instances", "buckets"]
+KINDS: Final[tuple[Kind, ...]] = ("instances", "buckets")
+INSTANCE_STATUSES: Final = ("running", "stopped", "pending")
+
+
+class InvalidRecordError(ValueError):
+    """An API item that cannot be recorded faithfully (no id, a field of the wrong type)."""
+
+
+class Instance(NamedTuple):
+    """One compute instance as one crawl saw it."""
+
+    id: str
+    name: str
+    status: str
+    region: str
+    cpu: int
+    memory_gb: float
+    plan: str | None
+    tags: str  # canonical JSON object (sorted keys), "{}" when none
+    created_at: str | None
+    extra: str  # canonical JSON object of fields this version does not model
+
+
+class Bucket(NamedTuple):
+    """One storage bucket as one crawl saw it."""
+
+    id: str
+    region: str
+    size_bytes: int
+    access: str
+    created_at: str | None
+    tags: str  # canonical JSON object (sorted keys), "{}" when none
+    extra: str  # canonical JSON object of fields this version does not model
+
+
+def is_exposed(access: str) -> bool:
+    """Whether a bucket's access value exposes it: anything but ``private`` (fail closed)."""
+    return access.strip().lower() != "private"
+
+
+def canonical_json(value: Mapping[str, Any]) -> str:
+    """JSON with sorted keys and no spaces, so equal mappings give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_INSTANCE_FIELDS: Final = frozenset(Instance._fields)
+_BUCKET_FIELDS: Final = frozenset(Bucket._fields)
+
+
+def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRecordError(
+            f"{ident}: field {key!r} must be a non-empty string, got {value!r}"
+        )
+    return value
+
+
+def _opt_str(item: Mapping[str, Any], key: str, ident: str) -> str | None:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRecordError(f"{ident}: field {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool) -> int | float:
+    value = item.get(key)
+    # bool is an int in Python but never a count in JSON.
+    ok = isinstance(value, int) if integral else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or value < 0:
+        kind = "a non-negative integer" if integral else "a non-negative number"
+        raise InvalidRecordError(f"{ident}: field {key!r} must be {kind}, got {value!r}")
+    return value
+
+
+def _tags(item: Mapping[str, Any], ident: str) -> str:
+    tags = item.get("tags")
+    if tags is None:
+        return "{}"
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise InvalidRecordError(f"{ident}: field 'tags' must map strings to strings")
+    return canonical_json(tags)
+
+
+def _ident(item: object, kind: str) -> tuple[Mapping[str, Any], str]:
+    if not isinstance(item, dict):
+        raise InvalidRecordError(f"{kind} item is not a JSON object: {item!r:.80}")
+    ident = item.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise InvalidRecordError(f"{kind} item without a valid 'id': {canonical_json(item):.120}")
+    return item, ident
+
+
+def instance_from_api(item: object) -> Instance:
+    """Validate one ``GET /instances`` item; raise :class:`InvalidRecordError` if unusable."""
+    data, ident = _ident(item, "instance")
+    extra = {k: v for k, v in data.items() if k not in _INSTANCE_FIELDS}
+    return Instance(
+        id=ident,
+        name=_req_str(data, "name", ident),
+        status=_req_str(data, "status", ident),
+        region=_req_str(data, "region", ident),
+        cpu=int(_number(data, "cpu", ident, integral=True)),
+        memory_gb=float(_number(data, "memory_gb", ident, integral=False)),
+        plan=_opt_str(data, "plan", ident),
+        tags=_tags(data, ident),
+        created_at=_opt_str(data, "created_at", ident),
+        extra=canonical_json(extra),
+    )
+
+
+def bucket_from_api(item: object) -> Bucket:
+    """Validate one ``GET /buckets`` item; raise :class:`InvalidRecordError` if unusable."""
+    data, ident = _ident(item, "bucket")
+    extra = {k: v for k, v in data.items() if k not in _BUCKET_FIELDS}
+    return Bucket(
+        id=ident,
+        region=_req_str(data, "region", ident),
+        size_bytes=int(_number(data, "size_bytes", ident, integral=True)),
+        access=_req_str(data, "access", ident),
+        created_at=_opt_str(data, "created_at", ident),
+        tags=_tags(data, ident),
+        extra=canonical_json(extra),
+    )
+
+
+CrawlStatus = Literal["succeeded", "failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlSummary:
+    """What one crawl of one account did; stored with the crawl, succeeded or failed."""
+
+    account: str
+    kinds: tuple[Kind, ...]
+    started_at: datetime
+    finished_at: datetime
+    status: CrawlStatus
+    instances: int = 0
+    buckets: int = 0
+    requests: int = 0
+    retries: int = 0
+    #: Human-readable note when collected counts differ from ``pagination.total``.
+    total_mismatch: str | None = None
+    #: One line for a failed crawl: what failed, with the API's code and request_id.
+    error: str | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    #: Requests per endpoint and HTTP status (``{"GET /instances": {"200": 12}}``).
+    requests_by_endpoint: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock length of the crawl."""
+        return (self.finished_at - self.started_at).total_seconds()
