@@ -1,0 +1,52 @@
+"""API keys: several valid keys, each known by a non-secret id, revocable at runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+
+
+def key_id(key: str) -> str:
+    """The non-secret id of a key (``key_`` + 8 hex of its SHA-256), safe to log."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class KeyRing:
+    """The set of keys the simulator accepts."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._ids = {k: key_id(k) for k in keys}
+        self._revoked: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> str:
+        """Accept another key (or un-revoke it); return its id."""
+        with self._lock:
+            self._ids[key] = key_id(key)
+            self._revoked.discard(key)
+            return self._ids[key]
+
+    def revoke(self, key: str) -> None:
+        """Reject ``key`` from now on (401). Unknown keys are ignored."""
+        with self._lock:
+            self._revoked.add(key)
+
+    def revoke_id(self, kid: str) -> None:
+        """Revoke the key whose id is ``kid``."""
+        with self._lock:
+            self._revoked.update(k for k, i in self._ids.items() if i == kid)
+
+    def authenticate(self, header: str | None, *, allow_revoked: bool = False) -> str | None:
+        """The key id for an ``Authorization`` header value, or None if not accepted."""
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        with self._lock:
+            kid = self._ids.get(token)
+            if kid is None or (token in self._revoked and not allow_revoked):
+                return None
+            return kid
