@@ -1,0 +1,139 @@
+"""Configuration from the environment and a TOML file; the environment wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nexus_audit.config import (
+    DEFAULT_RATE_BUDGET,
+    PRODUCTION_API_URL,
+    Secret,
+    load_settings,
+    validate_listen,
+)
+from nexus_audit.errors import ConfigError, UsageError
+
+KEY = "nx_live_sk_configtest0001"
+
+
+def test_environment_alone_makes_one_default_account() -> None:
+    """NEXUS_API_KEY alone gives the 'default' account on the production URL."""
+    settings = load_settings({"NEXUS_API_KEY": KEY})
+    (account,) = settings.accounts
+    assert account.name == "default"
+    assert account.api_url == PRODUCTION_API_URL
+    assert account.api_key.reveal() == KEY
+    assert account.rate_budget == DEFAULT_RATE_BUDGET
+
+
+def test_no_key_means_no_accounts() -> None:
+    """Without a key there is no account; report still works on the database alone."""
+    assert load_settings({}).accounts == ()
+
+
+def test_secret_never_shows_itself() -> None:
+    """Neither repr nor str of a key, nor of settings holding it, reveal the key."""
+    settings = load_settings({"NEXUS_API_KEY": KEY})
+    assert KEY not in repr(settings)
+    assert KEY not in str(Secret(KEY))
+
+
+def test_key_file_is_read_and_errors_never_quote_it(tmp_path: Path) -> None:
+    """NEXUS_API_KEY_FILE is read; unreadable or empty files give a clear ConfigError."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    assert load_settings({"NEXUS_API_KEY_FILE": str(key_file)}).accounts[0].api_key.reveal() == KEY
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({"NEXUS_API_KEY_FILE": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_settings({"NEXUS_API_KEY_FILE": str(tmp_path / "empty")})
+    (tmp_path / "two").write_text(f"{KEY} other\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NEXUS_API_KEY_FILE": str(tmp_path / "two")})
+    assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"NEXUS_RATE_BUDGET": "lots"}, "NEXUS_RATE_BUDGET"),
+     ({"NEXUS_RATE_BUDGET": "0"}, "NEXUS_RATE_BUDGET"),
+     ({"NEXUS_API_URL": "ftp://x"}, "NEXUS_API_URL"),
+     ({"NEXUS_API_KEY": KEY, "NEXUS_API_KEY_FILE": "/x"}, "not both"),
+     ({"NEXUS_AUDIT_INTERVAL": "often"}, "interval"),
+     ({"NEXUS_AUDIT_LISTEN": "nowhere"}, "listen")],
+)
+def test_bad_environment_names_the_setting(env: dict[str, str], message: str) -> None:
+    """Each bad value is a usage error that names what to fix."""
+    with pytest.raises(UsageError, match=message):
+        load_settings(env)
+
+
+def test_toml_accounts_and_environment_precedence(tmp_path: Path) -> None:
+    """The file configures accounts; NEXUS_RATE_BUDGET and NEXUS_API_URL override it."""
+    (tmp_path / "prod.key").write_text("nx_live_sk_prod")
+    config = tmp_path / "nexus.toml"
+    config.write_text(
+        'db = "hist.duckdb"\ninterval = "30m"\n\n'
+        '[[accounts]]\nname = "prod"\napi_key_file = "prod.key"\nrate_budget = 100\n\n'
+        '[[accounts]]\nname = "dev"\napi_key_env = "DEV_KEY"\n'
+        'api_url = "http://127.0.0.1:1/v2"\n'
+    )
+    settings = load_settings({"NEXUS_AUDIT_CONFIG": str(config), "DEV_KEY": "nx_dev_key"})
+    prod, dev = settings.accounts
+    assert (prod.name, prod.rate_budget, prod.api_key.reveal()) == ("prod", 100, "nx_live_sk_prod")
+    assert dev.api_url == "http://127.0.0.1:1/v2"
+    assert settings.db_path == tmp_path / "hist.duckdb"
+    assert settings.interval.total_seconds() == 1800
+    overridden = load_settings({"NEXUS_AUDIT_CONFIG": str(config), "DEV_KEY": "nx_dev_key",
+                                "NEXUS_RATE_BUDGET": "50", "NEXUS_API_URL": "http://h/v2"})
+    assert {a.rate_budget for a in overridden.accounts} == {50}
+    assert {a.api_url for a in overridden.accounts} == {"http://h/v2"}
+    assert settings.account("dev") == (dev,)
+    with pytest.raises(UsageError, match="unknown account 'qa'"):
+        settings.account("qa")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("db = [", "invalid TOML"),
+     ("colour = 'blue'", "unknown setting"),
+     ("[[accounts]]\nname = 'a'\n", "no key"),
+     ("[[accounts]]\nname = 'a'\napi_key_env = 'NOPE'\n", "NOPE is not set"),
+     ("accounts = 3", "array of tables"),
+     ("[serve]\ntls_cert_file = 'c.pem'\n", "go together"),
+     ("[serve]\nper_bucket_metrics = 'maybe'\n", "true or false"),
+     ("request_timeout = -1", "request_timeout")],
+)
+def test_broken_config_file_gives_a_precise_error(tmp_path: Path, text: str, message: str) -> None:
+    """A config file with a mistake names the mistake."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"NEXUS_AUDIT_CONFIG": str(config)})
+
+
+def test_several_accounts_refuse_a_global_key(tmp_path: Path) -> None:
+    """NEXUS_API_KEY is ambiguous with several accounts configured."""
+    config = tmp_path / "c.toml"
+    config.write_text('[[accounts]]\nname = "a"\napi_key_env = "K"\n'
+                      '[[accounts]]\nname = "b"\napi_key_env = "K"\n')
+    with pytest.raises(ConfigError, match="one account"):
+        load_settings({"NEXUS_AUDIT_CONFIG": str(config), "K": "x" * 8, "NEXUS_API_KEY": KEY})
+
+
+@pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:9747", ("127.0.0.1", 9747)),
+                                                 ("[::1]:80", ("::1", 80)),
+                                                 ("0.0.0.0:0", ("0.0.0.0", 0))])
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    """HOST:PORT parses, IPv6 in brackets included."""
+    assert validate_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9747", "host:", ":80", "h:99999", "h:port"])
+def test_bad_listen_addresses(text: str) -> None:
+    """Malformed listen addresses are usage errors."""
+    with pytest.raises(UsageError):
+        validate_listen(text)

@@ -1,0 +1,32 @@
+"""Structured logs: JSON lines off a terminal, and secrets never rendered."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from nexus_audit.logs import REDACTED, configure_logging, get_logger
+
+KEY = "nx_live_sk_logtest_1234567890"
+
+
+def test_json_lines_with_secret_redacted_everywhere() -> None:
+    """A key in a value, a nested value or an exception's text is replaced before output."""
+    out = io.StringIO()
+    configure_logging(secrets=[KEY], json=True, stream=out)
+    log = get_logger("test")
+    log.info("crawl.finished", url=f"http://x/?k={KEY}", nested={"h": [f"Bearer {KEY}"]})
+    try:
+        raise RuntimeError(f"boom with {KEY}")
+    except RuntimeError:
+        log.exception("crawl.crashed")
+    structlog.reset_defaults()
+    text = out.getvalue()
+    assert KEY not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["event"] == "crawl.finished"
+    assert lines[0]["logger"] == "test"
+    assert REDACTED in lines[0]["url"]
+    assert REDACTED in lines[1]["exception"]
