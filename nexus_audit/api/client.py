@@ -1,0 +1,336 @@
+"""The CloudNexus v2 HTTP client: one request, within budget, retried as the policy says.
+
+Every request takes a slot from the key's :class:`RateBudget` first (a retry takes a new
+one), reports the server's ``X-RateLimit-*`` headers back to it, and ends in a dict or in
+one of our :class:`~nexus_audit.errors.ApiError` children carrying status, code, message,
+request id and endpoint. The key goes only into the ``Authorization`` header: endpoints in
+stats, logs and errors are ``GET /instances``, never URLs with query strings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from nexus_audit.api.budget import RateBudget
+from nexus_audit.api.retry import (
+    DEFAULT_RETRY_POLICY,
+    RetryPolicy,
+    classify,
+    parse_int_header,
+    parse_retry_after,
+)
+from nexus_audit.config import AccountConfig
+from nexus_audit.errors import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    ForbiddenError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+from nexus_audit.logs import get_logger
+from nexus_audit.timeutil import Clock
+
+log = get_logger(__name__)
+
+USER_AGENT: Final = "nexus-audit"
+_MESSAGE_LIMIT: Final = 300
+
+
+@dataclass(slots=True)
+class ApiStats:
+    """Plain counters of API traffic, read by the metrics collector and crawl summaries."""
+
+    #: Requests by (endpoint, HTTP status as text or ``error`` for transport failures).
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Retries by (endpoint, reason): ``429``, ``500``..., ``timeout``, ``connection``,
+    #: ``invalid_json``, ``protocol``.
+    retries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Records that failed validation, by kind (``instances``, ``buckets``).
+    invalid_records: Counter[str] = field(default_factory=Counter)
+    rate_limit_remaining: int | None = None
+    rate_limit_limit: int | None = None
+
+    @property
+    def total_requests(self) -> int:
+        """Requests sent, whatever their outcome."""
+        return sum(self.requests.values())
+
+    @property
+    def total_retries(self) -> int:
+        """Retries of any reason."""
+        return sum(self.retries.values())
+
+    def by_endpoint(self) -> dict[str, dict[str, int]]:
+        """Requests as ``{"GET /instances": {"200": 12}}`` (the crawl summary's form)."""
+        out: dict[str, dict[str, int]] = {}
+        for (endpoint, code), count in sorted(self.requests.items()):
+            out.setdefault(endpoint, {})[code] = count
+        return out
+
+
+def _error_class(status: int) -> type[ApiError]:
+    if status == 401:
+        return AuthError
+    if status == 403:
+        return ForbiddenError
+    if status == 404:
+        return NotFoundError
+    if status == 429:
+        return RateLimitedError
+    if status >= 500:
+        return ServerError
+    return BadRequestError
+
+
+_LEADS: Final[Mapping[int, str]] = {
+    400: "CloudNexus rejected the request",
+    401: "CloudNexus rejected the API key: it is invalid or expired",
+    403: "CloudNexus refused access: the key lacks a permission or this IP is not on the "
+         "account's allow-list",
+    404: "CloudNexus found no such resource or endpoint (check NEXUS_API_URL)",
+    429: "CloudNexus kept answering 429 Too Many Requests past the retry allowance",
+}
+
+
+class CloudNexusClient:
+    """CloudNexus v2 over one aiohttp session, within one key's :class:`RateBudget`."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        session: aiohttp.ClientSession,
+        budget: RateBudget,
+        *,
+        stats: ApiStats,
+        timeout: float = 30.0,
+        clock: Clock,
+        rng: random.Random | None = None,
+        policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    ) -> None:
+        self.account = account
+        self.session = session
+        self.budget = budget
+        self.stats = stats
+        self.timeout = timeout
+        self.clock = clock
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self._base = account.api_url.rstrip("/")
+        self._secret = account.api_key.reveal()
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._all_stats: tuple[ApiStats, ...] = (stats,)
+
+    def __repr__(self) -> str:
+        return f"CloudNexusClient(account={self.account.name!r}, url={self._base!r})"
+
+    def with_stats(self, extra: ApiStats) -> CloudNexusClient:
+        """The same client (session, budget, randomness) also counting into ``extra``.
+
+        A crawl counts its own requests this way while the shared counters keep growing.
+        """
+        clone = CloudNexusClient(
+            self.account, self.session, self.budget, stats=self.stats, timeout=self.timeout,
+            clock=self.clock, rng=self._rng, policy=self.policy,
+        )
+        clone._all_stats = (*self._all_stats, extra)
+        return clone
+
+    # -- public calls ------------------------------------------------------------------
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``GET`` ``path`` (like ``/instances``) and return the JSON object it answers."""
+        return await self._request("GET", path, f"GET {path}", params=params)
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        metadata: Mapping[str, Any],
+        content_type: str = "application/octet-stream",
+    ) -> dict[str, Any]:
+        """``PUT /objects/{bucket}/{key}``: upload ``body``; returns etag and content hash."""
+        path = f"/objects/{quote(bucket, safe='')}/{quote(key, safe='')}"
+        headers = {
+            "Content-Type": content_type,
+            "X-Object-Metadata": json.dumps(dict(metadata), separators=(",", ":")),
+        }
+        return await self._request("PUT", path, "PUT /objects", data=body, headers=headers)
+
+    # -- the retry loop ------------------------------------------------------------------
+
+    def _count(self, endpoint: str, code: str) -> None:
+        for stats in self._all_stats:
+            stats.requests[(endpoint, code)] += 1
+
+    def _count_retry(self, endpoint: str, reason: str) -> None:
+        for stats in self._all_stats:
+            stats.retries[(endpoint, reason)] += 1
+
+    def count_retry(self, endpoint: str, reason: str) -> None:
+        """Count a retry decided above this layer (a page re-read after a bad shape)."""
+        self._count_retry(endpoint, reason)
+
+    def count_invalid(self, kind: str) -> None:
+        """Count one record that failed validation."""
+        for stats in self._all_stats:
+            stats.invalid_records[kind] += 1
+
+    def _observe(self, headers: CIMultiDictProxy[str]) -> tuple[int | None, float | None]:
+        limit = parse_int_header(headers.get("X-RateLimit-Limit"))
+        remaining = parse_int_header(headers.get("X-RateLimit-Remaining"))
+        reset = parse_int_header(headers.get("X-RateLimit-Reset"))
+        for stats in self._all_stats:
+            if remaining is not None:
+                stats.rate_limit_remaining = remaining
+            if limit is not None:
+                stats.rate_limit_limit = limit
+        self.budget.observe_headers(limit, remaining, None if reset is None else float(reset))
+        return remaining, None if reset is None else float(reset)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        url = self._base + path
+        send_headers = {
+            "Authorization": f"Bearer {self._secret}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            **(headers or {}),
+        }
+        retries = 0
+        limited = 0
+        limited_wait = 0.0
+        while True:
+            await self.budget.acquire()
+            failure: ApiError
+            reason: str
+            try:
+                async with self.session.request(
+                    method, url, params=params, data=data, headers=send_headers,
+                    timeout=self._timeout, allow_redirects=False,
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    reply_headers = response.headers
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                self.budget.done()
+                self._count(endpoint, "error")
+                timed_out = isinstance(exc, TimeoutError)
+                reason = "timeout" if timed_out else "connection"
+                what = (f"no answer within {self.timeout:g}s" if timed_out
+                        else f"connection failed ({type(exc).__name__})")
+                failure = TransportError(f"CloudNexus unreachable: {what}", endpoint=endpoint)
+            except BaseException:
+                self.budget.done()
+                raise
+            else:
+                self.budget.done()
+                self._count(endpoint, str(status))
+                _, reset = self._observe(reply_headers)
+                verdict = classify(status)
+                if verdict == "ok":
+                    try:
+                        payload = json.loads(body)
+                    except ValueError:
+                        reason = "invalid_json"
+                        failure = TransportError(
+                            f"CloudNexus sent an unreadable {status} body "
+                            f"({len(body)} bytes, not JSON)", status=status, endpoint=endpoint,
+                            request_id=reply_headers.get("X-Request-Id"),
+                        )
+                    else:
+                        if not isinstance(payload, dict):
+                            raise ProtocolError(
+                                f"CloudNexus sent a JSON {type(payload).__name__}, "
+                                "expected an object", status=status, endpoint=endpoint,
+                                request_id=reply_headers.get("X-Request-Id"),
+                            )
+                        return payload
+                else:
+                    failure = self._error(status, body, reply_headers, endpoint)
+                    if verdict == "fatal":
+                        self._log_error(failure)
+                        raise failure
+                    if verdict == "rate_limited":
+                        now = self.clock.now()
+                        wait = self.policy.rate_limit_wait(
+                            retry_after=parse_retry_after(reply_headers.get("Retry-After"), now),
+                            reset_epoch=reset, now_epoch=now.timestamp(), rng=self._rng,
+                        )
+                        limited += 1
+                        limited_wait += wait
+                        if (limited > self.policy.max_rate_limited
+                                or limited_wait > self.policy.max_rate_limit_wait):
+                            self._log_error(failure)
+                            raise failure
+                        self._count_retry(endpoint, "429")
+                        log.info("api.rate_limited", endpoint=endpoint, wait=round(wait, 3),
+                                 request_id=failure.request_id)
+                        # Every request on this key waits, not only this one.
+                        self.budget.hold_for(wait)
+                        continue
+                    reason = str(status)
+            retries += 1
+            if retries > self.policy.max_retries:
+                self._log_error(failure, retries=retries - 1)
+                raise failure
+            self._count_retry(endpoint, reason)
+            delay = self.policy.backoff(retries, self._rng)
+            log.info("api.retry", endpoint=endpoint, reason=reason, retry=retries,
+                     delay=round(delay, 3), status=failure.status, request_id=failure.request_id)
+            await self.clock.sleep(delay)
+
+    def _error(
+        self, status: int, body: bytes, headers: CIMultiDictProxy[str], endpoint: str
+    ) -> ApiError:
+        code: str | None = None
+        message: str | None = None
+        request_id: str | None = headers.get("X-Request-Id")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            message = error.get("message") if isinstance(error.get("message"), str) else None
+            if isinstance(error.get("request_id"), str):
+                request_id = error["request_id"]
+        if message is None:
+            text = body.decode("utf-8", "replace").strip()
+            message = text if text else None
+        if message is not None:
+            message = " ".join(message.split())[:_MESSAGE_LIMIT]
+            if self._secret and self._secret in message:
+                message = message.replace(self._secret, "[REDACTED]")
+        lead = _LEADS.get(status, f"CloudNexus answered HTTP {status}")
+        text = f"{lead}: {message}" if message else lead
+        return _error_class(status)(text, status=status, code=code, request_id=request_id,
+                                    endpoint=endpoint)
+
+    def _log_error(self, error: ApiError, *, retries: int = 0) -> None:
+        log.warning("api.error", account=self.account.name, endpoint=error.endpoint,
+                    status=error.status, code=error.code, request_id=error.request_id,
+                    retries=retries, error=error.message)
+

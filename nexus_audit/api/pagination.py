@@ -1,0 +1,161 @@
+"""Cursor pagination: walk one chain of pages to its end, or fail loudly.
+
+Always ``limit=100`` (the API's maximum, so the fewest requests). The cursor goes back as
+the ``cursor`` query parameter; the walk ends when ``next_cursor`` is null or absent. A
+cursor that comes back a second time is an error, never a loop.
+
+A 2xx page of the wrong shape (no ``pagination`` where one is required, a list key that is
+not a list, a malformed ``pagination``) is re-read once with the same cursor: it costs
+one request and turns a glitch of one response into a complete walk. A second bad page
+raises :class:`~nexus_audit.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from nexus_audit.errors import CrawlError, ProtocolError
+
+PAGE_LIMIT: Final = 100
+
+
+class RepeatedCursorError(CrawlError):
+    """The API handed out a cursor it had already given in this walk."""
+
+    code = "REPEATED_CURSOR"
+
+
+class JsonGetter(Protocol):
+    """What a walk needs from the client."""
+
+    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET a JSON object."""
+        ...
+
+    def count_retry(self, endpoint: str, reason: str) -> None:
+        """Count a retry."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page: its raw items, the next cursor (None at the end), the reported total."""
+
+    items: list[Any]
+    next_cursor: str | None
+    total: int | None
+
+
+def parse_page(payload: Mapping[str, Any], list_key: str, *, paginated: bool) -> Page:
+    """Check one page's shape and take it apart; :class:`ProtocolError` if it is wrong.
+
+    ``paginated`` says the endpoint must carry ``pagination`` (``/instances``); without
+    it (``/buckets``), a page without ``pagination`` is the whole list.
+    """
+    items = payload.get(list_key)
+    if not isinstance(items, list):
+        found = "missing" if items is None else f"a {type(items).__name__}"
+        raise ProtocolError(f"page without a '{list_key}' list ({found})")
+    pagination = payload.get("pagination")
+    if pagination is None:
+        if paginated:
+            raise ProtocolError(f"'{list_key}' page without 'pagination'")
+        return Page(items, None, None)
+    if not isinstance(pagination, dict):
+        raise ProtocolError("'pagination' is not an object")
+    cursor = pagination.get("next_cursor")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise ProtocolError(f"'next_cursor' must be a non-empty string or null, got {cursor!r}")
+    total = pagination.get("total")
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
+        raise ProtocolError(f"'pagination.total' must be a non-negative integer, got {total!r}")
+    return Page(items, cursor, total)
+
+
+class CursorWalk:
+    """One cursor chain over a list endpoint; iterate it for each page's raw items.
+
+    After the walk, ``first_total`` and ``last_total`` hold ``pagination.total`` of the
+    first and the last page (None if the endpoint does not page) and ``pages`` the count.
+    """
+
+    def __init__(
+        self,
+        client: JsonGetter,
+        path: str,
+        list_key: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        paginated: bool = True,
+        limit: int = PAGE_LIMIT,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.list_key = list_key
+        self.params = dict(params or {})
+        self.paginated = paginated
+        self.limit = limit
+        self.first_total: int | None = None
+        self.last_total: int | None = None
+        self.pages = 0
+        self.items = 0
+
+    @property
+    def endpoint(self) -> str:
+        """``GET /instances`` and the like."""
+        return f"GET {self.path}"
+
+    def describe(self) -> str:
+        """The chain for messages: the endpoint and its filters (never a cursor)."""
+        filters = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.endpoint} ({filters})" if filters else self.endpoint
+
+    async def fetch_page(self, cursor: str | None) -> Page:
+        query = {**self.params, "limit": str(self.limit)}
+        if cursor is not None:
+            query["cursor"] = cursor
+        payload = await self.client.get_json(self.path, query)
+        try:
+            return parse_page(payload, self.list_key, paginated=self.paginated)
+        except ProtocolError:
+            self.client.count_retry(self.endpoint, "protocol")
+        payload = await self.client.get_json(self.path, query)
+        try:
+            return parse_page(payload, self.list_key, paginated=self.paginated)
+        except ProtocolError as exc:
+            raise ProtocolError(f"CloudNexus sent a malformed page twice: {exc}",
+                                endpoint=self.endpoint) from None
+
+    async def __aiter__(self) -> AsyncIterator[list[Any]]:
+        seen: set[str] = set()
+        cursor: str | None = None
+        while True:
+            page = await self.fetch_page(cursor)
+            self.pages += 1
+            self.items += len(page.items)
+            if self.pages == 1:
+                self.first_total = page.total
+            self.last_total = page.total
+            yield page.items
+            if page.next_cursor is None:
+                return
+            if page.next_cursor in seen:
+                raise RepeatedCursorError(
+                    f"{self.describe()}: CloudNexus repeated a cursor after {self.pages} pages; "
+                    "stopped instead of looping"
+                )
+            seen.add(page.next_cursor)
+            cursor = page.next_cursor
+
+
+async def fetch_total(client: JsonGetter, path: str, list_key: str,
+                      params: Mapping[str, str] | None = None) -> int:
+    """The ``pagination.total`` of a list, read with one cheap ``limit=1`` request."""
+    walk = CursorWalk(client, path, list_key, params, limit=1)
+    page = await walk.fetch_page(None)
+    if page.total is None:
+        raise ProtocolError(f"'{list_key}' page without 'pagination.total'",
+                            endpoint=walk.endpoint)
+    return page.total

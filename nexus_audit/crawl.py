@@ -1,0 +1,377 @@
+"""One crawl of one account: every instance and bucket, complete or failed, never half.
+
+Instances and buckets are walked concurrently. Records stream to a :class:`CrawlSink` in
+batches as pages arrive; only the set of ids seen stays in memory (an id seen twice is
+kept once). Any API error, invalid record or repeated cursor fails the crawl: a half-seen
+fleet is worse than none, because history would read the missing half as "removed".
+
+**Region fan-out.** One cursor chain is a sequence of round trips, so a slow API caps it
+far below the budget. Given the regions of the previous crawl (more than one), the crawl
+walks one region-filtered chain per region concurrently, plus one unfiltered ``limit=1``
+request for the total, and proves completeness:
+
+1. complete if the per-region totals of the chains' *first* pages add up to the
+   unfiltered total read at the start (read concurrently with those first pages);
+2. otherwise (churn between reads, or a region we do not know) one more unfiltered
+   ``limit=1`` request after the chains: complete if the *last* pages' totals add up to it;
+3. otherwise some instances live outside the known regions: walk the unfiltered chain
+   too. Records already seen are not added twice, so the crawl's records are the union of
+   what both walks saw, each truly observed during this crawl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+from nexus_audit.api.client import ApiStats, CloudNexusClient
+from nexus_audit.api.pagination import CursorWalk, RepeatedCursorError, fetch_total
+from nexus_audit.config import AccountConfig
+from nexus_audit.errors import ApiError, NexusAuditError, StoreError
+from nexus_audit.logs import get_logger
+from nexus_audit.model import (
+    KINDS,
+    Bucket,
+    CrawlSummary,
+    Instance,
+    InvalidRecordError,
+    Kind,
+    bucket_from_api,
+    instance_from_api,
+)
+from nexus_audit.progress import CrawlProgress
+from nexus_audit.timeutil import Clock
+
+log = get_logger(__name__)
+
+#: Records handed to the sink at once: big enough for DuckDB's appender to be efficient,
+#: small enough that memory stays flat however large the fleet.
+BATCH_SIZE: Final = 1000
+_SAMPLE: Final = 5
+
+T = TypeVar("T")
+R = TypeVar("R", Instance, Bucket)
+
+
+class CrawlSink(Protocol):
+    """Where a crawl's records go as they arrive (the store's staged crawl)."""
+
+    def add_instances(self, batch: Sequence[Instance]) -> None:
+        """Stage a batch of instances."""
+        ...
+
+    def add_buckets(self, batch: Sequence[Bucket]) -> None:
+        """Stage a batch of buckets."""
+        ...
+
+
+class StagedCrawl(CrawlSink, Protocol):
+    """A sink that can be thrown away."""
+
+    def discard(self) -> None:
+        """Drop everything staged."""
+        ...
+
+
+class CrawlStore(Protocol):
+    """What :func:`crawl_and_commit` needs from the store (all calls block)."""
+
+    def begin_crawl(self, account: str, kinds: Sequence[Kind], started_at: Any) -> Any:
+        """Open a staged crawl (a :class:`StagedCrawl`)."""
+        ...
+
+    def commit(self, staged: Any, summary: CrawlSummary) -> int:
+        """Make a complete crawl history; returns its id."""
+        ...
+
+    def record_failure(self, summary: CrawlSummary, staged: Any = None) -> int:
+        """Record a failed crawl (its records are dropped); returns its id."""
+        ...
+
+    def previous_regions(self, account: str) -> list[str]:
+        """Regions of the account's last successful instance crawl."""
+        ...
+
+
+class _Collector(Generic[R]):
+    """Validates raw items, drops ids already seen, and hands batches to the sink."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        convert: Callable[[object], R],
+        emit: Callable[[Sequence[R]], None],
+        client: CloudNexusClient,
+        progress: CrawlProgress | None,
+        batch_size: int,
+    ) -> None:
+        self.kind = kind
+        self._convert: Callable[[object], R] = convert
+        self._emit: Callable[[Sequence[R]], None] = emit
+        self._client = client
+        self._progress = progress
+        self._batch_size = batch_size
+        self._batch: list[R] = []
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.duplicate_sample: list[str] = []
+
+    @property
+    def count(self) -> int:
+        """Unique records collected."""
+        return len(self.ids)
+
+    def add(self, items: Sequence[object]) -> None:
+        """Take one page's raw items; :class:`InvalidRecordError` on the first bad one."""
+        for item in items:
+            try:
+                record = self._convert(item)
+            except InvalidRecordError:
+                self._client.count_invalid(self.kind)
+                raise
+            if record.id in self.ids:
+                self.duplicates += 1
+                if len(self.duplicate_sample) < _SAMPLE:
+                    self.duplicate_sample.append(record.id)
+                continue
+            self.ids.add(record.id)
+            self._batch.append(record)
+            if len(self._batch) >= self._batch_size:
+                self.flush()
+        if self._progress is not None:
+            self._progress.records[self.kind] = len(self.ids)
+
+    def flush(self) -> None:
+        """Hand the pending batch to the sink."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._emit(batch)
+
+
+async def _run_all(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Run concurrently; the first failure cancels the rest and is raised as itself."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def mismatch_note(kind: str, collected: int, first: int | None, last: int | None) -> str | None:
+    """A note when ``collected`` equals neither total the API reported (None if it does)."""
+    totals = [t for t in (first, last) if t is not None]
+    if not totals or collected in totals:
+        return None
+    if first == last or last is None:
+        return f"{kind}: collected {collected}, API total {first}"
+    return f"{kind}: collected {collected}, API total {first} at the start and {last} at the end"
+
+
+async def _walk(walk: CursorWalk, collector: _Collector[Any],
+                progress: CrawlProgress | None, *, expect: bool) -> None:
+    async for items in walk:
+        if expect and progress is not None and walk.pages == 1:
+            progress.expect(collector.kind, walk.first_total)
+        collector.add(items)
+
+
+async def _single_instance_walk(client: CloudNexusClient, collector: _Collector[Instance],
+                                progress: CrawlProgress | None) -> str | None:
+    walk = CursorWalk(client, "/instances", "instances")
+    await _walk(walk, collector, progress, expect=True)
+    return mismatch_note("instances", collector.count, walk.first_total, walk.last_total)
+
+
+async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
+                   regions: Sequence[str], progress: CrawlProgress | None,
+                   account: str) -> str | None:
+    walks = [CursorWalk(client, "/instances", "instances", {"region": r}) for r in regions]
+
+    async def probe() -> int:
+        total = await fetch_total(client, "/instances", "instances")
+        if progress is not None:
+            progress.expect("instances", total)
+        return total
+
+    results = await _run_all([probe(), *(_walk(w, collector, progress, expect=False)
+                                         for w in walks)])
+    start_total = results[0]
+    firsts = [w.first_total for w in walks]
+    lasts = [w.last_total for w in walks]
+    if None not in firsts and sum(f or 0 for f in firsts) == start_total:
+        return mismatch_note("instances", collector.count, start_total, sum(x or 0 for x in lasts))
+    end_total = await probe()
+    if None not in lasts and sum(x or 0 for x in lasts) == end_total:
+        return mismatch_note("instances", collector.count, start_total, end_total)
+    log.warning("crawl.fanout_fallback", account=account, regions=list(regions),
+                region_total=sum(f or 0 for f in firsts), total=start_total,
+                total_at_end=end_total,
+                reason="instances outside the previous crawl's regions; walking unfiltered")
+    fallback = CursorWalk(client, "/instances", "instances")
+    await _walk(fallback, collector, progress, expect=False)
+    return mismatch_note("instances", collector.count, fallback.first_total, fallback.last_total)
+
+
+async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Instance],
+                           regions: Sequence[str], progress: CrawlProgress | None,
+                           account: str) -> str | None:
+    if len(regions) > 1:
+        return await _fan_out(client, collector, regions, progress, account)
+    return await _single_instance_walk(client, collector, progress)
+
+
+async def _crawl_buckets(client: CloudNexusClient, collector: _Collector[Bucket],
+                         progress: CrawlProgress | None) -> str | None:
+    # The reference shows /buckets unpaged; if an answer carries pagination, follow it.
+    walk = CursorWalk(client, "/buckets", "buckets", paginated=False)
+    await _walk(walk, collector, progress, expect=True)
+    return mismatch_note("buckets", collector.count, walk.first_total, walk.last_total)
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, ApiError) and exc.code:
+        return exc.code
+    if isinstance(exc, RepeatedCursorError):
+        return RepeatedCursorError.code
+    if isinstance(exc, InvalidRecordError):
+        return "INVALID_RECORD"
+    if isinstance(exc, StoreError):
+        return "STORE"
+    return type(exc).__name__.removesuffix("Error").upper() or "ERROR"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, InvalidRecordError):
+        text = f"invalid record from CloudNexus: {text}"
+    return text or type(exc).__name__
+
+
+def normalize_kinds(kinds: Sequence[Kind]) -> tuple[Kind, ...]:
+    """``kinds`` in canonical order without repeats (``ValueError`` if empty or unknown)."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {list(kinds)}")
+    return tuple(k for k in KINDS if k in kinds)
+
+
+async def crawl_account(
+    client: CloudNexusClient,
+    account_name: str,
+    sink: CrawlSink,
+    *,
+    kinds: Sequence[Kind] = KINDS,
+    previous_regions: Sequence[str] = (),
+    clock: Clock,
+    progress: CrawlProgress | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> CrawlSummary:
+    """Crawl ``kinds`` of one account into ``sink``; a succeeded or failed summary.
+
+    Re-raises only cancellation. ``previous_regions`` (more than one) enables the
+    region fan-out described in this module's docstring.
+    """
+    wanted = normalize_kinds(kinds)
+    started_at = clock.now()
+    started = clock.monotonic()
+    stats = progress.stats if progress is not None else ApiStats()
+    scoped = client.with_stats(stats)
+    if progress is not None:
+        progress.started = started
+        progress.budget = client.budget
+    regions = sorted({r for r in previous_regions if r})
+    instances = _Collector("instances", instance_from_api, sink.add_instances, scoped,
+                           progress, batch_size)
+    buckets = _Collector("buckets", bucket_from_api, sink.add_buckets, scoped, progress,
+                         batch_size)
+    jobs: list[Awaitable[str | None]] = []
+    if "instances" in wanted:
+        jobs.append(_crawl_instances(scoped, instances, regions, progress, account_name))
+    if "buckets" in wanted:
+        jobs.append(_crawl_buckets(scoped, buckets, progress))
+
+    failure: BaseException | None = None
+    notes: list[str | None] = []
+    try:
+        notes = await _run_all(jobs)
+        instances.flush()
+        buckets.flush()
+    except (NexusAuditError, InvalidRecordError) as exc:
+        failure = exc
+    finally:
+        if progress is not None:
+            progress.finished = True
+
+    for collector in (instances, buckets):
+        if collector.duplicates:
+            log.warning("crawl.duplicates", account=account_name, kind=collector.kind,
+                        duplicates=collector.duplicates, sample=collector.duplicate_sample)
+    mismatch = "; ".join(n for n in notes if n) or None
+    if mismatch:
+        log.warning("crawl.total_mismatch", account=account_name, detail=mismatch)
+    summary = CrawlSummary(
+        account=account_name,
+        kinds=wanted,
+        started_at=started_at,
+        finished_at=clock.now(),
+        status="failed" if failure is not None else "succeeded",
+        instances=instances.count,
+        buckets=buckets.count,
+        requests=stats.total_requests,
+        retries=stats.total_retries,
+        total_mismatch=mismatch,
+        error=_one_line(failure) if failure is not None else None,
+        error_code=_error_code(failure) if failure is not None else None,
+        request_id=failure.request_id if isinstance(failure, ApiError) else None,
+        requests_by_endpoint=stats.by_endpoint(),
+    )
+    log.info(
+        "crawl.finished", account=account_name, kinds=list(wanted), status=summary.status,
+        instances=summary.instances, buckets=summary.buckets, requests=summary.requests,
+        retries=summary.retries, seconds=round(clock.monotonic() - started, 3),
+        total_mismatch=mismatch, regions=len(regions), error=summary.error,
+        error_code=summary.error_code, request_id=summary.request_id,
+    )
+    return summary
+
+
+async def crawl_and_commit(
+    account: AccountConfig,
+    store: CrawlStore,
+    *,
+    client: CloudNexusClient,
+    kinds: Sequence[Kind] = KINDS,
+    clock: Clock,
+    progress: CrawlProgress | None = None,
+) -> CrawlSummary:
+    """Begin a staged crawl, crawl, then commit it, or record the failure (nothing else).
+
+    The store's calls block (DuckDB), so they run in a worker thread. On cancellation
+    the staged records are discarded and the cancellation propagates. A store failure
+    while committing raises :class:`StoreError` (the crawl is not history then).
+    """
+    wanted = normalize_kinds(kinds)
+    previous: Sequence[str] = ()
+    if "instances" in wanted:
+        previous = await asyncio.to_thread(store.previous_regions, account.name)
+    staged = await asyncio.to_thread(store.begin_crawl, account.name, wanted, clock.now())
+    try:
+        summary = await crawl_account(client, account.name, staged, kinds=wanted,
+                                      previous_regions=previous, clock=clock, progress=progress)
+    except BaseException:
+        await asyncio.to_thread(staged.discard)
+        raise
+    if summary.status == "succeeded":
+        await asyncio.to_thread(store.commit, staged, summary)
+    else:
+        await asyncio.to_thread(store.record_failure, summary, staged)
+    return summary
