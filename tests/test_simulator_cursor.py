@@ -90,9 +90,7 @@ def test_paginate_is_keyset() -> None:
 
 def test_last_page_has_no_cursor() -> None:
     """Exactly-full last page: next_cursor is None, total counts everything."""
-    page = make_page(
-        ["a", "b"], key=str, codec=CODEC, fhash=FH, cursor=None, limit=2, now=NOW
-    )
+    page = make_page(["a", "b"], key=str, codec=CODEC, fhash=FH, cursor=None, limit=2, now=NOW)
     assert (page.items, page.next_cursor, page.total) == (["a", "b"], None, 2)
 
 
