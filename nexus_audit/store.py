@@ -1,0 +1,685 @@
+"""The history store: DuckDB schema and migrations, atomic crawl commits, readers.
+
+History is kept as changes, not copies (slowly changing dimension, type 2): a version of
+an instance or bucket is observed by every successful crawl of its account and kind with
+``first_crawl <= crawl_id < until_crawl`` (``until_crawl`` NULL while current). A year of
+hourly crawls of a fleet that barely changes costs one row per change, not one per crawl.
+Bucket sizes move with usage, so they live in their own narrow table (``bucket_sizes``)
+and a size change never copies the rest of the bucket.
+
+Concurrency: DuckDB lets one process write a file and then refuses every other process,
+even read-only. So the writer holds the file only while committing: a crawl stages its
+records outside the database (a private in-memory DuckDB database that spills to disk
+past the memory limit); ``commit`` attaches the database read-write, applies the crawl
+in one transaction with set-based SQL, and detaches. Readers attach read-only and retry
+briefly while a commit holds the file. Inside one process, DuckDB refuses to attach one
+file read-write and read-only at once, so a per-path lock serializes a process's reads
+and commits.
+
+Every database is reached through one long-lived in-memory DuckDB instance per process
+(attaching a file costs about a millisecond; starting an instance costs twenty).
+
+Observation time: a crawl observes the fleet at its ``finished_at``.
+"""
+
+# S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
+# every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
+from nexus_audit.model import KINDS, Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.timeutil import Clock, SystemClock, isoformat
+
+_INSTANCE_COLUMNS: Final = Instance._fields
+_BUCKET_COLUMNS: Final = Bucket._fields
+#: Bucket columns kept in ``bucket_versions`` (size lives in ``bucket_sizes``).
+_BUCKET_VERSION_COLUMNS: Final = tuple(c for c in _BUCKET_COLUMNS if c != "size_bytes")
+
+_STAGING_DDL: Final = (
+    """CREATE TABLE instances (id VARCHAR NOT NULL, name VARCHAR, status VARCHAR,
+        region VARCHAR, cpu INTEGER, memory_gb DOUBLE, plan VARCHAR, tags VARCHAR,
+        created_at VARCHAR, extra VARCHAR)""",
+    """CREATE TABLE buckets (id VARCHAR NOT NULL, region VARCHAR, size_bytes BIGINT,
+        access VARCHAR, created_at VARCHAR, tags VARCHAR, extra VARCHAR)""",
+)
+
+#: Ordered schema migrations: (version, statements). Never edit a released entry; append.
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (1, (
+        "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+        """CREATE TABLE crawls (
+            crawl_id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            kinds VARCHAR[] NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ NOT NULL,
+            status VARCHAR NOT NULL,
+            instances BIGINT NOT NULL,
+            buckets BIGINT NOT NULL,
+            requests BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            total_mismatch VARCHAR,
+            error VARCHAR,
+            error_code VARCHAR,
+            request_id VARCHAR,
+            requests_by_endpoint JSON)""",
+        """CREATE TABLE instance_versions (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, name VARCHAR, status VARCHAR,
+            region VARCHAR, cpu INTEGER, memory_gb DOUBLE, plan VARCHAR, tags VARCHAR,
+            created_at VARCHAR, extra VARCHAR,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+        """CREATE TABLE bucket_versions (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, region VARCHAR, access VARCHAR,
+            created_at VARCHAR, tags VARCHAR, extra VARCHAR,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+        """CREATE TABLE bucket_sizes (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, size_bytes BIGINT NOT NULL,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+    )),
+    # v2: one row per (crawl, kind): the crawl sequence every per-kind rule walks.
+    (2, (
+        """CREATE VIEW kind_crawls AS
+            SELECT crawl_id, account, unnest(kinds) AS kind, started_at, finished_at, status
+            FROM crawls""",
+    )),
+)
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
+
+_DUCKDB_MAGIC: Final = b"DUCK"
+_LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------
+# Process-wide plumbing: one in-memory hub instance, one lock per database path.
+
+_hub_lock = threading.Lock()
+_hub: duckdb.DuckDBPyConnection | None = None
+_path_locks: dict[str, threading.RLock] = {}
+
+
+def _hub_cursor() -> duckdb.DuckDBPyConnection:
+    """A fresh connection (cursor) on the process's in-memory hub instance."""
+    global _hub
+    with _hub_lock:
+        if _hub is None:
+            _hub = duckdb.connect(":memory:")
+            _hub.execute("SET TimeZone = 'UTC'")
+        cursor = _hub.cursor()
+    cursor.execute("SET TimeZone = 'UTC'")
+    return cursor
+
+
+def _path_lock(path: Path) -> threading.RLock:
+    key = str(path)
+    with _hub_lock:
+        lock = _path_locks.get(key)
+        if lock is None:
+            lock = _path_locks[key] = threading.RLock()
+        return lock
+
+
+def _sql_literal(text: str) -> str:
+    """A SQL string literal (ATTACH takes no bound parameters; paths are ours, not users')."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _alias() -> str:
+    return "db_" + uuid.uuid4().hex[:12]
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and bool(_LOCK_CONFLICT.search(str(exc)))
+
+
+# ---------------------------------------------------------------------------------------
+# Values handed to other layers.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlInfo:
+    """The last crawl of one kind of one account, for the exporter's health metrics."""
+
+    crawl_id: int
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    seconds: float
+    requests: int
+    retries: int
+    total_mismatch: str | None
+    error_code: str | None
+    requests_by_endpoint: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountState:
+    """One account's latest committed state: what ``/metrics`` shows."""
+
+    account: str
+    #: As of the latest successful crawl that covered instances (empty if none yet).
+    instances: tuple[Instance, ...]
+    #: As of the latest successful crawl that covered buckets (empty if none yet).
+    buckets: tuple[Bucket, ...]
+    instances_as_of: datetime | None
+    buckets_as_of: datetime | None
+    #: The last crawl (any status) that covered each kind.
+    last_crawl: Mapping[Kind, CrawlInfo]
+    #: ``finished_at`` of the last successful crawl of each kind.
+    last_success: Mapping[Kind, datetime]
+    #: Number of crawls of this account by status (``succeeded``, ``failed``).
+    crawls_by_status: Mapping[str, int]
+
+
+# ---------------------------------------------------------------------------------------
+# Staging.
+
+
+class StagedCrawl:
+    """The records of one crawl in progress, staged outside the database until commit.
+
+    Implements the crawler's ``CrawlSink``: batches go to DuckDB's Appender as they come.
+    The staging area is a private in-memory DuckDB database of this process's hub; DuckDB
+    spills it to its temp directory past the hub's memory limit, so memory stays bounded
+    whatever the fleet's size, and nothing is left behind by a killed process.
+    """
+
+    def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime) -> None:
+        self.account = account
+        self.kinds = kinds
+        self.started_at = started_at
+        self.instance_count = 0
+        self.bucket_count = 0
+        self.alias = "stage_" + uuid.uuid4().hex[:12]
+        cursor = _hub_cursor()
+        try:
+            cursor.execute(f"ATTACH ':memory:' AS {self.alias}")
+            cursor.execute(f"USE {self.alias}")
+            for ddl in _STAGING_DDL:
+                cursor.execute(ddl)
+            self._instances = cursor.appender("instances")
+            self._buckets = cursor.appender("buckets")
+        except duckdb.Error as exc:
+            cursor.close()
+            raise StoreError(f"cannot create a staging area: {exc}") from None
+        self._cursor: duckdb.DuckDBPyConnection | None = cursor
+
+    def __repr__(self) -> str:
+        return (f"StagedCrawl({self.account!r}, {self.kinds!r}, "
+                f"instances={self.instance_count}, buckets={self.bucket_count})")
+
+    @property
+    def open(self) -> bool:
+        """Whether records can still be added (neither committed nor discarded)."""
+        return self._cursor is not None
+
+    def _require_open(self) -> None:
+        if self._cursor is None:
+            raise StoreError("this staged crawl was already committed or discarded")
+
+    def add_instances(self, batch: Sequence[Instance]) -> None:
+        """Stage a batch of instances (bulk append, one statement per batch)."""
+        self._require_open()
+        if "instances" not in self.kinds:
+            raise StoreError("this crawl does not cover instances")
+        if batch:
+            try:
+                self._instances.append_rows(batch)
+                self._instances.flush()
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot stage instances: {exc}") from None
+            self.instance_count += len(batch)
+
+    def add_buckets(self, batch: Sequence[Bucket]) -> None:
+        """Stage a batch of buckets (bulk append, one statement per batch)."""
+        self._require_open()
+        if "buckets" not in self.kinds:
+            raise StoreError("this crawl does not cover buckets")
+        if batch:
+            try:
+                self._buckets.append_rows(batch)
+                self._buckets.flush()
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot stage buckets: {exc}") from None
+            self.bucket_count += len(batch)
+
+    def discard(self) -> None:
+        """Drop the staged records (idempotent)."""
+        cursor, self._cursor = self._cursor, None
+        if cursor is None:
+            return
+        with contextlib.suppress(AttributeError):
+            del self._instances, self._buckets
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute("USE memory")
+            cursor.execute(f"DETACH {self.alias}")
+        cursor.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The store.
+
+
+def _apply_sql(kind: Kind) -> tuple[str, ...]:
+    """Set-based statements that advance one kind's history with one successful crawl.
+
+    Parameters: ``$a`` account, ``$c`` crawl id. ``@new@`` is the staged table and
+    ``@h@`` the database's alias. Rows identical to the current version change nothing; changed
+    rows close the old version and open a new one; ids absent from the crawl close theirs.
+    """
+    if kind == "instances":
+        cols = _INSTANCE_COLUMNS
+        same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in cols[1:])
+        col_list = ", ".join(cols)
+        n_cols = ", ".join(f"n.{c}" for c in cols)
+        return (
+            f"""UPDATE @h@.instance_versions AS v SET until_crawl = $c
+                WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
+                    SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})""",
+            f"""INSERT INTO @h@.instance_versions (account, {col_list}, first_crawl, until_crawl)
+                SELECT $a, {n_cols}, $c, NULL FROM @new@ n
+                WHERE NOT EXISTS (SELECT 1 FROM @h@.instance_versions v
+                    WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
+        )
+    bcols: tuple[str, ...] = _BUCKET_VERSION_COLUMNS
+    same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in bcols[1:])
+    col_list = ", ".join(bcols)
+    n_cols = ", ".join(f"n.{c}" for c in bcols)
+    return (
+        f"""UPDATE @h@.bucket_versions AS v SET until_crawl = $c
+            WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
+                SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})""",
+        f"""INSERT INTO @h@.bucket_versions (account, {col_list}, first_crawl, until_crawl)
+            SELECT $a, {n_cols}, $c, NULL FROM @new@ n
+            WHERE NOT EXISTS (SELECT 1 FROM @h@.bucket_versions v
+                WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
+        """UPDATE @h@.bucket_sizes AS v SET until_crawl = $c
+            WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
+                SELECT 1 FROM @new@ n WHERE n.id = v.id AND n.size_bytes = v.size_bytes)""",
+        """INSERT INTO @h@.bucket_sizes (account, id, size_bytes, first_crawl, until_crawl)
+            SELECT $a, n.id, n.size_bytes, $c, NULL FROM @new@ n
+            WHERE NOT EXISTS (SELECT 1 FROM @h@.bucket_sizes v
+                WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
+    )
+
+
+_APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
+
+_INSERT_CRAWL: Final = """
+    INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
+        instances, buckets, requests, retries, total_mismatch, error, error_code, request_id,
+        requests_by_endpoint)
+    VALUES ($c, $account, $kinds, $started_at, $finished_at, $status, $instances, $buckets,
+        $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe)"""
+
+
+def _check_aware(moment: datetime, what: str) -> None:
+    if moment.tzinfo is None:
+        raise StoreError(f"{what} must be timezone-aware (UTC)")
+
+
+class Store:
+    """The DuckDB history database at ``path``."""
+
+    def __init__(self, path: str | Path, *, lock_timeout: float = 30.0,
+                 clock: Clock = SystemClock()) -> None:  # noqa: B008 - stateless default
+        self.path = Path(path).expanduser().absolute()
+        self.lock_timeout = lock_timeout
+        self.clock = clock
+        self._lock = _path_lock(self.path)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        """Refuse, without writing, a file that is not a DuckDB database."""
+        try:
+            with self.path.open("rb") as handle:
+                head = handle.read(12)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+            raise StoreError(f"{self.path} is not a DuckDB database; it was left untouched "
+                             "(point NEXUS_AUDIT_DB at another file)")
+
+    @contextlib.contextmanager
+    def _attached(self, *, read_only: bool,
+                  timeout: float | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+        """Attach the database on a hub cursor, retrying while another process holds it."""
+        self._check_header()
+        if read_only and not self.path.exists():
+            raise NoDataError(f"no history database at {self.path} yet: run "
+                              "`nexus-audit crawl` (or `serve`) first, or set NEXUS_AUDIT_DB")
+        wait = self.lock_timeout if timeout is None else timeout
+        with self._lock:
+            cursor = _hub_cursor()
+            alias = _alias()
+            mode = " (READ_ONLY)" if read_only else ""
+            deadline = self.clock.monotonic() + wait
+            delay = 0.005
+            try:
+                while True:
+                    try:
+                        cursor.execute(f"ATTACH {_sql_literal(str(self.path))} AS {alias}{mode}")
+                        break
+                    except duckdb.Error as exc:
+                        if not _is_lock_conflict(exc):
+                            raise StoreError(f"cannot open {self.path}: {exc}") from None
+                        if self.clock.monotonic() >= deadline:
+                            raise StoreError(
+                                f"database busy: {self.path} stayed locked by another process "
+                                f"for {wait:g}s") from None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.1)
+                try:
+                    yield cursor, alias
+                finally:
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute("ROLLBACK")
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute("USE memory")
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute(f"DETACH {alias}")
+            finally:
+                cursor.close()
+
+    @staticmethod
+    def _schema_version(cursor: duckdb.DuckDBPyConnection, alias: str) -> int | None:
+        row = cursor.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = $d AND table_name = 'meta'",
+            {"d": alias}).fetchone()
+        if not row or not row[0]:
+            return None
+        found = cursor.execute(
+            f"SELECT value FROM {alias}.meta WHERE key = 'schema_version'").fetchone()
+        return int(found[0]) if found else None
+
+    def _refuse_newer(self, version: int | None) -> None:
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"{self.path} has schema version {version}, newer than this nexus-audit "
+                f"understands ({SCHEMA_VERSION}); it was left untouched")
+
+    def migrate(self, *, target: int = SCHEMA_VERSION) -> None:
+        """Create the schema or upgrade an older one in place, in one transaction.
+
+        A newer schema raises :class:`SchemaTooNewError`; a file that is not a DuckDB
+        database raises :class:`StoreError` and is not touched. ``target`` is for tests
+        of the upgrade path.
+        """
+        try:
+            with self._attached(read_only=False) as (cursor, alias):
+                current = self._schema_version(cursor, alias)
+                self._refuse_newer(current)
+                pending = [(v, s) for v, s in MIGRATIONS if (current or 0) < v <= target]
+                if not pending:
+                    return
+                cursor.execute("BEGIN")
+                cursor.execute(f"USE {alias}")
+                for _version, statements in pending:
+                    for statement in statements:
+                        cursor.execute(statement)
+                cursor.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', $v)",
+                    {"v": str(pending[-1][0])})
+                cursor.execute("COMMIT")
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot migrate {self.path}: {exc}") from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def begin_crawl(self, account: str, kinds: Sequence[Kind],
+                    started_at: datetime) -> StagedCrawl:
+        """Start staging one crawl of ``account`` covering ``kinds``."""
+        chosen = tuple(k for k in KINDS if k in kinds)
+        if not chosen or len(chosen) != len(set(kinds)):
+            raise StoreError(f"a crawl covers one or more of {', '.join(KINDS)}; got {kinds!r}")
+        if not account:
+            raise StoreError("a crawl needs an account name")
+        _check_aware(started_at, "started_at")
+        return StagedCrawl(account, chosen, started_at)
+
+    def commit(self, staged: StagedCrawl, summary: CrawlSummary) -> int:
+        """Commit a successful crawl in one transaction: its row and its history changes.
+
+        Returns the crawl id. The staged records are dropped whether or not it succeeds.
+        """
+        if summary.status != "succeeded":
+            return self.record_failure(summary, staged)
+        if summary.account != staged.account or set(summary.kinds) != set(staged.kinds):
+            staged.discard()
+            raise StoreError(
+                f"the summary ({summary.account}, {summary.kinds}) does not match the staged "
+                f"crawl ({staged.account}, {staged.kinds})")
+        try:
+            staged._require_open()
+            return self._write(summary, staged)
+        finally:
+            staged.discard()
+
+    def record_failure(self, summary: CrawlSummary, staged: StagedCrawl | None = None) -> int:
+        """Record a failed crawl: its row only. Staged records are discarded."""
+        if staged is not None:
+            staged.discard()
+        if summary.status != "failed":
+            summary = _as_failed(summary)
+        return self._write(summary, None)
+
+    def _write(self, summary: CrawlSummary, staged: StagedCrawl | None) -> int:
+        _check_aware(summary.started_at, "started_at")
+        _check_aware(summary.finished_at, "finished_at")
+        kinds = [k for k in KINDS if k in summary.kinds]
+        try:
+            with self._attached(read_only=False) as (cursor, alias):
+                version = self._schema_version(cursor, alias)
+                if version != SCHEMA_VERSION:
+                    self._refuse_newer(version)
+                    raise StoreError(f"{self.path} is not migrated (schema {version}, "
+                                     f"expected {SCHEMA_VERSION}); call migrate() first")
+                stg = staged.alias if staged is not None else ""
+                try:
+                    cursor.execute("BEGIN")
+                    crawl_id = self._apply(cursor, alias, stg, summary, kinds,
+                                           apply_history=staged is not None)
+                    cursor.execute("COMMIT")
+                    return crawl_id
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        cursor.execute("ROLLBACK")
+                    raise
+        except duckdb.Error as exc:
+            raise StoreError(_write_failure(self.path, exc)) from None
+
+    def _apply(self, cursor: duckdb.DuckDBPyConnection, h: str, stg: str,
+               summary: CrawlSummary, kinds: list[Kind], *, apply_history: bool) -> int:
+        """Insert the crawl row and, for a successful crawl, advance each kind's history."""
+        if apply_history:
+            row = cursor.execute(
+                f"""SELECT max(finished_at) FROM {h}.crawls WHERE account = $a
+                    AND status = 'succeeded' AND list_has_any(kinds, $k)""",
+                {"a": summary.account, "k": kinds}).fetchone()
+            latest = row[0] if row else None
+            if latest is not None and latest > summary.finished_at:
+                raise StoreError(
+                    f"crawl of {summary.account} finished at {isoformat(summary.finished_at)}, "
+                    f"before the latest committed crawl of its kinds ({isoformat(latest)}); "
+                    "crawls of one account and kind must be committed in order")
+        found = cursor.execute(f"SELECT coalesce(max(crawl_id), 0) + 1 FROM {h}.crawls").fetchone()
+        crawl_id = int(found[0]) if found else 1
+        cursor.execute(_INSERT_CRAWL.replace("@h@", h), {
+            "c": crawl_id, "account": summary.account, "kinds": kinds,
+            "started_at": summary.started_at, "finished_at": summary.finished_at,
+            "status": summary.status, "instances": summary.instances,
+            "buckets": summary.buckets, "requests": summary.requests,
+            "retries": summary.retries, "total_mismatch": summary.total_mismatch,
+            "error": summary.error, "error_code": summary.error_code,
+            "request_id": summary.request_id,
+            "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
+                              sort_keys=True),
+        })
+        if apply_history:
+            params = {"a": summary.account, "c": crawl_id}
+            for kind in kinds:
+                new = f"{stg}.{kind}"
+                found = cursor.execute(
+                    f"SELECT count(*) = count(DISTINCT id) FROM {new}").fetchone()
+                if not (found and found[0]):
+                    # A crawl that saw an id twice (pages shifting under churn) keeps the
+                    # record it saw last; rare, so only then pay for the copy.
+                    cursor.execute(
+                        f"""CREATE OR REPLACE TEMP TABLE new_rows AS
+                            SELECT DISTINCT ON (id) * FROM {new} ORDER BY id, rowid DESC""")
+                    new = "new_rows"
+                for statement in _APPLY[kind]:
+                    sql = statement.replace("@h@", h).replace("@new@", new)
+                    if "$" in sql:
+                        cursor.execute(sql, params)
+                    else:
+                        cursor.execute(sql)
+        return crawl_id
+
+
+    # -- reading -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection whose default catalog is the history database.
+
+        Retries while a commit (this process's or another's) holds the file, up to
+        ``lock_timeout``. A missing file or an empty database raises :class:`NoDataError`
+        (the file is never created); a newer schema :class:`SchemaTooNewError`.
+        """
+        with self._attached(read_only=True) as (cursor, alias):
+            try:
+                version = self._schema_version(cursor, alias)
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot read {self.path}: {exc}") from None
+            if version is None:
+                raise NoDataError(f"{self.path} holds no nexus-audit history yet")
+            self._refuse_newer(version)
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, older than this nexus-audit's "
+                    f"({SCHEMA_VERSION}); run `nexus-audit crawl` or `serve` once to upgrade it")
+            cursor.execute(f"USE {alias}")
+            yield cursor
+
+    def previous_regions(self, account: str) -> list[str]:
+        """Instance regions seen by the account's latest successful instance crawl."""
+        try:
+            with self.read() as con:
+                rows = con.execute(
+                    """SELECT DISTINCT region FROM instance_versions
+                       WHERE account = $a AND until_crawl IS NULL ORDER BY region""",
+                    {"a": account}).fetchall()
+        except NoDataError:
+            return []
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+        return [r[0] for r in rows]
+
+    def latest(self) -> list[AccountState]:
+        """Per account, the latest committed state (sorted by account)."""
+        try:
+            with self.read() as con:
+                return _latest(con)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+
+
+_LAST_CRAWLS: Final = """
+    SELECT account, kind, crawl_id, status, started_at, finished_at, requests, retries,
+           total_mismatch, error_code, requests_by_endpoint
+    FROM (SELECT c.*, unnest(c.kinds) AS kind FROM crawls c)
+    QUALIFY row_number() OVER (PARTITION BY account, kind ORDER BY crawl_id DESC) = 1"""
+_LAST_SUCCESS: Final = """
+    SELECT account, kind, max(finished_at) FROM
+        (SELECT account, unnest(kinds) AS kind, finished_at FROM crawls
+         WHERE status = 'succeeded')
+    GROUP BY ALL"""
+
+
+def _latest(con: duckdb.DuckDBPyConnection) -> list[AccountState]:
+    counts: dict[str, dict[str, int]] = {}
+    for account, status, n in con.execute(
+            "SELECT account, status, count(*) FROM crawls GROUP BY ALL").fetchall():
+        counts.setdefault(account, {})[status] = int(n)
+    last: dict[str, dict[Kind, CrawlInfo]] = {}
+    for row in con.execute(_LAST_CRAWLS).fetchall():
+        (account, kind, crawl_id, status, started, finished, requests, retries,
+         mismatch, code, rbe) = row
+        last.setdefault(account, {})[kind] = CrawlInfo(
+            crawl_id=int(crawl_id), status=status, started_at=_utc(started),
+            finished_at=_utc(finished), seconds=(finished - started).total_seconds(),
+            requests=int(requests), retries=int(retries), total_mismatch=mismatch,
+            error_code=code, requests_by_endpoint=json.loads(rbe) if rbe else {})
+    success: dict[str, dict[Kind, datetime]] = {}
+    for account, kind, finished in con.execute(_LAST_SUCCESS).fetchall():
+        success.setdefault(account, {})[kind] = _utc(finished)
+    instances: dict[str, list[Instance]] = {}
+    cols = ", ".join(_INSTANCE_COLUMNS)
+    make_instance = Instance._make
+    for account, *fields in con.execute(
+            f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
+            "ORDER BY account, id").fetchall():
+        instances.setdefault(account, []).append(make_instance(fields))
+    buckets: dict[str, list[Bucket]] = {}
+    bcols = ", ".join("s.size_bytes" if c == "size_bytes" else f"v.{c}" for c in _BUCKET_COLUMNS)
+    make_bucket = Bucket._make
+    for account, *fields in con.execute(
+            f"""SELECT v.account, {bcols} FROM bucket_versions v
+                JOIN bucket_sizes s ON s.account = v.account AND s.id = v.id
+                    AND s.until_crawl IS NULL
+                WHERE v.until_crawl IS NULL ORDER BY v.account, v.id""").fetchall():
+        buckets.setdefault(account, []).append(make_bucket(fields))
+    states = []
+    for account in sorted(counts):
+        ok = success.get(account, {})
+        states.append(AccountState(
+            account=account,
+            instances=tuple(instances.get(account, ())),
+            buckets=tuple(buckets.get(account, ())),
+            instances_as_of=ok.get("instances"),
+            buckets_as_of=ok.get("buckets"),
+            last_crawl=last.get(account, {}),
+            last_success=ok,
+            crawls_by_status=counts[account],
+        ))
+    return states
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def _write_failure(path: Path, exc: duckdb.Error) -> str:
+    text = str(exc)
+    if "No space left" in text or ("disk" in text.lower() and "full" in text.lower()):
+        return f"cannot write {path}: the disk is full; the crawl was not recorded ({text})"
+    return f"cannot write {path}: {text}; the crawl was not recorded"
+
+
+def _as_failed(summary: CrawlSummary) -> CrawlSummary:
+    from dataclasses import replace
+
+    return replace(summary, status="failed",
+                   error=summary.error or "recorded as failed without an error message")

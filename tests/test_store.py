@@ -1,0 +1,242 @@
+"""The history store: SCD versions, failed crawls, per-kind history, latest state, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
+from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def inst(ident: str, *, status: str = "running", region: str = "eu-1", cpu: int = 2,
+         memory_gb: float = 2.0, plan: str | None = "micro", tags: str = "{}",
+         name: str | None = None) -> Instance:
+    """An instance record with sensible defaults."""
+    return Instance(ident, name or ident, status, region, cpu, memory_gb, plan, tags,
+                    "2026-01-01T00:00:00Z", "{}")
+
+
+def bucket(ident: str, *, access: str = "private", size: int = 10**9,
+           region: str = "eu-1") -> Bucket:
+    """A bucket record with sensible defaults."""
+    return Bucket(ident, region, size, access, "2026-01-01T00:00:00Z", "{}", "{}")
+
+
+def crawl(store: Store, at: datetime, *, instances: Sequence[Instance] | None = None,
+          buckets: Sequence[Bucket] | None = None, account: str = "acme",
+          failed: bool = False) -> int:
+    """Commit one crawl finishing at ``at`` through the store's own API."""
+    kinds: list[Kind] = []
+    if instances is not None:
+        kinds.append("instances")
+    if buckets is not None:
+        kinds.append("buckets")
+    start = at - timedelta(seconds=30)
+    staged = store.begin_crawl(account, kinds, start)
+    if instances:
+        staged.add_instances(instances)
+    if buckets:
+        staged.add_buckets(buckets)
+    summary = CrawlSummary(
+        account=account, kinds=tuple(kinds), started_at=start, finished_at=at,
+        status="failed" if failed else "succeeded",
+        instances=len(instances or ()), buckets=len(buckets or ()), requests=3,
+        error="GET /instances: HTTP 500" if failed else None,
+        error_code="internal" if failed else None,
+        requests_by_endpoint={"GET /instances": {"200": 2}})
+    if failed:
+        return store.record_failure(summary, staged)
+    return store.commit(staged, summary)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A migrated, empty store in a temporary directory."""
+    s = Store(tmp_path / "history.duckdb", lock_timeout=2.0)
+    s.migrate()
+    return s
+
+
+def versions(store: Store, table: str) -> list[tuple[object, ...]]:
+    """All (id, first_crawl, until_crawl) rows of a version table, sorted."""
+    with store.read() as con:
+        return con.execute(
+            f"SELECT id, first_crawl, until_crawl FROM {table} ORDER BY id, first_crawl"  # noqa: S608
+        ).fetchall()
+
+
+def test_identical_crawls_store_one_version(store: Store) -> None:
+    """A fleet that does not change costs one row per resource, not one per crawl."""
+    for hour in range(5):
+        crawl(store, T0 + timedelta(hours=hour), instances=[inst("i-1"), inst("i-2")],
+              buckets=[bucket("b-1")])
+    assert versions(store, "instance_versions") == [("i-1", 1, None), ("i-2", 1, None)]
+    assert versions(store, "bucket_versions") == [("b-1", 1, None)]
+    assert versions(store, "bucket_sizes") == [("b-1", 1, None)]
+
+
+def test_changes_close_and_open_versions(store: Store) -> None:
+    """A changed field closes the old version and opens a new one; a missing id closes."""
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
+    crawl(store, T0 + timedelta(hours=1), instances=[inst("i-1", tags='{"env":"prod"}')])
+    crawl(store, T0 + timedelta(hours=2), instances=[inst("i-1", tags='{"env":"prod"}'),
+                                                     inst("i-3")])
+    assert versions(store, "instance_versions") == [
+        ("i-1", 1, 2), ("i-1", 2, None), ("i-2", 1, 2), ("i-3", 3, None)]
+
+
+def test_bucket_size_change_touches_only_sizes(store: Store) -> None:
+    """A size change is usage: a new size row, the bucket's version stays."""
+    crawl(store, T0, buckets=[bucket("b-1", size=100)])
+    crawl(store, T0 + timedelta(minutes=1), buckets=[bucket("b-1", size=200)])
+    assert versions(store, "bucket_versions") == [("b-1", 1, None)]
+    assert versions(store, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, None)]
+
+
+def test_failed_crawl_changes_no_history(store: Store) -> None:
+    """A failed crawl writes its row only: nothing is closed, even with records staged."""
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
+    failed_id = crawl(store, T0 + timedelta(hours=1), instances=[inst("i-1")], failed=True)
+    assert failed_id == 2
+    assert versions(store, "instance_versions") == [("i-1", 1, None), ("i-2", 1, None)]
+    with store.read() as con:
+        assert con.execute("SELECT status, error_code FROM crawls WHERE crawl_id = 2"
+                           ).fetchone() == ("failed", "internal")
+
+
+def test_bucket_only_crawl_keeps_instances(store: Store) -> None:
+    """A crawl that did not cover instances never removes them."""
+    crawl(store, T0, instances=[inst("i-1")], buckets=[bucket("b-1")])
+    crawl(store, T0 + timedelta(minutes=1), buckets=[])
+    assert versions(store, "instance_versions") == [("i-1", 1, None)]
+    assert versions(store, "bucket_versions") == [("b-1", 1, 2)]
+
+
+def test_duplicate_ids_in_one_crawl_keep_one_version(store: Store) -> None:
+    """An id seen twice by one crawl (pages shifting) yields one current version."""
+    crawl(store, T0, instances=[inst("i-1", status="pending"), inst("i-1")])
+    with store.read() as con:
+        assert con.execute("SELECT id, status FROM instance_versions").fetchall() == [
+            ("i-1", "running")]
+
+
+def test_out_of_order_commit_is_refused(store: Store) -> None:
+    """A crawl finishing before the latest committed one of its kind would corrupt order."""
+    crawl(store, T0 + timedelta(hours=1), instances=[inst("i-1")])
+    with pytest.raises(StoreError, match="committed in order"):
+        crawl(store, T0, instances=[inst("i-2")])
+    assert versions(store, "instance_versions") == [("i-1", 1, None)]
+
+
+def test_latest_state_and_previous_regions(store: Store) -> None:
+    """latest() shows each kind as of its last success, plus last crawl and counts."""
+    crawl(store, T0, instances=[inst("i-1", region="eu-1"), inst("i-2", region="us-2")],
+          buckets=[bucket("b-1", size=5)])
+    crawl(store, T0 + timedelta(minutes=1), buckets=[bucket("b-1", size=7)])
+    crawl(store, T0 + timedelta(hours=1), instances=[inst("i-1")], failed=True)
+    [state] = store.latest()
+    assert state.account == "acme"
+    assert [i.id for i in state.instances] == ["i-1", "i-2"]
+    assert state.buckets == (bucket("b-1", size=7),)
+    assert state.instances_as_of == T0
+    assert state.buckets_as_of == T0 + timedelta(minutes=1)
+    assert state.last_crawl["instances"].status == "failed"
+    assert state.last_crawl["instances"].error_code == "internal"
+    assert state.last_crawl["buckets"].status == "succeeded"
+    assert state.last_crawl["buckets"].seconds == 30.0
+    assert state.last_success == {"instances": T0, "buckets": T0 + timedelta(minutes=1)}
+    assert state.crawls_by_status == {"succeeded": 2, "failed": 1}
+    assert store.previous_regions("acme") == ["eu-1", "us-2"]
+    assert store.previous_regions("other") == []
+
+
+def test_discarded_crawl_leaves_nothing(store: Store) -> None:
+    """discard() drops staged records; a discarded crawl cannot be committed."""
+    staged = store.begin_crawl("acme", ["instances"], T0)
+    staged.add_instances([inst("i-1")])
+    staged.discard()
+    with pytest.raises(StoreError, match="already committed or discarded"):
+        staged.add_instances([inst("i-2")])
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM instance_versions").fetchone() == (0,)
+
+
+def test_begin_crawl_rejects_bad_kinds(store: Store) -> None:
+    """A crawl must cover known kinds, and records must match the kinds it covers."""
+    with pytest.raises(StoreError, match="one or more of"):
+        store.begin_crawl("acme", [], T0)
+    with pytest.raises(StoreError, match="one or more of"):
+        store.begin_crawl("acme", ["volumes"], T0)  # type: ignore[list-item]
+    staged = store.begin_crawl("acme", ["buckets"], T0)
+    with pytest.raises(StoreError, match="does not cover instances"):
+        staged.add_instances([inst("i-1")])
+    staged.discard()
+
+
+def test_missing_database_is_not_created(tmp_path: Path) -> None:
+    """Reading a database that does not exist says so and creates nothing."""
+    path = tmp_path / "absent.duckdb"
+    with pytest.raises(NoDataError, match="no history database"), Store(path).read():
+        pass
+    assert not path.exists()
+
+
+def test_non_duckdb_file_is_refused_untouched(tmp_path: Path) -> None:
+    """A file that is not a DuckDB database raises StoreError and keeps its bytes."""
+    path = tmp_path / "notes.duckdb"
+    content = b"these are my notes, not a database\n" * 20
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match="not a DuckDB database"):
+        Store(path).migrate()
+    with pytest.raises(StoreError, match="not a DuckDB database"), Store(path).read():
+        pass
+    assert path.read_bytes() == content
+
+
+def test_older_schema_upgrades_in_place(tmp_path: Path) -> None:
+    """A version-1 database with history upgrades to the current schema, history intact."""
+    import duckdb
+
+    s = Store(tmp_path / "old.duckdb")
+    s.migrate(target=1)
+    with duckdb.connect(str(s.path)) as con:  # history as version 1 wrote it
+        con.execute("""INSERT INTO crawls VALUES (1, 'acme', ['instances'], $t, $t,
+                       'succeeded', 1, 0, 1, 0, NULL, NULL, NULL, NULL, '{}')""", {"t": T0})
+        con.execute("""INSERT INTO instance_versions VALUES ('acme', 'i-1', 'i-1', 'running',
+                       'eu-1', 2, 2.0, 'micro', '{}', NULL, '{}', 1, NULL)""")
+    with pytest.raises(StoreError, match="older than"), s.read():
+        pass
+    s.migrate()
+    with s.read() as con:
+        assert con.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+        assert con.execute("SELECT crawl_id, kind FROM kind_crawls").fetchall() == [
+            (1, "instances")]
+        assert con.execute("SELECT id FROM instance_versions").fetchall() == [("i-1",)]
+
+
+def test_newer_schema_is_refused(store: Store) -> None:
+    """A database from a newer nexus-audit is refused by both writer and reader, unchanged."""
+    import duckdb
+
+    with duckdb.connect(str(store.path)) as con:
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    before = store.path.read_bytes()
+    with pytest.raises(SchemaTooNewError, match=rf"version 99.*\({SCHEMA_VERSION}\)"):
+        store.migrate()
+    with pytest.raises(SchemaTooNewError), store.read():
+        pass
+    assert store.path.read_bytes() == before
+
+
+def test_migrations_are_ordered() -> None:
+    """Migration versions strictly increase (a new one is appended, never inserted)."""
+    numbers = [v for v, _ in MIGRATIONS]
+    assert numbers == sorted(set(numbers))
+    assert numbers[0] == 1
