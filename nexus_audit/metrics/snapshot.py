@@ -1,0 +1,193 @@
+"""The metrics snapshot: the latest committed state, aggregated once per commit.
+
+Scrapes never touch DuckDB or CloudNexus: after each commit, ``serve`` reads the store's
+latest state in a worker thread, folds it into a :class:`Snapshot` of plain, immutable
+values with :func:`build_snapshot`, and swaps it in atomically (:class:`SnapshotHolder`).
+Collectors read whichever snapshot is current when a scrape starts.
+
+Units: memory is reported in bytes with 1 GB = 10^9 bytes, the same decimal gigabyte the
+API and the pricing use for storage (``memory_gb`` x 10^9), so sums stay comparable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
+
+from nexus_audit.model import KINDS, Bucket, Instance, is_exposed
+from nexus_audit.store import AccountState, CrawlInfo
+
+#: Bytes per GB: decimal, as for storage (see the module docstring).
+BYTES_PER_GB: Final = 1_000_000_000
+#: Statuses reported by ``nexus_stale_instances`` (zero when none, so alerts see 0).
+STALE_STATUSES: Final = ("stopped", "pending")
+
+InstancePrice = Callable[[Instance], float]
+BucketPrice = Callable[[Bucket], float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceTotals:
+    """Instances of one (account, region, status): count, vCPUs, memory bytes."""
+
+    count: int = 0
+    vcpus: int = 0
+    memory_bytes: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BucketTotals:
+    """Buckets of one (account, region, access): count and bytes stored."""
+
+    count: int = 0
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PricingLabel:
+    """Which price list the cost gauges use (``nexus_pricing_info``)."""
+
+    name: str
+    as_of: str
+    currency: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything the inventory and crawl-state collectors emit, pre-aggregated."""
+
+    #: Monotonic per process; the exposition cache is keyed by it.
+    generation: int = 0
+    accounts: tuple[str, ...] = ()
+    instances: Mapping[tuple[str, str, str], InstanceTotals] = field(default_factory=dict)
+    buckets: Mapping[tuple[str, str, str], BucketTotals] = field(default_factory=dict)
+    public_buckets: Mapping[str, int] = field(default_factory=dict)
+    #: (account, bucket, region, access, size_bytes), when per-bucket series are on.
+    bucket_series: tuple[tuple[str, str, str, str, int], ...] = ()
+    #: (account, instance, name, region, status, plan), when per-instance series are on.
+    instance_series: tuple[tuple[str, str, str, str, str, str], ...] = ()
+    #: Hourly run-rate by (account, region, kind) with kind ``compute`` or ``storage``.
+    cost_hourly: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+    pricing: PricingLabel | None = None
+    stale: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Observation time (unix seconds) of the state shown, by (account, kind).
+    as_of: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    last_crawl: Mapping[tuple[str, str], CrawlInfo] = field(default_factory=dict)
+    last_success: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+
+
+def build_snapshot(
+    states: Iterable[AccountState],
+    *,
+    generation: int,
+    instance_price: InstancePrice | None = None,
+    bucket_price: BucketPrice | None = None,
+    pricing: PricingLabel | None = None,
+    stale: Mapping[tuple[str, str], int] | None = None,
+    per_bucket: bool = True,
+    per_instance: bool = False,
+) -> Snapshot:
+    """Fold accounts' latest state into a :class:`Snapshot` (pure; one pass per record).
+
+    Without prices, no cost series are produced. Compute cost accrues only for running
+    instances, as in the report; storage accrues on every bucket.
+    """
+    instances: dict[tuple[str, str, str], list[float]] = {}
+    buckets: dict[tuple[str, str, str], list[int]] = {}
+    public: dict[str, int] = {}
+    cost: dict[tuple[str, str, str], float] = {}
+    bucket_series: list[tuple[str, str, str, str, int]] = []
+    instance_series: list[tuple[str, str, str, str, str, str]] = []
+    as_of: dict[tuple[str, str], float] = {}
+    last_crawl: dict[tuple[str, str], CrawlInfo] = {}
+    last_success: dict[tuple[str, str], datetime] = {}
+    stale_counts: dict[tuple[str, str], int] = {}
+    accounts: list[str] = []
+    for state in states:
+        account = state.account
+        accounts.append(account)
+        if state.instances_as_of is not None:
+            as_of[(account, "instances")] = state.instances_as_of.timestamp()
+            for status in STALE_STATUSES:
+                stale_counts[(account, status)] = 0
+        if state.buckets_as_of is not None:
+            as_of[(account, "buckets")] = state.buckets_as_of.timestamp()
+            public[account] = 0
+        for kind in KINDS:
+            if kind in state.last_crawl:
+                last_crawl[(account, kind)] = state.last_crawl[kind]
+            if kind in state.last_success:
+                last_success[(account, kind)] = state.last_success[kind]
+        for inst in state.instances:
+            key = (account, inst.region, inst.status)
+            totals = instances.get(key)
+            if totals is None:
+                totals = instances[key] = [0, 0, 0.0]
+            totals[0] += 1
+            totals[1] += inst.cpu
+            totals[2] += inst.memory_gb * BYTES_PER_GB
+            if instance_price is not None and inst.status == "running":
+                ckey = (account, inst.region, "compute")
+                cost[ckey] = cost.get(ckey, 0.0) + instance_price(inst)
+            if per_instance:
+                instance_series.append((account, inst.id, inst.name, inst.region, inst.status,
+                                        inst.plan or ""))
+        for bucket in state.buckets:
+            key = (account, bucket.region, bucket.access)
+            btotals = buckets.get(key)
+            if btotals is None:
+                btotals = buckets[key] = [0, 0]
+            btotals[0] += 1
+            btotals[1] += bucket.size_bytes
+            if is_exposed(bucket.access):
+                public[account] = public.get(account, 0) + 1
+            if bucket_price is not None:
+                ckey = (account, bucket.region, "storage")
+                cost[ckey] = cost.get(ckey, 0.0) + bucket_price(bucket)
+            if per_bucket:
+                bucket_series.append((account, bucket.id, bucket.region, bucket.access,
+                                      bucket.size_bytes))
+    for skey, n in (stale or {}).items():
+        if skey[0] in accounts:
+            stale_counts[skey] = n
+    return Snapshot(
+        generation=generation,
+        accounts=tuple(accounts),
+        instances={k: InstanceTotals(count=int(v[0]), vcpus=int(v[1]), memory_bytes=v[2])
+                   for k, v in instances.items()},
+        buckets={k: BucketTotals(count=v[0], size_bytes=v[1]) for k, v in buckets.items()},
+        public_buckets=public,
+        bucket_series=tuple(bucket_series),
+        instance_series=tuple(instance_series),
+        cost_hourly=cost,
+        pricing=pricing,
+        stale=stale_counts,
+        as_of=as_of,
+        last_crawl=last_crawl,
+        last_success=last_success,
+    )
+
+
+class SnapshotHolder:
+    """The current snapshot; swapped whole, so a scrape never sees half of two."""
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self._snapshot = snapshot or Snapshot()
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot in force."""
+        return self._snapshot
+
+    def swap(self, snapshot: Snapshot) -> bool:
+        """Install ``snapshot`` unless a newer generation is already in; True if installed."""
+        with self._lock:
+            if snapshot.generation < self._snapshot.generation:
+                return False
+            self._snapshot = snapshot
+            return True
