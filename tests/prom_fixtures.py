@@ -7,6 +7,7 @@
 - ``listening_port(pid)``: the TCP port a child process listens on, read from /proc, so
   every process here binds port 0 and no test picks a fixed port.
 - ``http_get`` / ``wait_for``: small synchronous helpers with deadlines instead of sleeps.
+- ``load_dashboards`` / ``dashboard_targets``: the Grafana dashboards and their queries.
 """
 
 from __future__ import annotations
@@ -30,7 +31,30 @@ import pytest
 
 T = TypeVar("T")
 
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+
 _LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+def load_dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard JSON under grafana/dashboards, by file stem."""
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in DASHBOARDS}
+
+
+def iter_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel of a dashboard, panels inside collapsed rows included (rows excluded)."""
+    for panel in board.get("panels", []):
+        if panel.get("type") == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def dashboard_targets(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expression) for every target of every panel."""
+    return [(panel["title"], target.get("expr", ""))
+            for panel in iter_panels(board) for target in panel.get("targets", [])]
 
 
 def listening_ports(pid: int) -> set[int]:
