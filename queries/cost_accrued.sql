@@ -1,0 +1,48 @@
+-- Cost accrued over the window, by part (compute, storage) and region.
+-- Compute accrues only while an instance is running, at its hourly price; storage on
+-- size_bytes at storage_gb_month per 10^9 bytes per 730 h. A version accrues for the
+-- covered seconds of the crawls that observed it (first_crawl <= crawl < until_crawl),
+-- looked up in obs' cumulative sums: no expansion of versions x crawls. Time in a
+-- coverage gap is never charged.
+-- Needs temp tables obs and instance_prices. Parameters: $storage_gb_month DOUBLE.
+WITH totals AS (
+    SELECT DISTINCT account, kind, cum_total FROM obs
+), running AS (
+    SELECT v.account, v.region, p.hourly,
+           coalesce(u.cum_before, t.cum_total) - coalesce(f.cum_before, t.cum_total) AS secs
+    FROM instance_versions v
+    JOIN totals t ON t.account = v.account AND t.kind = 'instances'
+    JOIN instance_prices p ON p.account = v.account AND p.id = v.id
+        AND p.first_crawl = v.first_crawl
+    LEFT JOIN obs f ON f.account = v.account AND f.kind = 'instances'
+        AND f.crawl_id = v.first_crawl
+    LEFT JOIN obs u ON u.account = v.account AND u.kind = 'instances'
+        AND u.crawl_id = v.until_crawl
+    WHERE v.status = 'running'
+), pieces AS (
+    -- a size row and a bucket version overlap on [lo, hi): that piece has one size and
+    -- one region
+    SELECT s.account, v.region, s.size_bytes,
+           greatest(s.first_crawl, v.first_crawl) AS lo,
+           least(coalesce(s.until_crawl, 9223372036854775807),
+                 coalesce(v.until_crawl, 9223372036854775807)) AS hi
+    FROM bucket_sizes s
+    JOIN bucket_versions v ON v.account = s.account AND v.id = s.id
+        AND v.first_crawl < coalesce(s.until_crawl, 9223372036854775807)
+        AND s.first_crawl < coalesce(v.until_crawl, 9223372036854775807)
+    WHERE list_contains($accounts, s.account)
+), stored AS (
+    SELECT p.account, p.region, p.size_bytes,
+           coalesce(u.cum_before, t.cum_total) - coalesce(f.cum_before, t.cum_total) AS secs
+    FROM pieces p
+    JOIN totals t ON t.account = p.account AND t.kind = 'buckets'
+    LEFT JOIN obs f ON f.account = p.account AND f.kind = 'buckets' AND f.crawl_id = p.lo
+    LEFT JOIN obs u ON u.account = p.account AND u.kind = 'buckets' AND u.crawl_id = p.hi
+)
+SELECT 'compute' AS part, region, sum(hourly * secs / 3600.0) AS amount
+FROM running WHERE secs > 0 GROUP BY ALL
+UNION ALL
+SELECT 'storage', region,
+       sum(size_bytes / 1e9 * $storage_gb_month / 730.0 * secs / 3600.0)
+FROM stored WHERE secs > 0 GROUP BY ALL
+ORDER BY part, region

@@ -1,0 +1,35 @@
+-- Exposure windows of buckets overlapping the window: a run of consecutive versions whose
+-- access is anything but 'private' (fail closed: unknown values and NULL are exposed).
+-- start = the crawl that first saw the run; end = the crawl that saw it private or gone,
+-- NULL while still exposed at the window's end. Needs the temp table obs.
+-- Parameters: $since TIMESTAMPTZ.
+WITH bobs AS (
+    SELECT account, crawl_id, t FROM obs WHERE kind = 'buckets'
+), versions AS (
+    SELECT v.account, v.id, v.access, v.first_crawl, f.t AS start_t,
+           CASE WHEN u.crawl_id IS NULL THEN NULL ELSE v.until_crawl END AS until_crawl,
+           u.t AS end_t,
+           coalesce(lower(trim(v.access)) <> 'private', TRUE) AS exposed
+    FROM bucket_versions v
+    JOIN bobs f ON f.account = v.account AND f.crawl_id = v.first_crawl
+    LEFT JOIN bobs u ON u.account = v.account AND u.crawl_id = v.until_crawl
+), flagged AS (
+    SELECT *,
+           CASE WHEN exposed AND NOT coalesce(
+                    lag(exposed) OVER w AND lag(until_crawl) OVER w = first_crawl, FALSE)
+                THEN 1 ELSE 0 END AS starts
+    FROM versions
+    WINDOW w AS (PARTITION BY account, id ORDER BY first_crawl)
+), runs AS (
+    SELECT *, sum(starts) OVER (PARTITION BY account, id ORDER BY first_crawl) AS run
+    FROM flagged
+)
+SELECT account, id,
+       arg_max(access, first_crawl) AS access,
+       min(start_t) AS start,
+       CASE WHEN bool_or(until_crawl IS NULL) THEN NULL ELSE max(end_t) END AS "end"
+FROM runs
+WHERE exposed
+GROUP BY account, id, run
+HAVING "end" IS NULL OR "end" > $since
+ORDER BY start, account, id

@@ -1,0 +1,6 @@
+-- Buckets exposed at the window's end (access anything but 'private', fail closed), with
+-- the start of their current exposure. Needs temp tables state_buckets and exposures.
+SELECT b.account, b.id, b.region, b.access, b.size_bytes, e.start AS public_since
+FROM state_buckets b
+JOIN exposures e ON e.account = b.account AND e.id = b.id AND e."end" IS NULL
+ORDER BY public_since, b.account, b.id

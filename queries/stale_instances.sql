@@ -1,0 +1,58 @@
+-- Instances not running continuously for at least stale_after up to the window's end
+-- (pending: for at least pending_stale_after, counting only the pending run). A run is a
+-- chain of consecutive versions (one closed at the crawl that opened the next).
+-- stale_since = the crawl that first saw the run; at_least when that crawl is the
+-- account's first successful instance crawl (the run may have begun earlier).
+-- Needs temp tables obs, state_instances, instance_prices.
+-- Parameters: $until TIMESTAMPTZ, $stale_after, $pending_stale_after DOUBLE (seconds).
+WITH iobs AS (
+    SELECT account, crawl_id, t, prev_crawl IS NULL AS is_first
+    FROM obs WHERE kind = 'instances'
+), versions AS (
+    SELECT v.account, v.id, v.status, v.first_crawl, v.until_crawl, f.t AS start_t,
+           f.is_first,
+           v.status <> 'running' AS idle, v.status = 'pending' AS pending
+    FROM instance_versions v
+    JOIN iobs f ON f.account = v.account AND f.crawl_id = v.first_crawl
+    WHERE (v.account, v.id) IN (SELECT (account, id) FROM state_instances)
+), flagged AS (
+    SELECT *,
+           lag(until_crawl) OVER w = first_crawl AS chained,
+           lag(idle) OVER w AS prev_idle, lag(pending) OVER w AS prev_pending
+    FROM versions
+    WINDOW w AS (PARTITION BY account, id ORDER BY first_crawl)
+), runs AS (
+    SELECT *,
+           sum(CASE WHEN idle AND coalesce(chained AND prev_idle, FALSE) THEN 0 ELSE 1 END)
+               OVER w AS idle_run,
+           sum(CASE WHEN pending AND coalesce(chained AND prev_pending, FALSE) THEN 0 ELSE 1 END)
+               OVER w AS pending_run
+    FROM flagged
+    WINDOW w AS (PARTITION BY account, id ORDER BY first_crawl)
+), idle_starts AS (
+    SELECT account, id, idle_run, min(start_t) AS since_t, arg_min(is_first, first_crawl) AS first
+    FROM runs GROUP BY ALL
+), pending_starts AS (
+    SELECT account, id, pending_run, min(start_t) AS since_t,
+           arg_min(is_first, first_crawl) AS first
+    FROM runs GROUP BY ALL
+), current AS (
+    SELECT r.*, CASE WHEN s.status = 'pending' THEN ps.since_t ELSE ist.since_t END AS since_t,
+           CASE WHEN s.status = 'pending' THEN ps.first ELSE ist.first END AS at_least,
+           CASE WHEN s.status = 'pending' THEN $pending_stale_after ELSE $stale_after END
+               AS threshold
+    FROM state_instances s
+    JOIN runs r ON r.account = s.account AND r.id = s.id AND r.first_crawl = s.first_crawl
+    JOIN idle_starts ist ON ist.account = r.account AND ist.id = r.id
+        AND ist.idle_run = r.idle_run
+    JOIN pending_starts ps ON ps.account = r.account AND ps.id = r.id
+        AND ps.pending_run = r.pending_run
+    WHERE s.status <> 'running'
+)
+SELECT c.account, c.id, s.name, s.status, s.region, c.since_t AS stale_since, c.at_least,
+       p.hourly AS hourly_cost
+FROM current c
+JOIN state_instances s ON s.account = c.account AND s.id = c.id
+JOIN instance_prices p ON p.account = s.account AND p.id = s.id AND p.first_crawl = s.first_crawl
+WHERE (epoch_us($until) - epoch_us(c.since_t)) / 1e6 >= c.threshold
+ORDER BY stale_since, c.account, c.id
