@@ -19,6 +19,7 @@ from aiohttp import web
 from .cursor import InvalidCursorError, filter_hash, make_page
 from .errors import UNAUTHORIZED_MESSAGE, ApiError, ErrorCode, validation_error
 from .faults import BODY_FAULTS, Fault, FaultKind, mangle_body, mangle_payload
+from .multipart import parse_part_list, parse_part_number
 from .ratelimit import RateDecision
 from .requestlog import RequestRecord
 from .state import SimState
@@ -75,6 +76,8 @@ def build_app(state: SimState) -> web.Application:
     r.add_delete(f"{API_PREFIX}/instances/{{instance_id}}", api.delete_instance)
     r.add_get(f"{API_PREFIX}/buckets", api.list_buckets, allow_head=False)
     r.add_put(f"{API_PREFIX}/objects/{{bucket}}/{{key:.+}}", api.put_object)
+    r.add_post(f"{API_PREFIX}/objects/{{bucket}}/{{key:.+}}", api.post_object)
+    r.add_delete(f"{API_PREFIX}/objects/{{bucket}}/{{key:.+}}", api.abort_upload)
     r.add_get("/_sim/requests", api.admin_requests, allow_head=False)
     r.add_post("/_sim/churn", api.admin_churn)
     r.add_post("/_sim/buckets/{bucket}/access", api.admin_bucket_access)
@@ -321,6 +324,8 @@ class _Api:
     async def put_object(self, request: web.Request) -> web.StreamResponse:
         """``PUT /v2/objects/{bucket}/{key}``: store the body; ETag and content hash."""
         bucket, key = request.match_info["bucket"], request.match_info["key"]
+        if "upload_id" in request.query:
+            return await self._put_part(request, bucket, key)
         if self.state.fleet.get_bucket(bucket) is None:
             raise ApiError(404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist")
         metadata = parse_object_metadata(request.headers.get("X-Object-Metadata"))
@@ -346,6 +351,88 @@ class _Api:
         )
         response.headers["ETag"] = f'"{obj.etag}"'
         return response
+
+    # -- multipart uploads (the rules live in multipart.py) ------------------------------
+
+    async def post_object(self, request: web.Request) -> web.StreamResponse:
+        """``POST ...?uploads`` starts a multipart upload; ``?upload_id=U&complete`` ends it."""
+        bucket, key = request.match_info["bucket"], request.match_info["key"]
+        query = request.query
+        if "uploads" in query:
+            if self.state.fleet.get_bucket(bucket) is None:
+                raise ApiError(
+                    404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
+                )
+            upload = self.state.uploads.start(
+                bucket,
+                key,
+                metadata=parse_object_metadata(request.headers.get("X-Object-Metadata")),
+                content_type=request.content_type,
+                now=self.state.clock.time(),
+            )
+            return self._json(
+                request, {"bucket": bucket, "key": key, "upload_id": upload.upload_id}
+            )
+        if "complete" in query and query.get("upload_id"):
+            listed = parse_part_list(await request.read())
+            if self.state.fleet.get_bucket(bucket) is None:
+                raise ApiError(
+                    404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
+                )
+            done = self.state.uploads.complete(
+                query["upload_id"],
+                bucket,
+                key,
+                listed,
+                objects=self.state.objects,
+                now=self.state.clock.time(),
+            )
+            if not done.repeat:
+                self.state.fleet.add_bucket_bytes(bucket, done.obj.size - done.replaced)
+            response = self._json(
+                request,
+                {
+                    "bucket": bucket,
+                    "key": key,
+                    "size": done.obj.size,
+                    "etag": done.obj.etag,
+                    "content_hash": done.obj.content_hash,
+                    "parts": done.parts,
+                },
+            )
+            response.headers["ETag"] = f'"{done.obj.etag}"'
+            return response
+        raise validation_error(
+            "POST on an object takes ?uploads (start a multipart upload) "
+            "or ?upload_id=<id>&complete (complete it)"
+        )
+
+    async def _put_part(self, request: web.Request, bucket: str, key: str) -> web.Response:
+        """``PUT ...?upload_id=U&part=N``: store one part."""
+        upload_id = request.query["upload_id"]
+        number = parse_part_number(request.query.get("part"))
+        part = self.state.uploads.put_part(upload_id, bucket, key, number, await request.read())
+        response = self._json(
+            request,
+            {
+                "upload_id": upload_id,
+                "part": number,
+                "size": len(part.data),
+                "etag": part.etag,
+                "content_hash": part.content_hash,
+            },
+        )
+        response.headers["ETag"] = f'"{part.etag}"'
+        return response
+
+    async def abort_upload(self, request: web.Request) -> web.StreamResponse:
+        """``DELETE ...?upload_id=U``: abort a multipart upload (objects are not deleted)."""
+        bucket, key = request.match_info["bucket"], request.match_info["key"]
+        upload_id = request.query.get("upload_id")
+        if not upload_id:
+            raise validation_error("DELETE on an object takes ?upload_id=<id> (abort an upload)")
+        self.state.uploads.abort(upload_id, bucket, key)
+        return self._json(request, {"upload_id": upload_id, "aborted": True})
 
     # -- admin handlers --------------------------------------------------------------
 

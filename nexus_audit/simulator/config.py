@@ -15,6 +15,8 @@ DEFAULT_PENDING_SECONDS = 10.0
 DEFAULT_SLOW_SECONDS = 5.0
 # The reference says uploads over 100 MB go multipart, so one PUT carries at most that.
 DEFAULT_MAX_OBJECT_BYTES = 100 * 1024 * 1024
+# Multipart uploads: every part but the last holds at least this much.
+DEFAULT_MIN_PART_BYTES = 8 * 1024 * 1024
 KEY_PREFIX = "nx_test_sk_"
 
 
@@ -55,6 +57,7 @@ class SimulatorConfig:
     cursor_max_age: float = DEFAULT_CURSOR_MAX_AGE
     pending_seconds: float = DEFAULT_PENDING_SECONDS
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    min_part_bytes: int = DEFAULT_MIN_PART_BYTES
     cursor_secret: bytes | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +87,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
         if self.max_object_bytes < 1:
             raise ValueError("max_object_bytes must be >= 1")
+        if self.min_part_bytes < 1:
+            raise ValueError("min_part_bytes must be >= 1")
 
     @property
     def key(self) -> str:

@@ -18,6 +18,10 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"  # no such route
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # multipart: unknown, aborted or completed upload
+    INVALID_PART = "INVALID_PART"  # multipart: a listed part is missing or its etag differs
+    INVALID_PART_ORDER = "INVALID_PART_ORDER"
+    PART_TOO_SMALL = "PART_TOO_SMALL"
     RATE_LIMITED = "RATE_LIMITED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     BAD_GATEWAY = "BAD_GATEWAY"

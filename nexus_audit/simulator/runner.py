@@ -17,6 +17,7 @@ from .clock import Clock
 from .config import SimulatorConfig
 from .faults import FaultInjector
 from .fleet import ChurnEvent, Fleet, Instance
+from .multipart import MultipartUploads
 from .objects import ObjectStore
 from .requestlog import RequestLog
 from .state import SimState
@@ -122,6 +123,11 @@ class Simulator:
     def objects(self) -> ObjectStore:
         """Objects stored through PUT."""
         return self.state.objects
+
+    @property
+    def uploads(self) -> MultipartUploads:
+        """Multipart uploads in progress."""
+        return self.state.uploads
 
     def key_id(self, key: str | None = None) -> str:
         """The loggable id of ``key`` (default: the primary key)."""

@@ -11,6 +11,7 @@ from .config import SimulatorConfig
 from .cursor import CursorCodec
 from .faults import FaultInjector
 from .fleet import Fleet
+from .multipart import MultipartUploads
 from .objects import ObjectStore
 from .ratelimit import FixedWindowLimiter
 from .requestlog import RequestLog
@@ -45,4 +46,5 @@ class SimState:
         self.codec = CursorCodec(secret, max_age=config.cursor_max_age)
         self.request_log = RequestLog()
         self.objects = ObjectStore()
+        self.uploads = MultipartUploads(min_part_bytes=config.min_part_bytes)
         self.latency_rng = random.Random(f"{config.seed}:latency")
