@@ -72,9 +72,11 @@ class Pricing:
 
 def _number(data: dict[str, Any], key: str, where: str, *, integral: bool = False) -> float:
     value = data.get(key)
-    valid = isinstance(value, int) if integral else isinstance(value, (int, float))
-    if not valid or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        kind = "a non-negative whole number" if integral else "a non-negative number"
+    kind = "a non-negative whole number" if integral else "a non-negative number"
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or (
+            integral and not isinstance(value, int)):
+        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
     return float(value)
 

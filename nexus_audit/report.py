@@ -28,7 +28,7 @@ import duckdb
 
 from nexus_audit.errors import NoDataError, StoreError, UsageError
 from nexus_audit.pricing import Pricing
-from nexus_audit.queries import bind, load_query
+from nexus_audit.sql import bind, load_query
 from nexus_audit.store import Store
 from nexus_audit.timeutil import Window, isoformat
 

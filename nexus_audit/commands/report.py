@@ -1,0 +1,55 @@
+"""``nexus-audit report``: an audit report over a window of history, on standard output.
+
+Thin wiring: window and thresholds from the arguments and settings, the price list, the
+store (read-only: ``report`` never creates or writes the database), ``build_report``,
+one renderer. An unknown account is a usage error (exit 2); an empty database or a
+window without crawls a runtime one (exit 1): both a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import timedelta
+from typing import TextIO
+
+from nexus_audit.config import Settings
+from nexus_audit.errors import UsageError
+from nexus_audit.pricing import load_pricing
+from nexus_audit.render import render
+from nexus_audit.report import UnknownAccountError, build_report
+from nexus_audit.store import Store
+from nexus_audit.timeutil import Clock, SystemClock, Window, parse_duration
+
+
+def max_gaps(settings: Settings) -> tuple[timedelta, timedelta]:
+    """Longest time one observation holds, for instances and buckets.
+
+    ``settings.max_gap`` when set, else twice the schedule interval of each kind.
+    """
+    if settings.max_gap is not None:
+        return settings.max_gap, settings.max_gap
+    return 2 * settings.interval, 2 * settings.bucket_interval
+
+
+def report_command(args: argparse.Namespace, settings: Settings, *,
+                   clock: Clock | None = None, out: TextIO | None = None) -> int:
+    """Build and print the report; raises our errors for the CLI to turn into one line."""
+    clock = clock or SystemClock()
+    now = clock.now()
+    window = Window.parse(args.since, args.until, now)
+    stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
+                   if args.stale_after else settings.stale_after)
+    gap_instances, gap_buckets = max_gaps(settings)
+    pricing = load_pricing(settings.pricing_file)
+    store = Store(settings.db_path)
+    try:
+        report = build_report(
+            store, window, accounts=[args.account] if args.account else None,
+            stale_after=stale_after, pending_stale_after=settings.pending_stale_after,
+            max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
+            pricing=pricing, now=now)
+    except UnknownAccountError as exc:
+        raise UsageError(str(exc), parameter="account") from None
+    (out or sys.stdout).write(render(report, args.format))
+    return 0

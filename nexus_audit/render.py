@@ -1,0 +1,284 @@
+"""Render a :class:`Report`: an 80-column table, JSON, Markdown, CSV.
+
+The table truncates long lists ("… and N more") and long cells; JSON, Markdown and CSV
+never drop a row. Money shows 2 decimals in the table and Markdown, 6 in JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from nexus_audit.errors import UsageError
+from nexus_audit.report import Report
+from nexus_audit.timeutil import isoformat
+
+WIDTH: Final = 80
+TABLE_ROWS: Final = 10
+FORMATS: Final = ("table", "json", "markdown", "csv")
+
+
+def render(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> str:
+    """The report in ``fmt`` (``table``, ``json``, ``markdown`` or ``csv``)."""
+    renderers: dict[str, Callable[[Report], str]] = {
+        "table": lambda r: render_table(r, max_rows=max_rows),
+        "json": render_json,
+        "markdown": render_markdown,
+        "csv": render_csv,
+    }
+    if fmt not in renderers:
+        raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",
+                         parameter="format")
+    return renderers[fmt](report)
+
+
+def render_json(report: Report) -> str:
+    """The report JSON, indented, one trailing newline."""
+    return json.dumps(report.to_json_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int,
+          width: int = WIDTH) -> list[str]:
+    """A plain-text table that fits ``width``: the widest columns shrink first."""
+    shown = list(rows[:max_rows])
+    cols = len(headers)
+    widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
+    budget = width - 2 * (cols - 1)
+    while sum(widths) > budget:
+        widest = max(range(cols), key=lambda i: widths[i])
+        if widths[widest] <= 4:
+            break
+        widths[widest] -= 1
+    lines = ["  ".join(_cut(h, w).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in shown:
+        lines.append("  ".join(_cut(c, w).ljust(w)
+                               for c, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) > max_rows:
+        lines.append(f"… and {len(rows) - max_rows} more")
+    return lines
+
+
+def _pairs(items: Iterable[tuple[str, str]]) -> list[str]:
+    pairs = list(items)
+    key_width = max((len(k) for k, _ in pairs), default=0)
+    return [_cut(f"  {k.ljust(key_width)}  {v}", WIDTH) for k, v in pairs]
+
+
+def _section(title: str) -> list[str]:
+    return ["", title.upper(), "=" * len(title)]
+
+
+def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
+    """The report for an 80-column terminal."""
+    d = report.to_json_dict()
+    c = report.crawls
+    cov = c.coverage
+    out = [_cut(f"nexus-audit report  {d['window']['since']} → {d['window']['until']}", WIDTH),
+           _cut(f"accounts: {', '.join(report.accounts)}", WIDTH),
+           _cut(f"prices: {report.pricing.get('name')} as of {report.pricing.get('as_of')} "
+                f"(sha256 {report.pricing.get('digest', '')[:12]})", WIDTH)]
+    out += _section("Crawls and coverage")
+    out += _pairs([("crawls", f"{c.count} ({c.succeeded} succeeded, {c.failed} failed)"),
+                   ("last success", isoformat(c.last_success) or "never"),
+                   ("coverage", f"{cov.ratio:.1%} of the window observed"),
+                   ("gaps", str(len(cov.gaps)))])
+    if cov.gaps:
+        out += _grid(["account", "kind", "start", "end"],
+                     [[g.account, g.kind, isoformat(g.start) or "", isoformat(g.end) or ""]
+                      for g in cov.gaps], max_rows)
+    inv = report.inventory
+    out += _section("Inventory")
+    out += _pairs([
+        ("instances", f"{inv.instances_total}  " + ", ".join(
+            f"{k} {v}" for k, v in inv.instances_by_status.items())),
+        ("by region", ", ".join(f"{k} {v}" for k, v in inv.instances_by_region.items()) or "-"),
+        ("buckets", f"{inv.buckets_total}  ({_size(inv.buckets_size_bytes)})")])
+    cost = report.cost
+    out += _section(f"Cost ({cost.currency})")
+    regions = sorted(set(cost.accrued.by_region) | set(cost.run_rate_hourly.by_region))
+    rows = [["total", _money(cost.accrued.total), _money(cost.run_rate_hourly.total)],
+            ["compute", _money(cost.accrued.compute), _money(cost.run_rate_hourly.compute)],
+            ["storage", _money(cost.accrued.storage), _money(cost.run_rate_hourly.storage)]]
+    rows += [[f"  {r}", _money(cost.accrued.by_region.get(r, 0.0)),
+              _money(cost.run_rate_hourly.by_region.get(r, 0.0))] for r in regions]
+    out += _grid(["", "accrued", "per hour now"], rows, len(rows))
+    out += _section("Drift")
+    out += _grid(["observed", "kind", "id", "change", "field", "old → new"],
+                 [[isoformat(x.observed_at) or "", x.kind, x.id, x.change, x.field or "",
+                   "" if x.change != "changed" else f"{_value(x.old)} → {_value(x.new)}"]
+                  for x in report.drift], max_rows) if report.drift else ["  no drift"]
+    out += _section("Public buckets and exposures")
+    out += _grid(["bucket", "access", "region", "size", "public since"],
+                 [[b.id, b.access, b.region, _size(b.size_bytes), isoformat(b.public_since) or ""]
+                  for b in report.public_buckets], max_rows) if report.public_buckets else [
+        "  no bucket is exposed now"]
+    out.append("")
+    out += _grid(["bucket", "access", "start", "end"],
+                 [[e.id, e.access, isoformat(e.start) or "", isoformat(e.end) or "ongoing"]
+                  for e in report.exposures], max_rows) if report.exposures else [
+        "  no exposure in the window"]
+    out += _section("Stale instances")
+    out += _grid(["instance", "name", "status", "region", "since", "per hour"],
+                 [[s.id, s.name, s.status, s.region,
+                   ("≤ " if s.at_least else "") + (isoformat(s.stale_since) or ""),
+                   _money(s.hourly_cost)] for s in report.stale_instances],
+                 max_rows) if report.stale_instances else ["  no stale instance"]
+    if any(s.at_least for s in report.stale_instances):
+        out.append("  ≤: not running since at least then (the first crawl saw it so)")
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(value: Any) -> str:
+    text = _value(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown, fit to paste into a compliance ticket (no row dropped)."""
+    d = report.to_json_dict()
+    c = report.crawls
+    out = [f"# nexus-audit report: {d['window']['since']} to {d['window']['until']}", "",
+           f"- Accounts: {', '.join(report.accounts)}",
+           f"- Generated: {d['generated_at']}",
+           f"- Prices: {report.pricing.get('name')} as of {report.pricing.get('as_of')}, "
+           f"sha256 `{report.pricing.get('digest')}`", "",
+           "## Crawls and coverage", "",
+           f"- Crawls: {c.count} ({c.succeeded} succeeded, {c.failed} failed)",
+           f"- Last success: {isoformat(c.last_success) or 'never'}",
+           f"- Coverage: {c.coverage.ratio:.2%} of the window observed", ""]
+    if c.coverage.gaps:
+        out += _md_table(["account", "kind", "gap start", "gap end"],
+                         [[g.account, g.kind, isoformat(g.start), isoformat(g.end)]
+                          for g in c.coverage.gaps])
+        out.append("")
+    inv = d["inventory"]
+    out += ["## Inventory", "",
+            f"- Instances: {inv['instances']['total']}"
+            f" (by status: {_value(inv['instances']['by_status'])};"
+            f" by region: {_value(inv['instances']['by_region'])})",
+            f"- Buckets: {inv['buckets']['total']} ({inv['buckets']['size_bytes']} bytes)", "",
+            f"## Cost ({report.cost.currency})", ""]
+    acc, rate = report.cost.accrued, report.cost.run_rate_hourly
+    regions = sorted(set(acc.by_region) | set(rate.by_region))
+    cost_rows = [["total", _money(acc.total), _money(rate.total)],
+                 ["compute", _money(acc.compute), _money(rate.compute)],
+                 ["storage", _money(acc.storage), _money(rate.storage)]]
+    cost_rows += [[f"region {r}", _money(acc.by_region.get(r, 0.0)),
+                   _money(rate.by_region.get(r, 0.0))] for r in regions]
+    out += _md_table(["", "accrued", "per hour now"], cost_rows)
+    out.append("")
+    out += ["## Drift", ""]
+    out += _md_table(["observed", "account", "kind", "id", "change", "field", "old", "new"],
+                     [[isoformat(x.observed_at), x.account, x.kind, x.id, x.change, x.field,
+                       x.old, x.new] for x in report.drift]) if report.drift else ["No drift."]
+    out += ["", "## Public buckets", ""]
+    out += _md_table(["account", "bucket", "access", "region", "size bytes", "public since"],
+                     [[b.account, b.id, b.access, b.region, b.size_bytes,
+                       isoformat(b.public_since)] for b in report.public_buckets]
+                     ) if report.public_buckets else ["No bucket is exposed now."]
+    out += ["", "## Exposures in the window", ""]
+    out += _md_table(["account", "bucket", "access", "start", "end"],
+                     [[e.account, e.id, e.access, isoformat(e.start),
+                       isoformat(e.end) or "ongoing"] for e in report.exposures]
+                     ) if report.exposures else ["No exposure in the window."]
+    out += ["", "## Stale instances", ""]
+    out += _md_table(["account", "instance", "name", "status", "region", "stale since",
+                      "at least", "hourly cost"],
+                     [[s.account, s.id, s.name, s.status, s.region, isoformat(s.stale_since),
+                       "yes" if s.at_least else "no", _money(s.hourly_cost)]
+                      for s in report.stale_instances]
+                     ) if report.stale_instances else ["No stale instance."]
+    return "\n".join(out) + "\n"
+
+
+CSV_COLUMNS: Final = ("section", "account", "kind", "id", "name", "status", "region",
+                      "access", "change", "field", "old", "new", "start", "end", "at_least",
+                      "metric", "value")
+
+
+def render_csv(report: Report) -> str:
+    """The report as one CSV table; ``section`` says what each row is (no row dropped)."""
+    d = report.to_json_dict()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+
+    def row(section: str, **cells: Any) -> None:
+        writer.writerow({"section": section, **{k: "" if v is None else
+                         _value(v) if isinstance(v, (dict, list)) else v
+                         for k, v in cells.items()}})
+
+    crawls = d["crawls"]
+    for metric in ("count", "succeeded", "failed", "last_success"):
+        row("crawls", metric=metric, value=crawls[metric])
+    for metric in ("covered_seconds", "window_seconds", "ratio"):
+        row("coverage", metric=metric, value=crawls["coverage"][metric])
+    for g in crawls["coverage"]["gaps"]:
+        row("coverage_gap", account=g["account"], kind=g["kind"], start=g["start"],
+            end=g["end"])
+    inv = d["inventory"]
+    for status, n in inv["instances"]["by_status"].items():
+        row("inventory", kind="instance", status=status, metric="count", value=n)
+    for region, n in inv["instances"]["by_region"].items():
+        row("inventory", kind="instance", region=region, metric="count", value=n)
+    row("inventory", kind="bucket", metric="count", value=inv["buckets"]["total"])
+    row("inventory", kind="bucket", metric="size_bytes", value=inv["buckets"]["size_bytes"])
+    for part in ("accrued", "run_rate_hourly"):
+        amounts = d["cost"][part]
+        for metric in ("total", "compute", "storage"):
+            row("cost", metric=f"{part}.{metric}", value=amounts[metric])
+        for region, value in amounts["by_region"].items():
+            row("cost", region=region, metric=f"{part}.by_region", value=value)
+    for x in d["drift"]:
+        row("drift", account=x["account"], kind=x["kind"], id=x["id"], change=x["change"],
+            field=x["field"], old=x["old"], new=x["new"], start=x["observed_at"])
+    for b in d["public_buckets"]:
+        row("public_bucket", account=b["account"], kind="bucket", id=b["id"],
+            region=b["region"], access=b["access"], start=b["public_since"],
+            metric="size_bytes", value=b["size_bytes"])
+    for e in d["exposures"]:
+        row("exposure", account=e["account"], kind="bucket", id=e["id"], access=e["access"],
+            start=e["start"], end=e["end"])
+    for s in d["stale_instances"]:
+        row("stale_instance", account=s["account"], kind="instance", id=s["id"],
+            name=s["name"], status=s["status"], region=s["region"], start=s["stale_since"],
+            at_least=str(s["at_least"]).lower(), metric="hourly_cost", value=s["hourly_cost"])
+    row("pricing", metric="name", value=d["pricing"].get("name"))
+    row("pricing", metric="as_of", value=d["pricing"].get("as_of"))
+    row("pricing", metric="digest", value=d["pricing"].get("digest"))
+    return buffer.getvalue()
