@@ -29,23 +29,50 @@ def test_capacity_scales_the_rate_to_the_window() -> None:
     assert window_capacity(10, 1.0) == 1
 
 
+def drive(budget: RateBudget, requests: list[tuple[float, float, float]]) -> list[float]:
+    """Send requests through ``budget`` in simulated time; the server-side arrival times.
+
+    Each request is ``(gap after the previous one was wanted, latency, where in the
+    round trip the server sees it: 0..1)``. Answers are processed in time order.
+    """
+    import heapq
+
+    now = 0.0
+    answers: list[float] = []
+    arrivals: list[float] = []
+
+    def answer_until(moment: float) -> None:
+        while answers and answers[0] <= moment:
+            budget.record_done(heapq.heappop(answers))
+
+    for gap, latency, seen_at in requests:
+        now += gap
+        answer_until(now)
+        while (wait := budget.delay(now)) > 0:
+            now = answers[0] if wait == float("inf") else now + wait
+            answer_until(now)
+        budget.record_send(now)
+        heapq.heappush(answers, now + latency)
+        arrivals.append(now + seen_at * latency)
+    return arrivals
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     per_minute=st.integers(min_value=1, max_value=40),
-    gaps=st.lists(st.floats(min_value=0.0, max_value=20.0), min_size=1, max_size=200),
+    requests=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=20.0),
+                  st.floats(min_value=0.0, max_value=30.0),
+                  st.floats(min_value=0.0, max_value=1.0)),
+        min_size=1, max_size=200),
 )
-def test_never_more_than_capacity_in_any_window(per_minute: int, gaps: list[float]) -> None:
-    """Whatever the arrival pattern, sends honour the budget in every sliding 60 s window."""
-    budget = RateBudget(per_minute, clock=FakeClock())
-    now = 0.0
-    sent: list[float] = []
-    for gap in gaps:
-        now += gap
-        now += budget.delay(now)
-        budget.record_send(now)
-        budget.done()
-        sent.append(now)
-    assert max_in_any_window(sent, 60.0) <= per_minute
+def test_never_more_than_capacity_in_any_window(per_minute: int,
+                                                requests: list[tuple[float, float, float]]
+                                                ) -> None:
+    """Whatever the arrivals and latencies, the server never sees more than the budget
+    in any sliding 60 s window."""
+    arrivals = drive(RateBudget(per_minute, clock=FakeClock()), requests)
+    assert max_in_any_window(arrivals, 60.0) <= per_minute
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,8 +80,8 @@ def test_never_more_than_capacity_in_any_window(per_minute: int, gaps: list[floa
     per_minute=st.integers(min_value=1, max_value=30),
     gaps=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=120),
 )
-def test_a_saturated_budget_sends_as_soon_as_allowed(per_minute: int, gaps: list[float]) -> None:
-    """When a send waits, it waits exactly until the oldest send in the window expires."""
+def test_instant_answers_use_the_whole_budget(per_minute: int, gaps: list[float]) -> None:
+    """With instant answers a send waits only until the oldest in the window expires."""
     budget = RateBudget(per_minute, clock=FakeClock())
     now = 0.0
     sent: list[float] = []
@@ -66,8 +93,18 @@ def test_a_saturated_budget_sends_as_soon_as_allowed(per_minute: int, gaps: list
             assert now + wait == pytest.approx(sent[-per_minute] + 60.0)
         now += wait
         budget.record_send(now)
-        budget.done()
+        budget.record_done(now)
         sent.append(now)
+
+
+def test_slots_held_by_requests_in_flight_wait_for_an_answer() -> None:
+    """When every slot is in flight the wait is open-ended, then one window after the answer."""
+    budget = RateBudget(2, clock=FakeClock())
+    budget.record_send(0.0)
+    budget.record_send(0.0)
+    assert budget.delay(100.0) == float("inf")
+    budget.record_done(5.0)
+    assert budget.delay(6.0) == pytest.approx(59.0)
 
 
 async def test_concurrent_acquirers_share_one_window() -> None:
@@ -104,7 +141,7 @@ def test_server_remaining_is_shared_with_requests_in_flight() -> None:
     budget = RateBudget(1000, clock=FakeClock(), rng=random.Random(1))
     for _ in range(5):
         budget.record_send(0.0)
-    budget.done()  # one answered, four still in flight
+    budget.record_done(0.05)  # one answered, four still in flight
     budget.observe(1000, 6, reset_epoch=1_000_060.0, now=0.1, now_epoch=1_000_000.0)
     assert budget.server_left == 2
     budget.record_send(0.2)
@@ -149,6 +186,8 @@ def test_short_windows_keep_the_rate() -> None:
     for _ in range(100):
         assert budget.delay(5.0) == 0.0
         budget.record_send(5.0)
+    assert budget.delay(5.0) == float("inf")
+    budget.record_done(5.0)
     assert budget.delay(5.0) == pytest.approx(1.0)
     assert budget.in_window(5.5) == 100
 

@@ -3,8 +3,12 @@
 One :class:`RateBudget` per key, shared by every concurrent crawl on that key. Two limits
 apply at once and the stricter one wins:
 
-* our own share: never more than ``capacity`` sends in any ``window`` seconds (the send
-  times are kept, so this holds for *every* window, not only aligned ones);
+* our own share: never more than ``capacity`` requests in any ``window`` seconds, in
+  every window, not only aligned ones. A request occupies a slot from the moment it is
+  sent until ``window`` seconds after its answer arrived: the server saw it somewhere in
+  between, so however latency varies, no ``window`` seconds of the *server's* clock hold
+  more than ``capacity`` of our requests (a slot freed ``window`` after the send could
+  still collide with a slow request's late arrival);
 * the server's headers: ``X-RateLimit-Remaining`` minus the requests still in flight is
   what we may still send before ``X-RateLimit-Reset``; at 0 we hold until the reset (plus
   a little jitter, so several clients on one key do not all fire at the same instant).
@@ -59,7 +63,8 @@ class RateBudget:
         self.capacity = window_capacity(per_minute, window)
         self._clock = clock
         self._rng = rng or random.Random()
-        self._sent: deque[float] = deque()
+        # Answer times of finished requests within the window, oldest first.
+        self._finished: deque[float] = deque()
         self._hold_until = -math.inf
         self._inflight = 0
         # The server's view: requests we may still send before its reset.
@@ -67,6 +72,7 @@ class RateBudget:
         self._server_reset_epoch: float | None = None
         self._server_reset_at = -math.inf  # monotonic, jitter included
         self._lock = asyncio.Lock()
+        self._finish_event = asyncio.Event()
         #: The last limit the server reported (``X-RateLimit-Limit``), for display.
         self.server_limit: int | None = None
         #: Total seconds callers waited in :meth:`acquire`.
@@ -79,38 +85,52 @@ class RateBudget:
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window
-        sent = self._sent
-        while sent and sent[0] <= horizon:
-            sent.popleft()
+        finished = self._finished
+        while finished and finished[0] <= horizon:
+            finished.popleft()
         if self._server_left is not None and now >= self._server_reset_at:
             # A new server window has begun: its budget is unknown until the next answer.
             self._server_left = None
 
     def delay(self, now: float) -> float:
-        """Seconds from ``now`` until one more request may be sent (0 if at once)."""
+        """Seconds from ``now`` until one more request may be sent (0 if at once).
+
+        ``math.inf`` when every slot is held by a request still in flight: the wait ends
+        when one of them is answered (:meth:`record_done`).
+        """
         self._prune(now)
         wait = self._hold_until - now
-        if len(self._sent) >= self.capacity:
-            wait = max(wait, self._sent[-self.capacity] + self.window - now)
+        excess = self._inflight + len(self._finished) - self.capacity + 1
+        if excess > 0:
+            if excess > len(self._finished):
+                return math.inf
+            wait = max(wait, self._finished[excess - 1] + self.window - now)
         if self._server_left is not None and self._server_left <= 0:
             wait = max(wait, self._server_reset_at - now)
         return max(0.0, wait)
 
     def record_send(self, now: float) -> None:
-        """Count one request sent at ``now`` (it is in flight until :meth:`done`)."""
-        self._sent.append(now)
+        """Count one request sent at ``now``; it holds a slot until :meth:`record_done`."""
+        self._prune(now)
         self._inflight += 1
         if self._server_left is not None:
             self._server_left -= 1
 
+    def record_done(self, now: float) -> None:
+        """One request in flight was answered (or failed) at ``now``."""
+        if self._inflight > 0:
+            self._inflight -= 1
+            self._finished.append(now)
+            self._finish_event.set()
+
     def done(self) -> None:
-        """One request in flight has ended (answered or failed)."""
-        self._inflight = max(0, self._inflight - 1)
+        """:meth:`record_done` at the clock's current time."""
+        self.record_done(self._clock.monotonic())
 
     def in_window(self, now: float) -> int:
-        """Requests sent in the last ``window`` seconds."""
+        """Slots held now: requests in flight plus those answered in the last window."""
         self._prune(now)
-        return len(self._sent)
+        return self._inflight + len(self._finished)
 
     @property
     def inflight(self) -> int:
@@ -176,6 +196,12 @@ class RateBudget:
         """
         async with self._lock:
             while (wait := self.delay(self._clock.monotonic())) > 0:
+                if wait == math.inf:
+                    self._finish_event.clear()
+                    started = self._clock.monotonic()
+                    await self._finish_event.wait()
+                    self.waited += self._clock.monotonic() - started
+                    continue
                 self.waited += wait
                 await self._clock.sleep(wait)
             self.record_send(self._clock.monotonic())

@@ -105,6 +105,18 @@ _LEADS: Final[Mapping[int, str]] = {
 }
 
 
+def disable_hidden_retries(session: aiohttp.ClientSession) -> None:
+    """Stop aiohttp from silently re-sending a GET whose kept-alive connection dropped.
+
+    aiohttp (3.10+) retries such a request once on its own; that send would bypass the
+    rate budget and the request counters (the first attempt may well have reached the
+    server). Our retry loop handles the disconnect instead. aiohttp offers no public
+    switch; its own test client flips the same attribute.
+    """
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+
+
 class CloudNexusClient:
     """CloudNexus v2 over one aiohttp session, within one key's :class:`RateBudget`."""
 
@@ -132,6 +144,7 @@ class CloudNexusClient:
         self._secret = account.api_key.reveal()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._all_stats: tuple[ApiStats, ...] = (stats,)
+        disable_hidden_retries(session)
 
     def __repr__(self) -> str:
         return f"CloudNexusClient(account={self.account.name!r}, url={self._base!r})"

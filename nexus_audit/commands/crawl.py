@@ -1,0 +1,137 @@
+"""``nexus-audit crawl``: crawl every configured account once, now, and commit what completed.
+
+Thin wiring: parse ``--kinds``, open and migrate the store, build one session, one budget
+per key and one client per account, run the crawls concurrently, print one summary line
+per account. Exit 0 when every crawl succeeded, 1 otherwise (one line per failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Final, TextIO
+
+import aiohttp
+
+from nexus_audit.api.budget import RateBudget
+from nexus_audit.api.client import ApiStats, CloudNexusClient
+from nexus_audit.config import AccountConfig, Secret, Settings
+from nexus_audit.crawl import CrawlStore, crawl_and_commit
+from nexus_audit.errors import ConfigError, NexusAuditError, UsageError
+from nexus_audit.logs import get_logger, redactor
+from nexus_audit.model import KINDS, CrawlSummary, Kind
+from nexus_audit.progress import CrawlProgress, ProgressReporter
+from nexus_audit.timeutil import Clock, SystemClock
+
+log = get_logger(__name__)
+
+#: Connections per host: enough for every region chain of a few accounts at once.
+CONNECTIONS_PER_HOST: Final = 32
+
+
+def parse_kinds(text: str) -> tuple[Kind, ...]:
+    """``instances,buckets`` as kinds in canonical order; :class:`UsageError` otherwise."""
+    wanted = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(KINDS))
+    if unknown or not wanted:
+        raise UsageError(f"--kinds: {', '.join(unknown) or 'nothing'} is not a kind "
+                         f"(use {', '.join(KINDS)}, comma-separated)", parameter="kinds")
+    return tuple(k for k in KINDS if k in wanted)
+
+
+def budget_share(requests: int, per_minute: int, seconds: float) -> float:
+    """Requests as a share of the budget available over the crawl (at least one minute).
+
+    The window allows a minute's budget at once, so a crawl shorter than a minute is
+    measured against one minute's budget.
+    """
+    return requests / (per_minute * max(1.0, seconds / 60.0))
+
+
+def format_summary(summary: CrawlSummary, per_minute: int) -> str:
+    """One line for one account's crawl (printed on standard output)."""
+    share = budget_share(summary.requests, per_minute, summary.seconds)
+    counts = []
+    if "instances" in summary.kinds:
+        counts.append(f"{summary.instances:,} instances")
+    if "buckets" in summary.kinds:
+        counts.append(f"{summary.buckets:,} buckets")
+    line = (f"{summary.account}: {summary.status}: {', '.join(counts)}, "
+            f"{summary.requests} requests, {summary.retries} retries, "
+            f"{summary.seconds:.1f}s, {share:.0%} of the {per_minute}/min budget")
+    if summary.total_mismatch:
+        line += f" (totals differ: {summary.total_mismatch})"
+    return line
+
+
+async def run_crawls(
+    accounts: Sequence[AccountConfig],
+    store: CrawlStore,
+    *,
+    kinds: Sequence[Kind],
+    request_timeout: float,
+    clock: Clock,
+    stream: TextIO,
+    tty: bool,
+) -> list[CrawlSummary | NexusAuditError]:
+    """Crawl each account once, concurrently; a summary or the error that stopped it, each."""
+    budgets: dict[tuple[str, Secret], RateBudget] = {}
+    progresses = [CrawlProgress(account=a.name) for a in accounts]
+    connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        clients = []
+        for account in accounts:
+            key = (account.api_url.rstrip("/"), account.api_key)
+            budget = budgets.setdefault(key, RateBudget(account.rate_budget, clock=clock))
+            clients.append(CloudNexusClient(account, session, budget, stats=ApiStats(),
+                                            timeout=request_timeout, clock=clock))
+        reporter = ProgressReporter(progresses, stream=stream, clock=clock, tty=tty)
+        reporter.start()
+        try:
+            results = await asyncio.gather(
+                *(crawl_and_commit(account, store, client=client, kinds=kinds, clock=clock,
+                                   progress=progress)
+                  for account, client, progress in zip(accounts, clients, progresses,
+                                                       strict=True)),
+                return_exceptions=True,
+            )
+        finally:
+            await reporter.stop()
+    out: list[CrawlSummary | NexusAuditError] = []
+    for result in results:
+        if isinstance(result, (CrawlSummary, NexusAuditError)):
+            out.append(result)
+        else:
+            raise result  # a bug or an interrupt: not ours to summarize
+    return out
+
+
+def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``nexus-audit crawl``; the exit code."""
+    from nexus_audit.store import Store
+
+    accounts = settings.account(args.account)
+    if not accounts:
+        raise ConfigError("no CloudNexus account is configured: set NEXUS_API_KEY (or "
+                          "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG file")
+    kinds = parse_kinds(args.kinds)
+    store = Store(settings.db_path)
+    store.migrate()
+    results = asyncio.run(run_crawls(accounts, store, kinds=kinds,
+                                     request_timeout=settings.request_timeout, clock=SystemClock(),
+                                     stream=sys.stderr, tty=sys.stderr.isatty()))
+    failed = 0
+    for account, result in zip(accounts, results, strict=True):
+        if isinstance(result, CrawlSummary):
+            print(format_summary(result, account.rate_budget), flush=True)
+            if result.status == "succeeded":
+                continue
+            reason = result.error or "failed"
+        else:
+            reason = str(result)
+        failed += 1
+        sys.stderr.write(redactor.scrub(f"nexus-audit: error: account {account.name}: "
+                                        f"{reason}") + "\n")
+    return 1 if failed else 0
