@@ -1,0 +1,114 @@
+"""``nexus-audit crawl`` end to end against a simulator thread, and its pure helpers."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from nexus_audit.api import RateBudget
+from nexus_audit.commands.crawl import budget_share, crawl_command, format_summary, parse_kinds
+from nexus_audit.config import Settings, load_settings
+from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.model import CrawlSummary
+from nexus_audit.progress import CrawlProgress, format_progress, time_left
+from nexus_audit.simulator import SimulatorThread
+from nexus_audit.store import Store
+from nexus_audit.timeutil import FakeClock
+
+
+def settings_for(sim: SimulatorThread, tmp_path: Path) -> Settings:
+    """Settings from the environment a user would set."""
+    return load_settings({"NEXUS_API_KEY": sim.key, "NEXUS_API_URL": sim.url,
+                          "NEXUS_AUDIT_DB": str(tmp_path / "audit.duckdb")})
+
+
+def args(kinds: str = "instances,buckets", account: str | None = None) -> argparse.Namespace:
+    """What the CLI parser hands the command."""
+    return argparse.Namespace(account=account, kinds=kinds)
+
+
+def test_crawl_commits_and_prints_a_summary(simulator_thread: SimulatorThread, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A successful crawl exits 0, prints one summary line and lands in the store."""
+    settings = settings_for(simulator_thread, tmp_path)
+    with capture_logs() as logs:
+        assert crawl_command(args(), settings) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("default: succeeded: 200 instances, 20 buckets, 3 requests, "
+                               "0 retries, ")
+    assert lines[0].endswith("1% of the 250/min budget")
+    assert out.err == ""
+    assert any(e["event"] == "crawl.finished" for e in logs)
+    assert Store(settings.db_path).previous_regions("default")
+
+
+def test_failed_crawl_exits_1_with_one_line(simulator_thread: SimulatorThread, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A rejected key exits 1 with one line naming the account and the API's reason."""
+    settings = settings_for(simulator_thread, tmp_path)
+    simulator_thread.revoke_key()
+    with capture_logs():
+        assert crawl_command(args(kinds="buckets"), settings) == 1
+    out = capsys.readouterr()
+    errors = out.err.strip().splitlines()
+    assert len(errors) == 1
+    assert errors[0].startswith("nexus-audit: error: account default: CloudNexus rejected "
+                                "the API key: it is invalid or expired")
+    assert simulator_thread.key not in out.err + out.out
+    assert "default: failed" in out.out
+
+
+def test_without_an_account_says_how_to_configure_one(tmp_path: Path) -> None:
+    """No key configured is a ConfigError pointing at NEXUS_API_KEY."""
+    settings = load_settings({"NEXUS_AUDIT_DB": str(tmp_path / "a.duckdb")})
+    with pytest.raises(ConfigError, match="NEXUS_API_KEY"):
+        crawl_command(args(), settings)
+
+
+def test_kinds_are_validated() -> None:
+    """--kinds takes known kinds in any order; anything else is a usage error."""
+    assert parse_kinds("buckets, instances") == ("instances", "buckets")
+    assert parse_kinds("buckets") == ("buckets",)
+    with pytest.raises(UsageError, match="--kinds: volumes"):
+        parse_kinds("instances,volumes")
+    with pytest.raises(UsageError, match="nothing"):
+        parse_kinds(" , ")
+
+
+def test_budget_share_counts_at_least_one_minute() -> None:
+    """A short crawl is measured against one minute's budget; a long one against its length."""
+    assert budget_share(125, 250, 3.0) == pytest.approx(0.5)
+    assert budget_share(500, 250, 240.0) == pytest.approx(0.5)
+
+
+def test_format_summary_names_what_was_crawled() -> None:
+    """The summary line lists the crawled kinds, requests, retries, seconds and budget share."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    summary = CrawlSummary(account="prod", kinds=("instances",), started_at=start,
+                           finished_at=start + timedelta(seconds=2.5), status="succeeded",
+                           instances=12345, requests=125, retries=2,
+                           total_mismatch="instances: collected 12345, API total 12346")
+    assert format_summary(summary, 250) == (
+        "prod: succeeded: 12,345 instances, 125 requests, 2 retries, 2.5s, 50% of the "
+        "250/min budget (totals differ: instances: collected 12345, API total 12346)")
+
+
+def test_progress_line_shows_records_requests_budget_and_time_left() -> None:
+    """The live line shows records of expected, requests, budget in use and an estimate."""
+    clock = FakeClock()
+    budget = RateBudget(100, clock=clock)
+    for _ in range(25):
+        budget.record_send(clock.monotonic())
+    progress = CrawlProgress(account="prod", budget=budget, started=clock.monotonic() - 10.0)
+    progress.records["instances"] = 2500
+    progress.expect("instances", 10000)
+    line = format_progress([progress], clock.monotonic())
+    assert line == "prod: 2,500/10,000 records, 0 requests, budget 25%, ~30s left"
+    assert time_left(0, 100, 5.0) is None
+    assert time_left(100, 100, 5.0) == 0.0
