@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -79,6 +79,18 @@ class ApiStats:
         for (endpoint, code), count in sorted(self.requests.items()):
             out.setdefault(endpoint, {})[code] = count
         return out
+
+
+class Reply(NamedTuple):
+    """A JSON object answer with its response headers (uploads verify the ``ETag``)."""
+
+    payload: dict[str, Any]
+    headers: Mapping[str, str]
+
+
+def object_path(bucket: str, key: str) -> str:
+    """``/objects/{bucket}/{key}`` with both parts escaped (a ``/`` in the key included)."""
+    return f"/objects/{quote(bucket, safe='')}/{quote(key, safe='')}"
 
 
 def _error_class(status: int) -> type[ApiError]:
@@ -176,12 +188,30 @@ class CloudNexusClient:
         content_type: str = "application/octet-stream",
     ) -> dict[str, Any]:
         """``PUT /objects/{bucket}/{key}``: upload ``body``; returns etag and content hash."""
-        path = f"/objects/{quote(bucket, safe='')}/{quote(key, safe='')}"
+        path = object_path(bucket, key)
         headers = {
             "Content-Type": content_type,
             "X-Object-Metadata": json.dumps(dict(metadata), separators=(",", ":")),
         }
         return await self._request("PUT", path, "PUT /objects", data=body, headers=headers)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Any request (multipart uploads: ``POST``, ``PUT``, ``DELETE``) within the budget
+        and the retry policy; the JSON object answered and the response headers.
+
+        ``endpoint`` labels the request in stats, logs and errors (no query strings).
+        """
+        return await self._exchange(method, path, endpoint, params=params, data=data,
+                                    headers=headers)
 
     # -- the retry loop ------------------------------------------------------------------
 
@@ -224,6 +254,20 @@ class CloudNexusClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        reply = await self._exchange(method, path, endpoint, params=params, data=data,
+                                     headers=headers)
+        return reply.payload
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
         url = self._base + path
         send_headers = {
             "Authorization": f"Bearer {self._secret}",
@@ -279,7 +323,7 @@ class CloudNexusClient:
                                 "expected an object", status=status, endpoint=endpoint,
                                 request_id=reply_headers.get("X-Request-Id"),
                             )
-                        return payload
+                        return Reply(payload, reply_headers)
                 else:
                     failure = self._error(status, body, reply_headers, endpoint)
                     if verdict == "fatal":
