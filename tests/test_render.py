@@ -1,0 +1,76 @@
+"""Renderers: the table fits 80 columns and truncates; the others never drop a row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nexus_audit.errors import UsageError
+from nexus_audit.render import CSV_COLUMNS, render
+from nexus_audit.report import Drift, Report
+from nexus_audit.store import Store
+from tests.test_queries import T0
+from tests.test_report import build, rich_history
+
+
+@pytest.fixture
+def rich(tmp_path: Path) -> Report:
+    """The rich history's report, with 25 extra drift rows and a very long id."""
+    store = Store(tmp_path / "rich.duckdb")
+    store.migrate()
+    rich_history(store)
+    base = build(store)
+    extra = tuple(Drift(kind="instance", id=f"i-{'x' * 60}-{n}", change="added", field=None,
+                        old=None, new=None, observed_at=T0 + timedelta(hours=1),
+                        account="acme") for n in range(25))
+    return replace(base, drift=base.drift + extra)
+
+
+def test_table_fits_80_columns_and_truncates(rich: Report) -> None:
+    """Every table line fits 80 columns; the long drift list ends with '… and N more'."""
+    text = render(rich, "table")
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "… and 20 more" in text
+    for heading in ("CRAWLS AND COVERAGE", "INVENTORY", "COST (EUR)", "DRIFT",
+                    "PUBLIC BUCKETS AND EXPOSURES", "STALE INSTANCES"):
+        assert heading in text
+    assert "100.65" in text  # accrued total, 2 decimals
+
+
+def test_json_is_the_report_dict(rich: Report) -> None:
+    """--format json prints exactly to_json_dict()."""
+    assert json.loads(render(rich, "json")) == rich.to_json_dict()
+
+
+def test_markdown_keeps_every_row(rich: Report) -> None:
+    """Markdown lists every drift row, escapes pipes, and has a section per question."""
+    text = render(rich, "markdown")
+    drift_rows = [line for line in text.splitlines() if line.startswith("| 20")]
+    assert len([r for r in drift_rows if "| instance |" in r or "| bucket |" in r]) >= 30
+    assert "## Stale instances" in text
+    assert "## Exposures in the window" in text
+    assert "… and" not in text
+
+
+def test_csv_has_a_section_column_and_every_row(rich: Report) -> None:
+    """CSV: one header, a section on every row, all drift rows, parseable values."""
+    rows = list(csv.DictReader(io.StringIO(render(rich, "csv"))))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert all(r["section"] for r in rows)
+    assert len([r for r in rows if r["section"] == "drift"]) == len(rich.drift)
+    tags = [r for r in rows if r["section"] == "drift" and r["field"] == "tags"]
+    assert json.loads(tags[0]["new"]) == {"env": "prod", "owner": "ops"}
+    exposures = [r for r in rows if r["section"] == "exposure"]
+    assert {r["id"] for r in exposures} == {"b-odd", "b-site"}
+
+
+def test_unknown_format_is_usage_error(rich: Report) -> None:
+    """An unknown format is a usage error naming the choices."""
+    with pytest.raises(UsageError, match="table, json, markdown, csv"):
+        render(rich, "xml")
