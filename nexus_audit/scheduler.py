@@ -70,7 +70,7 @@ def job_specs(
 
 
 def judge_readiness(
-    last_success: Mapping[tuple[str, Kind], datetime | None],
+    last_success: Mapping[tuple[str, str], datetime],
     accounts: Iterable[str],
     intervals: Mapping[Kind, timedelta],
     now: datetime,

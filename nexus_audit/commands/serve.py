@@ -1,0 +1,346 @@
+"""``nexus-audit serve``: scheduled crawls plus /metrics, /report, /healthz and /readyz.
+
+Wiring only: settings and flags in; one store, one price list, one HTTP session, one rate
+budget per key (shared by that key's instance and bucket jobs), one ``ApiStats`` per
+account for the process's life; the web app and the scheduler on one event loop.
+
+After every crawl the metrics snapshot is rebuilt from the store in a worker thread and
+swapped in whole. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
+period (``NEXUS_AUDIT_SHUTDOWN_GRACE``, default 10s) to finish and commit, else it is
+cancelled and nothing of it is committed; then the web server stops and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import ssl
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from nexus_audit import __version__
+from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
+from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
+from nexus_audit.crawl import crawl_and_commit
+from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
+from nexus_audit.logs import get_logger
+from nexus_audit.metrics import (
+    ApiCollector,
+    BuildInfoCollector,
+    CrawlStateCollector,
+    CrawlStats,
+    CrawlStatsCollector,
+    Exporter,
+    InventoryCollector,
+    PricingLabel,
+    Snapshot,
+    SnapshotHolder,
+    build_snapshot,
+)
+from nexus_audit.model import Kind
+from nexus_audit.pricing import Pricing, load_pricing
+from nexus_audit.report import build_report
+from nexus_audit.scheduler import (
+    DEFAULT_SHUTDOWN_GRACE,
+    CrawlScheduler,
+    job_specs,
+    judge_readiness,
+)
+from nexus_audit.server import (
+    AuthPolicy,
+    Readiness,
+    ReportQuery,
+    build_app,
+    make_ssl_context,
+)
+from nexus_audit.store import AccountState, Store
+from nexus_audit.timeutil import Clock, SystemClock, Window, parse_duration
+
+log = get_logger(__name__)
+
+#: Connections per host: every region chain of a few accounts at once.
+CONNECTIONS_PER_HOST: Final = 32
+GRACE_VARIABLE: Final = "NEXUS_AUDIT_SHUTDOWN_GRACE"
+
+
+def apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Settings with ``--listen``, ``--interval`` and ``--bucket-interval`` applied."""
+    web_config = settings.web
+    if getattr(args, "listen", None):
+        validate_listen(args.listen, "--listen")
+        web_config = replace(web_config, listen=args.listen)
+    interval = settings.interval
+    if getattr(args, "interval", None):
+        interval = parse_duration(args.interval, parameter="--interval")
+    bucket_interval = settings.bucket_interval
+    if getattr(args, "bucket_interval", None):
+        bucket_interval = parse_duration(args.bucket_interval, parameter="--bucket-interval")
+    return replace(settings, web=web_config, interval=interval, bucket_interval=bucket_interval)
+
+
+def shutdown_grace(env: Mapping[str, str]) -> float:
+    """Seconds a crawl in progress may take to finish at shutdown (``10s`` by default)."""
+    text = env.get(GRACE_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_SHUTDOWN_GRACE
+    if text in {"0", "0s"}:
+        return 0.0
+    try:
+        return parse_duration(text, parameter=GRACE_VARIABLE).total_seconds()
+    except UsageError as exc:
+        raise ConfigError(str(exc), parameter=GRACE_VARIABLE) from None
+
+
+def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock) -> dict[str, RateBudget]:
+    """One :class:`RateBudget` per key (and API URL), mapped from each account using it.
+
+    Accounts sharing a key share its budget, at the smallest of their configured rates.
+    """
+    by_key: dict[tuple[str, Secret], RateBudget] = {}
+    for account in sorted(accounts, key=lambda a: a.rate_budget):
+        key = (account.api_url.rstrip("/"), account.api_key)
+        by_key.setdefault(key, RateBudget(account.rate_budget, clock=clock))
+    return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
+
+
+class StoreReports:
+    """The /report source: ``build_report`` over the store, called in a worker thread."""
+
+    def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock) -> None:
+        self._store = store
+        self._settings = settings
+        self._pricing = pricing
+        self._clock = clock
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """The configured account names."""
+        return tuple(a.name for a in self._settings.accounts)
+
+    def report(self, query: ReportQuery) -> Mapping[str, Any]:
+        """The report JSON for ``query``."""
+        s = self._settings
+        report = build_report(
+            self._store,
+            query.window,
+            accounts=(query.account,) if query.account else self.accounts,
+            stale_after=query.stale_after or s.stale_after,
+            pending_stale_after=s.pending_stale_after,
+            max_gap_instances=s.max_gap or 2 * s.interval,
+            max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+            pricing=self._pricing,
+            now=self._clock.now(),
+        )
+        data: Mapping[str, Any] = report.to_json_dict()
+        return data
+
+
+class Service:
+    """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler."""
+
+    def __init__(self, settings: Settings, store: Store, pricing: Pricing, *,
+                 clock: Clock, grace: float) -> None:
+        self.settings = settings
+        self.store = store
+        self.pricing = pricing
+        self.clock = clock
+        self.grace = grace
+        self.names = tuple(a.name for a in settings.accounts)
+        self.intervals: dict[Kind, timedelta] = {"instances": settings.interval,
+                                                 "buckets": settings.bucket_interval}
+        self.budgets = shared_budgets(settings.accounts, clock)
+        self.api_stats = {name: ApiStats() for name in self.names}
+        self.crawl_stats = CrawlStats(self.names)
+        self.holder = SnapshotHolder()
+        self.exporter = Exporter(
+            self.holder,
+            snapshot_collectors=[InventoryCollector(self.holder),
+                                 CrawlStateCollector(self.holder)],
+            live_collectors=[CrawlStatsCollector(self.crawl_stats),
+                             ApiCollector(self.api_stats, self.budgets),
+                             BuildInfoCollector(__version__)],
+        )
+        self.reports = StoreReports(store, settings, pricing, clock)
+        self._generation = 0
+        self._stale: dict[tuple[str, str], int] | None = None
+        self._rebuild_lock = threading.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
+
+    # -- metrics snapshot ------------------------------------------------------------------
+
+    def rebuild_snapshot(self, *, stale: bool = True) -> Snapshot:
+        """Read the latest state, fold it into a snapshot and install it (blocking).
+
+        ``stale=False`` reuses the stale-instance counts of the previous rebuild: they
+        depend only on instance history, so a bucket poll does not recompute them.
+        """
+        with self._rebuild_lock:  # one at a time, so generations follow read order
+            self._generation += 1
+            try:
+                states = [s for s in self.store.latest() if s.account in self.names]
+            except NoDataError:
+                states = []
+            if stale or self._stale is None:
+                self._stale = self.stale_counts(states)
+            p = self.pricing
+            snapshot = build_snapshot(
+                states,
+                generation=self._generation,
+                instance_price=lambda i: p.instance_hourly(i.plan, i.cpu, i.memory_gb),
+                bucket_price=lambda b: p.storage_hourly(b.size_bytes),
+                pricing=PricingLabel(name=p.name, as_of=p.as_of, currency=p.currency,
+                                     digest=p.digest),
+                stale=self._stale,
+                per_bucket=self.settings.per_bucket_metrics,
+                per_instance=self.settings.per_instance_metrics,
+            )
+            self.exporter.install(snapshot)
+            return snapshot
+
+    def stale_counts(self, states: Sequence[AccountState]) -> dict[tuple[str, str], int]:
+        """Stale instances by (account, status) now, by the report's rule and thresholds."""
+        seen = [s for s in states if s.instances_as_of is not None]
+        if not seen:
+            return {}
+        # Staleness is judged over all history up to ``until``; the window only has to
+        # hold a crawl, so it starts just before the oldest latest instance crawl.
+        since = min(s.instances_as_of for s in seen if s.instances_as_of) - timedelta(seconds=1)
+        until = max(self.clock.now(), since + timedelta(seconds=2))
+        s = self.settings
+        try:
+            report = build_report(
+                self.store, Window(since, until), accounts=[a.account for a in seen],
+                stale_after=s.stale_after, pending_stale_after=s.pending_stale_after,
+                max_gap_instances=s.max_gap or 2 * s.interval,
+                max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+                pricing=self.pricing, now=until)
+        except NoDataError:
+            return {}
+        counts: dict[tuple[str, str], int] = {}
+        for item in report.stale_instances:
+            key = (item.account, item.status)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    async def refresh(self, *, stale: bool = True) -> None:
+        """Rebuild the snapshot in a worker thread; a store failure keeps the old one."""
+        try:
+            await asyncio.to_thread(functools.partial(self.rebuild_snapshot, stale=stale))
+        except StoreError as exc:
+            log.error("metrics.refresh_failed", error=str(exc),
+                      hint="the metrics keep showing the previous state")
+
+    # -- crawls ----------------------------------------------------------------------------
+
+    async def crawl(self, account: AccountConfig, kind: Kind) -> None:
+        """One scheduled crawl of one kind: crawl, commit, count, refresh the metrics."""
+        assert self._session is not None, "crawls run only while the service runs"
+        client = CloudNexusClient(account, self._session, self.budgets[account.name],
+                                  stats=self.api_stats[account.name],
+                                  timeout=self.settings.request_timeout, clock=self.clock)
+        started = self.clock.monotonic()
+        try:
+            summary = await crawl_and_commit(account, self.store, client=client, kinds=(kind,),
+                                             clock=self.clock)
+        except StoreError as exc:
+            # The crawl may have been complete, but it is not history: count it as failed.
+            self.crawl_stats.record(account.name, (kind,), "failed",
+                                    self.clock.monotonic() - started)
+            log.error("crawl.not_recorded", account=account.name, kinds=[kind], error=str(exc))
+            return
+        self.crawl_stats.record(account.name, summary.kinds, summary.status, summary.seconds)
+        await self.refresh(stale="instances" in summary.kinds)
+
+    def readiness(self) -> Readiness:
+        """/readyz: every account crawled each kind within twice its interval."""
+        return judge_readiness(self.holder.current.last_success, self.names, self.intervals,
+                               self.clock.now())
+
+    # -- running ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The web application over this service."""
+        return build_app(exposition=self.exporter, reports=self.reports,
+                         readiness=self.readiness, auth=AuthPolicy.from_web(self.settings.web),
+                         clock=self.clock)
+
+    async def run(self, ssl_context: ssl.SSLContext | None) -> int:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly; the exit code."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        received: list[str] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig.name)
+            stopping.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        host, port = validate_listen(self.settings.web.listen, "listen")
+        connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self._session = session
+            await self.refresh()  # history from earlier runs shows at once
+            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise ConfigError(f"listen: cannot listen on {self.settings.web.listen}: "
+                                      f"{exc.strerror or exc}") from None
+                bound = runner.addresses[0]
+                policy = AuthPolicy.from_web(self.settings.web)
+                log.info("serve.listening", host=str(bound[0]), port=int(bound[1]),
+                         tls=ssl_context is not None,
+                         auth=("bearer+basic" if policy.bearer_token and policy.basic_user
+                               else "bearer" if policy.bearer_token
+                               else "basic" if policy.basic_user else "none"),
+                         accounts=list(self.names),
+                         interval=self.settings.interval.total_seconds(),
+                         bucket_interval=self.settings.bucket_interval.total_seconds())
+                self.scheduler.start()
+                await stopping.wait()
+                log.info("serve.stopping", signal=received[0] if received else None,
+                         crawls_in_progress=[s.job_id for s in self.scheduler.running],
+                         grace_seconds=self.grace)
+                await self.scheduler.stop(self.grace)
+            finally:
+                await runner.cleanup()
+                self._session = None
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info("serve.stopped")
+        return 0
+
+
+def serve_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``nexus-audit serve``; the exit code."""
+    settings = apply_flags(args, settings)
+    if not settings.accounts:
+        raise ConfigError("no CloudNexus account is configured: set NEXUS_API_KEY (or "
+                          "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG file")
+    grace = shutdown_grace(os.environ)
+    ssl_context = None
+    if settings.web.tls_cert_file is not None and settings.web.tls_key_file is not None:
+        ssl_context = make_ssl_context(settings.web.tls_cert_file, settings.web.tls_key_file)
+    pricing = load_pricing(settings.pricing_file)
+    store = Store(settings.db_path)
+    store.migrate()
+    # APScheduler logs through the standard library in plain text; our JSON log lines
+    # cover what matters (crawl.skipped, crawl.crashed), so keep its chatter out.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    service = Service(settings, store, pricing, clock=SystemClock(), grace=grace)
+    return asyncio.run(service.run(ssl_context))

@@ -1,0 +1,253 @@
+"""A real ``nexus-audit serve`` process against the simulator, over loopback.
+
+Each test waits for what it needs by polling with a deadline, never by sleeping a fixed
+time; every process is stopped by its pid (the ``start_serve`` fixture).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from nexus_audit.simulator import FaultKind, SimulatorThread
+from nexus_audit.store import Store
+from tests.serve_fixtures import ServeProcess, StartServe, wait_until
+
+CHANGE_TIMEOUT = 20.0
+
+
+def samples(serve: ServeProcess, headers: dict[str, str] | None = None
+            ) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The scrape's samples by name."""
+    status, _, body = serve.get("/metrics", headers)
+    assert status == 200
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def total(serve: ServeProcess, name: str, **match: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``match``."""
+    return sum(value for labels, value in samples(serve).get(name, [])
+               if all(labels.get(k) == v for k, v in match.items()))
+
+
+def test_metrics_appear_after_the_first_crawl_and_follow_churn(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """After the first crawls /metrics shows the fleet; deletions and exposures show up next."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    assert total(serve, "nexus_instances", account="default") == 120
+    assert total(serve, "nexus_buckets", account="default") == 12
+    assert total(serve, "nexus_audit_crawl_success", kind="instances") == 1
+    assert total(serve, "nexus_audit_build_info") == 1
+
+    victim = serve_sim.fleet.instance_ids()[0]
+    serve_sim.delete_instance(victim)
+    private = next(b for b in serve_sim.fleet.query_buckets() if b.access == "private")
+    serve_sim.set_bucket_access(private.id, "public")
+
+    wait_until(lambda: True if total(serve, "nexus_instances") == 119 else None,
+               timeout=CHANGE_TIMEOUT, what="the deleted instance to leave the metrics")
+    wait_until(lambda: True if total(serve, "nexus_bucket_public", bucket=private.id) == 1
+               else None, timeout=CHANGE_TIMEOUT, what="the bucket to show as public")
+    assert total(serve, "nexus_audit_crawls_total", kind="buckets", status="succeeded") >= 2
+
+
+def test_the_key_never_appears_in_responses_or_logs(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """With the key revoked mid-run, crawls fail and say so, but no output quotes the key."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    serve_sim.revoke_key()
+    wait_until(lambda: True if total(serve, "nexus_audit_crawl_success", kind="buckets") == 0
+               else None, timeout=CHANGE_TIMEOUT, what="a failed bucket crawl")
+    assert total(serve, "nexus_audit_api_requests_total", code="401") >= 1
+    bodies = [serve.get(path)[2] for path in ("/metrics", "/readyz", "/healthz", "/report",
+                                              "/report?since=bogus", "/nope")]
+    assert serve.stop() == 0
+    key = serve_sim.key.encode()
+    for body in bodies:
+        assert key not in body
+    assert serve.events_named("api.error"), "the 401 is logged"
+    assert serve_sim.key not in serve.log_text()
+
+
+def test_bad_report_parameters_are_400_naming_the_parameter(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """A bad since, until, account or stale_after gets 400 BAD_PARAMETER naming it."""
+    serve = start_serve(serve_sim)
+    for query, parameter in [("since=yesterday", "since"), ("until=soon", "until"),
+                             ("account=nobody", "account"), ("stale_after=-1d", "stale_after"),
+                             ("sinse=30d", "sinse")]:
+        status, body = serve.get_json(f"/report?{query}")
+        assert status == 400, query
+        assert body["error"]["code"] == "BAD_PARAMETER"
+        assert body["error"]["parameter"] == parameter
+
+
+def test_report_answers_while_a_crawl_runs(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """/report is served while an instance crawl hangs on a slow API answer."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=3)
+    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+               what="an instance crawl to reach the slow answer")
+    finished_before = len([e for e in serve.events_named("crawl.finished")
+                           if e["kinds"] == ["instances"]])
+    status, report = serve.get_json("/report?since=1h")
+    assert status == 200
+    assert report["inventory"]["instances"]["total"] == 120
+    finished_after = len([e for e in serve.events_named("crawl.finished")
+                          if e["kinds"] == ["instances"]])
+    assert finished_after == finished_before, "the slow crawl was still running"
+
+
+def crawl_rows(db: Path) -> list[tuple[int, list[str], str]]:
+    """Every crawl row of the database: id, kinds, status."""
+    with Store(db).read() as con:
+        return [(int(c), list(k), s) for c, k, s in con.execute(
+            "SELECT crawl_id, kinds, status FROM crawls ORDER BY crawl_id").fetchall()]
+
+
+def test_sigterm_during_a_crawl_abandons_it_and_commits_nothing_of_it(
+        serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
+    """SIGTERM with a crawl stuck past the grace: exit 0, the crawl leaves no trace."""
+    serve = start_serve(serve_sim, env={"NEXUS_AUDIT_SHUTDOWN_GRACE": "1s"})
+    serve.wait_ready()
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=4)
+    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+               what="an instance crawl to reach the slow answer")
+    started = time.monotonic()
+    assert serve.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    assert serve.events_named("crawl.abandoned")
+    logged = [e for e in serve.events_named("crawl.finished") if e["status"] == "succeeded"]
+    rows = crawl_rows(tmp_path / "serve.duckdb")
+    assert {status for _, _, status in rows} <= {"succeeded", "failed"}
+    # Every committed crawl is one that finished; the abandoned one is not among them.
+    assert len(rows) == len(serve.events_named("crawl.finished"))
+    assert sum(1 for _, _, status in rows if status == "succeeded") == len(logged)
+    assert not list(tmp_path.glob("*.staging-*")), "no staging file is left behind"
+
+
+def test_sigterm_lets_a_crawl_in_progress_finish_within_the_grace(
+        serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
+    """SIGINT while a crawl waits 2s on the API: it finishes and commits, then exit 0."""
+    serve = start_serve(serve_sim, env={"NEXUS_AUDIT_SHUTDOWN_GRACE": "20s"})
+    serve.wait_ready()
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=2)
+    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+               what="an instance crawl to reach the slow answer")
+    assert serve.stop(signal.SIGINT) == 0
+    assert not serve.events_named("crawl.abandoned")
+    events = serve.events
+    stopping = next(i for i, e in enumerate(events) if e.get("event") == "serve.stopping")
+    assert any(e.get("event") == "crawl.finished" and e["kinds"] == ["instances"]
+               for e in events[stopping:]), "the slow crawl finished after the signal"
+    instance_rows = [r for r in crawl_rows(tmp_path / "serve.duckdb") if r[1] == ["instances"]]
+    logged = [e for e in events if e.get("event") == "crawl.finished"
+              and e["kinds"] == ["instances"]]
+    assert len(instance_rows) == len(logged)
+    assert instance_rows[-1][2] == "succeeded"
+
+
+def test_bearer_and_basic_auth_guard_everything_but_healthz(
+        serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
+    """With a token and basic auth configured, either works; nothing else does; /healthz is open."""
+    (tmp_path / "token").write_text("s3cret-token\n")
+    (tmp_path / "password").write_text("pass-w0rd\n")
+    config = tmp_path / "nexus.toml"
+    config.write_text('[serve]\nbearer_token_file = "token"\nbasic_auth_user = "ops"\n'
+                      'basic_auth_password_file = "password"\n')
+    serve = start_serve(serve_sim, env={"NEXUS_AUDIT_CONFIG": str(config)})
+    bearer = {"Authorization": "Bearer s3cret-token"}
+    basic = {"Authorization": "Basic " + base64.b64encode(b"ops:pass-w0rd").decode()}
+    serve.wait_ready(headers=bearer)
+    assert serve.get("/healthz")[0] == 200
+    for path in ("/metrics", "/report", "/readyz"):
+        status, headers, _ = serve.get(path)
+        assert status == 401, path
+        assert "Bearer" in headers["WWW-Authenticate"]
+        assert serve.get(path, {"Authorization": "Bearer wrong"})[0] == 401
+    assert serve.get("/metrics", bearer)[0] == 200
+    assert serve.get("/metrics", basic)[0] == 200
+    assert serve.get("/report?since=1h", basic)[0] == 200
+    assert "s3cret-token" not in serve.log_text()
+
+
+def test_tls_serves_https_only(serve_sim: SimulatorThread, start_serve: StartServe,
+                               tmp_path: Path) -> None:
+    """With a certificate and key configured, the endpoints answer over HTTPS (TLS 1.2+)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl binary is not installed")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    config = tmp_path / "nexus.toml"
+    config.write_text('[serve]\ntls_cert_file = "cert.pem"\ntls_key_file = "key.pem"\n')
+    serve = start_serve(serve_sim, env={"NEXUS_AUDIT_CONFIG": str(config)},
+                        tls_cafile=tmp_path / "cert.pem")
+    serve.wait_ready()
+    assert serve.get("/metrics")[0] == 200
+    assert serve.events_named("serve.listening")[0]["tls"] is True
+    plain = ServeProcess.__new__(ServeProcess)
+    plain.scheme, plain.port, plain.ssl_context = "http", serve.port, None
+    with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+        plain.get("/healthz", timeout=5)
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_real_exposition(
+        serve_sim: SimulatorThread, start_serve: StartServe, promtool_path: str) -> None:
+    """promtool check metrics is clean on what a running serve exposes."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    _, _, body = serve.get("/metrics")
+    result = subprocess.run([promtool_path, "check", "metrics"], input=body,
+                            capture_output=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.strip() == b""
+    assert result.stderr.strip() == b""
+
+
+def test_serve_without_an_account_exits_2_with_one_line(tmp_path: Path) -> None:
+    """No key configured: a one-line usage error and exit 2, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env["NEXUS_AUDIT_DB"] = str(tmp_path / "db.duckdb")
+    result = subprocess.run([sys.executable, "-m", "nexus_audit", "serve", "--listen",
+                             "127.0.0.1:0"], env=env, capture_output=True, timeout=30,
+                            check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert b"no CloudNexus account" in result.stderr
+
+
+def test_serve_with_a_bad_interval_exits_2(serve_sim: SimulatorThread, tmp_path: Path) -> None:
+    """--interval bogus is a usage error naming the flag."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    env.update({"NEXUS_API_KEY": serve_sim.key, "NEXUS_API_URL": serve_sim.url,
+                "NEXUS_AUDIT_DB": str(tmp_path / "db.duckdb")})
+    result = subprocess.run([sys.executable, "-m", "nexus_audit", "serve", "--interval",
+                             "soon"], env=env, capture_output=True, timeout=30, check=False,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert b"--interval" in result.stderr
+    assert serve_sim.key.encode() not in result.stderr
+

@@ -1,0 +1,65 @@
+"""The wiring of ``serve``: flags over settings, the shutdown grace, budgets per key."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+
+import pytest
+
+from nexus_audit.commands.serve import apply_flags, shared_budgets, shutdown_grace
+from nexus_audit.config import AccountConfig, Secret, Settings
+from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.timeutil import FakeClock
+
+
+def test_flags_override_listen_and_both_intervals() -> None:
+    """--listen, --interval and --bucket-interval win over the settings."""
+    args = argparse.Namespace(listen="0.0.0.0:9100", interval="15m", bucket_interval="30s")
+    settings = apply_flags(args, Settings())
+    assert settings.web.listen == "0.0.0.0:9100"
+    assert settings.interval == timedelta(minutes=15)
+    assert settings.bucket_interval == timedelta(seconds=30)
+
+
+def test_absent_flags_keep_the_settings() -> None:
+    """Without flags, the configured listen address and intervals stay."""
+    args = argparse.Namespace(listen=None, interval=None, bucket_interval=None)
+    assert apply_flags(args, Settings()) == Settings()
+
+
+@pytest.mark.parametrize(("flag", "value", "parameter"), [
+    ("listen", "nohost", "--listen"), ("interval", "hourly", "--interval"),
+    ("bucket_interval", "0s", "--bucket-interval"),
+])
+def test_bad_flags_are_usage_errors_naming_the_flag(flag: str, value: str,
+                                                    parameter: str) -> None:
+    """A malformed flag is a UsageError that names it."""
+    values = {"listen": None, "interval": None, "bucket_interval": None, flag: value}
+    with pytest.raises(UsageError) as info:
+        apply_flags(argparse.Namespace(**values), Settings())
+    assert info.value.parameter == parameter
+
+
+def test_shutdown_grace_defaults_to_ten_seconds_and_parses_durations() -> None:
+    """The grace is 10s unless NEXUS_AUDIT_SHUTDOWN_GRACE says otherwise (0 allowed)."""
+    assert shutdown_grace({}) == 10.0
+    assert shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "1m"}) == 60.0
+    assert shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "0"}) == 0.0
+    with pytest.raises(ConfigError, match="NEXUS_AUDIT_SHUTDOWN_GRACE"):
+        shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "later"})
+
+
+def test_one_budget_per_key_at_the_smallest_configured_rate() -> None:
+    """Accounts sharing a key (and URL) share one budget; other keys get their own."""
+    shared = Secret("nx_test_sk_shared")
+    accounts = (
+        AccountConfig(name="a", api_key=shared, rate_budget=300),
+        AccountConfig(name="b", api_key=shared, rate_budget=200),
+        AccountConfig(name="c", api_key=Secret("nx_test_sk_other"), rate_budget=300),
+    )
+    budgets = shared_budgets(accounts, FakeClock())
+    assert budgets["a"] is budgets["b"]
+    assert budgets["a"].per_minute == 200
+    assert budgets["c"] is not budgets["a"]
+    assert budgets["c"].per_minute == 300
