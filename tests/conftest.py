@@ -10,7 +10,7 @@ from aiohttp import ClientResponse
 from yarl import URL
 
 # Fixture plugins, one per real component (each cleans up after itself).
-pytest_plugins = ["tests.sim_fixtures", "tests.prom_fixtures",
+pytest_plugins = ["tests.sim_fixtures", "tests.prom_fixtures", "tests.serve_fixtures",
                   "tests.golden_fixtures"]
 
 
