@@ -1,6 +1,6 @@
 """Pytest plugin: promtool and a real Prometheus on loopback (registered by tests/conftest.py).
 
-- ``promtool``: the path of Debian's promtool (the test is skipped without it).
+- ``promtool``: the path of Debian's promtool (skipped without it; under CI=true a failure).
 - ``start_prometheus(targets, rule_files)``: a Prometheus scraping ``targets`` every second,
   with its storage in ``tmp_path`` and its web listener on a free loopback port; stopped by
   pid when the test ends.
@@ -115,6 +115,14 @@ def http_get(url: str, *, timeout: float = 5.0) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
+def answers(url: str, status: int = 200) -> bool | None:
+    """True when GET ``url`` answers ``status``; None while it cannot (not listening yet)."""
+    try:
+        return http_get(url)[0] == status or None
+    except OSError:
+        return None
+
+
 def stop_process(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
                  timeout: float = 10.0) -> None:
     """Stop ``proc`` by its pid: ``sig``, then SIGKILL if it lingers."""
@@ -173,12 +181,21 @@ def _prometheus_config(targets: Sequence[str], rule_files: Sequence[Path]) -> st
     return json.dumps(config, indent=2)
 
 
+def _missing(tool: str) -> None:
+    """Skip without ``tool`` locally; under CI (which installs it) its absence is a failure."""
+    message = f"{tool} not installed (apt-get install --no-install-recommends prometheus)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def promtool() -> str:
     """Path of promtool (Debian's prometheus package); skip when it is not installed."""
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool not installed (apt-get install --no-install-recommends prometheus)")
+        _missing("promtool")
+    assert path is not None
     return path
 
 
@@ -189,7 +206,8 @@ def start_prometheus(
     """Factory: start a Prometheus scraping ``targets`` (host:port) with ``rule_files``."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("prometheus not installed (apt-get install --no-install-recommends prometheus)")
+        _missing("prometheus")
+    assert binary is not None
     started: list[PrometheusServer] = []
 
     def factory(targets: Sequence[str], rule_files: Sequence[Path] = ()) -> PrometheusServer:

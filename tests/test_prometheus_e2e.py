@@ -25,6 +25,7 @@ import pytest
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
 from tests.prom_fixtures import (
     PrometheusServer,
+    answers,
     dashboard_targets,
     http_get,
     listening_port,
@@ -90,7 +91,7 @@ def serve(
     try:
         port = listening_port(proc)
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: http_get(f"{url}/readyz")[0] == 200 or None, timeout=DEADLINE,
+        wait_for(lambda: answers(f"{url}/readyz"), timeout=DEADLINE,
                  what="serve /readyz", proc=proc)
         yield url, proc
     finally:
