@@ -1,0 +1,184 @@
+"""The store across real processes: readers while a writer commits; SIGKILL mid-commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_audit.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A writer: each crawl renames all N instances to generation k, so a reader that saw a
+# half-applied crawl would see two generations at once. Prints each committed crawl id.
+WRITER = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime, timedelta
+    from nexus_audit.model import CrawlSummary, Instance
+    from nexus_audit.store import Store
+
+    path, crawls, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    store = Store(path, lock_timeout=60)
+    store.migrate()
+    base = datetime.now(UTC) - timedelta(days=1)
+    with store.read() as con:
+        start = con.execute("SELECT count(*) FROM crawls").fetchone()[0]
+    for k in range(start + 1, start + 1 + crawls):
+        at = base + timedelta(seconds=k)
+        staged = store.begin_crawl("acme", ["instances"], at)
+        staged.add_instances([Instance(f"i-{i}", f"gen-{k}", "running", "eu-1", 2, 2.0,
+                                       "micro", "{}", None, "{}") for i in range(n)])
+        crawl_id = store.commit(staged, CrawlSummary(
+            account="acme", kinds=("instances",), started_at=at, finished_at=at,
+            status="succeeded", instances=n))
+        print(crawl_id, flush=True)
+""")
+
+
+def start_writer(path: Path, crawls: int, n: int) -> subprocess.Popen[str]:
+    """Start the writer process."""
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(crawls), str(n)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def check_consistent(store: Store, n: int) -> int:
+    """History is exactly the committed crawls: one generation current, nothing doubled."""
+    with store.read() as con:
+        crawls = [r[0] for r in con.execute("SELECT crawl_id FROM crawls ORDER BY 1").fetchall()]
+        assert crawls == list(range(1, len(crawls) + 1))
+        if not crawls:
+            return 0
+        current = con.execute(
+            "SELECT count(*), count(DISTINCT id), min(name), max(name), min(first_crawl) "
+            "FROM instance_versions WHERE until_crawl IS NULL").fetchone()
+        assert current == (n, n, f"gen-{crawls[-1]}", f"gen-{crawls[-1]}", crawls[-1])
+        per_crawl = con.execute(
+            "SELECT first_crawl, count(*) FROM instance_versions GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert per_crawl == [(c, n) for c in crawls]
+        return len(crawls)
+
+
+def test_reports_while_a_writer_commits(tmp_path: Path) -> None:
+    """A writer commits in a loop while another process runs `report` and this one reads:
+    every read succeeds and never sees a half-applied crawl."""
+    path = tmp_path / "shared.duckdb"
+    Store(path).migrate()
+    writer = start_writer(path, crawls=40, n=500)
+    env = {**os.environ, "NEXUS_AUDIT_DB": str(path)}
+    for name in ("NEXUS_API_KEY", "NEXUS_API_KEY_FILE", "NEXUS_AUDIT_CONFIG"):
+        env.pop(name, None)
+    store = Store(path, lock_timeout=30)
+    reports = reads = 0
+    try:
+        while writer.poll() is None or reports < 2:
+            result = subprocess.run(
+                [sys.executable, "-m", "nexus_audit", "report", "--since", "3d",
+                 "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True,
+                timeout=60, check=False)
+            if "history is empty" not in result.stderr:
+                assert result.returncode == 0, result.stderr
+                data = json.loads(result.stdout)
+                assert data["inventory"]["instances"]["total"] == 500
+                assert data["drift"] == [] or {d["field"] for d in data["drift"]} == {"name"}
+                reports += 1
+            for _ in range(5):
+                check_consistent(store, 500)
+                reads += 1
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        out, err = writer.communicate(timeout=30)
+    assert writer.returncode == 0, err
+    assert out.split()[-1] == "40"
+    assert check_consistent(store, 500) == 40
+    assert reports >= 2
+    assert reads >= 10
+
+
+def test_sigkill_mid_commit_leaves_committed_history(tmp_path: Path) -> None:
+    """SIGKILL at random points of a commit loop, ten times: the file reopens, history is
+    exactly the committed crawls (none half-applied, none doubled), and writing resumes."""
+    path = tmp_path / "killed.duckdb"
+    rng = random.Random(4)
+    committed = 0
+    for _ in range(10):
+        writer = start_writer(path, crawls=1000, n=3000)
+        try:
+            deadline = time.monotonic() + 30
+            printed: list[str] = []
+            assert writer.stdout is not None
+            # wait until the writer has committed at least once, then kill at a random point
+            while not printed and time.monotonic() < deadline:
+                line = writer.stdout.readline()
+                if line:
+                    printed.append(line.strip())
+            time.sleep(rng.uniform(0.0, 0.3))  # a random point in the commit loop
+            writer.send_signal(signal.SIGKILL)
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+            writer.communicate(timeout=30)
+        assert writer.returncode == -signal.SIGKILL
+        count = check_consistent(Store(path), 3000)
+        assert count > committed
+        committed = count
+    store = Store(path)
+    store.migrate()
+    writer = start_writer(path, crawls=1, n=3000)
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    assert check_consistent(store, 3000) == committed + 1
+
+
+@pytest.mark.parametrize("readers", [2])
+def test_same_process_reads_and_commit_serialize(tmp_path: Path, readers: int) -> None:
+    """Within one process, threads reading while another commits all succeed."""
+    import threading
+
+    from nexus_audit.model import CrawlSummary, Instance
+
+    path = tmp_path / "threads.duckdb"
+    store = Store(path)
+    store.migrate()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_loop() -> None:
+        try:
+            while not done.is_set():
+                store.latest()
+        except BaseException as exc:  # collected and re-raised by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_loop) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    try:
+        from datetime import UTC, datetime, timedelta
+
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        for k in range(1, 21):
+            at = base + timedelta(minutes=k)
+            staged = store.begin_crawl("acme", ["instances"], at)
+            staged.add_instances([Instance(f"i-{i}", f"gen-{k}", "running", "eu-1", 2, 2.0,
+                                           None, "{}", None, "{}") for i in range(100)])
+            store.commit(staged, CrawlSummary(account="acme", kinds=("instances",),
+                                              started_at=at, finished_at=at,
+                                              status="succeeded"))
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert errors == []
+    assert check_consistent(store, 100) == 20
