@@ -50,6 +50,12 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return report_command(args, settings)
 
 
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.export import export_command
+
+    return export_command(args, settings)
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from nexus_audit.commands.serve import serve_command
 
@@ -92,7 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--account", metavar="NAME", help="only this account")
     report.add_argument("--stale-after", default=None, metavar="DURATION",
                         help="how long an instance must sit not running to be stale (default 7d)")
+    report.add_argument("--upload", metavar="BUCKET/KEY",
+                        help="also upload the rendered report to CloudNexus object storage, "
+                        "verified (refused for a bucket the latest crawl saw exposed)")
+    report.add_argument("--retention", default="400d", metavar="DURATION",
+                        help="retention recorded in the uploaded object's metadata "
+                        "(default 400d)")
     report.set_defaults(handler=_cmd_report)
+
+    export = sub.add_parser("export", help="history of a window as hive-partitioned Parquet")
+    export.add_argument("--since", default="30d",
+                        help="window start: a duration back from now (30d) or an ISO 8601 time")
+    export.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
+    export.add_argument("--to", metavar="DIR",
+                        help="target directory (default ./nexus-audit-export); partitions "
+                        "already there are replaced atomically")
+    export.add_argument("--account", metavar="NAME", help="only this account")
+    export.set_defaults(handler=_cmd_export)
 
     serve = sub.add_parser("serve", help="scheduled crawls plus /metrics, /report, /healthz")
     serve.add_argument("--listen", metavar="HOST:PORT",

@@ -20,16 +20,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 import duckdb
 
 from nexus_audit.errors import NoDataError, StoreError, UsageError
 from nexus_audit.pricing import Pricing
 from nexus_audit.sql import bind, load_query
-from nexus_audit.store import Store
 from nexus_audit.timeutil import Window, isoformat
 
 MONEY_DECIMALS: Final = 6
@@ -269,8 +270,22 @@ def _drift_value(field_name: str | None, text: str | None) -> Any:
     return text
 
 
+class History(Protocol):
+    """Where :func:`build_report` reads: the :class:`~nexus_audit.store.Store`, or an
+    export's Parquet files (:class:`nexus_audit.export.ParquetHistory`)."""
+
+    @property
+    def path(self) -> Path:
+        """The database file or export directory, for error messages."""
+        ...
+
+    def read(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A read-only connection on which the store's table names resolve."""
+        ...
+
+
 def build_report(
-    store: Store,
+    store: History,
     window: Window,
     *,
     accounts: Sequence[str] | None = None,
