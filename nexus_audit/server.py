@@ -214,6 +214,8 @@ _REPORTS: Final = web.AppKey("reports", ReportSource)
 ReadinessProbe = Callable[[], Readiness]
 _READINESS: Final[web.AppKey[ReadinessProbe]] = web.AppKey("readiness")
 _CLOCK: Final = web.AppKey("clock", Clock)
+_INFLIGHT: Final[web.AppKey[dict[tuple[str, ...], asyncio.Future[Mapping[str, Any]]]]] = \
+    web.AppKey("inflight")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -265,12 +267,36 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _shared_report(app: web.Application, query: ReportQuery,
+                   key: tuple[str, ...]) -> asyncio.Future[Mapping[str, Any]]:
+    """The report computation for ``key``: one per identical query in flight.
+
+    Concurrent identical requests (dashboards refreshing together) share one computation
+    instead of queueing on the store one after another; each finished report is fresh.
+    """
+    inflight = app[_INFLIGHT]
+    future = inflight.get(key)
+    if future is None:
+        future = asyncio.ensure_future(asyncio.to_thread(app[_REPORTS].report, query))
+        inflight[key] = future
+
+        def forget(done: asyncio.Future[Mapping[str, Any]]) -> None:
+            inflight.pop(key, None)
+            if not done.cancelled():
+                done.exception()  # retrieved here, so no waiter left behind warns
+
+        future.add_done_callback(forget)
+    return future
+
+
 async def _report(request: web.Request) -> web.StreamResponse:
     source = request.app[_REPORTS]
     try:
         query = parse_report_query(request.query, accounts=source.accounts,
                                    now=request.app[_CLOCK].now())
-        data = await asyncio.to_thread(source.report, query)
+        key = tuple((request.query.get(name) or "").strip() for name in REPORT_PARAMETERS)
+        # shield: a client that hangs up does not cancel the others' report.
+        data = await asyncio.shield(_shared_report(request.app, query, key))
     except UsageError as exc:
         raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
     except NoDataError as exc:
@@ -306,6 +332,7 @@ def build_app(
     app[_REPORTS] = reports
     app[_READINESS] = readiness
     app[_CLOCK] = clock
+    app[_INFLIGHT] = {}
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/report", _report)
     app.router.add_get("/healthz", _healthz)

@@ -306,3 +306,33 @@ async def test_app_serves_over_tls(tmp_path: Path) -> None:
                     await plain.read()
     finally:
         await runner.cleanup()
+
+
+async def test_identical_concurrent_reports_share_one_computation() -> None:
+    """Two identical report queries in flight share one build; a different one gets its own."""
+    import threading
+
+    from nexus_audit.server import _shared_report
+
+    gate = threading.Event()
+
+    class Blocking(FakeReports):
+        def report(self, query: ReportQuery) -> Mapping[str, Any]:
+            gate.wait(5)
+            return super().report(query)
+
+    reports = Blocking()
+    app = build_app(exposition=FakeExposition(), reports=reports,
+                    readiness=lambda: Readiness(True), auth=AuthPolicy(), clock=FakeClock(NOW))
+    query = parse_report_query({"since": "7d"}, accounts=("prod",), now=NOW)
+    first = _shared_report(app, query, ("7d", "", "", ""))
+    second = _shared_report(app, query, ("7d", "", "", ""))
+    other = _shared_report(app, query, ("8d", "", "", ""))
+    assert first is second
+    assert other is not first
+    gate.set()
+    assert await first == await second
+    await other
+    assert len(reports.queries) == 2
+    assert _shared_report(app, query, ("7d", "", "", "")) is not first  # finished: not reused
+    await _shared_report(app, query, ("7d", "", "", ""))
