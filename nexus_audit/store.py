@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 
@@ -46,6 +46,7 @@ from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.model import KINDS, Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.timeutil import Clock, SystemClock, isoformat
 
+Record = Instance | Bucket
 _INSTANCE_COLUMNS: Final = Instance._fields
 _BUCKET_COLUMNS: Final = Bucket._fields
 #: Bucket columns kept in ``bucket_versions`` (size lives in ``bucket_sizes``).
@@ -199,12 +200,20 @@ class StagedCrawl:
     whatever the fleet's size, and nothing is left behind by a killed process.
     """
 
-    def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime) -> None:
+    def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime,
+                 bases: Mapping[Kind, _Snapshot | None] | None = None) -> None:
         self.account = account
         self.kinds = kinds
         self.started_at = started_at
         self.instance_count = 0
         self.bucket_count = 0
+        # With a snapshot of the current versions (kept by the Store from its last commit),
+        # only records that differ from it are staged; the rest are remembered by id.
+        self._bases: dict[Kind, _Snapshot | None] = {k: (bases or {}).get(k) for k in kinds}
+        self._seen: dict[Kind, set[str]] = {k: set() for k in kinds}
+        self._unchanged: dict[Kind, list[str]] = {k: [] for k in kinds}
+        self._changed: dict[Kind, list[Record]] = {k: [] for k in kinds}
+        self._duplicates: dict[Kind, bool] = dict.fromkeys(kinds, False)
         self.alias = "stage_" + uuid.uuid4().hex[:12]
         cursor = _hub_cursor()
         try:
@@ -234,29 +243,72 @@ class StagedCrawl:
 
     def add_instances(self, batch: Sequence[Instance]) -> None:
         """Stage a batch of instances (bulk append, one statement per batch)."""
-        self._require_open()
-        if "instances" not in self.kinds:
-            raise StoreError("this crawl does not cover instances")
-        if batch:
-            try:
-                self._instances.append_rows(batch)
-                self._instances.flush()
-            except duckdb.Error as exc:
-                raise StoreError(f"cannot stage instances: {exc}") from None
-            self.instance_count += len(batch)
+        self._add("instances", batch)
+        self.instance_count += len(batch)
 
     def add_buckets(self, batch: Sequence[Bucket]) -> None:
         """Stage a batch of buckets (bulk append, one statement per batch)."""
+        self._add("buckets", batch)
+        self.bucket_count += len(batch)
+
+    def _add(self, kind: Kind, batch: Sequence[Record]) -> None:
         self._require_open()
-        if "buckets" not in self.kinds:
-            raise StoreError("this crawl does not cover buckets")
-        if batch:
-            try:
-                self._buckets.append_rows(batch)
-                self._buckets.flush()
-            except duckdb.Error as exc:
-                raise StoreError(f"cannot stage buckets: {exc}") from None
-            self.bucket_count += len(batch)
+        if kind not in self.kinds:
+            raise StoreError(f"this crawl does not cover {kind}")
+        base = self._bases[kind]
+        if base is not None:
+            rows, seen, unchanged = base.rows, self._seen[kind], self._unchanged[kind]
+            changed = []
+            for record in batch:
+                ident = record[0]
+                if ident in seen:
+                    self._duplicates[kind] = True
+                seen.add(ident)
+                if rows.get(ident) == record:
+                    unchanged.append(ident)
+                else:
+                    changed.append(record)
+            self._changed[kind].extend(changed)
+            batch = changed
+        self._append(kind, batch)
+
+    def _append(self, kind: Kind, batch: Sequence[Record]) -> None:
+        if not batch:
+            return
+        appender = self._instances if kind == "instances" else self._buckets
+        try:
+            appender.append_rows(batch)
+            appender.flush()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot stage {kind}: {exc}") from None
+
+    def base(self, kind: Kind) -> _Snapshot | None:
+        """The snapshot this crawl was diffed against, if any."""
+        return self._bases.get(kind)
+
+    def diffable(self, kind: Kind, latest_crawl: int | None) -> bool:
+        """Whether only the differences were staged and the snapshot is still current."""
+        base = self._bases.get(kind)
+        return (base is not None and not self._duplicates[kind]
+                and base.crawl_id == latest_crawl)
+
+    def restage_unchanged(self, kind: Kind) -> None:
+        """Stage the records skipped as unchanged too (the snapshot turned out stale)."""
+        base = self._bases.get(kind)
+        if base is not None:
+            self._append(kind, [base.rows[i] for i in self._unchanged[kind]])
+            self._unchanged[kind] = []
+            self._bases[kind] = None
+
+    def removed(self, kind: Kind) -> list[str]:
+        """Ids in the snapshot that this crawl did not see."""
+        base = self._bases.get(kind)
+        seen = self._seen[kind]
+        return [] if base is None else [i for i in base.rows if i not in seen]
+
+    def changed(self, kind: Kind) -> list[Record]:
+        """Records that differ from the snapshot."""
+        return self._changed[kind]
 
     def discard(self) -> None:
         """Drop the staged records (idempotent)."""
@@ -275,50 +327,66 @@ class StagedCrawl:
 # The store.
 
 
-def _apply_sql(kind: Kind) -> tuple[str, ...]:
+def _apply_sql(kind: Kind, *, diff: bool) -> tuple[str, ...]:
     """Set-based statements that advance one kind's history with one successful crawl.
 
-    Parameters: ``$a`` account, ``$c`` crawl id. ``@new@`` is the staged table and
-    ``@h@`` the database's alias. Rows identical to the current version change nothing; changed
-    rows close the old version and open a new one; ids absent from the crawl close theirs.
+    Parameters: ``$a`` account, ``$c`` crawl id, ``$removed`` (diff mode) the ids gone.
+    ``@new@`` is the staged table and ``@h@`` the database's alias. Rows identical to the
+    current version change nothing; changed rows close the old version and open a new one;
+    ids absent from the crawl close theirs. In diff mode the staged table holds only the
+    records that differ from the current versions, and the absent ids come as ``$removed``.
     """
-    if kind == "instances":
-        cols = _INSTANCE_COLUMNS
-        same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in cols[1:])
+    def close(table: str, same: str) -> str:
+        if diff:
+            condition = f"""(v.id IN (SELECT unnest($removed)) OR EXISTS (
+                SELECT 1 FROM @new@ n WHERE n.id = v.id AND NOT ({same})))"""
+        else:
+            condition = f"NOT EXISTS (SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})"
+        return f"""UPDATE @h@.{table} AS v SET until_crawl = $c
+                   WHERE v.account = $a AND v.until_crawl IS NULL AND {condition}"""
+
+    def insert(table: str, cols: Sequence[str]) -> str:
         col_list = ", ".join(cols)
         n_cols = ", ".join(f"n.{c}" for c in cols)
-        return (
-            f"""UPDATE @h@.instance_versions AS v SET until_crawl = $c
-                WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
-                    SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})""",
-            f"""INSERT INTO @h@.instance_versions (account, {col_list}, first_crawl, until_crawl)
-                SELECT $a, {n_cols}, $c, NULL FROM @new@ n
-                WHERE NOT EXISTS (SELECT 1 FROM @h@.instance_versions v
-                    WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
-        )
-    bcols: tuple[str, ...] = _BUCKET_VERSION_COLUMNS
-    same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in bcols[1:])
-    col_list = ", ".join(bcols)
-    n_cols = ", ".join(f"n.{c}" for c in bcols)
-    return (
-        f"""UPDATE @h@.bucket_versions AS v SET until_crawl = $c
-            WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
-                SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})""",
-        f"""INSERT INTO @h@.bucket_versions (account, {col_list}, first_crawl, until_crawl)
-            SELECT $a, {n_cols}, $c, NULL FROM @new@ n
-            WHERE NOT EXISTS (SELECT 1 FROM @h@.bucket_versions v
-                WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
-        """UPDATE @h@.bucket_sizes AS v SET until_crawl = $c
-            WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
-                SELECT 1 FROM @new@ n WHERE n.id = v.id AND n.size_bytes = v.size_bytes)""",
-        """INSERT INTO @h@.bucket_sizes (account, id, size_bytes, first_crawl, until_crawl)
-            SELECT $a, n.id, n.size_bytes, $c, NULL FROM @new@ n
-            WHERE NOT EXISTS (SELECT 1 FROM @h@.bucket_sizes v
-                WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)""",
-    )
+        return f"""INSERT INTO @h@.{table} (account, {col_list}, first_crawl, until_crawl)
+                   SELECT $a, {n_cols}, $c, NULL FROM @new@ n
+                   WHERE NOT EXISTS (SELECT 1 FROM @h@.{table} v
+                       WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)"""
+
+    def same(cols: Sequence[str]) -> str:
+        return " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in cols[1:])
+
+    if kind == "instances":
+        return (close("instance_versions", same(_INSTANCE_COLUMNS)),
+                insert("instance_versions", _INSTANCE_COLUMNS))
+    return (close("bucket_versions", same(_BUCKET_VERSION_COLUMNS)),
+            insert("bucket_versions", _BUCKET_VERSION_COLUMNS),
+            close("bucket_sizes", "n.size_bytes = v.size_bytes"),
+            insert("bucket_sizes", ("id", "size_bytes")))
 
 
-_APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
+_APPLY: Final = {(kind, diff): _apply_sql(kind, diff=diff) for kind in KINDS
+                 for diff in (False, True)}
+
+#: The current versions of one account and kind, as records (for the diff snapshot).
+_CURRENT: Final = {
+    "instances": f"""SELECT {", ".join(_INSTANCE_COLUMNS)} FROM @h@.instance_versions
+                     WHERE account = $a AND until_crawl IS NULL""",
+    "buckets": f"""SELECT {", ".join("s.size_bytes" if c == "size_bytes" else f"v.{c}"
+                                     for c in _BUCKET_COLUMNS)}
+                   FROM @h@.bucket_versions v JOIN @h@.bucket_sizes s
+                       ON s.account = v.account AND s.id = v.id AND s.until_crawl IS NULL
+                   WHERE v.account = $a AND v.until_crawl IS NULL""",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The current versions of one account and kind as of a committed crawl."""
+
+    crawl_id: int
+    rows: dict[str, Record]
+
 
 _INSERT_CRAWL: Final = """
     INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
@@ -342,6 +410,7 @@ class Store:
         self.lock_timeout = lock_timeout
         self.clock = clock
         self._lock = _path_lock(self.path)
+        self._snapshots: dict[tuple[str, Kind], _Snapshot] = {}
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -456,7 +525,8 @@ class Store:
         if not account:
             raise StoreError("a crawl needs an account name")
         _check_aware(started_at, "started_at")
-        return StagedCrawl(account, chosen, started_at)
+        bases = {k: self._snapshots.get((account, k)) for k in chosen}
+        return StagedCrawl(account, chosen, started_at, bases)
 
     def commit(self, staged: StagedCrawl, summary: CrawlSummary) -> int:
         """Commit a successful crawl in one transaction: its row and its history changes.
@@ -496,11 +566,14 @@ class Store:
                     raise StoreError(f"{self.path} is not migrated (schema {version}, "
                                      f"expected {SCHEMA_VERSION}); call migrate() first")
                 stg = staged.alias if staged is not None else ""
+                snapshots: dict[Kind, _Snapshot] = {}
                 try:
                     cursor.execute("BEGIN")
                     crawl_id = self._apply(cursor, alias, stg, summary, kinds,
-                                           apply_history=staged is not None)
+                                           staged=staged, snapshots=snapshots)
                     cursor.execute("COMMIT")
+                    for kind, snapshot in snapshots.items():
+                        self._snapshots[(summary.account, kind)] = snapshot
                     return crawl_id
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
@@ -510,8 +583,10 @@ class Store:
             raise StoreError(_write_failure(self.path, exc)) from None
 
     def _apply(self, cursor: duckdb.DuckDBPyConnection, h: str, stg: str,
-               summary: CrawlSummary, kinds: list[Kind], *, apply_history: bool) -> int:
+               summary: CrawlSummary, kinds: list[Kind], *, staged: StagedCrawl | None,
+               snapshots: dict[Kind, _Snapshot]) -> int:
         """Insert the crawl row and, for a successful crawl, advance each kind's history."""
+        apply_history = staged is not None
         if apply_history:
             row = cursor.execute(
                 f"""SELECT max(finished_at) FROM {h}.crawls WHERE account = $a
@@ -536,27 +611,49 @@ class Store:
             "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
                               sort_keys=True),
         })
-        if apply_history:
-            params = {"a": summary.account, "c": crawl_id}
+        if staged is not None:
             for kind in kinds:
-                new = f"{stg}.{kind}"
-                found = cursor.execute(
-                    f"SELECT count(*) = count(DISTINCT id) FROM {new}").fetchone()
-                if not (found and found[0]):
-                    # A crawl that saw an id twice (pages shifting under churn) keeps the
-                    # record it saw last; rare, so only then pay for the copy.
-                    cursor.execute(
-                        f"""CREATE OR REPLACE TEMP TABLE new_rows AS
-                            SELECT DISTINCT ON (id) * FROM {new} ORDER BY id, rowid DESC""")
-                    new = "new_rows"
-                for statement in _APPLY[kind]:
-                    sql = statement.replace("@h@", h).replace("@new@", new)
-                    if "$" in sql:
-                        cursor.execute(sql, params)
-                    else:
-                        cursor.execute(sql)
+                snapshots[kind] = self._advance(cursor, h, stg, staged, kind, crawl_id)
         return crawl_id
 
+
+    def _advance(self, cursor: duckdb.DuckDBPyConnection, h: str, stg: str,
+                 staged: StagedCrawl, kind: Kind, crawl_id: int) -> _Snapshot:
+        """Apply one kind of a successful crawl; return the new snapshot of its versions."""
+        account = staged.account
+        found = cursor.execute(
+            f"""SELECT max(crawl_id) FROM {h}.crawls WHERE account = $a
+                AND status = 'succeeded' AND list_contains(kinds, $k) AND crawl_id < $c""",
+            {"a": account, "k": kind, "c": crawl_id}).fetchone()
+        diff = staged.diffable(kind, found[0] if found else None)
+        if not diff:
+            staged.restage_unchanged(kind)
+        new = f"{stg}.{kind}"
+        unique = cursor.execute(f"SELECT count(*) = count(DISTINCT id) FROM {new}").fetchone()
+        if not (unique and unique[0]):
+            # A crawl that saw an id twice (pages shifting under churn) keeps the record it
+            # saw last; rare, so only then pay for the copy.
+            cursor.execute(f"""CREATE OR REPLACE TEMP TABLE new_rows AS
+                               SELECT DISTINCT ON (id) * FROM {new} ORDER BY id, rowid DESC""")
+            new = "new_rows"
+        removed = staged.removed(kind) if diff else []
+        params: dict[str, object] = {"a": account, "c": crawl_id}
+        if diff:
+            params["removed"] = removed
+        for statement in _APPLY[(kind, diff)]:
+            used = {k: v for k, v in params.items() if f"${k}" in statement}
+            cursor.execute(statement.replace("@h@", h).replace("@new@", new), used)
+        base = staged.base(kind)
+        if diff and base is not None:
+            rows = dict(base.rows)
+            for ident in removed:
+                del rows[ident]
+            for record in staged.changed(kind):
+                rows[record[0]] = record
+            return _Snapshot(crawl_id, rows)
+        make: Any = Instance._make if kind == "instances" else Bucket._make
+        current = cursor.execute(_CURRENT[kind].replace("@h@", h), {"a": account}).fetchall()
+        return _Snapshot(crawl_id, {row[0]: make(row) for row in current})
 
     # -- reading -----------------------------------------------------------------------
 

@@ -240,3 +240,33 @@ def test_migrations_are_ordered() -> None:
     numbers = [v for v, _ in MIGRATIONS]
     assert numbers == sorted(set(numbers))
     assert numbers[0] == 1
+
+
+def test_stale_snapshot_falls_back_to_full_compare(tmp_path: Path) -> None:
+    """Two writers on one file: a snapshot made stale by the other is not trusted."""
+    path = tmp_path / "shared.duckdb"
+    first, second = Store(path), Store(path)
+    first.migrate()
+    crawl(first, T0, instances=[inst("i-1"), inst("i-2")])
+    crawl(second, T0 + timedelta(hours=1), instances=[inst("i-1")])
+    crawl(first, T0 + timedelta(hours=2), instances=[inst("i-1"), inst("i-2")])
+    assert versions(first, "instance_versions") == [
+        ("i-1", 1, None), ("i-2", 1, 2), ("i-2", 3, None)]
+
+
+def test_diff_path_handles_removal_change_and_duplicates(store: Store) -> None:
+    """After the first commit only differences are staged: still exact history."""
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2"), inst("i-3")],
+          buckets=[bucket("b-1", size=1), bucket("b-2")])
+    crawl(store, T0 + timedelta(hours=1),
+          instances=[inst("i-1"), inst("i-2", status="stopped"), inst("i-2", status="pending")],
+          buckets=[bucket("b-1", size=2)])
+    crawl(store, T0 + timedelta(hours=2),
+          instances=[inst("i-1"), inst("i-2", status="pending")], buckets=[bucket("b-1", size=2)])
+    assert versions(store, "instance_versions") == [
+        ("i-1", 1, None), ("i-2", 1, 2), ("i-2", 2, None), ("i-3", 1, 2)]
+    assert versions(store, "bucket_versions") == [("b-1", 1, None), ("b-2", 1, 2)]
+    assert versions(store, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, None), ("b-2", 1, 2)]
+    [state] = store.latest()
+    assert [(i.id, i.status) for i in state.instances] == [("i-1", "running"),
+                                                          ("i-2", "pending")]

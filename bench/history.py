@@ -1,0 +1,137 @@
+"""Benchmark the history store and the report on a synthetic year (not a test).
+
+A fleet of 10,000 instances and 500 buckets, crawled hourly (both kinds) for 365 days with
+1% churn a day (instances and buckets replaced, instance statuses flipped, spread over the
+hours) and bucket sizes growing, all written through the store's own API
+(begin_crawl / add_instances / add_buckets / commit). Prints the ingest rate (observations
+per second), the database size, and the latency of build_report for 30 and 365 days.
+
+    .venv/bin/python bench/history.py              # the full year (about 10 minutes)
+    .venv/bin/python bench/history.py --days 14    # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from nexus_audit.model import Bucket, CrawlSummary, Instance
+from nexus_audit.pricing import load_pricing
+from nexus_audit.report import build_report
+from nexus_audit.store import Store
+from nexus_audit.timeutil import Window
+
+PLANS = (("nano", 1, 1.0), ("micro", 2, 2.0), ("standard", 4, 16.0), ("performance", 16, 64.0),
+         (None, 8, 32.0))
+REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "ap-south-1")
+START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def make_instance(rng: random.Random, n: int) -> Instance:
+    """A new synthetic instance."""
+    plan, cpu, mem = rng.choice(PLANS)
+    return Instance(f"i-{n:07d}", f"host-{n}", "running" if rng.random() < 0.8 else "stopped",
+                    rng.choice(REGIONS), cpu, mem, plan,
+                    f'{{"env":"{rng.choice(("prod", "dev"))}","team":"t{n % 17}"}}',
+                    "2024-12-01T00:00:00Z", "{}")
+
+
+def make_bucket(rng: random.Random, n: int) -> Bucket:
+    """A new synthetic bucket."""
+    return Bucket(f"b-{n:06d}", rng.choice(REGIONS), rng.randrange(10**6, 10**12),
+                  "private" if rng.random() < 0.97 else "public-read",
+                  "2024-12-01T00:00:00Z", "{}", "{}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--buckets", type=int, default=500)
+    parser.add_argument("--db", type=Path, help="database file (default: a temp dir)")
+    args = parser.parse_args(argv)
+    rng = random.Random(7)
+    tmp = tempfile.TemporaryDirectory(prefix="nexus-bench-")
+    path = args.db or Path(tmp.name) / "history.duckdb"
+    store = Store(path)
+    store.migrate()
+
+    instances = [make_instance(rng, n) for n in range(args.instances)]
+    buckets = [make_bucket(rng, n) for n in range(args.buckets)]
+    next_i, next_b = args.instances, args.buckets
+    # 1% a day, spread over the day's 24 crawls: replacements and status flips.
+    churn_i = max(1, args.instances // 100)
+    churn_b = max(1, args.buckets // 100)
+    hours = args.days * 24
+    observations = 0
+    spent = 0.0
+    wall = time.perf_counter()
+    for hour in range(hours):
+        for _ in range(churn_i // 24 + (1 if rng.random() < (churn_i % 24) / 24 else 0)):
+            k = rng.randrange(len(instances))
+            if rng.random() < 0.5:
+                instances[k] = make_instance(rng, next_i)
+                next_i += 1
+            else:
+                old = instances[k]
+                instances[k] = old._replace(
+                    status="stopped" if old.status == "running" else "running")
+        if rng.random() < churn_b / 24:
+            buckets[rng.randrange(len(buckets))] = make_bucket(rng, next_b)
+            next_b += 1
+        for k in rng.sample(range(len(buckets)), k=max(1, len(buckets) // 20)):
+            buckets[k] = buckets[k]._replace(size_bytes=buckets[k].size_bytes + 10**7)
+        at = START + timedelta(hours=hour)
+        t0 = time.perf_counter()
+        staged = store.begin_crawl("bench", ["instances", "buckets"], at)
+        for i in range(0, len(instances), 1000):  # pages as the crawler would hand them
+            staged.add_instances(instances[i:i + 1000])
+        staged.add_buckets(buckets)
+        store.commit(staged, CrawlSummary(
+            account="bench", kinds=("instances", "buckets"), started_at=at,
+            finished_at=at + timedelta(seconds=40), status="succeeded",
+            instances=len(instances), buckets=len(buckets), requests=105))
+        spent += time.perf_counter() - t0
+        observations += len(instances) + len(buckets)
+        if hour % (24 * 7) == 24 * 7 - 1:
+            print(f"  day {hour // 24 + 1}: {observations / spent:,.0f} observations/s",
+                  file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - wall
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    print(f"history: {args.instances:,} instances, {args.buckets:,} buckets, hourly for "
+          f"{args.days} days = {hours:,} crawls, {observations:,} observations")
+    print(f"ingest: {observations / spent:,.0f} observations/s "
+          f"({spent / hours * 1000:.1f} ms per crawl; {elapsed:.0f} s in all)")
+    print(f"database: {size / 1e6:.1f} MB")
+    with store.read() as con:
+        for table in ("crawls", "instance_versions", "bucket_versions", "bucket_sizes"):
+            count = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+            print(f"  {table}: {count[0] if count else 0:,} rows")
+    end = START + timedelta(hours=hours)
+    pricing = load_pricing()
+    for days in (30, 365):
+        window = Window(end - timedelta(days=days), end)
+        timings = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            report = build_report(store, window, stale_after=timedelta(days=7),
+                                  pending_stale_after=timedelta(hours=1),
+                                  max_gap_instances=timedelta(hours=2),
+                                  max_gap_buckets=timedelta(hours=2), pricing=pricing,
+                                  now=end)
+            timings.append(time.perf_counter() - t0)
+        print(f"report --since {days}d: {min(timings) * 1000:.0f} ms (best of 3; "
+              f"{len(report.drift):,} drift rows, accrued "
+              f"{report.cost.accrued.total:,.2f} {report.cost.currency})")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
