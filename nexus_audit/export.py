@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 
@@ -56,7 +56,10 @@ from nexus_audit.logs import get_logger
 from nexus_audit.store import MIGRATIONS, Store
 from nexus_audit.timeutil import Window
 
-log = get_logger(__name__)
+
+def _log() -> Any:
+    # Bound per call: a logger bound at import keeps structlog's defaults (standard output).
+    return get_logger(__name__)
 
 #: The store's tables, in export order.
 TABLES: Final = ("crawls", "instance_versions", "bucket_versions", "bucket_sizes")
@@ -298,7 +301,7 @@ def export_history(
                               f"{exc.strerror or exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    log.debug("export.done", directory=str(target), accounts=chosen, rows=rows,
+    _log().debug("export.done", directory=str(target), accounts=chosen, rows=rows,
              partitions=counts)
     return ExportResult(directory=target, window=window, accounts=tuple(chosen), rows=rows,
                         partitions=counts)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from nexus_audit import export as export_module
 from nexus_audit.cli import main
@@ -218,6 +219,7 @@ def test_export_command(store: Store, tmp_path: Path, monkeypatch: pytest.Monkey
                                          for d in range(1, 11)}
     assert main(["export", "--since", "nope", "--to", str(out)]) == 2
     err = capsys.readouterr().err
+    structlog.reset_defaults()  # main() pointed logging at this test's captured stderr
     assert err.startswith("nexus-audit: error: since: 'nope' is neither a duration")
     assert err.count("\n") == 1
 

@@ -13,6 +13,7 @@ import sys
 from datetime import timedelta
 from typing import TextIO
 
+from nexus_audit.archive import UploadRequest
 from nexus_audit.config import Settings
 from nexus_audit.errors import UsageError
 from nexus_audit.pricing import load_pricing
@@ -38,6 +39,7 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     clock = clock or SystemClock()
     now = clock.now()
     window = Window.parse(args.since, args.until, now)
+    upload = UploadRequest.from_args(args)  # flags checked before any work
     stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
                    if args.stale_after else settings.stale_after)
     gap_instances, gap_buckets = max_gaps(settings)
@@ -51,5 +53,8 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
             pricing=pricing, now=now)
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
-    (out or sys.stdout).write(render(report, args.format))
+    text = render(report, args.format)
+    (out or sys.stdout).write(text)
+    if upload is not None:
+        upload.run(settings, text.encode("utf-8"), report, clock=clock)
     return 0
