@@ -98,5 +98,10 @@ def configure_logging(
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound with ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger whose events carry ``component=name``.
+
+    Lazy on purpose: modules create their logger at import time, before
+    :func:`configure_logging` (or a test's ``capture_logs``) has run; the proxy picks up
+    the configuration in force at each call instead of the one at import.
+    """
+    return structlog.get_logger(component=name)

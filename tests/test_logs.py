@@ -27,6 +27,16 @@ def test_json_lines_with_secret_redacted_everywhere() -> None:
     assert KEY not in text
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[0]["event"] == "crawl.finished"
-    assert lines[0]["logger"] == "test"
+    assert lines[0]["component"] == "test"
     assert REDACTED in lines[0]["url"]
     assert REDACTED in lines[1]["exception"]
+
+
+def test_loggers_made_before_configuration_follow_it() -> None:
+    """A module-level logger created before configure_logging still uses the new setup."""
+    log = get_logger("early")
+    out = io.StringIO()
+    configure_logging(json=True, stream=out)
+    log.info("late.event")
+    structlog.reset_defaults()
+    assert json.loads(out.getvalue())["event"] == "late.event"
