@@ -211,7 +211,6 @@ class StagedCrawl:
         # only records that differ from it are staged; the rest are remembered by id.
         self._bases: dict[Kind, _Snapshot | None] = {k: (bases or {}).get(k) for k in kinds}
         self._seen: dict[Kind, set[str]] = {k: set() for k in kinds}
-        self._unchanged: dict[Kind, list[str]] = {k: [] for k in kinds}
         self._changed: dict[Kind, list[Record]] = {k: [] for k in kinds}
         self._duplicates: dict[Kind, bool] = dict.fromkeys(kinds, False)
         self.alias = "stage_" + uuid.uuid4().hex[:12]
@@ -257,17 +256,16 @@ class StagedCrawl:
             raise StoreError(f"this crawl does not cover {kind}")
         base = self._bases[kind]
         if base is not None:
-            rows, seen, unchanged = base.rows, self._seen[kind], self._unchanged[kind]
-            changed = []
-            for record in batch:
-                ident = record[0]
-                if ident in seen:
-                    self._duplicates[kind] = True
-                seen.add(ident)
-                if rows.get(ident) == record:
-                    unchanged.append(ident)
-                else:
-                    changed.append(record)
+            seen = self._seen[kind]
+            before = len(seen)
+            seen.update(record[0] for record in batch)
+            if len(seen) - before != len(batch):
+                self._duplicates[kind] = True
+            get = base.rows.get
+            # Once an id repeats, the diff path is off (see diffable): stage everything
+            # from here on, in order, so the record seen last still wins.
+            changed = (list(batch) if self._duplicates[kind]
+                       else [record for record in batch if get(record[0]) != record])
             self._changed[kind].extend(changed)
             batch = changed
         self._append(kind, batch)
@@ -296,8 +294,8 @@ class StagedCrawl:
         """Stage the records skipped as unchanged too (the snapshot turned out stale)."""
         base = self._bases.get(kind)
         if base is not None:
-            self._append(kind, [base.rows[i] for i in self._unchanged[kind]])
-            self._unchanged[kind] = []
+            changed = {record[0] for record in self._changed[kind]}
+            self._append(kind, [base.rows[i] for i in self._seen[kind] if i not in changed])
             self._bases[kind] = None
 
     def removed(self, kind: Kind) -> list[str]:
@@ -307,7 +305,7 @@ class StagedCrawl:
         return [] if base is None else [i for i in base.rows if i not in seen]
 
     def changed(self, kind: Kind) -> list[Record]:
-        """Records that differ from the snapshot."""
+        """Records staged so far (those that differ from the snapshot)."""
         return self._changed[kind]
 
     def discard(self) -> None:
@@ -327,23 +325,17 @@ class StagedCrawl:
 # The store.
 
 
-def _apply_sql(kind: Kind, *, diff: bool) -> tuple[str, ...]:
+def _apply_sql(kind: Kind) -> tuple[str, ...]:
     """Set-based statements that advance one kind's history with one successful crawl.
 
-    Parameters: ``$a`` account, ``$c`` crawl id, ``$removed`` (diff mode) the ids gone.
-    ``@new@`` is the staged table and ``@h@`` the database's alias. Rows identical to the
-    current version change nothing; changed rows close the old version and open a new one;
-    ids absent from the crawl close theirs. In diff mode the staged table holds only the
-    records that differ from the current versions, and the absent ids come as ``$removed``.
+    Parameters: ``$a`` account, ``$c`` crawl id. ``@new@`` is the staged table and ``@h@``
+    the database's alias. Rows identical to the current version change nothing; changed
+    rows close the old version and open a new one; ids absent from the crawl close theirs.
     """
     def close(table: str, same: str) -> str:
-        if diff:
-            condition = f"""(v.id IN (SELECT unnest($removed)) OR EXISTS (
-                SELECT 1 FROM @new@ n WHERE n.id = v.id AND NOT ({same})))"""
-        else:
-            condition = f"NOT EXISTS (SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})"
         return f"""UPDATE @h@.{table} AS v SET until_crawl = $c
-                   WHERE v.account = $a AND v.until_crawl IS NULL AND {condition}"""
+                   WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
+                       SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})"""
 
     def insert(table: str, cols: Sequence[str]) -> str:
         col_list = ", ".join(cols)
@@ -365,8 +357,59 @@ def _apply_sql(kind: Kind, *, diff: bool) -> tuple[str, ...]:
             insert("bucket_sizes", ("id", "size_bytes")))
 
 
-_APPLY: Final = {(kind, diff): _apply_sql(kind, diff=diff) for kind in KINDS
-                 for diff in (False, True)}
+def _diff_sql(table: str, cols: Sequence[str]) -> tuple[str, str]:
+    """Close and insert statements for the diff path: the ids come computed, as lists.
+
+    ``$close``: ids whose current version ends at this crawl; ``$open``: ids whose staged
+    record becomes a new version.
+    """
+    col_list = ", ".join(cols)
+    n_cols = ", ".join(f"n.{c}" for c in cols)
+    return (
+        f"""UPDATE @h@.{table} AS v SET until_crawl = $c
+            WHERE v.account = $a AND v.until_crawl IS NULL
+              AND v.id IN (SELECT unnest($close))""",
+        f"""INSERT INTO @h@.{table} (account, {col_list}, first_crawl, until_crawl)
+            SELECT $a, {n_cols}, $c, NULL FROM @new@ n
+            WHERE n.id IN (SELECT unnest($open))""",
+    )
+
+
+_APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
+_DIFF: Final = {
+    "instance_versions": _diff_sql("instance_versions", _INSTANCE_COLUMNS),
+    "bucket_versions": _diff_sql("bucket_versions", _BUCKET_VERSION_COLUMNS),
+    "bucket_sizes": _diff_sql("bucket_sizes", ("id", "size_bytes")),
+}
+#: Positions of the versioned fields in a Bucket record (all but size_bytes).
+_BUCKET_VERSION_FIELDS: Final = tuple(_BUCKET_COLUMNS.index(c) for c in _BUCKET_VERSION_COLUMNS)
+_SIZE_FIELD: Final = _BUCKET_COLUMNS.index("size_bytes")
+
+
+def _diff_plan(kind: Kind, base: Mapping[str, Record], changed: Sequence[Record],
+               removed: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Per table, the ids to close and the ids to open, from the snapshot and the changes."""
+    if kind == "instances":
+        closing = [r[0] for r in changed if r[0] in base]
+        return {"instance_versions": ([*removed, *closing], [r[0] for r in changed])}
+    version_close: list[str] = []
+    version_open: list[str] = []
+    size_close: list[str] = []
+    size_open: list[str] = []
+    for record in changed:
+        ident = record[0]
+        old = base.get(ident)
+        if old is None or any(old[i] != record[i] for i in _BUCKET_VERSION_FIELDS):
+            version_open.append(ident)
+            if old is not None:
+                version_close.append(ident)
+        if old is None or old[_SIZE_FIELD] != record[_SIZE_FIELD]:
+            size_open.append(ident)
+            if old is not None:
+                size_close.append(ident)
+    return {"bucket_versions": ([*removed, *version_close], version_open),
+            "bucket_sizes": ([*removed, *size_close], size_open)}
+
 
 #: The current versions of one account and kind, as records (for the diff snapshot).
 _CURRENT: Final = {
@@ -637,13 +680,21 @@ class Store:
                                SELECT DISTINCT ON (id) * FROM {new} ORDER BY id, rowid DESC""")
             new = "new_rows"
         removed = staged.removed(kind) if diff else []
-        params: dict[str, object] = {"a": account, "c": crawl_id}
-        if diff:
-            params["removed"] = removed
-        for statement in _APPLY[(kind, diff)]:
-            used = {k: v for k, v in params.items() if f"${k}" in statement}
-            cursor.execute(statement.replace("@h@", h).replace("@new@", new), used)
         base = staged.base(kind)
+        params: dict[str, object] = {"a": account, "c": crawl_id}
+        if diff and base is not None:
+            plan = _diff_plan(kind, base.rows, staged.changed(kind), removed)
+            for table, (close, open_) in plan.items():
+                close_sql, open_sql = _DIFF[table]
+                if close:
+                    cursor.execute(close_sql.replace("@h@", h),
+                                   {**params, "close": close})
+                if open_:
+                    cursor.execute(open_sql.replace("@h@", h).replace("@new@", new),
+                                   {**params, "open": open_})
+        else:
+            for statement in _APPLY[kind]:
+                cursor.execute(statement.replace("@h@", h).replace("@new@", new), params)
         if diff and base is not None:
             rows = dict(base.rows)
             for ident in removed:

@@ -270,3 +270,15 @@ def test_diff_path_handles_removal_change_and_duplicates(store: Store) -> None:
     [state] = store.latest()
     assert [(i.id, i.status) for i in state.instances] == [("i-1", "running"),
                                                           ("i-2", "pending")]
+
+
+def test_duplicate_seen_last_wins_across_batches(store: Store) -> None:
+    """An id changed on one page and seen unchanged on a later page keeps the later record."""
+    crawl(store, T0, instances=[inst("i-1")])
+    staged = store.begin_crawl("acme", ["instances"], T0 + timedelta(hours=1))
+    staged.add_instances([inst("i-1", status="stopped")])
+    staged.add_instances([inst("i-1")])
+    store.commit(staged, CrawlSummary(account="acme", kinds=("instances",),
+                                      started_at=T0 + timedelta(hours=1),
+                                      finished_at=T0 + timedelta(hours=1), status="succeeded"))
+    assert versions(store, "instance_versions") == [("i-1", 1, None)]
