@@ -78,10 +78,11 @@ def listening_ports(pid: int) -> set[int]:
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str,
-             proc: subprocess.Popen[Any] | None = None, poll: float = 0.1) -> T:
+             proc: subprocess.Popen[Any] | None = None, poll: float = 0.1,
+             output: Callable[[], str] | None = None) -> T:
     """Call ``probe`` until it returns something other than None, or fail after ``timeout``.
 
-    With ``proc``, fail at once (with its output) if the process exits meanwhile.
+    With ``proc``, fail at once (with its output, or ``output()``) if it exits meanwhile.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -89,7 +90,7 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str,
         if result is not None:
             return result
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
+            out = output() if output else proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"{what}: process exited with {proc.returncode}:\n{out}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -223,11 +224,8 @@ def start_prometheus(
             )
         server = PrometheusServer(proc, "", log_path, config_path)
         started.append(server)
-        try:
-            port = listening_port(proc)
-        except BaseException:
-            stop_process(proc)
-            raise
+        port = wait_for(lambda: min(listening_ports(proc.pid), default=None), timeout=20,
+                        what="Prometheus to listen", proc=proc, output=server.log)
         server.url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool | None:
@@ -235,7 +233,7 @@ def start_prometheus(
                 return http_get(f"{server.url}/-/ready")[0] == 200 or None
             return None
 
-        wait_for(ready, timeout=20, what="Prometheus /-/ready", proc=proc)
+        wait_for(ready, timeout=20, what="Prometheus /-/ready", proc=proc, output=server.log)
         return server
 
     yield factory
