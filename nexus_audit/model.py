@@ -86,7 +86,7 @@ def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool) ->
     value = item.get(key)
     # bool is an int in Python but never a count in JSON.
     ok = isinstance(value, int) if integral else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or value < 0:
+    if not ok or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         kind = "a non-negative integer" if integral else "a non-negative number"
         raise InvalidRecordError(f"{ident}: field {key!r} must be {kind}, got {value!r}")
     return value
