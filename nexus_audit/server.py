@@ -214,7 +214,7 @@ _REPORTS: Final = web.AppKey("reports", ReportSource)
 ReadinessProbe = Callable[[], Readiness]
 _READINESS: Final[web.AppKey[ReadinessProbe]] = web.AppKey("readiness")
 _CLOCK: Final = web.AppKey("clock", Clock)
-_INFLIGHT: Final[web.AppKey[dict[tuple[str, ...], asyncio.Future[Mapping[str, Any]]]]] = \
+_INFLIGHT: Final[web.AppKey[dict[tuple[str, ...], asyncio.Future[bytes]]]] = \
     web.AppKey("inflight")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -267,9 +267,14 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _report_json(source: ReportSource, query: ReportQuery) -> bytes:
+    """Build and encode one report (in a worker thread: reports run to megabytes)."""
+    return JSON_DUMPS(source.report(query)).encode()
+
+
 def _shared_report(app: web.Application, query: ReportQuery,
-                   key: tuple[str, ...]) -> asyncio.Future[Mapping[str, Any]]:
-    """The report computation for ``key``: one per identical query in flight.
+                   key: tuple[str, ...]) -> asyncio.Future[bytes]:
+    """The report JSON for ``key``: one computation per identical query in flight.
 
     Concurrent identical requests (dashboards refreshing together) share one computation
     instead of queueing on the store one after another; each finished report is fresh.
@@ -277,10 +282,10 @@ def _shared_report(app: web.Application, query: ReportQuery,
     inflight = app[_INFLIGHT]
     future = inflight.get(key)
     if future is None:
-        future = asyncio.ensure_future(asyncio.to_thread(app[_REPORTS].report, query))
+        future = asyncio.ensure_future(asyncio.to_thread(_report_json, app[_REPORTS], query))
         inflight[key] = future
 
-        def forget(done: asyncio.Future[Mapping[str, Any]]) -> None:
+        def forget(done: asyncio.Future[bytes]) -> None:
             inflight.pop(key, None)
             if not done.cancelled():
                 done.exception()  # retrieved here, so no waiter left behind warns
@@ -296,7 +301,7 @@ async def _report(request: web.Request) -> web.StreamResponse:
                                    now=request.app[_CLOCK].now())
         key = tuple((request.query.get(name) or "").strip() for name in REPORT_PARAMETERS)
         # shield: a client that hangs up does not cancel the others' report.
-        data = await asyncio.shield(_shared_report(request.app, query, key))
+        body = await asyncio.shield(_shared_report(request.app, query, key))
     except UsageError as exc:
         raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
     except NoDataError as exc:
@@ -304,7 +309,7 @@ async def _report(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         log.warning("report.store_unavailable", error=str(exc))
         raise HttpError(503, "STORE_UNAVAILABLE", str(exc)) from None
-    return web.json_response(data, dumps=JSON_DUMPS)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import ssl
 import subprocess
@@ -332,7 +333,7 @@ async def test_identical_concurrent_reports_share_one_computation() -> None:
     assert other is not first
     gate.set()
     assert await first == await second
-    await other
+    assert json.loads(await other)["accounts"] == ["prod"]
     assert len(reports.queries) == 2
     assert _shared_report(app, query, ("7d", "", "", "")) is not first  # finished: not reused
     await _shared_report(app, query, ("7d", "", "", ""))
