@@ -19,7 +19,15 @@ and commits.
 Every database is reached through one long-lived in-memory DuckDB instance per process
 (attaching a file costs about a millisecond; starting an instance costs twenty).
 
-Observation time: a crawl observes the fleet at its ``finished_at``.
+Fast path: a Store remembers the current versions it last committed per account and kind
+(a snapshot). The next crawl stages only records that differ from it, and the commit
+closes and opens versions by id lists computed from the snapshot. If another process (or
+Store) committed in between, the snapshot is stale: the skipped records are staged after
+all and the full set-based comparison runs instead. Each commit checkpoints on detach, so
+readers never replay a write-ahead log.
+
+Observation time: a crawl observes the fleet at its ``finished_at``. Crawls of one
+account and kind must be committed in the order they finished.
 """
 
 # S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
