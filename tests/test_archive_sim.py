@@ -167,6 +167,7 @@ async def test_refusal_after_a_crawl_saw_the_bucket_public(
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatorThread]:
     """A simulator thread, and the environment pointing nexus-audit at it."""
+    saved = structlog.get_config()
     sim = SimulatorThread()
     sim.start_thread()
     for name in ("NEXUS_API_KEY_FILE", "NEXUS_AUDIT_CONFIG", "NEXUS_AUDIT_PRICING"):
@@ -178,7 +179,9 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulat
         yield sim
     finally:
         sim.stop_thread()
-        structlog.reset_defaults()  # main() pointed logging at this test's captured stderr
+        # main() configured logging onto this test's captured stderr; put back the very
+        # same configuration objects, so loggers bound earlier keep working with capture_logs.
+        structlog.configure(**saved)
 
 
 def test_report_upload_cli(cli_env: SimulatorThread,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,15 @@ def test_nothing_to_export(tmp_path: Path, store: Store) -> None:
         report_json(ParquetHistory(tmp_path / "b"))
 
 
+@pytest.fixture
+def saved_logging() -> Iterator[None]:
+    """Put back the structlog configuration (the same objects) that main() replaces."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("saved_logging")
 def test_export_command(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                         capsys: pytest.CaptureFixture[str]) -> None:
     """``nexus-audit export`` writes the layout and prints a line per table."""
@@ -219,7 +229,6 @@ def test_export_command(store: Store, tmp_path: Path, monkeypatch: pytest.Monkey
                                          for d in range(1, 11)}
     assert main(["export", "--since", "nope", "--to", str(out)]) == 2
     err = capsys.readouterr().err
-    structlog.reset_defaults()  # main() pointed logging at this test's captured stderr
     assert err.startswith("nexus-audit: error: since: 'nope' is neither a duration")
     assert err.count("\n") == 1
 
