@@ -50,12 +50,7 @@ from nexus_audit.report import Report
 from nexus_audit.store import AccountState
 from nexus_audit.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
 
-
-def _log() -> Any:
-    # Bound per call, not at import: a logger bound before configure_logging keeps
-    # structlog's default configuration and would print to standard output, into the
-    # report (logs.get_logger binds eagerly).
-    return get_logger(__name__)
+log = get_logger(__name__)
 
 #: Content-Type of each report format.
 CONTENT_TYPES: Final[Mapping[str, str]] = {
@@ -207,7 +202,7 @@ def check_bucket(states: Sequence[AccountState], account: str, bucket: str) -> B
             f"latest bucket crawl ({isoformat(as_of)}) saw its access as {access!r} "
             "(anything but 'private' is exposed); evidence must not leak")
     if verdict == "unknown":
-        _log().warning("archive.bucket_unknown", account=account, bucket=bucket,
+        log.warning("archive.bucket_unknown", account=account, bucket=bucket,
                     note="no successful bucket crawl has seen this bucket; its access is "
                          "unchecked (run `nexus-audit crawl --kinds buckets` first)")
     return verdict
@@ -304,7 +299,7 @@ async def upload_object(
         body = source if isinstance(source, bytes) else b"".join(_blocks(source, _READ_BLOCK))
         reply = await client.send("PUT", path, "PUT /objects", data=body, headers=headers)
         etag, content_hash = verify_reply(reply, digest, f"upload of {target}")
-        _log().info("archive.uploaded", target=str(target), size=digest.size, etag=etag)
+        log.info("archive.uploaded", target=str(target), size=digest.size, etag=etag)
         return UploadResult(target, digest.size, etag, content_hash)
     return await _multipart(client, target, source, path, headers, digest, part_size)
 
@@ -323,7 +318,7 @@ async def _multipart(client: ObjectClient, target: Target, source: Source, path:
     if not isinstance(upload_id, str) or not upload_id:
         raise ProtocolError("CloudNexus started a multipart upload without an upload_id",
                             endpoint="POST /objects?uploads")
-    _log().info("archive.multipart_started", target=str(target), upload_id=upload_id,
+    log.info("archive.multipart_started", target=str(target), upload_id=upload_id,
              size=digest.size, parts=count)
     try:
         listed = []
@@ -351,7 +346,7 @@ async def _multipart(client: ObjectClient, target: Target, source: Source, path:
         raise
     # Completed: the object exists now, so a mismatch can only be reported, not undone.
     etag, content_hash = verify_reply(done, digest, f"multipart upload of {target}")
-    _log().info("archive.uploaded", target=str(target), size=digest.size, etag=etag,
+    log.info("archive.uploaded", target=str(target), size=digest.size, etag=etag,
              parts=count, upload_id=upload_id)
     return UploadResult(target, digest.size, etag, content_hash, parts=count,
                         upload_id=upload_id)
@@ -365,10 +360,10 @@ async def _abort(client: ObjectClient, path: str, upload_id: str, target: Target
         await asyncio.shield(client.send("DELETE", path, "DELETE /objects?upload_id",
                                          params={"upload_id": upload_id}))
     except (ApiError, asyncio.CancelledError) as exc:
-        _log().warning("archive.abort_failed", target=str(target), upload_id=upload_id,
+        log.warning("archive.abort_failed", target=str(target), upload_id=upload_id,
                     error=str(exc), cause=type(cause).__name__)
     else:
-        _log().info("archive.multipart_aborted", target=str(target), upload_id=upload_id,
+        log.info("archive.multipart_aborted", target=str(target), upload_id=upload_id,
                  cause=type(cause).__name__)
 
 

@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import duckdb
 
@@ -56,10 +56,7 @@ from nexus_audit.logs import get_logger
 from nexus_audit.store import MIGRATIONS, Store
 from nexus_audit.timeutil import Window
 
-
-def _log() -> Any:
-    # Bound per call: a logger bound at import keeps structlog's defaults (standard output).
-    return get_logger(__name__)
+log = get_logger(__name__)
 
 #: The store's tables, in export order.
 TABLES: Final = ("crawls", "instance_versions", "bucket_versions", "bucket_sizes")
@@ -301,7 +298,7 @@ def export_history(
                               f"{exc.strerror or exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    _log().debug("export.done", directory=str(target), accounts=chosen, rows=rows,
+    log.debug("export.done", directory=str(target), accounts=chosen, rows=rows,
              partitions=counts)
     return ExportResult(directory=target, window=window, accounts=tuple(chosen), rows=rows,
                         partitions=counts)
