@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import structlog
 
@@ -55,6 +55,23 @@ class SecretRedactor:
         return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing.
+
+    Binding the stream object at configuration time would keep writing to a stream that
+    was since replaced and closed (a test harness's capture, a daemon's redirect).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 #: The process-wide redactor; :func:`configure_logging` feeds it the secrets in force.
 redactor: Final = SecretRedactor()
 
@@ -71,7 +88,7 @@ def configure_logging(
     ``json=None`` picks JSON lines unless ``stream`` is a terminal. Log lines go to
     standard error so a command's output (a report, the simulator's URL) stays clean.
     """
-    out = stream or sys.stderr
+    out: TextIO = stream or cast(TextIO, _CurrentStderr())
     redactor.update(secrets)
     if json is None:
         json = not out.isatty()

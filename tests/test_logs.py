@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
+import pytest
 import structlog
 
 from nexus_audit.logs import REDACTED, configure_logging, get_logger
@@ -40,3 +42,13 @@ def test_loggers_made_before_configuration_follow_it() -> None:
     log.info("late.event")
     structlog.reset_defaults()
     assert json.loads(out.getvalue())["event"] == "late.event"
+
+
+def test_default_stream_follows_sys_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit stream, lines go to the sys.stderr of the moment of writing."""
+    configure_logging(json=True)
+    replacement = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", replacement)
+    get_logger("x").info("after.swap")
+    structlog.reset_defaults()
+    assert json.loads(replacement.getvalue())["event"] == "after.swap"
