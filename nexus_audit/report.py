@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -29,6 +29,8 @@ from typing import Any, Final, Protocol
 import duckdb
 
 from nexus_audit.errors import NoDataError, StoreError, UsageError
+from nexus_audit.findings import Finding, evaluate
+from nexus_audit.policy import Policy
 from nexus_audit.pricing import Pricing
 from nexus_audit.sql import bind, load_query
 from nexus_audit.timeutil import Window, isoformat
@@ -191,11 +193,13 @@ class Report:
     exposures: tuple[Exposure, ...]
     stale_instances: tuple[StaleInstance, ...]
     pricing: dict[str, str] = field(default_factory=dict)
+    #: Policy findings (``nexus_audit.findings``); ``None`` when no policy is configured.
+    findings: tuple[Finding, ...] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded)."""
         cov = self.crawls.coverage
-        return {
+        data: dict[str, Any] = {
             "generated_at": isoformat(self.generated_at),
             "window": {"since": isoformat(self.window.since),
                        "until": isoformat(self.window.until)},
@@ -241,6 +245,9 @@ class Report:
                                  "account": s.account} for s in self.stale_instances],
             "pricing": dict(self.pricing),
         }
+        if self.findings is not None:
+            data["findings"] = [f.to_json_dict() for f in self.findings]
+        return data
 
 
 def _amounts(a: Amounts) -> dict[str, Any]:
@@ -295,8 +302,12 @@ def build_report(
     max_gap_buckets: timedelta,
     pricing: Pricing,
     now: datetime,
+    policy: Policy | None = None,
 ) -> Report:
-    """Answer every audit question over ``window`` (all accounts, or those named)."""
+    """Answer every audit question over ``window`` (all accounts, or those named).
+
+    With a ``policy``, the report carries its findings (``nexus_audit.findings``).
+    """
     values: dict[str, Any] = {
         "since": window.since, "until": window.until,
         "max_gap_instances": _seconds(max_gap_instances, "max_gap"),
@@ -308,7 +319,11 @@ def build_report(
     }
     try:
         with store.read() as con:
-            return _build(con, window, accounts, values, pricing, now)
+            report = _build(con, window, accounts, values, pricing, now)
+            if policy is not None:
+                report = replace(report, findings=evaluate(con, policy, window,
+                                                           report.accounts))
+            return report
     except duckdb.Error as exc:
         raise StoreError(f"cannot read {store.path}: {exc}") from None
 
