@@ -3,8 +3,8 @@
     python bench/crawl.py [--quick]
 
 Every figure and ratio is measured in the same run; the simulator runs in its own
-process (``nexus-audit simulate``'s code, see ``sim_child``), so its CPU and memory are
-not the crawler's.
+process (``python -m nexus_audit.simulator``), so its CPU and memory are not the
+crawler's.
 
 1. budget-bound: 20,000 instances, server limit and our budget both 6000/min. Goal
    wall / (requests / budget) <= 1.05 with the minimum number of requests. Run twice: with
@@ -55,43 +55,6 @@ from nexus_audit.model import Bucket, CrawlSummary, Instance  # noqa: E402
 from nexus_audit.simulator.fleet import REGIONS  # noqa: E402
 from nexus_audit.timeutil import SystemClock  # noqa: E402
 
-#: Run the simulator as shipped instead of with the faster instance query below.
-STOCK_SIM = False
-
-
-def sim_child(argv: Sequence[str], *, stock: bool) -> None:
-    """In a child process: serve the simulator (``nexus-audit simulate`` arguments).
-
-    The shipped simulator deep-copies and sorts the whole fleet for every page (about
-    0.4 s a page at 20,000 instances, seconds at 200,000), which would measure the
-    simulator instead of the crawler. Unless ``stock``, its instance query is replaced by
-    one with the same answers for a fleet without churn (filter a cached id-sorted list,
-    no copies); the benchmark scenarios have no churn.
-    """
-    from nexus_audit.simulator import cli as sim_cli
-    from nexus_audit.simulator.fleet import Fleet, tag_match
-
-    if not stock:
-        cache: dict[int, list[Any]] = {}
-
-        def query_instances(self: Any, *, region: str | None = None,
-                            status: str | None = None, tags: Any = None) -> list[Any]:
-            with self._lock:
-                self._settle()
-                ordered = cache.get(id(self))
-                if ordered is None or len(ordered) != len(self._instances):
-                    ordered = sorted(self._instances.values(), key=lambda i: i.id)
-                    cache[id(self)] = ordered
-                return [i for i in ordered
-                        if (region is None or i.region == region)
-                        and (status is None or i.status == status)
-                        and (not tags or tag_match(i.tags, tags))]
-
-        Fleet.query_instances = query_instances  # type: ignore[method-assign]
-    parser = argparse.ArgumentParser()
-    sim_cli.add_arguments(parser)
-    sys.exit(sim_cli.run(parser.parse_args(argv)))
-
 
 @dataclass
 class Sim:
@@ -110,8 +73,7 @@ class Sim:
 @contextmanager
 def simulator(**options: Any) -> Iterator[Sim]:
     """Run ``nexus-audit simulate --port 0`` with ``options``; stop it by its pid."""
-    cmd = [sys.executable, __file__, *(["--stock-sim"] if STOCK_SIM else []), "--sim-child",
-           "--port", "0"]
+    cmd = [sys.executable, "-m", "nexus_audit.simulator", "--port", "0"]
     for name, value in options.items():
         cmd += [f"--{name.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -354,25 +316,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller fleets, a few seconds each")
     parser.add_argument("--only", choices=["budget", "latency", "shared", "rss"],
                         action="append", help="run only these scenarios (repeatable)")
-    parser.add_argument("--stock-sim", action="store_true",
-                        help="run the simulator as shipped (its pages cost O(fleet): see above)")
     parser.add_argument("--rss-child", nargs=3, metavar=("URL", "KEY", "SINK"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--sim-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global STOCK_SIM
-    STOCK_SIM = args.stock_sim
-    if args.sim_child is not None:
-        sim_child(args.sim_child, stock=args.stock_sim)
-        return
     if args.rss_child:
         rss_child(*args.rss_child)
         return
     random.seed(1)
     scale = 4 if args.quick else 1
     print(f"nexus-audit crawl benchmark{' (quick)' if args.quick else ''}; python "
-          f"{sys.version.split()[0]}, loopback; simulator "
-          f"{'as shipped' if STOCK_SIM else 'with the cached instance query'}")
+          f"{sys.version.split()[0]}, loopback")
     only = set(args.only or ["budget", "latency", "shared", "rss"])
     if "budget" in only:
         asyncio.run(bench_budget_bound(20_000 // scale))

@@ -251,7 +251,7 @@ class _Api:
     async def list_instances(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/instances``: filtered, keyset-paged, signed cursors."""
         query = parse_instance_query(request.query)
-        items = self.state.fleet.query_instances(
+        items = self.state.fleet.listing(
             region=query.region, status=query.status, tags=query.tags
         )
         return self._page_response(request, "instances", items, query)

@@ -196,6 +196,12 @@ class Fleet:
         self._name_counters: dict[str, int] = {}
         for inst in self._instances.values():
             self._bump_counter(inst.name)
+        # Listing is the hot path (one call per page): keep the id-sorted order and the
+        # set of instances still coming up, instead of sorting and scanning every time.
+        self._order: list[Instance] | None = None
+        self._maturing: set[str] = {
+            i.id for i in self._instances.values() if i.ready_at is not None
+        }
         self._lock = threading.RLock()
 
     @classmethod
@@ -243,6 +249,32 @@ class Fleet:
             ]
         found.sort(key=lambda i: i.id)
         return found
+
+    def listing(
+        self,
+        *,
+        region: str | None = None,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[Instance]:
+        """Like :meth:`query_instances` but without copies: the server's page path.
+
+        The instances are the live objects: serialize the page at once and never mutate
+        them. Without filters this costs one list copy, not a sort and a deep copy.
+        """
+        with self._lock:
+            self._settle()
+            if self._order is None:
+                self._order = sorted(self._instances.values(), key=lambda i: i.id)
+            if region is None and status is None and not tags:
+                return list(self._order)
+            return [
+                i
+                for i in self._order
+                if (region is None or i.region == region)
+                and (status is None or i.status == status)
+                and (not tags or tag_match(i.tags, tags))
+            ]
 
     def instance_ids(self) -> list[str]:
         """All instance ids, sorted."""
@@ -296,13 +328,19 @@ class Fleet:
                 ready_at=now + self._pending_seconds if status == "pending" else None,
             )
             self._instances[new_id] = inst
+            self._order = None
+            if inst.ready_at is not None:
+                self._maturing.add(new_id)
             self._bump_counter(name)
             return copy.deepcopy(inst)
 
     def delete_instance(self, instance_id: str) -> Instance:
         """Remove an instance and return it; ``KeyError`` if there is none."""
         with self._lock:
-            return self._instances.pop(instance_id)
+            inst = self._instances.pop(instance_id)
+            self._order = None
+            self._maturing.discard(instance_id)
+            return inst
 
     def set_instance_status(self, instance_id: str, status: str) -> None:
         """Force an instance's status; ``KeyError`` if there is none."""
@@ -312,6 +350,7 @@ class Fleet:
             inst = self._instances[instance_id]
             inst.status = status
             inst.ready_at = None
+            self._maturing.discard(instance_id)
 
     def rename_instance(self, instance_id: str, name: str) -> None:
         """Rename an instance; ``KeyError`` if there is none."""
@@ -376,10 +415,12 @@ class Fleet:
         events: list[ChurnEvent] = []
         with self._lock:
             # Instances created by the API or earlier churn steps come up now.
-            for inst in sorted(self._instances.values(), key=lambda i: i.id):
+            for iid in sorted(self._maturing):
+                inst = self._instances[iid]
                 if inst.status == "pending" and inst.ready_at is not None:
                     inst.status, inst.ready_at = "running", None
                     events.append(ChurnEvent("started", inst.id, "pending->running"))
+            self._maturing.clear()
             for _ in range(rng.randint(0, 2)):
                 env, role = _pick_env(rng), rng.choice(_ROLES)
                 plan = rng.choice(tuple(PLAN_SHAPES))
@@ -405,6 +446,8 @@ class Fleet:
                 events.append(ChurnEvent("renamed", iid, f"{old}->{self._instances[iid].name}"))
             for iid in _sample(rng, sorted(self._instances), rng.randint(0, 2)):
                 del self._instances[iid]
+                self._order = None
+                self._maturing.discard(iid)
                 events.append(ChurnEvent("deleted", iid))
             for bid in _sample(rng, sorted(self._buckets), rng.randint(1, 3)):
                 b = self._buckets[bid]
@@ -421,9 +464,13 @@ class Fleet:
 
     def _settle(self) -> None:
         now = self._clock.time()
-        for inst in self._instances.values():
-            if inst.status == "pending" and inst.ready_at is not None and inst.ready_at <= now:
-                inst.status, inst.ready_at = "running", None
+        for iid in list(self._maturing):
+            inst = self._instances[iid]
+            if inst.ready_at is None or inst.ready_at <= now:
+                if inst.status == "pending":
+                    inst.status = "running"
+                inst.ready_at = None
+                self._maturing.discard(iid)
 
     def _ids_by_status(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {s: [] for s in STATUSES}
