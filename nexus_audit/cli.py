@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--since", default="30d",
                         help="window start: a duration back from now (30d) or an ISO 8601 time")
     report.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
-    report.add_argument("--format", default="table", choices=["table", "json", "markdown", "csv"],
-                        help="output format (default: table)")
+    report.add_argument("--format", default="table",
+                        choices=["table", "json", "markdown", "csv", "ocsf"],
+                        help="output format (default: table); ocsf: the policy findings as "
+                             "OCSF Compliance Finding events, JSON lines")
     report.add_argument("--account", metavar="NAME", help="only this account")
     report.add_argument("--stale-after", default=None, metavar="DURATION",
                         help="how long an instance must sit not running to be stale (default 7d)")

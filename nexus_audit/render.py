@@ -12,27 +12,40 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from nexus_audit.errors import UsageError
+from nexus_audit import __version__
+from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.findings import summary
+from nexus_audit.ocsf import render_ocsf
 from nexus_audit.report import Report
 from nexus_audit.timeutil import isoformat
 
 WIDTH: Final = 80
 TABLE_ROWS: Final = 10
-FORMATS: Final = ("table", "json", "markdown", "csv")
+FORMATS: Final = ("table", "json", "markdown", "csv", "ocsf")
 
 
 def render(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> str:
-    """The report in ``fmt`` (``table``, ``json``, ``markdown`` or ``csv``)."""
+    """The report in ``fmt`` (``table``, ``json``, ``markdown``, ``csv`` or ``ocsf``)."""
     renderers: dict[str, Callable[[Report], str]] = {
         "table": lambda r: render_table(r, max_rows=max_rows),
         "json": render_json,
         "markdown": render_markdown,
         "csv": render_csv,
+        "ocsf": render_ocsf_report,
     }
     if fmt not in renderers:
         raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",
                          parameter="format")
     return renderers[fmt](report)
+
+
+def render_ocsf_report(report: Report) -> str:
+    """The report's findings as OCSF Compliance Finding events, one JSON line each."""
+    if report.findings is None:
+        raise ConfigError("--format ocsf writes policy findings, but no policy is configured "
+                          "(set NEXUS_AUDIT_POLICY or policy = \"...\" in the config file)",
+                          parameter="format")
+    return render_ocsf(report.findings, product_version=__version__)
 
 
 def render_json(report: Report) -> str:
@@ -154,7 +167,35 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
                  max_rows) if report.stale_instances else ["  no stale instance"]
     if any(s.at_least for s in report.stale_instances):
         out.append("  ≤: not running since at least then (the first crawl saw it so)")
+    if report.findings is not None:
+        out += _table_findings(report, max_rows)
     return "\n".join(out) + "\n"
+
+
+def _table_findings(report: Report, max_rows: int) -> list[str]:
+    findings = report.findings or ()
+    counts = summary(findings)
+    out = _section("Policy findings")
+    out += _pairs([("findings", f"{len(findings)} ({counts['open']} open, "
+                                f"{counts['expired']} expired exception, "
+                                f"{counts['accepted']} accepted)")])
+    if not findings:
+        return [*out, "  no finding in the window"]
+    # Worst first: expired, then open, then accepted; by severity within each.
+    order = {"expired": 0, "open": 1, "accepted": 2}
+    ranked = sorted(findings, key=lambda f: (order[f.status], _SEVERITY_RANK[f.severity],
+                                             f.first_seen))
+    # Month, day and time only (the header names the window): the rows fit 80 columns.
+    out += _grid(["severity", "status", "rule", "resource", "seen (UTC)"],
+                 [[f.severity, f.status, f.rule, f.resource,
+                   f"{f.first_seen:%m-%d %H:%M} → {f.last_seen:%m-%d %H:%M}"
+                   + (" *" if f.current else "")]
+                  for f in ranked], max_rows)
+    out.append("  *: still seen at the window's end")
+    return out
+
+
+_SEVERITY_RANK: Final = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 def _md_cell(value: Any) -> str:
@@ -223,6 +264,18 @@ def render_markdown(report: Report) -> str:
                        "yes" if s.at_least else "no", _money(s.hourly_cost)]
                       for s in report.stale_instances]
                      ) if report.stale_instances else ["No stale instance."]
+    if report.findings is not None:
+        out += ["", "## Policy findings", ""]
+        out += _md_table(["account", "rule", "severity", "status", "resource", "region",
+                          "first seen", "last seen", "current", "detail", "exception"],
+                         [[f.account, f.rule, f.severity, f.status, f.resource, f.region,
+                           isoformat(f.first_seen), isoformat(f.last_seen),
+                           "yes" if f.current else "no", f.detail,
+                           "" if f.exception is None else
+                           f"{f.exception.pattern} (owner {f.exception.owner}, until "
+                           f"{isoformat(f.exception.expires)}: {f.exception.reason})"]
+                          for f in report.findings]
+                         ) if report.findings else ["No finding in the window."]
     return "\n".join(out) + "\n"
 
 
@@ -231,11 +284,17 @@ CSV_COLUMNS: Final = ("section", "account", "kind", "id", "name", "status", "reg
                       "metric", "value")
 
 
+#: Columns added after CSV_COLUMNS when a policy is configured (``finding`` rows).
+CSV_FINDING_COLUMNS: Final = ("rule", "severity", "current", "detail", "exception",
+                              "exception_owner", "exception_reason", "exception_expires")
+
+
 def render_csv(report: Report) -> str:
     """The report as one CSV table; ``section`` says what each row is (no row dropped)."""
     d = report.to_json_dict()
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = CSV_COLUMNS if report.findings is None else CSV_COLUMNS + CSV_FINDING_COLUMNS
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
 
     def row(section: str, **cells: Any) -> None:
@@ -281,4 +340,12 @@ def render_csv(report: Report) -> str:
     row("pricing", metric="name", value=d["pricing"].get("name"))
     row("pricing", metric="as_of", value=d["pricing"].get("as_of"))
     row("pricing", metric="digest", value=d["pricing"].get("digest"))
+    for f in d.get("findings", ()):
+        exc = f["exception"] or {}
+        row("finding", account=f["account"], kind=f["kind"], id=f["resource"],
+            status=f["status"], region=f["region"], start=f["first_seen"], end=f["last_seen"],
+            rule=f["rule"], severity=f["severity"], current=str(f["current"]).lower(),
+            detail=f["detail"], exception=exc.get("pattern"),
+            exception_owner=exc.get("owner"), exception_reason=exc.get("reason"),
+            exception_expires=exc.get("expires"))
     return buffer.getvalue()

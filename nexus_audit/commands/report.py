@@ -15,7 +15,8 @@ from typing import TextIO
 
 from nexus_audit.archive import UploadRequest
 from nexus_audit.config import Settings
-from nexus_audit.errors import UsageError
+from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.policy import load_configured
 from nexus_audit.pricing import load_pricing
 from nexus_audit.render import render
 from nexus_audit.report import UnknownAccountError, build_report
@@ -44,13 +45,18 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
                    if args.stale_after else settings.stale_after)
     gap_instances, gap_buckets = max_gaps(settings)
     pricing = load_pricing(settings.pricing_file)
+    policy = load_configured(settings.policy_file)
+    if args.format == "ocsf" and policy is None:
+        raise ConfigError("--format ocsf writes policy findings, but no policy is configured "
+                          "(set NEXUS_AUDIT_POLICY or policy = \"...\" in the config file)",
+                          parameter="format")
     store = Store(settings.db_path)
     try:
         report = build_report(
             store, window, accounts=[args.account] if args.account else None,
             stale_after=stale_after, pending_stale_after=settings.pending_stale_after,
             max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
-            pricing=pricing, now=now)
+            pricing=pricing, now=now, policy=policy)
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
     text = render(report, args.format)

@@ -33,6 +33,7 @@ from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
 from nexus_audit.crawl import crawl_and_commit
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
+from nexus_audit.findings import current_counts, evaluate_history
 from nexus_audit.logs import get_logger
 from nexus_audit.metrics import (
     ApiCollector,
@@ -41,6 +42,7 @@ from nexus_audit.metrics import (
     CrawlStats,
     CrawlStatsCollector,
     Exporter,
+    FindingsCollector,
     InventoryCollector,
     PricingLabel,
     Snapshot,
@@ -48,6 +50,7 @@ from nexus_audit.metrics import (
     build_snapshot,
 )
 from nexus_audit.model import Kind
+from nexus_audit.policy import Policy, load_configured
 from nexus_audit.pricing import Pricing, load_pricing
 from nexus_audit.report import build_report
 from nexus_audit.scheduler import (
@@ -116,11 +119,13 @@ def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock) -> dict[st
 class StoreReports:
     """The /report source: ``build_report`` over the store, called in a worker thread."""
 
-    def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock) -> None:
+    def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
+                 policy: Policy | None = None) -> None:
         self._store = store
         self._settings = settings
         self._pricing = pricing
         self._clock = clock
+        self._policy = policy
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -140,6 +145,7 @@ class StoreReports:
             max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
             pricing=self._pricing,
             now=self._clock.now(),
+            policy=self._policy,
         )
         data: Mapping[str, Any] = report.to_json_dict()
         return data
@@ -149,10 +155,11 @@ class Service:
     """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler."""
 
     def __init__(self, settings: Settings, store: Store, pricing: Pricing, *,
-                 clock: Clock, grace: float) -> None:
+                 clock: Clock, grace: float, policy: Policy | None = None) -> None:
         self.settings = settings
         self.store = store
         self.pricing = pricing
+        self.policy = policy
         self.clock = clock
         self.grace = grace
         self.names = tuple(a.name for a in settings.accounts)
@@ -165,12 +172,13 @@ class Service:
         self.exporter = Exporter(
             self.holder,
             snapshot_collectors=[InventoryCollector(self.holder),
-                                 CrawlStateCollector(self.holder)],
+                                 CrawlStateCollector(self.holder),
+                                 FindingsCollector(self.holder)],
             live_collectors=[CrawlStatsCollector(self.crawl_stats),
                              ApiCollector(self.api_stats, self.budgets),
                              BuildInfoCollector(__version__)],
         )
-        self.reports = StoreReports(store, settings, pricing, clock)
+        self.reports = StoreReports(store, settings, pricing, clock, policy)
         self._generation = 0
         self._stale: dict[tuple[str, str], int] | None = None
         self._rebuild_lock = threading.Lock()
@@ -204,6 +212,7 @@ class Service:
                 stale=self._stale,
                 per_bucket=self.settings.per_bucket_metrics,
                 per_instance=self.settings.per_instance_metrics,
+                findings=self.findings_counts(states),
             )
             self.exporter.install(snapshot)
             return snapshot
@@ -232,6 +241,25 @@ class Service:
             key = (item.account, item.status)
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def findings_counts(self, states: Sequence[AccountState]
+                        ) -> dict[tuple[str, str, str, str], int] | None:
+        """Current policy findings by (account, rule, severity, status); None without one."""
+        if self.policy is None:
+            return None
+        accounts = [s.account for s in states]
+        seen = [t for s in states for t in (s.instances_as_of, s.buckets_as_of) if t]
+        if not seen:
+            return current_counts((), self.policy, accounts)
+        # Current findings were seen by each kind's latest crawl: the window only has to
+        # reach back to the oldest of those.
+        since = min(seen) - timedelta(seconds=1)
+        until = max(self.clock.now(), max(seen) + timedelta(seconds=1))
+        try:
+            found = evaluate_history(self.store, self.policy, Window(since, until), accounts)
+        except NoDataError:
+            found = ()
+        return current_counts(found, self.policy, accounts)
 
     async def refresh(self, *, stale: bool = True) -> None:
         """Rebuild the snapshot in a worker thread; a store failure keeps the old one."""
@@ -337,10 +365,12 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     if settings.web.tls_cert_file is not None and settings.web.tls_key_file is not None:
         ssl_context = make_ssl_context(settings.web.tls_cert_file, settings.web.tls_key_file)
     pricing = load_pricing(settings.pricing_file)
+    policy = load_configured(settings.policy_file)
     store = Store(settings.db_path)
     store.migrate()
     # APScheduler logs through the standard library in plain text; our JSON log lines
     # cover what matters (crawl.skipped, crawl.crashed), so keep its chatter out.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    service = Service(settings, store, pricing, clock=SystemClock(), grace=grace)
+    service = Service(settings, store, pricing, clock=SystemClock(), grace=grace,
+                      policy=policy)
     return asyncio.run(service.run(ssl_context))

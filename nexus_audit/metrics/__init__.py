@@ -3,10 +3,12 @@
 - :mod:`~nexus_audit.metrics.snapshot`: the latest committed state, aggregated per commit;
 - :mod:`~nexus_audit.metrics.inventory`: ``nexus_*`` fleet families;
 - :mod:`~nexus_audit.metrics.health`: ``nexus_audit_*`` crawl and API families;
+- :mod:`~nexus_audit.metrics.findings`: ``nexus_findings`` (with a policy);
 - :mod:`~nexus_audit.metrics.exposition`: the registries and the cached rendering.
 """
 
 from nexus_audit.metrics.exposition import Exporter
+from nexus_audit.metrics.findings import FindingsCollector
 from nexus_audit.metrics.health import (
     ApiCollector,
     BuildInfoCollector,
@@ -31,6 +33,7 @@ __all__ = [
     "CrawlStats",
     "CrawlStatsCollector",
     "Exporter",
+    "FindingsCollector",
     "InventoryCollector",
     "PricingLabel",
     "Snapshot",

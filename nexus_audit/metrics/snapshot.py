@@ -78,6 +78,8 @@ class Snapshot:
     as_of: Mapping[tuple[str, str], float] = field(default_factory=dict)
     last_crawl: Mapping[tuple[str, str], CrawlInfo] = field(default_factory=dict)
     last_success: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    #: Current policy findings by (account, rule, severity, status); None without a policy.
+    findings: Mapping[tuple[str, str, str, str], int] | None = None
 
 
 def build_snapshot(
@@ -90,6 +92,7 @@ def build_snapshot(
     stale: Mapping[tuple[str, str], int] | None = None,
     per_bucket: bool = True,
     per_instance: bool = False,
+    findings: Mapping[tuple[str, str, str, str], int] | None = None,
 ) -> Snapshot:
     """Fold accounts' latest state into a :class:`Snapshot` (pure; one pass per record).
 
@@ -169,6 +172,8 @@ def build_snapshot(
         as_of=as_of,
         last_crawl=last_crawl,
         last_success=last_success,
+        findings=None if findings is None else {
+            k: n for k, n in findings.items() if k[0] in accounts},
     )
 
 
