@@ -36,6 +36,7 @@ CONTRACT: dict[str, frozenset[str]] = {
         "nexus_pricing_info": "name as_of currency digest",
         "nexus_stale_instances": "account status",
         "nexus_inventory_timestamp_seconds": "account kind",
+        "nexus_findings": "account rule severity status",  # with a policy (issue 9)
         "nexus_audit_crawl_success": "account kind",
         "nexus_audit_crawls_total": "account kind status",
         "nexus_audit_crawl_duration_seconds_bucket": "account kind le",

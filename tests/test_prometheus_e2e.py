@@ -77,8 +77,12 @@ def simulator_fleet() -> Iterator[SimulatorThread]:
 def serve(
     simulator_fleet: SimulatorThread, tmp_path: Path
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``nexus-audit serve`` crawling the simulator every second or two, on a free port."""
-    env = {**os.environ, "NEXUS_API_URL": simulator_fleet.url,
+    """``nexus-audit serve`` crawling the simulator every second or two, on a free port,
+    with a policy (so nexus_findings has data; every public bucket's exception expired)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[baseline]\nrequired_tags = ["team"]\n[[exceptions]]\nbucket = "*"\n'
+                      'reason = "e2e"\nowner = "e2e"\nexpires = 2020-01-01\n', encoding="utf-8")
+    env = {**os.environ, "NEXUS_API_URL": simulator_fleet.url, "NEXUS_AUDIT_POLICY": str(policy),
            "NEXUS_API_KEY": simulator_fleet.key, "NEXUS_AUDIT_DB": str(tmp_path / "e2e.duckdb"),
            "NEXUS_RATE_BUDGET": "6000", "NEXUS_AUDIT_SHUTDOWN_GRACE": "2s"}
     for name in ("NEXUS_API_KEY_FILE", "NEXUS_AUDIT_CONFIG", "NEXUS_AUDIT_LISTEN"):
