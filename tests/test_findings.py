@@ -319,3 +319,22 @@ def test_report_helper_is_unchanged_by_policies(store: Store) -> None:
     """The queries' own report helper still builds (no policy argument needed)."""
     crawl(store, T0, buckets=[bucket("b-1", access="public")])
     assert report(store, T0 - H, T0 + H).findings is None
+
+
+def test_findings_over_an_exported_parquet_history_equal_the_database(
+        store: Store, tmp_path: Path) -> None:
+    """The findings queries run unchanged on the Parquet export (report.History seam)."""
+    from nexus_audit.export import ParquetHistory, export_history
+
+    for hour in range(6):
+        crawl(store, T0 + hour * H,
+              instances=[inst("i-1", region="ap-1" if hour < 3 else "eu-1", tags=TAGGED)],
+              buckets=[bucket("site-a", access="public", size=(9 + hour) * 10**9)])
+    pol = policy(b'[[exceptions]]\nbucket = "site-*"\nreason = "r"\nowner = "o"\n'
+                 b"expires = 2026-03-01T02:30:00Z\n")
+    window = Window(T0, T0 + 6 * H)
+    export_history(store, tmp_path / "lake", window)
+    expected = evaluate_history(store, pol, window)
+    assert {f.rule for f in expected} == {"instance.region", "bucket.public",
+                                          "bucket.public_too_large"}
+    assert evaluate_history(ParquetHistory(tmp_path / "lake"), pol, window) == expected
