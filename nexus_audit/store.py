@@ -753,11 +753,16 @@ class Store:
             raise StoreError(f"cannot read {self.path}: {exc}") from None
         return [r[0] for r in rows]
 
-    def latest(self) -> list[AccountState]:
-        """Per account, the latest committed state (sorted by account)."""
+    def latest(self, kinds: Sequence[Kind] = KINDS) -> list[AccountState]:
+        """Per account, the latest committed state (sorted by account).
+
+        Only the records of ``kinds`` are read; the others come back empty (their
+        ``*_as_of``, last crawl and last success are always filled). A bucket poll
+        re-reads its few buckets, not the whole instance fleet.
+        """
         try:
             with self.read() as con:
-                return _latest(con)
+                return _latest(con, frozenset(kinds))
         except duckdb.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from None
 
@@ -774,7 +779,7 @@ _LAST_SUCCESS: Final = """
     GROUP BY ALL"""
 
 
-def _latest(con: duckdb.DuckDBPyConnection) -> list[AccountState]:
+def _latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[AccountState]:
     counts: dict[str, dict[str, int]] = {}
     for account, status, n in con.execute(
             "SELECT account, status, count(*) FROM crawls GROUP BY ALL").fetchall():
@@ -794,18 +799,21 @@ def _latest(con: duckdb.DuckDBPyConnection) -> list[AccountState]:
     instances: dict[str, list[Instance]] = {}
     cols = ", ".join(_INSTANCE_COLUMNS)
     make_instance = Instance._make
-    for account, *fields in con.execute(
-            f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
-            "ORDER BY account, id").fetchall():
+    rows = (con.execute(
+        f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
+        "ORDER BY account, id").fetchall() if "instances" in kinds else [])
+    for account, *fields in rows:
         instances.setdefault(account, []).append(make_instance(fields))
     buckets: dict[str, list[Bucket]] = {}
     bcols = ", ".join("s.size_bytes" if c == "size_bytes" else f"v.{c}" for c in _BUCKET_COLUMNS)
     make_bucket = Bucket._make
-    for account, *fields in con.execute(
-            f"""SELECT v.account, {bcols} FROM bucket_versions v
-                JOIN bucket_sizes s ON s.account = v.account AND s.id = v.id
-                    AND s.until_crawl IS NULL
-                WHERE v.until_crawl IS NULL ORDER BY v.account, v.id""").fetchall():
+    rows = (con.execute(
+        f"""SELECT v.account, {bcols} FROM bucket_versions v
+            JOIN bucket_sizes s ON s.account = v.account AND s.id = v.id
+                AND s.until_crawl IS NULL
+            WHERE v.until_crawl IS NULL ORDER BY v.account, v.id""").fetchall()
+        if "buckets" in kinds else [])
+    for account, *fields in rows:
         buckets.setdefault(account, []).append(make_bucket(fields))
     states = []
     for account in sorted(counts):
