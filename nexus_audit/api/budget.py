@@ -14,6 +14,18 @@ apply at once and the stricter one wins:
   a little jitter, so several clients on one key do not all fire at the same instant).
   Other tools may share the key, so the server's count is the truth.
 
+Priority: a key's budget is shared by slow, long crawls (every instance, page by page) and
+short, urgent ones (the bucket poll that sees an exposure). ``reserve`` slots of each
+window are kept for ``high``-priority requests: ``normal`` requests may hold at most
+``capacity - reserve`` slots (and leave the server's count of what is left above the part
+of the reserve not in use), ``high`` ones any slot up to the full ``capacity``. Each priority
+queues in arrival order; a ``normal`` request never goes while a ``high`` one waits. So a
+crawl that saturates its share leaves the reserve free for the polls, and together they
+never exceed ``capacity``. :func:`reserve_for` sizes the reserve from the polls' interval
+and pages. The priority of a request is that of the task sending it
+(:func:`request_priority`, a context variable): it follows a crawl's concurrent page
+chains without threading a parameter through the crawler and the client.
+
 The arithmetic (:meth:`RateBudget.delay`, :meth:`RateBudget.record_send`,
 :meth:`RateBudget.observe`) takes the current time as a plain value; only
 :meth:`RateBudget.acquire` reads the injected clock and sleeps on it.
@@ -22,10 +34,15 @@ The arithmetic (:meth:`RateBudget.delay`, :meth:`RateBudget.record_send`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import math
 import random
 from collections import deque
-from typing import Final
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Final, Literal
 
 from nexus_audit.timeutil import Clock
 
@@ -34,9 +51,46 @@ RESET_JITTER_SHARE: Final = 0.02
 RESET_JITTER_CAP: Final = 1.0
 
 
+#: The floor of requests one bucket poll is assumed to need (the list is one or two pages).
+MIN_POLL_REQUESTS: Final = 2
+
+Priority = Literal["normal", "high"]
+PRIORITIES: Final[tuple[Priority, ...]] = ("normal", "high")
+_PRIORITY: ContextVar[Priority] = ContextVar("nexus_audit_request_priority", default="normal")
+
+
 def window_capacity(per_minute: int, window: float) -> int:
     """Sends allowed per ``window`` seconds for a budget of ``per_minute`` (at least 1)."""
     return max(1, math.floor(per_minute * window / 60.0 + 1e-9))
+
+
+def reserve_for(requests_per_poll: int, interval: float, window: float) -> int:
+    """Slots that polls of ``requests_per_poll`` every ``interval`` s hold in any window.
+
+    A slot is held from the send until ``window`` seconds after the answer, so the slots
+    of every poll started in the last ``window`` seconds (plus the one in progress) can be
+    held at once: ``ceil(window / interval) + 1`` polls. At least :data:`MIN_POLL_REQUESTS`
+    requests per poll are assumed.
+    """
+    if interval <= 0 or window <= 0:
+        raise ValueError("interval and window must be > 0")
+    polls = math.ceil(window / interval - 1e-9) + 1
+    return max(MIN_POLL_REQUESTS, requests_per_poll) * polls
+
+
+def current_priority() -> Priority:
+    """The priority of requests sent by the current task (``normal`` unless set)."""
+    return _PRIORITY.get()
+
+
+@contextlib.contextmanager
+def request_priority(priority: Priority) -> Iterator[None]:
+    """Send this task's requests (and those of tasks it starts) at ``priority``."""
+    token = _PRIORITY.set(priority)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
 
 
 class RateBudget:
@@ -44,6 +98,8 @@ class RateBudget:
 
     ``window`` shortens the window for tests and benchmarks; the rate stays
     ``per_minute`` (``capacity = per_minute * window / 60`` sends per window).
+    ``reserve`` slots per window are kept for ``high``-priority requests (see the module
+    docstring; :meth:`set_reserve` changes it later).
     """
 
     def __init__(
@@ -53,6 +109,7 @@ class RateBudget:
         clock: Clock,
         window: float = 60.0,
         rng: random.Random | None = None,
+        reserve: int = 0,
     ) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be >= 1")
@@ -63,79 +120,116 @@ class RateBudget:
         self.capacity = window_capacity(per_minute, window)
         self._clock = clock
         self._rng = rng or random.Random()
-        # Answer times of finished requests within the window, oldest first.
-        self._finished: deque[float] = deque()
+        # Per priority: answer times of finished requests within the window (oldest
+        # first) and the number still in flight. Both hold slots.
+        self._finished: dict[Priority, deque[float]] = {p: deque() for p in PRIORITIES}
+        self._inflight_by: dict[Priority, int] = dict.fromkeys(PRIORITIES, 0)
         self._hold_until = -math.inf
-        self._inflight = 0
         # The server's view: requests we may still send before its reset.
         self._server_left: int | None = None
         self._server_reset_epoch: float | None = None
         self._server_reset_at = -math.inf  # monotonic, jitter included
-        self._lock = asyncio.Lock()
-        self._finish_event = asyncio.Event()
+        self.reserve = 0
+        self.set_reserve(reserve)
+        # One FIFO queue per priority; a high request waiting stops normal ones.
+        self._locks: dict[Priority, asyncio.Lock] = {"normal": asyncio.Lock(),
+                                                     "high": asyncio.Lock()}
+        self._high_waiting = 0
+        # Set when a slot frees or a high request leaves its queue: waiters re-check.
+        self._changed = asyncio.Event()
         #: The last limit the server reported (``X-RateLimit-Limit``), for display.
         self.server_limit: int | None = None
         #: Total seconds callers waited in :meth:`acquire`.
         self.waited = 0.0
 
     def __repr__(self) -> str:
-        return f"RateBudget({self.per_minute}/min, window={self.window}s)"
+        return (f"RateBudget({self.per_minute}/min, window={self.window}s, "
+                f"reserve={self.reserve})")
+
+    def set_reserve(self, slots: int) -> None:
+        """Keep ``slots`` per window for high priority (at most ``capacity - 1``: normal
+        requests always keep one slot, or a crawl of them could never finish)."""
+        if slots < 0:
+            raise ValueError("reserve must be >= 0")
+        self.reserve = min(slots, self.capacity - 1)
 
     # -- pure arithmetic over a given monotonic ``now`` ---------------------------------
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window
-        finished = self._finished
-        while finished and finished[0] <= horizon:
-            finished.popleft()
+        for finished in self._finished.values():
+            while finished and finished[0] <= horizon:
+                finished.popleft()
         if self._server_left is not None and now >= self._server_reset_at:
             # A new server window has begun: its budget is unknown until the next answer.
             self._server_left = None
 
-    def delay(self, now: float) -> float:
-        """Seconds from ``now`` until one more request may be sent (0 if at once).
+    def _held(self, priority: Priority) -> int:
+        return self._inflight_by[priority] + len(self._finished[priority])
 
-        ``math.inf`` when every slot is held by a request still in flight: the wait ends
-        when one of them is answered (:meth:`record_done`).
+    def _free_at(self, finished: Iterable[float], held: int, limit: int) -> float:
+        """When ``held`` slots (``finished`` among them, oldest first) drop below ``limit``:
+        ``-inf`` if they are below already, ``inf`` if only answers in flight can free one."""
+        excess = held - limit + 1
+        if excess <= 0:
+            return -math.inf
+        oldest = list(itertools.islice(finished, excess))
+        if excess > len(oldest):
+            return math.inf
+        return oldest[-1] + self.window
+
+    def delay(self, now: float, priority: Priority = "normal") -> float:
+        """Seconds from ``now`` until one more request of ``priority`` may be sent (0 if
+        at once).
+
+        Every request needs a slot under ``capacity``; a normal one also needs its own
+        priority's slots under ``capacity - reserve``, and leaves the server's count
+        above the part of the reserve that high requests are not using. ``math.inf``
+        when only a request still in flight can free the slot (:meth:`record_done`).
         """
         self._prune(now)
         wait = self._hold_until - now
-        excess = self._inflight + len(self._finished) - self.capacity + 1
-        if excess > 0:
-            if excess > len(self._finished):
-                return math.inf
-            wait = max(wait, self._finished[excess - 1] + self.window - now)
-        if self._server_left is not None and self._server_left <= 0:
+        total = self._finished["normal"], self._finished["high"]
+        free = self._free_at(heapq.merge(*total), self.in_window(now), self.capacity)
+        keep = 0
+        if priority == "normal":
+            free = max(free, self._free_at(self._finished["normal"], self._held("normal"),
+                                           self.capacity - self.reserve))
+            keep = max(0, self.reserve - self._held("high"))
+        if free == math.inf:
+            return math.inf
+        wait = max(wait, free - now)
+        if self._server_left is not None and self._server_left <= keep:
             wait = max(wait, self._server_reset_at - now)
         return max(0.0, wait)
 
-    def record_send(self, now: float) -> None:
+    def record_send(self, now: float, priority: Priority = "normal") -> None:
         """Count one request sent at ``now``; it holds a slot until :meth:`record_done`."""
         self._prune(now)
-        self._inflight += 1
+        self._inflight_by[priority] += 1
         if self._server_left is not None:
             self._server_left -= 1
 
-    def record_done(self, now: float) -> None:
-        """One request in flight was answered (or failed) at ``now``."""
-        if self._inflight > 0:
-            self._inflight -= 1
-            self._finished.append(now)
-            self._finish_event.set()
+    def record_done(self, now: float, priority: Priority = "normal") -> None:
+        """One request of ``priority`` in flight was answered (or failed) at ``now``."""
+        if self._inflight_by[priority] > 0:
+            self._inflight_by[priority] -= 1
+            self._finished[priority].append(now)
+            self._changed.set()
 
     def done(self) -> None:
-        """:meth:`record_done` at the clock's current time."""
-        self.record_done(self._clock.monotonic())
+        """:meth:`record_done` at the clock's current time, at the task's priority."""
+        self.record_done(self._clock.monotonic(), _PRIORITY.get())
 
     def in_window(self, now: float) -> int:
         """Slots held now: requests in flight plus those answered in the last window."""
         self._prune(now)
-        return self._inflight + len(self._finished)
+        return self._held("normal") + self._held("high")
 
     @property
     def inflight(self) -> int:
         """Requests sent and not yet answered."""
-        return self._inflight
+        return sum(self._inflight_by.values())
 
     @property
     def server_left(self) -> int | None:
@@ -165,7 +259,7 @@ class RateBudget:
         until_reset = reset_epoch - now_epoch
         if until_reset <= 0:
             return  # that window is over already
-        estimate = remaining - self._inflight
+        estimate = remaining - self.inflight
         same_window = (
             self._server_left is not None
             and self._server_reset_epoch is not None
@@ -188,23 +282,37 @@ class RateBudget:
 
     # -- the one method that waits -------------------------------------------------------
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: Priority | None = None) -> None:
         """Wait until a request may be sent, and count it as sent.
 
-        Callers queue in arrival order (``asyncio.Lock`` is fair); each re-checks after
-        sleeping, so a hold that arrived meanwhile is honoured.
+        ``priority`` defaults to the task's (:func:`request_priority`). Callers of one
+        priority queue in arrival order (``asyncio.Lock`` is fair); a normal caller also
+        waits while any high one does. Each re-checks after sleeping, so a hold or a
+        high request that arrived meanwhile is honoured.
         """
-        async with self._lock:
-            while (wait := self.delay(self._clock.monotonic())) > 0:
-                if wait == math.inf:
-                    self._finish_event.clear()
-                    started = self._clock.monotonic()
-                    await self._finish_event.wait()
-                    self.waited += self._clock.monotonic() - started
-                    continue
-                self.waited += wait
-                await self._clock.sleep(wait)
-            self.record_send(self._clock.monotonic())
+        level = priority or _PRIORITY.get()
+        async with self._locks[level]:
+            if level == "high":
+                self._high_waiting += 1
+            try:
+                while True:
+                    now = self._clock.monotonic()
+                    wait = (math.inf if level == "normal" and self._high_waiting
+                            else self.delay(now, level))
+                    if wait <= 0:
+                        break
+                    if wait == math.inf:
+                        self._changed.clear()
+                        await self._changed.wait()
+                        self.waited += self._clock.monotonic() - now
+                        continue
+                    self.waited += wait
+                    await self._clock.sleep(wait)
+                self.record_send(now, level)
+            finally:
+                if level == "high":
+                    self._high_waiting -= 1
+                    self._changed.set()
 
     def observe_headers(self, limit: int | None, remaining: int | None,
                         reset_epoch: float | None) -> None:
