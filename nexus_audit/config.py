@@ -122,12 +122,32 @@ class Settings:
         return tuple(v for v in values if v)
 
 
-def read_secret_file(path: str | Path, setting: str) -> Secret:
-    """Read a key or token from a file; the error names the file, never the content."""
+def _nameable(given: str, path: Path) -> bool:
+    """Whether an unreadable secret file's name may be quoted in an error.
+
+    A value without a folder part, or whose folder does not exist, may well be the key
+    itself pasted where its file name belongs (``NEXUS_API_KEY_FILE=nxk_live_...``, a
+    common slip): quoting it would print the secret to a terminal or a CI log.
+    """
+    return "/" in given and path.parent.is_dir()
+
+
+def read_secret_file(path: str | Path, setting: str, *, given: str | None = None) -> Secret:
+    """Read a key or token from a file; the error names the file, never the content.
+
+    ``given`` is the value as the user wrote it (default ``path``): when it may be the
+    secret itself rather than a file name, the error does not repeat it.
+    """
     try:
         value = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        if not _nameable(str(path) if given is None else given, Path(path)):
+            raise ConfigError(
+                f"{setting}: cannot read the file it names: {reason} (the value is not "
+                "repeated: it has no existing folder part, so it may be the secret itself; "
+                "give the path of a file that holds it)") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {reason}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{setting}: {path} is not a UTF-8 text file") from None
     if not value:
@@ -270,7 +290,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         key: Secret | None = None
         if "api_key_file" in table:
             key = read_secret_file(_relative(base, table["api_key_file"], f"{label}.api_key_file"),
-                                   f"{label}.api_key_file")
+                                   f"{label}.api_key_file", given=str(table["api_key_file"]))
         elif "api_key_env" in table:
             var = _str(table["api_key_env"], f"{label}.api_key_env")
             if not env.get(var):
@@ -305,9 +325,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     validate_listen(_str(listen, "listen"), "listen")
     token = None
     if env.get("NEXUS_AUDIT_BEARER_TOKEN_FILE") or "bearer_token_file" in serve:
-        token = read_secret_file(_relative(base, env.get("NEXUS_AUDIT_BEARER_TOKEN_FILE",
-                                 serve.get("bearer_token_file")), "bearer_token_file"),
-                                 "bearer_token_file")
+        token_given = env.get("NEXUS_AUDIT_BEARER_TOKEN_FILE", serve.get("bearer_token_file"))
+        token = read_secret_file(_relative(base, token_given, "bearer_token_file"),
+                                 "bearer_token_file", given=str(token_given))
     user = serve.get("basic_auth_user")
     password = None
     if user is not None:
@@ -315,7 +335,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if "basic_auth_password_file" not in serve:
             raise ConfigError("serve.basic_auth_user needs serve.basic_auth_password_file")
         password = read_secret_file(_relative(base, serve["basic_auth_password_file"],
-                                    "basic_auth_password_file"), "basic_auth_password_file")
+                                    "basic_auth_password_file"), "basic_auth_password_file",
+                                    given=str(serve["basic_auth_password_file"]))
     cert = serve.get("tls_cert_file")
     key_file = serve.get("tls_key_file")
     if (cert is None) != (key_file is None):
