@@ -130,7 +130,7 @@ def serve_child(db: str, per_instance: bool) -> None:
         service.rebuild_snapshot()
         rebuild = time.perf_counter() - started
         started = time.perf_counter()
-        service.rebuild_snapshot(stale=False)
+        service.rebuild_snapshot(kinds=("buckets",))
         rebuild_no_stale = time.perf_counter() - started
         runner = web.AppRunner(service.app(), access_log=None)
         await runner.setup()
