@@ -222,6 +222,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"NEXUS_AUDIT_CONFIG: cannot read {path}: {reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the bytes itself; a binary or Latin-1 file is not TOML either.
+        raise ConfigError(f"{path}: invalid TOML: the file is not UTF-8 text") from None
 
 
 _TOP_KEYS: Final = frozenset({
