@@ -120,3 +120,12 @@ class SchemaTooNewError(StoreError):
 
 class NoDataError(NexusAuditError):
     """The question has no answer yet: no crawls, an unknown account, an empty window."""
+
+
+class UnknownAccountError(NoDataError):
+    """A report or export names an account the history has never seen."""
+
+    def __init__(self, account: str, known: list[str] | tuple[str, ...]) -> None:
+        names = ", ".join(known) or "none"
+        super().__init__(f"--account: no history for account {account!r} (known: {names})")
+        self.account = account

@@ -51,7 +51,7 @@ from typing import Final
 
 import duckdb
 
-from nexus_audit.errors import NexusAuditError, NoDataError, StoreError
+from nexus_audit.errors import NexusAuditError, NoDataError, StoreError, UnknownAccountError
 from nexus_audit.logs import get_logger
 from nexus_audit.store import MIGRATIONS, Store
 from nexus_audit.timeutil import Window
@@ -155,8 +155,7 @@ def _accounts(con: duckdb.DuckDBPyConnection, wanted: Sequence[str] | None) -> l
         raise NoDataError("the history is empty: no crawl has been recorded yet")
     for name in wanted or ():
         if name not in known:
-            raise NoDataError(f"--account: no history for account {name!r} "
-                              f"(known: {', '.join(known)})")
+            raise UnknownAccountError(name, known)
     return sorted(set(wanted)) if wanted else known
 
 
@@ -273,6 +272,13 @@ def export_history(
     place (tests use it to fail an export at its last moment).
     """
     target = Path(directory).expanduser().absolute()
+    # Refuse an empty history or an unknown account before creating anything: a failed
+    # export leaves the directory as it was, including not there at all.
+    try:
+        with store.read() as con:
+            _accounts(con, accounts)
+    except duckdb.Error as exc:
+        raise ExportError(f"cannot read {store.path}: {exc}") from None
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol
 
 import duckdb
 
-from nexus_audit.errors import NoDataError, StoreError, UsageError
+from nexus_audit.errors import NoDataError, StoreError, UnknownAccountError, UsageError
 from nexus_audit.findings import Finding, evaluate
 from nexus_audit.policy import Policy
 from nexus_audit.pricing import Pricing
@@ -36,15 +36,6 @@ from nexus_audit.sql import bind, load_query
 from nexus_audit.timeutil import Window, isoformat
 
 MONEY_DECIMALS: Final = 6
-
-
-class UnknownAccountError(NoDataError):
-    """The report names an account the history has never seen."""
-
-    def __init__(self, account: str, known: Sequence[str]) -> None:
-        names = ", ".join(known) or "none"
-        super().__init__(f"--account: no history for account {account!r} (known: {names})")
-        self.account = account
 
 
 def money(value: float | None) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from nexus_audit.config import Settings
+from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.export import TABLES, export_history
 from nexus_audit.store import Store
 from nexus_audit.timeutil import Clock, SystemClock, Window
@@ -24,8 +25,11 @@ def export_command(args: argparse.Namespace, settings: Settings, *,
                    clock: Clock | None = None, out: TextIO | None = None) -> int:
     """Export the window; raises our errors for the CLI to turn into one line."""
     window = Window.parse(args.since, args.until, (clock or SystemClock()).now())
-    result = export_history(Store(settings.db_path), Path(args.to or DEFAULT_EXPORT_DIR),
-                            window, accounts=[args.account] if args.account else None)
+    try:
+        result = export_history(Store(settings.db_path), Path(args.to or DEFAULT_EXPORT_DIR),
+                                window, accounts=[args.account] if args.account else None)
+    except UnknownAccountError as exc:
+        raise UsageError(str(exc), parameter="account") from None
     stream = out or sys.stdout
     stream.write(f"exported {', '.join(result.accounts)} to {result.directory}\n")
     for table in TABLES:

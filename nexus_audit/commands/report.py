@@ -15,11 +15,11 @@ from typing import TextIO
 
 from nexus_audit.archive import UploadRequest
 from nexus_audit.config import Settings
-from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.errors import ConfigError, UnknownAccountError, UsageError
 from nexus_audit.policy import load_configured
 from nexus_audit.pricing import load_pricing
 from nexus_audit.render import render
-from nexus_audit.report import UnknownAccountError, build_report
+from nexus_audit.report import build_report
 from nexus_audit.store import Store
 from nexus_audit.timeutil import Clock, SystemClock, Window, parse_duration
 
