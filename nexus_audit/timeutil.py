@@ -12,13 +12,15 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
 from nexus_audit.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _DURATION_FULL = re.compile(r"(?:\d+[smhdw])+")
+#: What the CLI's errors call a window's two ends (``Window.parse(..., names=FLAG_NAMES)``).
+FLAG_NAMES: Final = ("--since", "--until")
 
 
 def parse_duration(text: str, *, parameter: str = "duration") -> timedelta:
@@ -104,12 +106,18 @@ class Window:
             )
 
     @classmethod
-    def parse(cls, since: str, until: str | None, now: datetime) -> Window:
-        """Build a window from the CLI's/endpoint's ``since`` and optional ``until``."""
-        end = parse_time(until, now, parameter="until") if until else now
-        start = parse_time(since, now, parameter="since")
+    def parse(cls, since: str, until: str | None, now: datetime, *,
+              names: tuple[str, str] = ("since", "until")) -> Window:
+        """Build a window from the CLI's/endpoint's ``since`` and optional ``until``.
+
+        ``names`` are what errors call the two values: the endpoint's parameters by
+        default, the flags (``--since``, ``--until``) for the CLI.
+        """
+        since_name, until_name = names
+        end = parse_time(until, now, parameter=until_name) if until else now
+        start = parse_time(since, now, parameter=since_name)
         if end > now + timedelta(minutes=5):
-            raise UsageError("until: lies in the future", parameter="until")
+            raise UsageError(f"{until_name}: lies in the future", parameter=until_name)
         return cls(start, end)
 
     @property

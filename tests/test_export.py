@@ -229,7 +229,7 @@ def test_export_command(store: Store, tmp_path: Path, monkeypatch: pytest.Monkey
                                          for d in range(1, 11)}
     assert main(["export", "--since", "nope", "--to", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("nexus-audit: error: since: 'nope' is neither a duration")
+    assert err.startswith("nexus-audit: error: --since: 'nope' is neither a duration")
     assert err.count("\n") == 1
 
 

@@ -16,7 +16,7 @@ from nexus_audit.config import Settings
 from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.export import TABLES, export_history
 from nexus_audit.store import Store
-from nexus_audit.timeutil import Clock, SystemClock, Window
+from nexus_audit.timeutil import FLAG_NAMES, Clock, SystemClock, Window
 
 DEFAULT_EXPORT_DIR: Final = "nexus-audit-export"
 
@@ -24,7 +24,8 @@ DEFAULT_EXPORT_DIR: Final = "nexus-audit-export"
 def export_command(args: argparse.Namespace, settings: Settings, *,
                    clock: Clock | None = None, out: TextIO | None = None) -> int:
     """Export the window; raises our errors for the CLI to turn into one line."""
-    window = Window.parse(args.since, args.until, (clock or SystemClock()).now())
+    window = Window.parse(args.since, args.until, (clock or SystemClock()).now(),
+                          names=FLAG_NAMES)
     try:
         result = export_history(Store(settings.db_path), Path(args.to or DEFAULT_EXPORT_DIR),
                                 window, accounts=[args.account] if args.account else None)

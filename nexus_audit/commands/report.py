@@ -21,7 +21,7 @@ from nexus_audit.pricing import load_pricing
 from nexus_audit.render import render
 from nexus_audit.report import build_report
 from nexus_audit.store import Store
-from nexus_audit.timeutil import Clock, SystemClock, Window, parse_duration
+from nexus_audit.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
 
 
 def max_gaps(settings: Settings) -> tuple[timedelta, timedelta]:
@@ -39,7 +39,7 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     """Build and print the report; raises our errors for the CLI to turn into one line."""
     clock = clock or SystemClock()
     now = clock.now()
-    window = Window.parse(args.since, args.until, now)
+    window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
     upload = UploadRequest.from_args(args)  # flags checked before any work
     stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
                    if args.stale_after else settings.stale_after)
