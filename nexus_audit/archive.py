@@ -410,13 +410,16 @@ class UploadRequest:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> UploadRequest | None:
-        """The request, or None without ``--upload``; :class:`UsageError` for bad flags."""
+        """The request, or None without ``--upload``; :class:`UsageError` for bad flags.
+
+        ``--retention`` is checked even without ``--upload``: a bad flag is an error
+        wherever it stands, not something silently ignored.
+        """
+        retention = parse_retention(getattr(args, "retention", None) or DEFAULT_RETENTION)
         if not getattr(args, "upload", None):
             return None
-        return cls(target=Target.parse(args.upload),
-                   retention=parse_retention(getattr(args, "retention", None)
-                                             or DEFAULT_RETENTION),
-                   fmt=args.format, account=getattr(args, "account", None))
+        return cls(target=Target.parse(args.upload), retention=retention, fmt=args.format,
+                   account=getattr(args, "account", None))
 
     def run(self, settings: Settings, body: bytes, report: Report, *,
             clock: Clock | None = None, stream: TextIO | None = None,
