@@ -4,8 +4,16 @@ Wiring only: settings and flags in; one store, one price list, one HTTP session,
 budget per key (shared by that key's instance and bucket jobs), one ``ApiStats`` per
 account for the process's life; the web app and the scheduler on one event loop.
 
+Bucket polls run at high priority on their key's budget, which keeps a reserve of each
+window for them (sized from the bucket interval and the requests a poll took), so a long
+instance crawl never starves them and together they stay within the budget.
+
 After every crawl the metrics snapshot is rebuilt from the store in a worker thread and
-swapped in whole. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
+swapped in whole. After a bucket poll only the buckets are re-read and only the bucket
+rules of the policy re-judged; the instance-derived parts of the previous snapshot are
+kept (they change only with an instance crawl), and stale counts are recounted from the
+stale candidates of the last instance crawl at the current time, so the values equal a
+full rebuild's. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
 period (``NEXUS_AUDIT_SHUTDOWN_GRACE``, default 10s) to finish and commit, else it is
 cancelled and nothing of it is committed; then the web server stops and the exit code is 0.
 """
@@ -14,15 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import ssl
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import aiohttp
@@ -30,6 +39,7 @@ from aiohttp import web
 
 from nexus_audit import __version__
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
+from nexus_audit.api.budget import MIN_POLL_REQUESTS, request_priority, reserve_for
 from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
 from nexus_audit.crawl import crawl_and_commit
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
@@ -49,8 +59,8 @@ from nexus_audit.metrics import (
     SnapshotHolder,
     build_snapshot,
 )
-from nexus_audit.model import Kind
-from nexus_audit.policy import Policy, load_configured
+from nexus_audit.model import KINDS, Kind
+from nexus_audit.policy import RULES, Policy, load_configured
 from nexus_audit.pricing import Pricing, load_pricing
 from nexus_audit.report import build_report
 from nexus_audit.scheduler import (
@@ -104,15 +114,17 @@ def shutdown_grace(env: Mapping[str, str]) -> float:
         raise ConfigError(str(exc), parameter=GRACE_VARIABLE) from None
 
 
-def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock) -> dict[str, RateBudget]:
+def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock, *,
+                   window: float = 60.0) -> dict[str, RateBudget]:
     """One :class:`RateBudget` per key (and API URL), mapped from each account using it.
 
     Accounts sharing a key share its budget, at the smallest of their configured rates.
+    ``window`` shortens the budget's window for tests and benchmarks.
     """
     by_key: dict[tuple[str, Secret], RateBudget] = {}
     for account in sorted(accounts, key=lambda a: a.rate_budget):
         key = (account.api_url.rstrip("/"), account.api_key)
-        by_key.setdefault(key, RateBudget(account.rate_budget, clock=clock))
+        by_key.setdefault(key, RateBudget(account.rate_budget, clock=clock, window=window))
     return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
 
 
@@ -155,7 +167,8 @@ class Service:
     """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler."""
 
     def __init__(self, settings: Settings, store: Store, pricing: Pricing, *,
-                 clock: Clock, grace: float, policy: Policy | None = None) -> None:
+                 clock: Clock, grace: float, policy: Policy | None = None,
+                 budget_window: float = 60.0) -> None:
         self.settings = settings
         self.store = store
         self.pricing = pricing
@@ -165,7 +178,10 @@ class Service:
         self.names = tuple(a.name for a in settings.accounts)
         self.intervals: dict[Kind, timedelta] = {"instances": settings.interval,
                                                  "buckets": settings.bucket_interval}
-        self.budgets = shared_budgets(settings.accounts, clock)
+        self.budgets = shared_budgets(settings.accounts, clock, window=budget_window)
+        #: Requests the last bucket poll of each account took (at least the floor).
+        self.poll_requests = dict.fromkeys(self.names, MIN_POLL_REQUESTS)
+        self.reserve_for_polls()
         self.api_stats = {name: ApiStats() for name in self.names}
         self.crawl_stats = CrawlStats(self.names)
         self.holder = SnapshotHolder()
@@ -180,27 +196,46 @@ class Service:
         )
         self.reports = StoreReports(store, settings, pricing, clock, policy)
         self._generation = 0
-        self._stale: dict[tuple[str, str], int] | None = None
+        self._last: Snapshot | None = None
+        # (account, status, stale since) of every instance not running, as of the last
+        # instance crawl; counted against the thresholds at each rebuild's time.
+        self._stale_candidates: list[tuple[str, str, datetime]] = []
         self._rebuild_lock = threading.Lock()
         self._session: aiohttp.ClientSession | None = None
         self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
 
     # -- metrics snapshot ------------------------------------------------------------------
 
-    def rebuild_snapshot(self, *, stale: bool = True) -> Snapshot:
+    def reserve_for_polls(self) -> None:
+        """Reserve on each budget what the bucket polls of its accounts hold per window."""
+        interval = self.settings.bucket_interval.total_seconds()
+        reserves: dict[int, int] = {}
+        for account in self.settings.accounts:
+            budget = self.budgets[account.name]
+            reserves[id(budget)] = reserves.get(id(budget), 0) + reserve_for(
+                self.poll_requests[account.name], interval, budget.window)
+        for budget in self.budgets.values():
+            budget.set_reserve(reserves[id(budget)])
+
+    def rebuild_snapshot(self, *, kinds: Collection[Kind] = KINDS) -> Snapshot:
         """Read the latest state, fold it into a snapshot and install it (blocking).
 
-        ``stale=False`` reuses the stale-instance counts of the previous rebuild: they
-        depend only on instance history, so a bucket poll does not recompute them.
+        ``kinds`` are the kinds whose records changed (the crawl just committed): the
+        others' records are neither read nor folded again; their parts of the previous
+        snapshot are kept. The result equals a rebuild of every kind.
         """
         with self._rebuild_lock:  # one at a time, so generations follow read order
             self._generation += 1
-            try:
-                states = [s for s in self.store.latest() if s.account in self.names]
-            except NoDataError:
-                states = []
-            if stale or self._stale is None:
-                self._stale = self.stale_counts(states)
+            previous = self._last
+            wanted = tuple(k for k in KINDS if k in kinds or previous is None)
+            states = self._read(wanted)
+            if previous is not None and wanted != KINDS and _moved(states, previous, wanted):
+                # Another kind committed since ``previous`` was built (its rebuild is still
+                # queued): its parts cannot be reused, so read every kind now.
+                wanted = KINDS
+                states = self._read(wanted)
+            if "instances" in wanted:
+                self._stale_candidates = self.stale_candidates(states)
             p = self.pricing
             snapshot = build_snapshot(
                 states,
@@ -209,62 +244,100 @@ class Service:
                 bucket_price=lambda b: p.storage_hourly(b.size_bytes),
                 pricing=PricingLabel(name=p.name, as_of=p.as_of, currency=p.currency,
                                      digest=p.digest),
-                stale=self._stale,
+                stale=self.stale_counts(self.clock.now()),
                 per_bucket=self.settings.per_bucket_metrics,
                 per_instance=self.settings.per_instance_metrics,
-                findings=self.findings_counts(states),
+                findings=self.findings_counts(
+                    states, wanted, None if previous is None else previous.findings),
+                kinds=wanted,
+                previous=previous,
             )
+            self._last = snapshot
             self.exporter.install(snapshot)
             return snapshot
 
-    def stale_counts(self, states: Sequence[AccountState]) -> dict[tuple[str, str], int]:
-        """Stale instances by (account, status) now, by the report's rule and thresholds."""
+    def _read(self, kinds: tuple[Kind, ...]) -> list[AccountState]:
+        try:
+            return [s for s in self.store.latest(kinds) if s.account in self.names]
+        except NoDataError:
+            return []
+
+    def stale_candidates(self, states: Sequence[AccountState]
+                         ) -> list[tuple[str, str, datetime]]:
+        """Every current instance not running, with the start of its streak (the report's
+        rule with the smallest threshold), as (account, status, stale since)."""
         seen = [s for s in states if s.instances_as_of is not None]
         if not seen:
-            return {}
+            return []
         # Staleness is judged over all history up to ``until``; the window only has to
         # hold a crawl, so it starts just before the oldest latest instance crawl.
         since = min(s.instances_as_of for s in seen if s.instances_as_of) - timedelta(seconds=1)
         until = max(self.clock.now(), since + timedelta(seconds=2))
         s = self.settings
+        tiny = timedelta(microseconds=1)
         try:
             report = build_report(
                 self.store, Window(since, until), accounts=[a.account for a in seen],
-                stale_after=s.stale_after, pending_stale_after=s.pending_stale_after,
+                stale_after=tiny, pending_stale_after=tiny,
                 max_gap_instances=s.max_gap or 2 * s.interval,
                 max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
                 pricing=self.pricing, now=until)
         except NoDataError:
-            return {}
+            return []
+        return [(i.account, i.status, i.stale_since) for i in report.stale_instances]
+
+    def stale_counts(self, now: datetime) -> dict[tuple[str, str], int]:
+        """Stale instances by (account, status) at ``now``, by the report's thresholds."""
+        s = self.settings
         counts: dict[tuple[str, str], int] = {}
-        for item in report.stale_instances:
-            key = (item.account, item.status)
-            counts[key] = counts.get(key, 0) + 1
+        for account, status, since in self._stale_candidates:
+            threshold = s.pending_stale_after if status == "pending" else s.stale_after
+            # The query's arithmetic: whole microseconds over 1e6, compared in seconds.
+            if (now - since).total_seconds() >= threshold.total_seconds():
+                counts[(account, status)] = counts.get((account, status), 0) + 1
         return counts
 
-    def findings_counts(self, states: Sequence[AccountState]
+    def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,
+                        previous: Mapping[tuple[str, str, str, str], int] | None = None,
                         ) -> dict[tuple[str, str, str, str], int] | None:
-        """Current policy findings by (account, rule, severity, status); None without one."""
+        """Current policy findings by (account, rule, severity, status); None without one.
+
+        Rules of a kind are judged at that kind's crawls only, so with ``kinds`` short of
+        all, only the rules of ``kinds`` are judged again and the others' counts come from
+        ``previous`` (judging instance rules over a large fleet's history takes seconds).
+        """
         if self.policy is None:
             return None
+        policy = self.policy
+        kept: dict[tuple[str, str, str, str], int] = {}
+        if "instances" not in kinds and previous is not None:
+            policy = replace(policy, baseline=replace(
+                policy.baseline, allowed_regions=None, required_tags=None, max_stopped=None))
+            kept = {k: n for k, n in previous.items() if RULES[k[1]].kind == "instance"}
+        counts = self._judge(states, policy)
+        return {**kept, **counts}
+
+    def _judge(self, states: Sequence[AccountState], policy: Policy
+               ) -> dict[tuple[str, str, str, str], int]:
         accounts = [s.account for s in states]
         seen = [t for s in states for t in (s.instances_as_of, s.buckets_as_of) if t]
         if not seen:
-            return current_counts((), self.policy, accounts)
+            return current_counts((), policy, accounts)
         # Current findings were seen by each kind's latest crawl: the window only has to
         # reach back to the oldest of those.
         since = min(seen) - timedelta(seconds=1)
         until = max(self.clock.now(), max(seen) + timedelta(seconds=1))
         try:
-            found = evaluate_history(self.store, self.policy, Window(since, until), accounts)
+            found = evaluate_history(self.store, policy, Window(since, until), accounts)
         except NoDataError:
             found = ()
-        return current_counts(found, self.policy, accounts)
+        return current_counts(found, policy, accounts)
 
-    async def refresh(self, *, stale: bool = True) -> None:
-        """Rebuild the snapshot in a worker thread; a store failure keeps the old one."""
+    async def refresh(self, *, kinds: Collection[Kind] = KINDS) -> None:
+        """Rebuild the snapshot (``kinds`` changed) in a worker thread; a store failure
+        keeps the old one."""
         try:
-            await asyncio.to_thread(functools.partial(self.rebuild_snapshot, stale=stale))
+            await asyncio.to_thread(functools.partial(self.rebuild_snapshot, kinds=kinds))
         except StoreError as exc:
             log.error("metrics.refresh_failed", error=str(exc),
                       hint="the metrics keep showing the previous state")
@@ -279,8 +352,10 @@ class Service:
                                   timeout=self.settings.request_timeout, clock=self.clock)
         started = self.clock.monotonic()
         try:
-            summary = await crawl_and_commit(account, self.store, client=client, kinds=(kind,),
-                                             clock=self.clock)
+            # Bucket polls are the urgent ones: they use the budget's reserve and go first.
+            with request_priority("high" if kind == "buckets" else "normal"):
+                summary = await crawl_and_commit(account, self.store, client=client,
+                                                 kinds=(kind,), clock=self.clock)
         except StoreError as exc:
             # The crawl may have been complete, but it is not history: count it as failed.
             self.crawl_stats.record(account.name, (kind,), "failed",
@@ -288,7 +363,11 @@ class Service:
             log.error("crawl.not_recorded", account=account.name, kinds=[kind], error=str(exc))
             return
         self.crawl_stats.record(account.name, summary.kinds, summary.status, summary.seconds)
-        await self.refresh(stale="instances" in summary.kinds)
+        if kind == "buckets" and summary.status == "succeeded":
+            # The reserve follows the pages a poll takes (one per 100 buckets or so).
+            self.poll_requests[account.name] = max(MIN_POLL_REQUESTS, summary.requests)
+            self.reserve_for_polls()
+        await self.refresh(kinds=summary.kinds)
 
     def readiness(self) -> Readiness:
         """/readyz: every account crawled each kind within twice its interval."""
@@ -296,6 +375,18 @@ class Service:
                                self.clock.now())
 
     # -- running ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def crawling(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """Scheduled crawls over ``session`` while inside; on exit, in-progress crawls get
+        the shutdown grace, then are cancelled."""
+        self._session = session
+        try:
+            self.scheduler.start()
+            yield
+        finally:
+            await self.scheduler.stop(self.grace)
+            self._session = None
 
     def app(self) -> web.Application:
         """The web application over this service."""
@@ -318,7 +409,6 @@ class Service:
         host, port = validate_listen(self.settings.web.listen, "listen")
         connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self._session = session
             await self.refresh()  # history from earlier runs shows at once
             runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
             await runner.setup()
@@ -339,19 +429,31 @@ class Service:
                          accounts=list(self.names),
                          interval=self.settings.interval.total_seconds(),
                          bucket_interval=self.settings.bucket_interval.total_seconds())
-                self.scheduler.start()
-                await stopping.wait()
-                log.info("serve.stopping", signal=received[0] if received else None,
-                         crawls_in_progress=[s.job_id for s in self.scheduler.running],
-                         grace_seconds=self.grace)
-                await self.scheduler.stop(self.grace)
+                async with self.crawling(session):
+                    await stopping.wait()
+                    log.info("serve.stopping", signal=received[0] if received else None,
+                             crawls_in_progress=[s.job_id for s in self.scheduler.running],
+                             grace_seconds=self.grace)
             finally:
                 await runner.cleanup()
-                self._session = None
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         log.info("serve.stopped")
         return 0
+
+
+def _moved(states: Sequence[AccountState], previous: Snapshot,
+           read: Collection[Kind]) -> bool:
+    """Whether a kind not in ``read`` has a newer success than ``previous`` shows."""
+    for state in states:
+        for kind in KINDS:
+            if kind in read:
+                continue
+            as_of = state.instances_as_of if kind == "instances" else state.buckets_as_of
+            shown = previous.as_of.get((state.account, kind))
+            if (as_of.timestamp() if as_of else None) != shown:
+                return True
+    return False
 
 
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,12 +12,12 @@ API and the pricing use for storage (``memory_gb`` x 10^9), so sums stay compara
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from nexus_audit.model import KINDS, Bucket, Instance, is_exposed
+from nexus_audit.model import KINDS, Bucket, Instance, Kind, is_exposed
 from nexus_audit.store import AccountState, CrawlInfo
 
 #: Bytes per GB: decimal, as for storage (see the module docstring).
@@ -93,12 +93,23 @@ def build_snapshot(
     per_bucket: bool = True,
     per_instance: bool = False,
     findings: Mapping[tuple[str, str, str, str], int] | None = None,
+    kinds: Collection[Kind] = KINDS,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Fold accounts' latest state into a :class:`Snapshot` (pure; one pass per record).
 
     Without prices, no cost series are produced. Compute cost accrues only for running
     instances, as in the report; storage accrues on every bucket.
+
+    Only the records of ``kinds`` are folded; the parts derived from the other kind's
+    records (counts, per-resource series, that kind's cost) are taken from ``previous``,
+    which must then be given: after a bucket poll, the 100,000 instances of the last
+    instance crawl are not folded again. The result equals a fold of every kind as long
+    as the other kind's records did not change since ``previous`` was built.
     """
+    partial = set(KINDS) - set(kinds)
+    if partial and previous is None:
+        raise ValueError("a snapshot of some kinds needs the previous snapshot")
     instances: dict[tuple[str, str, str], list[float]] = {}
     buckets: dict[tuple[str, str, str], list[int]] = {}
     public: dict[str, int] = {}
@@ -125,7 +136,7 @@ def build_snapshot(
                 last_crawl[(account, kind)] = state.last_crawl[kind]
             if kind in state.last_success:
                 last_success[(account, kind)] = state.last_success[kind]
-        for inst in state.instances:
+        for inst in state.instances if "instances" in kinds else ():
             key = (account, inst.region, inst.status)
             totals = instances.get(key)
             if totals is None:
@@ -139,7 +150,7 @@ def build_snapshot(
             if per_instance:
                 instance_series.append((account, inst.id, inst.name, inst.region, inst.status,
                                         inst.plan or ""))
-        for bucket in state.buckets:
+        for bucket in state.buckets if "buckets" in kinds else ():
             key = (account, bucket.region, bucket.access)
             btotals = buckets.get(key)
             if btotals is None:
@@ -157,6 +168,10 @@ def build_snapshot(
     for skey, n in (stale or {}).items():
         if skey[0] in accounts:
             stale_counts[skey] = n
+    if partial:
+        assert previous is not None
+        _reuse(previous, partial, set(accounts), instances, buckets, public, cost,
+               bucket_series, instance_series)
     return Snapshot(
         generation=generation,
         accounts=tuple(accounts),
@@ -175,6 +190,34 @@ def build_snapshot(
         findings=None if findings is None else {
             k: n for k, n in findings.items() if k[0] in accounts},
     )
+
+
+def _reuse(previous: Snapshot, kinds: Collection[Kind], accounts: Collection[str],
+           instances: dict[tuple[str, str, str], list[float]],
+           buckets: dict[tuple[str, str, str], list[int]], public: dict[str, int],
+           cost: dict[tuple[str, str, str], float],
+           bucket_series: list[tuple[str, str, str, str, int]],
+           instance_series: list[tuple[str, str, str, str, str, str]]) -> None:
+    """Copy the parts of ``previous`` derived from the records of ``kinds`` (in place)."""
+    if "instances" in kinds:
+        for key, inst in previous.instances.items():
+            if key[0] in accounts:
+                instances[key] = [inst.count, inst.vcpus, inst.memory_bytes]
+        instance_series.extend(r for r in previous.instance_series if r[0] in accounts)
+    if "buckets" in kinds:
+        for bkey, totals in previous.buckets.items():
+            if bkey[0] in accounts:
+                buckets[bkey] = [totals.count, totals.size_bytes]
+        for account, n in previous.public_buckets.items():
+            if account in accounts and account in public:
+                public[account] = n
+        bucket_series.extend(r for r in previous.bucket_series if r[0] in accounts)
+    wanted = {"compute"} if "instances" in kinds else set()
+    if "buckets" in kinds:
+        wanted.add("storage")
+    for ckey, value in previous.cost_hourly.items():
+        if ckey[0] in accounts and ckey[2] in wanted:
+            cost[ckey] = value
 
 
 class SnapshotHolder:
