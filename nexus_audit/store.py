@@ -533,6 +533,18 @@ class Store:
             f"SELECT value FROM {alias}.meta WHERE key = 'schema_version'").fetchone()
         return int(found[0]) if found else None
 
+    def _refuse_foreign(self, cursor: duckdb.DuckDBPyConnection, alias: str) -> None:
+        """Refuse a DuckDB file that holds another program's tables (never add ours to it)."""
+        found = cursor.execute(
+            """SELECT table_name FROM duckdb_tables() WHERE database_name = $d
+               UNION SELECT view_name FROM duckdb_views()
+               WHERE database_name = $d AND NOT internal ORDER BY 1""", {"d": alias}).fetchall()
+        if found:
+            names = ", ".join(row[0] for row in found[:5]) + (", ..." if len(found) > 5 else "")
+            raise StoreError(f"{self.path} is a DuckDB database of something else (it holds "
+                             f"{names}, but no nexus-audit schema); it was left untouched "
+                             "(point NEXUS_AUDIT_DB at another file)")
+
     def _refuse_newer(self, version: int | None) -> None:
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaTooNewError(
@@ -550,6 +562,8 @@ class Store:
             with self._attached(read_only=False) as (cursor, alias):
                 current = self._schema_version(cursor, alias)
                 self._refuse_newer(current)
+                if current is None:
+                    self._refuse_foreign(cursor, alias)
                 pending = [(v, s) for v, s in MIGRATIONS if (current or 0) < v <= target]
                 if not pending:
                     return
