@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,20 @@ def test_one_budget_per_key_at_the_smallest_configured_rate() -> None:
     assert budgets["a"].per_minute == 200
     assert budgets["c"] is not budgets["a"]
     assert budgets["c"].per_minute == 300
+
+
+def test_a_bucket_interval_that_would_starve_instance_crawls_is_refused(tmp_path: Path) -> None:
+    """Polls reserving more than half the budget are refused up front, naming the fix."""
+    from nexus_audit.commands.serve import Service
+    from nexus_audit.pricing import load_pricing
+    from nexus_audit.store import Store
+
+    account = AccountConfig(name="prod", api_key=Secret("nx_test_wiring"), rate_budget=120)
+    store = Store(tmp_path / "h.duckdb")
+    starving = Settings(accounts=(account,), db_path=store.path,
+                        bucket_interval=timedelta(seconds=1))
+    with pytest.raises(ConfigError, match="too short for the rate budget of prod"):
+        Service(starving, store, load_pricing(None), clock=FakeClock(), grace=0.0)
+    fine = replace(starving, bucket_interval=timedelta(minutes=1))
+    service = Service(fine, store, load_pricing(None), clock=FakeClock(), grace=0.0)
+    assert service.budgets["prod"].reserve * 2 <= service.budgets["prod"].capacity

@@ -77,7 +77,7 @@ from nexus_audit.server import (
     make_ssl_context,
 )
 from nexus_audit.store import AccountState, Store
-from nexus_audit.timeutil import Clock, SystemClock, Window, parse_duration
+from nexus_audit.timeutil import Clock, SystemClock, Window, format_duration, parse_duration
 
 log = get_logger(__name__)
 
@@ -181,7 +181,14 @@ class Service:
         self.budgets = shared_budgets(settings.accounts, clock, window=budget_window)
         #: Requests the last bucket poll of each account took (at least the floor).
         self.poll_requests = dict.fromkeys(self.names, MIN_POLL_REQUESTS)
-        self.reserve_for_polls()
+        starved = self.reserve_for_polls()
+        if starved:
+            # Refuse rather than run a service that never becomes ready.
+            raise ConfigError(
+                f"the bucket interval ({format_duration(settings.bucket_interval)}) is too "
+                f"short for the rate budget of {', '.join(starved)}: bucket polls would "
+                "reserve more than half of it and instance crawls could not finish; raise "
+                "NEXUS_RATE_BUDGET or --bucket-interval", parameter="bucket-interval")
         self.api_stats = {name: ApiStats() for name in self.names}
         self.crawl_stats = CrawlStats(self.names)
         self.holder = SnapshotHolder()
@@ -206,8 +213,12 @@ class Service:
 
     # -- metrics snapshot ------------------------------------------------------------------
 
-    def reserve_for_polls(self) -> None:
-        """Reserve on each budget what the bucket polls of its accounts hold per window."""
+    def reserve_for_polls(self) -> list[str]:
+        """Reserve on each budget what the bucket polls of its accounts hold per window.
+
+        Returns the accounts whose key's reserve takes more than half the budget: instance
+        crawls there are left so little that they may never finish.
+        """
         interval = self.settings.bucket_interval.total_seconds()
         reserves: dict[int, int] = {}
         for account in self.settings.accounts:
@@ -216,6 +227,8 @@ class Service:
                 self.poll_requests[account.name], interval, budget.window)
         for budget in self.budgets.values():
             budget.set_reserve(reserves[id(budget)])
+        return [name for name, budget in self.budgets.items()
+                if reserves[id(budget)] * 2 > budget.capacity]
 
     def rebuild_snapshot(self, *, kinds: Collection[Kind] = KINDS) -> Snapshot:
         """Read the latest state, fold it into a snapshot and install it (blocking).
@@ -366,7 +379,11 @@ class Service:
         if kind == "buckets" and summary.status == "succeeded":
             # The reserve follows the pages a poll takes (one per 100 buckets or so).
             self.poll_requests[account.name] = max(MIN_POLL_REQUESTS, summary.requests)
-            self.reserve_for_polls()
+            if self.reserve_for_polls():
+                log.warning("budget.reserve_high", account=account.name,
+                            poll_requests=summary.requests,
+                            hint="bucket polls take more than half the rate budget; raise "
+                                 "NEXUS_RATE_BUDGET or the bucket interval")
         await self.refresh(kinds=summary.kinds)
 
     def readiness(self) -> Readiness:
