@@ -177,7 +177,7 @@ class CloudNexusClient:
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         """``GET`` ``path`` (like ``/instances``) and return the JSON object it answers."""
-        return await self._request("GET", path, f"GET {path}", params=params)
+        return (await self.send("GET", path, f"GET {path}", params=params)).payload
 
     async def put_object(
         self,
@@ -193,25 +193,7 @@ class CloudNexusClient:
             "Content-Type": content_type,
             "X-Object-Metadata": json.dumps(dict(metadata), separators=(",", ":")),
         }
-        return await self._request("PUT", path, "PUT /objects", data=body, headers=headers)
-
-    async def send(
-        self,
-        method: str,
-        path: str,
-        endpoint: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Reply:
-        """Any request (multipart uploads: ``POST``, ``PUT``, ``DELETE``) within the budget
-        and the retry policy; the JSON object answered and the response headers.
-
-        ``endpoint`` labels the request in stats, logs and errors (no query strings).
-        """
-        return await self._exchange(method, path, endpoint, params=params, data=data,
-                                    headers=headers)
+        return (await self.send("PUT", path, "PUT /objects", data=body, headers=headers)).payload
 
     # -- the retry loop ------------------------------------------------------------------
 
@@ -244,21 +226,7 @@ class CloudNexusClient:
         self.budget.observe_headers(limit, remaining, None if reset is None else float(reset))
         return remaining, None if reset is None else float(reset)
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        endpoint: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        data: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        reply = await self._exchange(method, path, endpoint, params=params, data=data,
-                                     headers=headers)
-        return reply.payload
-
-    async def _exchange(
+    async def send(
         self,
         method: str,
         path: str,
@@ -268,6 +236,11 @@ class CloudNexusClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
+        """Any request (multipart uploads: ``POST``, ``PUT``, ``DELETE``) within the budget
+        and the retry policy; the JSON object answered and the response headers.
+
+        ``endpoint`` labels the request in stats, logs and errors (no query strings).
+        """
         url = self._base + path
         send_headers = {
             "Authorization": f"Bearer {self._secret}",
