@@ -20,11 +20,17 @@ Every database is reached through one long-lived in-memory DuckDB instance per p
 (attaching a file costs about a millisecond; starting an instance costs twenty).
 
 Fast path: a Store remembers the current versions it last committed per account and kind
-(a snapshot). The next crawl stages only records that differ from it, and the commit
-closes and opens versions by id lists computed from the snapshot. If another process (or
-Store) committed in between, the snapshot is stale: the skipped records are staged after
-all and the full set-based comparison runs instead. Each commit checkpoints on detach, so
-readers never replay a write-ahead log.
+as fingerprints (a snapshot: id → hash, see ``_Snapshot``; tens of MB for 200,000
+instances, where the records would take hundreds). The next crawl compares each batch
+with it in C-level loops and keeps only the records that differ, in Python; the commit
+closes and opens versions by id lists computed from the snapshot and inserts the new
+versions from column lists, so an hourly crawl of a fleet that barely changes never
+touches a staging database. If another process (or Store) committed in between, the
+snapshot is stale: the records skipped as unchanged are staged from the history as the
+snapshot's crawl saw it, and the full set-based comparison runs instead. Each commit
+checkpoints on detach, so readers never replay a write-ahead log and a copy of the file
+is the whole history (deferring checkpoints saves the writer a few ms per commit but
+costs every later attach about 0.3 ms per commit left in the log).
 
 Observation time: a crawl observes the fleet at its ``finished_at``. Crawls of one
 account and kind must be committed in the order they finished.
