@@ -9,7 +9,7 @@ per second), the database size, and the latency of build_report for 30 and 365 d
 Only the store's calls are timed (split into staging: begin_crawl and the adds, and the
 commit); making each hour's churn happens outside the timed region and is printed apart.
 
-    .venv/bin/python bench/history.py              # the full year (about 10 minutes)
+    .venv/bin/python bench/history.py              # the full year (about 5 minutes)
     .venv/bin/python bench/history.py --days 14    # a quick run
 """
 
