@@ -10,8 +10,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from nexus_audit.api import RateBudget
-from nexus_audit.commands.crawl import budget_share, crawl_command, format_summary, parse_kinds
-from nexus_audit.config import Settings, load_settings
+from nexus_audit.commands.crawl import (
+    budget_share,
+    budgets_in_force,
+    crawl_command,
+    format_summary,
+    parse_kinds,
+)
+from nexus_audit.config import AccountConfig, Secret, Settings, load_settings
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.model import CrawlSummary
 from nexus_audit.progress import CrawlProgress, format_progress, time_left
@@ -85,6 +91,18 @@ def test_budget_share_counts_at_least_one_minute() -> None:
     """A short crawl is measured against one minute's budget; a long one against its length."""
     assert budget_share(125, 250, 3.0) == pytest.approx(0.5)
     assert budget_share(500, 250, 240.0) == pytest.approx(0.5)
+
+
+def test_accounts_sharing_a_key_crawl_at_the_smallest_rate() -> None:
+    """As in serve: one budget per key (and URL), at the smallest configured rate, whatever
+    the order of the accounts in the config file."""
+    shared = Secret("nx_test_sk_shared")
+    accounts = [
+        AccountConfig(name="prod", api_key=shared, rate_budget=250),
+        AccountConfig(name="staging", api_key=shared, rate_budget=100),
+        AccountConfig(name="other", api_key=Secret("nx_test_sk_other"), rate_budget=300),
+    ]
+    assert budgets_in_force(accounts) == {"prod": 100, "staging": 100, "other": 300}
 
 
 def test_format_summary_names_what_was_crawled() -> None:

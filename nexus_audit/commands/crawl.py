@@ -66,6 +66,16 @@ def format_summary(summary: CrawlSummary, per_minute: int) -> str:
     return line
 
 
+def budgets_in_force(accounts: Sequence[AccountConfig]) -> dict[str, int]:
+    """Each account's requests per minute: accounts sharing a key (and API URL) share one
+    budget, at the smallest of their configured rates (as ``serve`` does)."""
+    by_key: dict[tuple[str, Secret], int] = {}
+    for account in accounts:
+        key = (account.api_url.rstrip("/"), account.api_key)
+        by_key[key] = min(by_key.get(key, account.rate_budget), account.rate_budget)
+    return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
+
+
 async def run_crawls(
     accounts: Sequence[AccountConfig],
     store: CrawlStore,
@@ -78,13 +88,14 @@ async def run_crawls(
 ) -> list[CrawlSummary | NexusAuditError]:
     """Crawl each account once, concurrently; a summary or the error that stopped it, each."""
     budgets: dict[tuple[str, Secret], RateBudget] = {}
+    rates = budgets_in_force(accounts)
     progresses = [CrawlProgress(account=a.name) for a in accounts]
     connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
     async with aiohttp.ClientSession(connector=connector) as session:
         clients = []
         for account in accounts:
             key = (account.api_url.rstrip("/"), account.api_key)
-            budget = budgets.setdefault(key, RateBudget(account.rate_budget, clock=clock))
+            budget = budgets.setdefault(key, RateBudget(rates[account.name], clock=clock))
             clients.append(CloudNexusClient(account, session, budget, stats=ApiStats(),
                                             timeout=request_timeout, clock=clock))
         reporter = ProgressReporter(progresses, stream=stream, clock=clock, tty=tty)
@@ -122,10 +133,11 @@ def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     results = asyncio.run(run_crawls(accounts, store, kinds=kinds,
                                      request_timeout=settings.request_timeout, clock=SystemClock(),
                                      stream=sys.stderr, tty=sys.stderr.isatty()))
+    rates = budgets_in_force(accounts)
     failed = 0
     for account, result in zip(accounts, results, strict=True):
         if isinstance(result, CrawlSummary):
-            print(format_summary(result, account.rate_budget), flush=True)
+            print(format_summary(result, rates[account.name]), flush=True)
             if result.status == "succeeded":
                 continue
             reason = result.error or "failed"
