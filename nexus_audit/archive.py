@@ -193,7 +193,11 @@ def bucket_verdict(states: Sequence[AccountState], account: str,
 
 
 def check_bucket(states: Sequence[AccountState], account: str, bucket: str) -> BucketVerdict:
-    """Refuse an exposed bucket (:class:`ExposedBucketError`); warn about an unknown one."""
+    """Refuse an exposed bucket (:class:`ExposedBucketError`); otherwise the verdict.
+
+    ``"unknown"`` (no bucket crawl has seen it) is the caller's to warn about, once: the
+    command checks before it opens a session and :func:`upload_report` checks again.
+    """
     verdict, access = bucket_verdict(states, account, bucket)
     if verdict == "exposed":
         as_of = next((s.buckets_as_of for s in states if s.account == account), None)
@@ -201,10 +205,6 @@ def check_bucket(states: Sequence[AccountState], account: str, bucket: str) -> B
             f"refusing to upload evidence to bucket {bucket} of account {account}: the "
             f"latest bucket crawl ({isoformat(as_of)}) saw its access as {access!r} "
             "(anything but 'private' is exposed); evidence must not leak")
-    if verdict == "unknown":
-        log.warning("archive.bucket_unknown", account=account, bucket=bucket,
-                    note="no successful bucket crawl has seen this bucket; its access is "
-                         "unchecked (run `nexus-audit crawl --kinds buckets` first)")
     return verdict
 
 
@@ -443,7 +443,8 @@ class UploadRequest:
         stream = stream or sys.stderr
         if verdict == "unknown":
             stream.write(f"nexus-audit: warning: no bucket crawl of account {account.name} "
-                         f"has seen bucket {self.target.bucket}; its access is unchecked\n")
+                         f"has seen bucket {self.target.bucket}; its access is unchecked "
+                         "(run `nexus-audit crawl --kinds buckets` first)\n")
         clock = clock or SystemClock()
         result = asyncio.run(self._upload(account, settings.request_timeout, clock, states,
                                           body, report, threshold, part_size))

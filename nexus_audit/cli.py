@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="audit report over a window of history")
     report.add_argument("--since", default="30d",
-                        help="window start: a duration back from now (30d) or an ISO 8601 time")
+                        help="window start: a duration back from now or an ISO 8601 time "
+                        "(default 30d)")
     report.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
     report.add_argument("--format", default="table",
                         choices=["table", "json", "markdown", "csv", "ocsf"],
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="history of a window as hive-partitioned Parquet")
     export.add_argument("--since", default="30d",
-                        help="window start: a duration back from now (30d) or an ISO 8601 time")
+                        help="window start: a duration back from now or an ISO 8601 time "
+                        "(default 30d)")
     export.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
     export.add_argument("--to", metavar="DIR",
                         help="target directory (default ./nexus-audit-export); partitions "
