@@ -92,7 +92,6 @@ class ObjectClient(Protocol):
                    params: Mapping[str, str] | None = None, data: bytes | None = None,
                    headers: Mapping[str, str] | None = None) -> Reply:
         """One request through the budget and the retry policy."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

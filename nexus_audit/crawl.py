@@ -59,11 +59,9 @@ class CrawlSink(Protocol):
 
     def add_instances(self, batch: Sequence[Instance]) -> None:
         """Stage a batch of instances."""
-        ...
 
     def add_buckets(self, batch: Sequence[Bucket]) -> None:
         """Stage a batch of buckets."""
-        ...
 
 
 class StagedCrawl(CrawlSink, Protocol):
@@ -71,7 +69,6 @@ class StagedCrawl(CrawlSink, Protocol):
 
     def discard(self) -> None:
         """Drop everything staged."""
-        ...
 
 
 class CrawlStore(Protocol):
@@ -79,19 +76,15 @@ class CrawlStore(Protocol):
 
     def begin_crawl(self, account: str, kinds: Sequence[Kind], started_at: Any) -> Any:
         """Open a staged crawl (a :class:`StagedCrawl`)."""
-        ...
 
     def commit(self, staged: Any, summary: CrawlSummary) -> int:
         """Make a complete crawl history; returns its id."""
-        ...
 
     def record_failure(self, summary: CrawlSummary, staged: Any = None) -> int:
         """Record a failed crawl (its records are dropped); returns its id."""
-        ...
 
     def previous_regions(self, account: str) -> list[str]:
         """Regions of the account's last successful instance crawl."""
-        ...
 
 
 class _Collector(Generic[R]):

@@ -275,11 +275,9 @@ class History(Protocol):
     @property
     def path(self) -> Path:
         """The database file or export directory, for error messages."""
-        ...
 
     def read(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A read-only connection on which the store's table names resolve."""
-        ...
 
 
 def build_report(

@@ -45,7 +45,6 @@ class Exposition(Protocol):
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The body and its content type for the scrape's ``Accept`` header."""
-        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,11 +62,9 @@ class ReportSource(Protocol):
     @property
     def accounts(self) -> tuple[str, ...]:
         """The configured account names (an unknown ``account`` is a 400)."""
-        ...
 
     def report(self, query: ReportQuery) -> Mapping[str, Any]:
         """The report JSON for ``query``; ``NoDataError`` when there is nothing to report."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,15 +131,12 @@ class Clock(Protocol):
 
     def now(self) -> datetime:
         """The current wall time, timezone-aware UTC."""
-        ...
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back (for intervals and budgets)."""
-        ...
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of this clock's time."""
-        ...
 
 
 class SystemClock:

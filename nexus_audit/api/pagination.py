@@ -32,11 +32,9 @@ class JsonGetter(Protocol):
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         """GET a JSON object."""
-        ...
 
     def count_retry(self, endpoint: str, reason: str) -> None:
         """Count a retry."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ class Clock(Protocol):
 
     def time(self) -> float:
         """Return the current wall time in seconds."""
-        ...
 
 
 class SystemClock:
