@@ -7,17 +7,12 @@ hourly crawls of a fleet that barely changes costs one row per change, not one p
 Bucket sizes move with usage, so they live in their own narrow table (``bucket_sizes``)
 and a size change never copies the rest of the bucket.
 
-Concurrency: DuckDB lets one process write a file and then refuses every other process,
-even read-only. So the writer holds the file only while committing: a crawl stages its
-records outside the database (a private in-memory DuckDB database that spills to disk
-past the memory limit); ``commit`` attaches the database read-write, applies the crawl
-in one transaction with set-based SQL, and detaches. Readers attach read-only and retry
-briefly while a commit holds the file. Inside one process, DuckDB refuses to attach one
-file read-write and read-only at once, so a per-path lock serializes a process's reads
-and commits.
-
-Every database is reached through one long-lived in-memory DuckDB instance per process
-(attaching a file costs about a millisecond; starting an instance costs twenty).
+Concurrency: a crawl stages its records outside the database (a private in-memory DuckDB
+database that spills to disk past the memory limit); ``commit`` attaches the database
+read-write, applies the crawl in one transaction with set-based SQL, and detaches, so
+the writer holds the file only while committing, or for a moment more during a burst of
+commits. Readers attach read-only and retry briefly while a commit holds the file. How
+files are attached, held and shared is :mod:`nexus_audit.duckfile`'s business.
 
 Fast path: a Store remembers the current versions it last committed per account and kind
 as fingerprints (a snapshot: id → hash, see ``_Snapshot``; tens of MB for 200,000
@@ -27,10 +22,7 @@ closes and opens versions by id lists computed from the snapshot and inserts the
 versions from column lists, so an hourly crawl of a fleet that barely changes never
 touches a staging database. If another process (or Store) committed in between, the
 snapshot is stale: the records skipped as unchanged are staged from the history as the
-snapshot's crawl saw it, and the full set-based comparison runs instead. Each commit
-checkpoints on detach, so readers never replay a write-ahead log and a copy of the file
-is the whole history (deferring checkpoints saves the writer a few ms per commit but
-costs every later attach about 0.3 ms per commit left in the log).
+snapshot's crawl saw it, and the full set-based comparison runs instead.
 
 Observation time: a crawl observes the fleet at its ``finished_at``. Crawls of one
 account and kind must be committed in the order they finished.
@@ -44,9 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +47,7 @@ from typing import Any, Final
 
 import duckdb
 
+from nexus_audit import duckfile
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.model import KINDS, Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.timeutil import Clock, SystemClock, isoformat
@@ -119,49 +109,6 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _DUCKDB_MAGIC: Final = b"DUCK"
-_LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------------------
-# Process-wide plumbing: one in-memory hub instance, one lock per database path.
-
-_hub_lock = threading.Lock()
-_hub: duckdb.DuckDBPyConnection | None = None
-_path_locks: dict[str, threading.RLock] = {}
-
-
-def _hub_cursor() -> duckdb.DuckDBPyConnection:
-    """A fresh connection (cursor) on the process's in-memory hub instance."""
-    global _hub
-    with _hub_lock:
-        if _hub is None:
-            hub = duckdb.connect(":memory:")
-            # Global, so every cursor starts with it (a SET per cursor costs a statement).
-            hub.execute("SET GLOBAL TimeZone = 'UTC'")
-            _hub = hub
-        return _hub.cursor()
-
-
-def _path_lock(path: Path) -> threading.RLock:
-    key = str(path)
-    with _hub_lock:
-        lock = _path_locks.get(key)
-        if lock is None:
-            lock = _path_locks[key] = threading.RLock()
-        return lock
-
-
-def _sql_literal(text: str) -> str:
-    """A SQL string literal (ATTACH takes no bound parameters; paths are ours, not users')."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _alias() -> str:
-    return "db_" + uuid.uuid4().hex[:12]
-
-
-def _is_lock_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, duckdb.Error) and bool(_LOCK_CONFLICT.search(str(exc)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,6 +225,7 @@ class StagedCrawl:
         self._duplicates: dict[Kind, bool] = dict.fromkeys(kinds, False)
         #: Rows appended to each DuckDB staging table.
         self._rows: dict[Kind, int] = dict.fromkeys(kinds, 0)
+        self._removed: dict[Kind, list[str]] = {}
         self.alias = "stage_" + uuid.uuid4().hex[:12]
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._appenders: dict[Kind, Any] = {}
@@ -308,6 +256,7 @@ class StagedCrawl:
 
     def _add(self, kind: Kind, batch: Sequence[Record]) -> None:
         self._require_open()
+        self._removed.pop(kind, None)
         if kind not in self.kinds:
             raise StoreError(f"this crawl does not cover {kind}")
         if not batch:
@@ -354,7 +303,7 @@ class StagedCrawl:
         """The cursor on the staging database, created on first use."""
         if self._cursor is not None:
             return self._cursor
-        cursor = _hub_cursor()
+        cursor = duckfile.hub_cursor()
         try:
             cursor.execute(f"ATTACH ':memory:' AS {self.alias}")
             cursor.execute(f"USE {self.alias}")
@@ -434,7 +383,14 @@ class StagedCrawl:
                 "was not recorded and the next one will be compared in full")
 
     def removed(self, kind: Kind) -> list[str]:
-        """Ids in the snapshot that this crawl did not see."""
+        """Ids in the snapshot that this crawl did not see (kept once asked: the commit
+        and the next snapshot both ask, after the last batch)."""
+        found = self._removed.get(kind)
+        if found is None:
+            found = self._removed[kind] = self._find_removed(kind)
+        return found
+
+    def _find_removed(self, kind: Kind) -> list[str]:
         base = self._bases.get(kind)
         if base is None:
             return []
@@ -596,28 +552,46 @@ _AS_OF: Final = {
           AND v.id IN (SELECT unnest($ids))""",
 }
 
-#: What a commit checks before writing: the schema version, the next crawl id, the latest
-#: end of a successful crawl of these kinds, and per kind the latest successful crawl (is
-#: the snapshot current?). One statement, aggregated over every crawl.
+#: What a commit checks before writing: the schema version, the latest crawl id, and per
+#: kind (in :data:`KINDS` order) the account's latest successful crawl and its end. One
+#: statement, aggregated over every crawl.
 _WRITE_STATE: Final = """
     SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), * FROM (
         SELECT max(crawl_id),
-               max(finished_at) FILTER (account = $a AND status = 'succeeded'
-                                        AND list_has_any(kinds, $k)),
                max(crawl_id) FILTER (account = $a AND status = 'succeeded'
                                      AND list_contains(kinds, 'instances')),
+               max(finished_at) FILTER (account = $a AND status = 'succeeded'
+                                        AND list_contains(kinds, 'instances')),
                max(crawl_id) FILTER (account = $a AND status = 'succeeded'
-                                     AND list_contains(kinds, 'buckets'))
+                                     AND list_contains(kinds, 'buckets')),
+               max(finished_at) FILTER (account = $a AND status = 'succeeded'
+                                        AND list_contains(kinds, 'buckets'))
         FROM @h@.crawls)"""
 #: The same from the crawls since the oldest snapshot's, which is no earlier than anything
-#: those answers depend on (crawls of one account and kind commit in order): usually one
-#: row, and a plain scan costs a fraction of the aggregates above.
+#: the answers for the snapshots' kinds depend on (crawls of one account and kind commit
+#: in order): usually one row, and a plain scan costs a fraction of the aggregates above.
 _CRAWLS_SINCE: Final = """
     SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), crawl_id, account,
            status, kinds, finished_at
     FROM @h@.crawls WHERE crawl_id >= $s"""
+#: The memo key of the latest crawl id (see :meth:`Store._tail`).
+_LAST_ID: Final = "last_id"
 
-_INSERT_CRAWL: Final = """
+
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """Where the history ends, for a commit: the latest crawl id, and per kind committed
+    the account's latest successful crawl and when it finished."""
+
+    last_id: int
+    crawl: dict[Kind, int | None]
+    end: dict[Kind, datetime | None]
+
+
+#: Opens the commit's transaction too: parameters bind to a script's last statement, and
+#: one call saves a round trip on every commit.
+_BEGIN_AND_INSERT_CRAWL: Final = """
+    BEGIN TRANSACTION;
     INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
         instances, buckets, requests, retries, total_mismatch, error, error_code, request_id,
         requests_by_endpoint)
@@ -638,11 +612,19 @@ class Store:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         self.clock = clock
-        self._lock = _path_lock(self.path)
         self._snapshots: dict[tuple[str, Kind], _Snapshot] = {}
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def close(self) -> None:
+        """Let go of the file now if this process still holds it after a burst of commits.
+
+        Checkpoints and detaches, so the file alone is the whole history (for a copy taken
+        right after); otherwise that happens by itself within a fraction of a second, and
+        at exit. The Store stays usable.
+        """
+        duckfile.release(self.path)
 
     # -- opening -----------------------------------------------------------------------
 
@@ -659,51 +641,12 @@ class Store:
             raise StoreError(f"{self.path} is not a DuckDB database; it was left untouched "
                              "(point NEXUS_AUDIT_DB at another file)")
 
-    @contextlib.contextmanager
-    def _attached(self, *, read_only: bool, timeout: float | None = None, settled: bool = False,
-                  ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-        """Attach the database on a hub cursor, retrying while another process holds it.
-
-        ``settled``: the caller leaves no transaction open and never ``USE``s the alias,
-        so detaching needs no ROLLBACK and ``USE memory`` first (a statement each).
-        """
+    def _open(self, read_only: bool) -> None:
+        """Refuse a file that is not ours to open (see :meth:`_check_header`)."""
         self._check_header()
         if read_only and not self.path.exists():
             raise NoDataError(f"no history database at {self.path} yet: run "
                               "`nexus-audit crawl` (or `serve`) first, or set NEXUS_AUDIT_DB")
-        wait = self.lock_timeout if timeout is None else timeout
-        with self._lock:
-            cursor = _hub_cursor()
-            alias = _alias()
-            mode = " (READ_ONLY)" if read_only else ""
-            deadline = self.clock.monotonic() + wait
-            delay = 0.005
-            try:
-                while True:
-                    try:
-                        cursor.execute(f"ATTACH {_sql_literal(str(self.path))} AS {alias}{mode}")
-                        break
-                    except duckdb.Error as exc:
-                        if not _is_lock_conflict(exc):
-                            raise StoreError(f"cannot open {self.path}: {exc}") from None
-                        if self.clock.monotonic() >= deadline:
-                            raise StoreError(
-                                f"database busy: {self.path} stayed locked by another process "
-                                f"for {wait:g}s") from None
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.1)
-                try:
-                    yield cursor, alias
-                finally:
-                    if not settled:
-                        with contextlib.suppress(duckdb.Error):
-                            cursor.execute("ROLLBACK")
-                        with contextlib.suppress(duckdb.Error):
-                            cursor.execute("USE memory")
-                    with contextlib.suppress(duckdb.Error):
-                        cursor.execute(f"DETACH {alias}")
-            finally:
-                cursor.close()
 
     @staticmethod
     def _schema_version(cursor: duckdb.DuckDBPyConnection, alias: str) -> int | None:
@@ -742,7 +685,9 @@ class Store:
         of the upgrade path.
         """
         try:
-            with self._attached(read_only=False) as (cursor, alias):
+            self._open(read_only=False)
+            with duckfile.maintaining(self.path, timeout=self.lock_timeout,
+                                      clock=self.clock) as (cursor, alias):
                 current = self._schema_version(cursor, alias)
                 self._refuse_newer(current)
                 if current is None:
@@ -808,9 +753,12 @@ class Store:
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
         try:
-            with self._attached(read_only=False, settled=True) as (cursor, alias):
-                latest, crawl_id = self._write_state(cursor, alias, summary, kinds,
-                                                     history=staged is not None)
+            self._open(read_only=False)
+            with duckfile.committing(self.path, timeout=self.lock_timeout,
+                                     clock=self.clock) as (cursor, alias, memo):
+                tail = self._tail(cursor, alias, account, kinds, memo)
+                self._check_order(summary, tail, history=staged is not None)
+                latest, crawl_id = tail.crawl, tail.last_id + 1
                 diff: dict[Kind, bool] = {}
                 if staged is not None:
                     for kind in kinds:
@@ -823,8 +771,7 @@ class Store:
                                 raise
                             staged.table(kind)
                 try:
-                    cursor.execute("BEGIN")
-                    self._insert_crawl(cursor, alias, summary, kinds, crawl_id)
+                    self._begin_with_crawl(cursor, alias, summary, kinds, crawl_id)
                     if staged is not None:
                         for kind in kinds:
                             self._advance(cursor, alias, staged, kind, crawl_id, diff=diff[kind])
@@ -833,27 +780,37 @@ class Store:
                     with contextlib.suppress(duckdb.Error):
                         cursor.execute("ROLLBACK")
                     raise
+                memo[_LAST_ID] = crawl_id
                 if staged is not None:
                     for kind in kinds:
                         self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
+                        memo[(account, kind)] = (crawl_id, summary.finished_at)
                 return crawl_id
         except duckdb.Error as exc:
             raise StoreError(_write_failure(self.path, exc)) from None
 
-    def _write_state(self, cursor: duckdb.DuckDBPyConnection, h: str, summary: CrawlSummary,
-                     kinds: list[Kind], *, history: bool) -> tuple[dict[Kind, int | None], int]:
-        """Check the schema and the commit order; return the latest crawl per kind, next id."""
-        snapshots = [self._snapshots.get((summary.account, k)) for k in kinds]
+    def _tail(self, cursor: duckdb.DuckDBPyConnection, h: str, account: str,
+              kinds: list[Kind], memo: dict[Any, Any]) -> _Tail:
+        """Where the history ends for a commit of ``account``'s ``kinds``; checks the schema.
+
+        From ``memo`` while this process holds the file and already knows (see
+        :class:`duckfile.Commit`); else one query, whose answers go to ``memo``.
+        """
+        last_id = memo.get(_LAST_ID)
+        known = [memo.get((account, k)) for k in kinds]
+        if last_id is not None and None not in known:
+            return _Tail(last_id, {k: v[0] for k, v in zip(kinds, known, strict=True) if v},
+                         {k: v[1] for k, v in zip(kinds, known, strict=True) if v})
+        snapshots = [self._snapshots.get((account, k)) for k in kinds]
         state = None
         try:
             if snapshots and None not in snapshots:
                 state = _state_from_rows(
                     cursor.execute(_CRAWLS_SINCE.replace("@h@", h),
                                    {"s": min(s.crawl_id for s in snapshots if s)}).fetchall(),
-                    summary.account, kinds)
+                    account)
             if state is None:  # no snapshot, or its crawl is gone (the file was replaced)
-                state = cursor.execute(_WRITE_STATE.replace("@h@", h),
-                                       {"a": summary.account, "k": kinds}).fetchone()
+                state = cursor.execute(_WRITE_STATE.replace("@h@", h), {"a": account}).fetchone()
         except duckdb.CatalogException:
             state = None  # no meta or crawls table: not a migrated database
         version = int(state[0]) if state and state[0] is not None else None
@@ -863,19 +820,30 @@ class Store:
             self._refuse_newer(version)
             raise StoreError(f"{self.path} is not migrated (schema {version}, "
                              f"expected {SCHEMA_VERSION}); call migrate() first")
-        _, latest_id, latest_end, latest_instances, latest_buckets = state
+        _, latest_id, *per_kind = state
+        tail = _Tail(int(latest_id or 0),
+                     {k: per_kind[2 * n] for n, k in enumerate(KINDS) if k in kinds},
+                     {k: per_kind[2 * n + 1] for n, k in enumerate(KINDS) if k in kinds})
+        memo[_LAST_ID] = tail.last_id
+        for kind in kinds:
+            memo[(account, kind)] = (tail.crawl[kind], tail.end[kind])
+        return tail
+
+    @staticmethod
+    def _check_order(summary: CrawlSummary, tail: _Tail, *, history: bool) -> None:
+        """Refuse a crawl that finished before the latest committed one of its kinds."""
+        latest_end = max((e for e in tail.end.values() if e is not None), default=None)
         if history and latest_end is not None and latest_end > summary.finished_at:
             raise StoreError(
                 f"crawl of {summary.account} finished at {isoformat(summary.finished_at)}, "
                 f"before the latest committed crawl of its kinds ({isoformat(latest_end)}); "
                 "crawls of one account and kind must be committed in order")
-        return ({"instances": latest_instances, "buckets": latest_buckets},
-                int(latest_id or 0) + 1)
 
     @staticmethod
-    def _insert_crawl(cursor: duckdb.DuckDBPyConnection, h: str, summary: CrawlSummary,
-                      kinds: list[Kind], crawl_id: int) -> None:
-        cursor.execute(_INSERT_CRAWL.replace("@h@", h), {
+    def _begin_with_crawl(cursor: duckdb.DuckDBPyConnection, h: str, summary: CrawlSummary,
+                          kinds: list[Kind], crawl_id: int) -> None:
+        """Open the commit's transaction and insert the crawl's row."""
+        cursor.execute(_BEGIN_AND_INSERT_CRAWL.replace("@h@", h), {
             "c": crawl_id, "account": summary.account, "kinds": kinds,
             "started_at": summary.started_at, "finished_at": summary.finished_at,
             "status": summary.status, "instances": summary.instances,
@@ -923,7 +891,9 @@ class Store:
         ``lock_timeout``. A missing file or an empty database raises :class:`NoDataError`
         (the file is never created); a newer schema :class:`SchemaTooNewError`.
         """
-        with self._attached(read_only=True) as (cursor, alias):
+        self._open(read_only=True)
+        with duckfile.reading(self.path, timeout=self.lock_timeout,
+                              clock=self.clock) as (cursor, alias):
             try:
                 version = self._schema_version(cursor, alias)
             except duckdb.Error as exc:
@@ -1030,19 +1000,17 @@ def _latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[Acco
     return states
 
 
-def _state_from_rows(rows: Sequence[tuple[Any, ...]], account: str,
-                     kinds: Sequence[Kind]) -> tuple[Any, ...] | None:
+def _state_from_rows(rows: Sequence[tuple[Any, ...]], account: str) -> tuple[Any, ...] | None:
     """:data:`_WRITE_STATE`'s answer computed from :data:`_CRAWLS_SINCE`'s rows (None: no rows)."""
     if not rows:
         return None
-    latest_id = max(row[1] for row in rows)
-    ends = [row[5] for row in rows
-            if row[2] == account and row[3] == "succeeded" and set(row[4]) & set(kinds)]
-    latest = {kind: max((row[1] for row in rows if row[2] == account
-                         and row[3] == "succeeded" and kind in row[4]), default=None)
-              for kind in KINDS}
-    return (rows[0][0], latest_id, max(ends, default=None), latest["instances"],
-            latest["buckets"])
+    per_kind: list[Any] = []
+    for kind in KINDS:
+        ours = [row for row in rows
+                if row[2] == account and row[3] == "succeeded" and kind in row[4]]
+        per_kind += [max((row[1] for row in ours), default=None),
+                     max((row[5] for row in ours), default=None)]
+    return (rows[0][0], max(row[1] for row in rows), *per_kind)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -83,6 +83,7 @@ def ten_day_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = Store(path)
     s.migrate()
     ten_days(s)
+    s.close()  # the commits came in a burst: let go of the file before copying it
     return path
 
 

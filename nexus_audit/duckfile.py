@@ -1,0 +1,340 @@
+"""How this process reaches DuckDB files: one hub instance, per-path locks, attach with retry,
+and the writer's short hold on a file between commits that come in a burst.
+
+DuckDB lets one process write a file and then refuses every other process, even read-only.
+So a writer attaches a file only to commit and detaches after (detaching checkpoints, so
+the file alone is the whole history and readers never replay a write-ahead log); a reader
+attaches read-only and retries briefly while a commit holds the file.
+
+Attaching costs about a millisecond and the checkpoint on detach several, more than the
+commit itself. So when commits come in a burst (a commit finishing within :data:`LINGER`
+of the previous one on the same file: several accounts finishing together, a backfill),
+the writer keeps the file attached and commits go to the write-ahead log (each still
+durable at its COMMIT), until the burst ends (no commit for :data:`LINGER`), it has held
+the file for :data:`MAX_HOLD`, another process is waiting for the file, or the process
+exits; then it checkpoints and detaches. A process that is killed while holding leaves
+the log, which DuckDB replays on the next attach.
+
+Other processes ask for a turn with a marker file next to the database (``<db>.wait``),
+touched while they retry and removed once they got in. A holder lets go after its next
+commit (or at once if idle) when it sees a fresh marker, and a writer about to attach
+waits for a fresh marker to clear first, so a reader gets in between two commits even
+when the writer commits back to back.
+
+Inside one process, DuckDB refuses to attach one file read-write and read-only at once,
+so a per-path lock serializes this process's reads and commits; reads while the file is
+held go through the writer's attachment (they see every committed crawl).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import duckdb
+
+from nexus_audit.errors import StoreError
+from nexus_audit.logs import get_logger
+from nexus_audit.timeutil import Clock
+
+#: A commit finishing within this long of the previous one on the same file keeps it held;
+#: a held file is let go once no commit came for this long.
+LINGER: Final = 0.25
+#: The longest a file stays held in one go (bounds the write-ahead log, and the time a
+#: copy of the file alone lags the history).
+MAX_HOLD: Final = 5.0
+#: A marker touched within this long means another process is waiting for the file.
+MARKER_FRESH: Final = 1.0
+#: The longest a writer defers attaching to a waiting process.
+YIELD_AT_MOST: Final = 1.0
+
+_LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+
+_hub_lock = threading.Lock()
+_hub: duckdb.DuckDBPyConnection | None = None
+_path_locks: dict[str, threading.RLock] = {}
+
+
+def hub_cursor() -> duckdb.DuckDBPyConnection:
+    """A fresh connection (cursor) on the process's in-memory hub instance.
+
+    One long-lived instance per process: attaching a file to it costs about a millisecond,
+    starting an instance twenty.
+    """
+    global _hub
+    with _hub_lock:
+        if _hub is None:
+            hub = duckdb.connect(":memory:")
+            # Global, so every cursor starts with it (a SET per cursor costs a statement).
+            hub.execute("SET GLOBAL TimeZone = 'UTC'")
+            _hub = hub
+        return _hub.cursor()
+
+
+def path_lock(path: Path) -> threading.RLock:
+    """The lock that serializes this process's use of the file at ``path``."""
+    key = str(path)
+    with _hub_lock:
+        lock = _path_locks.get(key)
+        if lock is None:
+            lock = _path_locks[key] = threading.RLock()
+        return lock
+
+
+def sql_literal(text: str) -> str:
+    """A SQL string literal (ATTACH takes no bound parameters; paths are ours, not users')."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` says another process holds the file."""
+    return isinstance(exc, duckdb.Error) and bool(_LOCK_CONFLICT.search(str(exc)))
+
+
+# ---------------------------------------------------------------------------------------
+# Asking another process for a turn.
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".wait")
+
+
+def _touch_marker(path: Path) -> None:
+    # Best effort: a read-only directory only loses the fairness, never the read.
+    with contextlib.suppress(OSError):
+        _marker(path).touch()
+
+
+def _clear_marker(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _marker(path).unlink(missing_ok=True)
+
+
+def someone_waits(path: Path) -> bool:
+    """Whether another process touched the file's marker recently."""
+    try:
+        touched = _marker(path).stat().st_mtime
+    except OSError:
+        return False
+    return time.time() - touched < MARKER_FRESH
+
+
+# ---------------------------------------------------------------------------------------
+# Attaching.
+
+
+def _attach(path: Path, *, read_only: bool, timeout: float,
+            clock: Clock) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """Attach ``path`` on a new hub cursor, retrying while another process holds it."""
+    cursor = hub_cursor()
+    alias = "db_" + uuid.uuid4().hex[:12]
+    mode = " (READ_ONLY)" if read_only else ""
+    deadline = clock.monotonic() + timeout
+    delay = 0.005
+    waited = False
+    try:
+        while True:
+            try:
+                cursor.execute(f"ATTACH {sql_literal(str(path))} AS {alias}{mode}")
+                break
+            except duckdb.Error as exc:
+                if not is_lock_conflict(exc):
+                    raise StoreError(f"cannot open {path}: {exc}") from None
+                if clock.monotonic() >= deadline:
+                    raise StoreError(f"database busy: {path} stayed locked by another process "
+                                     f"for {timeout:g}s") from None
+                _touch_marker(path)
+                waited = True
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+    except BaseException:
+        cursor.close()
+        raise
+    finally:
+        if waited:
+            _clear_marker(path)
+    return cursor, alias
+
+
+def _detach(cursor: duckdb.DuckDBPyConnection, alias: str, *, settled: bool) -> None:
+    """Detach (which checkpoints) and close the cursor; errors are not the caller's."""
+    try:
+        if not settled:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("USE memory")
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute(f"DETACH {alias}")
+    finally:
+        cursor.close()
+
+
+class Commit(NamedTuple):
+    """What :func:`committing` hands a committer."""
+
+    cursor: duckdb.DuckDBPyConnection
+    alias: str
+    #: Facts the committer learned about the file, kept while this process holds it (so
+    #: true until then: nobody else can write it). Empty after a fresh attach.
+    memo: dict[Any, Any]
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A file this process keeps attached read-write between the commits of a burst."""
+
+    cursor: duckdb.DuckDBPyConnection
+    alias: str
+    since: float
+    last: float
+    memo: dict[Any, Any]
+    timer: threading.Timer | None = None
+
+
+_holds: dict[str, _Hold] = {}
+#: When the last commit on each path finished (monotonic), to tell a burst.
+_last_commit: dict[str, float] = {}
+
+
+def holding(path: Path) -> bool:
+    """Whether this process holds ``path`` attached between commits right now."""
+    return str(path) in _holds
+
+
+def release(path: Path) -> None:
+    """Let go of ``path`` if this process holds it: checkpoint and detach."""
+    with path_lock(path):
+        hold = _holds.pop(str(path), None)
+        if hold is None:
+            return
+        if hold.timer is not None:
+            hold.timer.cancel()
+        _detach(hold.cursor, hold.alias, settled=True)
+
+
+def release_all() -> None:
+    """Let go of every file this process holds (at exit, so the files are whole)."""
+    for key in list(_holds):
+        release(Path(key))
+
+
+atexit.register(release_all)
+
+
+def _on_idle(path: Path) -> None:
+    """Timer callback: let go of a held file once no commit came for :data:`LINGER`."""
+    try:
+        with path_lock(path):
+            hold = _holds.get(str(path))
+            if hold is None:
+                return
+            idle = time.monotonic() - hold.last
+            if idle < LINGER and not someone_waits(path):
+                _arm(path, hold, LINGER - idle)
+                return
+            release(path)
+    except Exception as exc:  # a timer thread has no caller to raise to
+        get_logger(__name__).warning("store.release_failed", path=str(path), error=str(exc))
+
+
+def _arm(path: Path, hold: _Hold, after: float) -> None:
+    timer = threading.Timer(after, _on_idle, args=(path,))
+    timer.name = "nexus-audit-store-release"
+    timer.daemon = True
+    hold.timer = timer
+    timer.start()
+
+
+@contextlib.contextmanager
+def reading(path: Path, *, timeout: float, clock: Clock,
+            ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """``(cursor, alias)`` with ``path`` attached read-only (or held by this process)."""
+    with path_lock(path):
+        hold = _holds.get(str(path))
+        if hold is not None:
+            cursor = hub_cursor()
+            try:
+                yield cursor, hold.alias
+            finally:
+                cursor.close()
+            return
+        cursor, alias = _attach(path, read_only=True, timeout=timeout, clock=clock)
+        try:
+            yield cursor, alias
+        finally:
+            _detach(cursor, alias, settled=False)
+
+
+@contextlib.contextmanager
+def maintaining(path: Path, *, timeout: float, clock: Clock,
+                ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """``(cursor, alias)`` with ``path`` attached read-write, detached after (migrations).
+
+    The caller may leave a transaction open or ``USE`` the alias; both are undone.
+    """
+    with path_lock(path):
+        release(path)
+        cursor, alias = _attach(path, read_only=False, timeout=timeout, clock=clock)
+        try:
+            yield cursor, alias
+        finally:
+            _detach(cursor, alias, settled=False)
+
+
+@contextlib.contextmanager
+def committing(path: Path, *, timeout: float, clock: Clock) -> Iterator[Commit]:
+    """A :class:`Commit` with ``path`` attached read-write for one commit.
+
+    The caller leaves no transaction open and never ``USE``s the alias. After a commit
+    that continues a burst the file stays held (see the module docstring); after an
+    error it is always let go, so a failed commit never leaves a broken attachment.
+    """
+    key = str(path)
+    with path_lock(path):
+        hold = _holds.get(key)
+        if hold is None:
+            _yield_to_waiters(path)
+            cursor, alias = _attach(path, read_only=False, timeout=timeout, clock=clock)
+            memo: dict[Any, Any] = {}
+        else:
+            cursor, alias, memo = hold.cursor, hold.alias, hold.memo
+        try:
+            yield Commit(cursor, alias, memo)
+        except BaseException:
+            if hold is not None:
+                release(path)
+            else:
+                _detach(cursor, alias, settled=True)
+            raise
+        now = time.monotonic()
+        burst = now - _last_commit.get(key, float("-inf")) < LINGER
+        _last_commit[key] = now
+        if hold is None:
+            if not burst or someone_waits(path):
+                _detach(cursor, alias, settled=True)
+                return
+            hold = _holds[key] = _Hold(cursor, alias, since=now, last=now, memo=memo)
+            _arm(path, hold, LINGER)
+            return
+        hold.last = now
+        if now - hold.since >= MAX_HOLD or someone_waits(path):
+            release(path)
+
+
+def _yield_to_waiters(path: Path) -> None:
+    """Give a process waiting for ``path`` its turn before attaching (bounded).
+
+    Real time, whatever the store's clock: this waits for another process.
+    """
+    deadline = time.monotonic() + YIELD_AT_MOST
+    while someone_waits(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
