@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     observations = 0
     spent = staging = generating = 0.0
     wall = time.perf_counter()
+    mark = (0, 0.0, 0.0)  # observations, spent and staging at the last weekly line
     for hour in range(hours):
         g0 = time.perf_counter()
         for _ in range(churn_i // 24 + (1 if rng.random() < (churn_i % 24) / 24 else 0)):
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         spent += time.perf_counter() - t0
         observations += len(instances) + len(buckets)
         if hour % (24 * 7) == 24 * 7 - 1:
-            print(f"  day {hour // 24 + 1}: {observations / spent:,.0f} observations/s",
+            week = (observations - mark[0], spent - mark[1], staging - mark[2])
+            mark = (observations, spent, staging)
+            print(f"  day {hour // 24 + 1}: this week {week[0] / week[1]:,.0f} observations/s "
+                  f"(staging {week[2] / 168 * 1000:.1f} ms, commit "
+                  f"{(week[1] - week[2]) / 168 * 1000:.1f} ms a crawl)",
                   file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - wall
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
