@@ -34,7 +34,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -76,6 +76,9 @@ def hub_cursor() -> duckdb.DuckDBPyConnection:
             # Global, so every cursor starts with it (a SET per cursor costs a statement).
             hub.execute("SET GLOBAL TimeZone = 'UTC'")
             _hub = hub
+            # Registered after the hub exists, so it runs before any exit hook the duckdb
+            # module registers on its first connection (atexit runs hooks last-in first).
+            atexit.register(_at_exit)
         return _hub.cursor()
 
 
@@ -175,7 +178,8 @@ def _detach(cursor: duckdb.DuckDBPyConnection, alias: str, *, settled: bool) -> 
         with contextlib.suppress(duckdb.Error):
             cursor.execute(f"DETACH {alias}")
     finally:
-        cursor.close()
+        with contextlib.suppress(duckdb.Error):
+            cursor.close()
 
 
 class Commit(NamedTuple):
@@ -197,10 +201,13 @@ class _Hold:
     since: float
     last: float
     memo: dict[Any, Any]
+    settle: Callable[[Commit], None] | None
     timer: threading.Timer | None = None
 
 
 _holds: dict[str, _Hold] = {}
+#: Set at exit: timers no longer touch DuckDB (see :func:`_at_exit`).
+_closing = False
 #: When the last commit on each path finished (monotonic), to tell a burst.
 _last_commit: dict[str, float] = {}
 
@@ -210,24 +217,53 @@ def holding(path: Path) -> bool:
     return str(path) in _holds
 
 
-def release(path: Path) -> None:
-    """Let go of ``path`` if this process holds it: checkpoint and detach."""
+def release(path: Path, *, settle: bool = True) -> None:
+    """Let go of ``path`` if this process holds it: settle, checkpoint and detach.
+
+    ``settle=False`` skips the committer's last step (after a failed commit).
+    """
     with path_lock(path):
         hold = _holds.pop(str(path), None)
         if hold is None:
             return
         if hold.timer is not None:
             hold.timer.cancel()
+        if settle:
+            _settle(hold.settle, Commit(hold.cursor, hold.alias, hold.memo), path)
         _detach(hold.cursor, hold.alias, settled=True)
 
 
+def _settle(settle: Callable[[Commit], None] | None, commit: Commit, path: Path) -> None:
+    """Run the committer's last step before letting go; a failure there loses nothing
+    committed, so it is logged, not raised."""
+    if settle is None:
+        return
+    try:
+        settle(commit)
+    except Exception as exc:
+        get_logger(__name__).warning("store.settle_failed", path=str(path), error=str(exc))
+
+
 def release_all() -> None:
-    """Let go of every file this process holds (at exit, so the files are whole)."""
-    for key in list(_holds):
+    """Let go of every file this process holds.
+
+    Takes every path's lock, so a release already under way in a timer thread (which
+    took the hold out of the table first) has finished when this returns.
+    """
+    with _hub_lock:
+        keys = list(_path_locks)
+    for key in keys:
         release(Path(key))
 
 
-atexit.register(release_all)
+def _at_exit() -> None:
+    """Let go of every file at exit, so the files are whole. Timers that fire later find
+    ``_closing`` set and leave DuckDB alone: a daemon thread still inside DuckDB when the
+    interpreter finalizes aborts the process."""
+    global _closing
+    _closing = True
+    release_all()
+
 
 
 def _on_idle(path: Path) -> None:
@@ -235,8 +271,8 @@ def _on_idle(path: Path) -> None:
     try:
         with path_lock(path):
             hold = _holds.get(str(path))
-            if hold is None:
-                return
+            if hold is None or _closing or hold.timer is not threading.current_thread():
+                return  # let go already, exiting, or a timer of an earlier hold
             idle = time.monotonic() - hold.last
             if idle < LINGER and not someone_waits(path):
                 _arm(path, hold, LINGER - idle)
@@ -291,12 +327,15 @@ def maintaining(path: Path, *, timeout: float, clock: Clock,
 
 
 @contextlib.contextmanager
-def committing(path: Path, *, timeout: float, clock: Clock) -> Iterator[Commit]:
+def committing(path: Path, *, timeout: float, clock: Clock,
+               settle: Callable[[Commit], None] | None = None) -> Iterator[Commit]:
     """A :class:`Commit` with ``path`` attached read-write for one commit.
 
     The caller leaves no transaction open and never ``USE``s the alias. After a commit
     that continues a burst the file stays held (see the module docstring); after an
     error it is always let go, so a failed commit never leaves a broken attachment.
+    ``settle`` runs before the file is let go after successful commits (once per burst):
+    housekeeping that may wait until then, which must leave no transaction open.
     """
     key = str(path)
     with path_lock(path):
@@ -311,7 +350,7 @@ def committing(path: Path, *, timeout: float, clock: Clock) -> Iterator[Commit]:
             yield Commit(cursor, alias, memo)
         except BaseException:
             if hold is not None:
-                release(path)
+                release(path, settle=False)
             else:
                 _detach(cursor, alias, settled=True)
             raise
@@ -320,9 +359,11 @@ def committing(path: Path, *, timeout: float, clock: Clock) -> Iterator[Commit]:
         _last_commit[key] = now
         if hold is None:
             if not burst or someone_waits(path):
+                _settle(settle, Commit(cursor, alias, memo), path)
                 _detach(cursor, alias, settled=True)
                 return
-            hold = _holds[key] = _Hold(cursor, alias, since=now, last=now, memo=memo)
+            hold = _holds[key] = _Hold(cursor, alias, since=now, last=now, memo=memo,
+                                       settle=settle)
             _arm(path, hold, LINGER)
             return
         hold.last = now

@@ -343,7 +343,8 @@ class ParquetHistory:
         con = duckdb.connect(":memory:")
         try:
             con.execute("SET TimeZone = 'UTC'")
-            # The store's own DDL gives every table its columns and types (and kind_crawls).
+            # The store's own DDL gives every table its columns and types (and kind_crawls);
+            # each exported one is then replaced by a view over its files.
             for _version, statements in MIGRATIONS:
                 for statement in statements:
                     con.execute(statement)
@@ -355,7 +356,10 @@ class ParquetHistory:
                     "WHERE table_name = $t ORDER BY column_index", {"t": table}).fetchall()
                 select = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"'
                                    for name, kind in columns)
-                con.execute(f"DROP TABLE {table}")
+                # The version tables are views over the store's logs (schema 3).
+                is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $t",
+                                      {"t": table}).fetchone()
+                con.execute(f"DROP {'VIEW' if is_view and is_view[0] else 'TABLE'} {table}")
                 con.execute(f"CREATE VIEW {table} AS SELECT {select} "
                             f"FROM {parquet_glob(self.path, table)}")
             yield con

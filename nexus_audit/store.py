@@ -7,6 +7,16 @@ hourly crawls of a fleet that barely changes costs one row per change, not one p
 Bucket sizes move with usage, so they live in their own narrow table (``bucket_sizes``)
 and a size change never copies the rest of the bucket.
 
+Commits only append (schema 3): ``instance_versions``, ``bucket_versions`` and
+``bucket_sizes`` are views over logs (``instance_log``, ``bucket_log``,
+``bucket_size_log``) where a crawl adds a row per changed record and a removal marker per
+id it no longer saw. A version stays open (``until_crawl`` NULL in the log) until
+compaction, which the writer runs once before it lets go of the file, writes in when the
+next row of its id (a version or a marker) came; until then the view computes it with a
+window over the open rows alone. So a commit never rewrites history rows, and the views
+give the same answers before and after compaction, to any reader, even after a crash
+that left the file uncompacted.
+
 Concurrency: a crawl stages its records outside the database (a private in-memory DuckDB
 database that spills to disk past the memory limit); ``commit`` attaches the database
 read-write, applies the crawl in one transaction with set-based SQL, and detaches, so
@@ -104,6 +114,54 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
         """CREATE VIEW kind_crawls AS
             SELECT crawl_id, account, unnest(kinds) AS kind, started_at, finished_at, status
             FROM crawls""",
+    )),
+    # v3: commits only append. Each version table becomes a log (plus removal markers) and
+    # a view of the same name and columns; the view ends an open version at the next row
+    # of its id (a version or a marker) until compaction writes that into until_crawl.
+    (3, (
+        "ALTER TABLE instance_versions RENAME TO instance_log",
+        "ALTER TABLE instance_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_versions RENAME TO bucket_log",
+        "ALTER TABLE bucket_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_sizes RENAME TO bucket_size_log",
+        "ALTER TABLE bucket_size_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_size_log ALTER COLUMN size_bytes DROP NOT NULL",  # markers
+        """CREATE VIEW instance_versions AS
+            SELECT account, id, name, status, region, cpu, memory_gb, plan, tags, created_at,
+                   extra, first_crawl, until_crawl
+            FROM instance_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, name, status, region, cpu, memory_gb, plan, tags, created_at,
+                   extra, first_crawl, until_crawl FROM (
+                SELECT account, id, name, status, region, cpu, memory_gb, plan, tags,
+                       created_at, extra, first_crawl, removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM instance_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
+        """CREATE VIEW bucket_versions AS
+            SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                   until_crawl
+            FROM bucket_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                   until_crawl FROM (
+                SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                       removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM bucket_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
+        """CREATE VIEW bucket_sizes AS
+            SELECT account, id, size_bytes, first_crawl, until_crawl
+            FROM bucket_size_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, size_bytes, first_crawl, until_crawl FROM (
+                SELECT account, id, size_bytes, first_crawl, removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM bucket_size_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
     )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
@@ -435,36 +493,48 @@ class StagedCrawl:
 # The store.
 
 
+#: The log table behind each version view (schema 3).
+_LOG: Final = {"instance_versions": "instance_log", "bucket_versions": "bucket_log",
+               "bucket_sizes": "bucket_size_log"}
+#: Per kind, the version views a crawl of it advances.
+_VIEWS: Final[Mapping[Kind, tuple[str, ...]]] = {
+    "instances": ("instance_versions",), "buckets": ("bucket_versions", "bucket_sizes")}
+
+
 def _apply_sql(kind: Kind) -> tuple[str, ...]:
     """Set-based statements that advance one kind's history with one successful crawl.
 
     Parameters: ``$a`` account, ``$c`` crawl id. ``@new@`` is the staged table and ``@h@``
-    the database's alias. Rows identical to the current version change nothing; changed
-    rows close the old version and open a new one; ids absent from the crawl close theirs.
+    the database's alias. Only appends: a record identical to its current version adds
+    nothing; any other record adds a version (which ends the one before); an id absent
+    from the crawl gets a removal marker (which ends its version).
     """
-    def close(table: str, same: str) -> str:
-        return f"""UPDATE @h@.{table} AS v SET until_crawl = $c
-                   WHERE v.account = $a AND v.until_crawl IS NULL AND NOT EXISTS (
-                       SELECT 1 FROM @new@ n WHERE n.id = v.id AND {same})"""
+    def mark(view: str) -> str:
+        return f"""INSERT INTO @h@.{_LOG[view]} (account, id, first_crawl, until_crawl, removed)
+                   SELECT $a, v.id, $c, NULL, true FROM @h@.{view} v
+                   WHERE v.account = $a AND v.until_crawl IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM @new@ n WHERE n.id = v.id)"""
 
-    def insert(table: str, cols: Sequence[str]) -> str:
+    def add(view: str, cols: Sequence[str], same: str) -> str:
         col_list = ", ".join(cols)
         n_cols = ", ".join(f"n.{c}" for c in cols)
-        return f"""INSERT INTO @h@.{table} (account, {col_list}, first_crawl, until_crawl)
-                   SELECT $a, {n_cols}, $c, NULL FROM @new@ n
-                   WHERE NOT EXISTS (SELECT 1 FROM @h@.{table} v
-                       WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL)"""
+        return f"""INSERT INTO @h@.{_LOG[view]}
+                       (account, {col_list}, first_crawl, until_crawl, removed)
+                   SELECT $a, {n_cols}, $c, NULL, false FROM @new@ n
+                   WHERE NOT EXISTS (SELECT 1 FROM @h@.{view} v
+                       WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL
+                         AND {same})"""
 
     def same(cols: Sequence[str]) -> str:
         return " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in cols[1:])
 
     if kind == "instances":
-        return (close("instance_versions", same(_INSTANCE_COLUMNS)),
-                insert("instance_versions", _INSTANCE_COLUMNS))
-    return (close("bucket_versions", same(_BUCKET_VERSION_COLUMNS)),
-            insert("bucket_versions", _BUCKET_VERSION_COLUMNS),
-            close("bucket_sizes", "n.size_bytes = v.size_bytes"),
-            insert("bucket_sizes", ("id", "size_bytes")))
+        return (mark("instance_versions"),
+                add("instance_versions", _INSTANCE_COLUMNS, same(_INSTANCE_COLUMNS)))
+    return (mark("bucket_versions"),
+            add("bucket_versions", _BUCKET_VERSION_COLUMNS, same(_BUCKET_VERSION_COLUMNS)),
+            mark("bucket_sizes"),
+            add("bucket_sizes", ("id", "size_bytes"), "n.size_bytes = v.size_bytes"))
 
 
 _APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
@@ -474,66 +544,94 @@ _TYPES: Final = {"id": "VARCHAR", "name": "VARCHAR", "status": "VARCHAR", "regio
                  "cpu": "INTEGER", "memory_gb": "DOUBLE", "plan": "VARCHAR", "tags": "VARCHAR",
                  "created_at": "VARCHAR", "extra": "VARCHAR", "access": "VARCHAR",
                  "size_bytes": "BIGINT"}
-#: Per version table: its record columns and their positions in the staged record.
+#: Per version view: its record columns and their positions in the staged record.
 _TABLE_FIELDS: Final = {
     "instance_versions": tuple((c, _INSTANCE_COLUMNS.index(c)) for c in _INSTANCE_COLUMNS),
     "bucket_versions": tuple((c, _BUCKET_COLUMNS.index(c)) for c in _BUCKET_VERSION_COLUMNS),
     "bucket_sizes": (("id", 0), ("size_bytes", _SIZE_FIELD)),
 }
-#: Up to this many ids, a close filters with ``list_contains`` (no join to plan and build:
-#: about twice as fast on an hourly crawl's handful); past it, a hash semi-join, linear.
-_SMALL_LIST: Final = 64
 
 
-def _close_sql(table: str, ids: int) -> str:
-    """Close the current versions of the ids in ``$close`` at crawl ``$c``."""
-    match = ("list_contains($close, v.id)" if ids <= _SMALL_LIST
-             else "v.id IN (SELECT unnest($close))")
-    return f"""UPDATE @h@.{table} AS v SET until_crawl = $c
-               WHERE v.account = $a AND v.until_crawl IS NULL AND {match}"""
-
-
-def _open_sql(table: str) -> str:
-    """Open versions from column lists (``$f0``, ``$f1``, ...) zipped by ``unnest``."""
-    fields = _TABLE_FIELDS[table]
+def _append_sql(view: str) -> str:
+    """Append versions and removal markers to ``view``'s log from column lists (``$f0``,
+    ``$f1``, ... and the markers' flags ``$rm``) zipped by ``unnest``."""
+    fields = _TABLE_FIELDS[view]
     col_list = ", ".join(c for c, _ in fields)
     lists = ", ".join(f"unnest($f{n}::{_TYPES[c]}[])" for n, (c, _) in enumerate(fields))
-    return f"""INSERT INTO @h@.{table} (account, {col_list}, first_crawl, until_crawl)
-               SELECT $a, {lists}, $c, NULL"""
+    return f"""INSERT INTO @h@.{_LOG[view]}
+                   (account, {col_list}, first_crawl, until_crawl, removed)
+               SELECT $a, {lists}, $c, NULL, unnest($rm::BOOLEAN[])"""
 
 
-_OPEN: Final = {table: _open_sql(table) for table in _TABLE_FIELDS}
+_APPEND: Final = {view: _append_sql(view) for view in _TABLE_FIELDS}
 
 
-def _open_params(table: str, records: Sequence[Record]) -> dict[str, list[Any]]:
-    """The column lists of ``records`` for :func:`_open_sql`."""
-    return {f"f{n}": [r[i] for r in records] for n, (_, i) in enumerate(_TABLE_FIELDS[table])}
+def _append_params(view: str, records: Sequence[Record],
+                   removed: Sequence[str]) -> dict[str, list[Any]]:
+    """The column lists of ``records`` and of markers for ``removed`` for :func:`_append_sql`."""
+    params: dict[str, list[Any]] = {}
+    blanks = [None] * len(removed)
+    for n, (_, i) in enumerate(_TABLE_FIELDS[view]):
+        params[f"f{n}"] = [r[i] for r in records] + (list(removed) if i == 0 else blanks)
+    params["rm"] = [False] * len(records) + [True] * len(removed)
+    return params
 
 
 def _diff_plan(kind: Kind, base: Mapping[str, object], changed: Sequence[Record],
-               removed: Sequence[str]) -> dict[str, tuple[list[str], list[Record]]]:
-    """Per table, the ids to close and the records to open, from the snapshot and changes."""
+               removed: Sequence[str]) -> dict[str, tuple[list[Record], list[str]]]:
+    """Per version view, the records to add as versions and the ids to mark removed."""
     if kind == "instances":
-        closing = [r[0] for r in changed if r[0] in base]
-        return {"instance_versions": ([*removed, *closing], list(changed))}
-    version_close: list[str] = []
-    version_open: list[Record] = []
-    size_close: list[str] = []
-    size_open: list[Record] = []
+        return {"instance_versions": (list(changed), list(removed))}
+    versions: list[Record] = []
+    sizes: list[Record] = []
     for record in changed:
-        ident = record[0]
-        old = base.get(ident)
+        old = base.get(record[0])
         version, size = _bucket_fingerprint(record)  # type: ignore[arg-type]
         if old is None or old[0] != version:  # type: ignore[index]
-            version_open.append(record)
-            if old is not None:
-                version_close.append(ident)
+            versions.append(record)
         if old is None or old[1] != size:  # type: ignore[index]
-            size_open.append(record)
-            if old is not None:
-                size_close.append(ident)
-    return {"bucket_versions": ([*removed, *version_close], version_open),
-            "bucket_sizes": ([*removed, *size_close], size_open)}
+            sizes.append(record)
+    return {"bucket_versions": (versions, list(removed)),
+            "bucket_sizes": (sizes, list(removed))}
+
+
+def _compact_sql(log: str) -> str:
+    """Fill in ``until_crawl`` of ``log``'s versions that a later version or a removal marker
+    ended, and close the markers themselves (their work done): afterwards only current
+    versions are open. The views give the same answers before and after."""
+    return f"""UPDATE @h@.{log} AS v SET until_crawl = n.until_crawl FROM (
+            SELECT account, id, first_crawl,
+                   CASE WHEN next IS NOT NULL THEN next WHEN removed THEN first_crawl END
+                       AS until_crawl
+            FROM (SELECT account, id, first_crawl, removed,
+                         lead(first_crawl) OVER (PARTITION BY account, id
+                                                 ORDER BY first_crawl) AS next
+                  FROM @h@.{log} WHERE until_crawl IS NULL)) n
+        WHERE v.until_crawl IS NULL AND n.until_crawl IS NOT NULL
+          AND v.account = n.account AND v.id = n.id AND v.first_crawl = n.first_crawl"""
+
+
+_COMPACT: Final = {log: _compact_sql(log) for log in _LOG.values()}
+#: The memo key of the logs appended to since the last compaction.
+_DIRTY: Final = "dirty"
+
+
+def _compact(commit: duckfile.Commit) -> None:
+    """Compact the logs appended to while the file was attached (before it is let go)."""
+    dirty = commit.memo.get(_DIRTY)
+    if not dirty:
+        return
+    cursor, h = commit.cursor, commit.alias
+    cursor.execute("BEGIN TRANSACTION")
+    try:
+        for log in sorted(dirty):
+            cursor.execute(_COMPACT[log].replace("@h@", h))
+        cursor.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute("ROLLBACK")
+        raise
+    dirty.clear()
 
 
 #: Stage the versions of ids ``$ids`` as crawl ``$s`` saw them (``@stg@``: staging table).
@@ -754,8 +852,8 @@ class Store:
         account = summary.account
         try:
             self._open(read_only=False)
-            with duckfile.committing(self.path, timeout=self.lock_timeout,
-                                     clock=self.clock) as (cursor, alias, memo):
+            with duckfile.committing(self.path, timeout=self.lock_timeout, clock=self.clock,
+                                     settle=_compact) as (cursor, alias, memo):
                 tail = self._tail(cursor, alias, account, kinds, memo)
                 self._check_order(summary, tail, history=staged is not None)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
@@ -782,6 +880,8 @@ class Store:
                     raise
                 memo[_LAST_ID] = crawl_id
                 if staged is not None:
+                    memo.setdefault(_DIRTY, set()).update(
+                        _LOG[view] for kind in kinds for view in _VIEWS[kind])
                     for kind in kinds:
                         self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
                         memo[(account, kind)] = (crawl_id, summary.finished_at)
@@ -863,13 +963,10 @@ class Store:
         base = staged.base(kind)
         if diff and base is not None:
             plan = _diff_plan(kind, base.keys, staged.changed(kind), staged.removed(kind))
-            for table, (close, records) in plan.items():
-                if close:
-                    cursor.execute(_close_sql(table, len(close)).replace("@h@", h),
-                                   {**params, "close": close})
-                if records:
-                    cursor.execute(_OPEN[table].replace("@h@", h),
-                                   {**params, **_open_params(table, records)})
+            for view, (records, removed) in plan.items():
+                if records or removed:
+                    cursor.execute(_APPEND[view].replace("@h@", h),
+                                   {**params, **_append_params(view, records, removed)})
             return
         new = staged.table(kind)
         if not staged.unique(kind):

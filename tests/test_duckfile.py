@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -79,14 +80,29 @@ def test_a_burst_holds_the_file_and_reads_see_every_commit(store: Store,
     assert crawl_ids(Store(copy)) == [1, 2, 3, 4, 5]
 
 
+def idle_check_now(path: Path) -> None:
+    """Run the hold's idle check now, as its timer would (the timer's thread is checked)."""
+    hold = duckfile._holds[str(path)]
+    assert hold.timer is not None
+    hold.timer.cancel()
+    timer = hold.timer = threading.Timer(0.0, duckfile._on_idle, args=(path,))
+    timer.start()
+    timer.join(timeout=30)
+
+
 @pytest.mark.usefixtures("bursty")
 def test_an_idle_hold_is_let_go(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The idle check lets go once no commit came for LINGER, not before."""
+    """The idle check lets go once no commit came for LINGER, not before; a timer left
+    from an earlier hold does nothing."""
     burst(store, 2)
-    duckfile._on_idle(store.path)  # an hour has not passed: still held
+    idle_check_now(store.path)  # an hour has not passed: still held
     assert duckfile.holding(store.path)
     monkeypatch.setattr(duckfile, "LINGER", 0.0)
-    duckfile._on_idle(store.path)
+    stale = threading.Timer(0.0, duckfile._on_idle, args=(store.path,))
+    stale.start()
+    stale.join(timeout=30)
+    assert duckfile.holding(store.path)
+    idle_check_now(store.path)
     assert not duckfile.holding(store.path)
     assert not Path(f"{store.path}.wal").exists()
 
@@ -193,3 +209,102 @@ def test_a_process_that_exits_leaves_the_file_whole(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not Path(f"{path}.wal").exists()
     assert crawl_ids(Store(path)) == [1, 2, 3, 4, 5]
+
+
+EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
+    import threading
+    import time
+    from nexus_audit import store as store_module
+
+    # Let go from a timer thread, and exit while it is still settling: the exit hook must
+    # wait for it (else the process ends before the checkpoint, and the log stays).
+    started = threading.Event()
+
+    def slow_settle(commit):
+        started.set()
+        store_module._compact(commit)
+        time.sleep(0.3)
+
+    hold = duckfile._holds[str(store.path)]
+    hold.settle = slow_settle
+    hold.timer.cancel()
+    duckfile.LINGER = 0.0
+    hold.timer = threading.Timer(0.0, duckfile._on_idle, args=(store.path,))
+    hold.timer.start()
+    assert started.wait(30)
+""")
+
+
+def test_exit_waits_for_a_release_under_way(tmp_path: Path) -> None:
+    """A process exiting while a timer thread lets go of its file waits for it: exit code
+    0, no write-ahead log left, every commit in the file."""
+    path = tmp_path / "exit.duckdb"
+    done = subprocess.run([sys.executable, "-c", EXIT_MID_RELEASE, str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert not Path(f"{path}.wal").exists()
+    assert crawl_ids(Store(path)) == [1, 2, 3, 4, 5]
+
+
+def scripted_history(store: Store) -> None:
+    """Crawls where records change, vanish and come back, with a failure and two accounts."""
+    fleet = {"i-1": inst("i-1"), "i-2": inst("i-2"), "i-3": inst("i-3", status="stopped")}
+    buckets = {"b-1": bucket("b-1"), "b-2": bucket("b-2", access="public-read")}
+    steps = [
+        lambda: None,
+        lambda: fleet.update({"i-2": inst("i-2", status="stopped")}),
+        lambda: fleet.pop("i-3"),
+        lambda: buckets.update({"b-1": bucket("b-1", size=2 * 10**9)}),
+        lambda: buckets.pop("b-2"),
+        lambda: fleet.update({"i-3": inst("i-3", tags='{"env":"prod"}')}),
+        lambda: buckets.update({"b-2": bucket("b-2")}),
+        lambda: fleet.update({"i-1": inst("i-1", cpu=4)}),
+    ]
+    for hour, step in enumerate(steps):
+        step()
+        at = T0 + hour * HOUR
+        crawl(store, at, instances=list(fleet.values()), buckets=list(buckets.values()))
+        if hour == 3:
+            crawl(store, at + HOUR / 2, instances=[], failed=True)
+        crawl(store, at, instances=[inst("g-1", name=f"h{hour // 3}")], account="globex")
+
+
+def all_versions(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the three version views, sorted."""
+    with store.read() as con:
+        return {view: sorted(con.execute(f"SELECT * FROM {view}").fetchall(),  # noqa: S608
+                             key=repr)
+                for view in ("instance_versions", "bucket_versions", "bucket_sizes")}
+
+
+def test_views_answer_the_same_before_and_after_compaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same history committed one isolated commit at a time (compacted after each) and
+    in one held burst (uncompacted until let go) reads the same, before and after."""
+    isolated = Store(tmp_path / "isolated.duckdb")
+    isolated.migrate()
+    monkeypatch.setattr(duckfile, "LINGER", -1.0)  # no commit is part of a burst
+    scripted_history(isolated)
+    assert not duckfile.holding(isolated.path)
+    expected = all_versions(isolated)
+    with isolated.read() as con:
+        open_rows = con.execute("SELECT count(*) FROM instance_log WHERE until_crawl IS NULL"
+                                ).fetchone()
+    assert open_rows == (4,)  # compacted: only the current versions (3 + globex's) are open
+    # Crawl ids interleave with globex's; i-3 vanished in acme's third crawl (5) and came
+    # back in its seventh (12).
+    spans = {(r[1], r[-2], r[-1]) for r in expected["instance_versions"]}
+    assert {("i-3", 1, 5), ("i-3", 12, None), ("i-2", 1, 3), ("i-2", 3, None)} <= spans
+
+    held = Store(tmp_path / "held.duckdb")
+    held.migrate()
+    monkeypatch.setattr(duckfile, "LINGER", 3600.0)
+    scripted_history(held)
+    assert duckfile.holding(held.path)
+    assert all_versions(held) == expected
+    assert [s.instances for s in held.latest()] == [s.instances for s in isolated.latest()]
+    held.close()
+    assert all_versions(held) == expected
+    with held.read() as con:
+        assert con.execute("SELECT count(*) FROM instance_log WHERE until_crawl IS NULL"
+                           ).fetchone() == open_rows

@@ -13,6 +13,7 @@ from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 def inst(ident: str, *, status: str = "running", region: str = "eu-1", cpu: int = 2,
@@ -219,6 +220,37 @@ def test_older_schema_upgrades_in_place(tmp_path: Path) -> None:
         assert con.execute("SELECT crawl_id, kind FROM kind_crawls").fetchall() == [
             (1, "instances")]
         assert con.execute("SELECT id FROM instance_versions").fetchall() == [("i-1",)]
+
+
+def test_version_2_history_upgrades_to_logs_and_views(tmp_path: Path) -> None:
+    """Version 2 kept until_crawl in the version tables; version 3 renames them to logs
+    behind views of the same names and columns: every row reads the same, and crawls
+    commit on top of the upgraded history."""
+    import duckdb
+
+    s = Store(tmp_path / "v2.duckdb")
+    s.migrate(target=2)
+    with duckdb.connect(str(s.path)) as con:  # two crawls as version 2 wrote them
+        for crawl_id in (1, 2):
+            con.execute("""INSERT INTO crawls VALUES ($c, 'acme', ['instances', 'buckets'],
+                           $t, $t, 'succeeded', 1, 1, 1, 0, NULL, NULL, NULL, NULL, '{}')""",
+                        {"c": crawl_id, "t": T0 + timedelta(hours=crawl_id)})
+        con.execute("""INSERT INTO instance_versions VALUES
+            ('acme', 'i-1', 'i-1', 'running', 'eu-1', 2, 2.0, 'micro', '{}', $c, '{}', 1, 2),
+            ('acme', 'i-1', 'i-1', 'stopped', 'eu-1', 2, 2.0, 'micro', '{}', $c, '{}', 2,
+             NULL)""", {"c": "2026-01-01T00:00:00Z"})
+        con.execute("""INSERT INTO bucket_versions VALUES
+            ('acme', 'b-1', 'eu-1', 'private', NULL, '{}', '{}', 1, NULL)""")
+        con.execute("""INSERT INTO bucket_sizes VALUES ('acme', 'b-1', 5, 1, 2),
+                                                       ('acme', 'b-1', 7, 2, NULL)""")
+    s.migrate()
+    assert versions(s, "instance_versions") == [("i-1", 1, 2), ("i-1", 2, None)]
+    assert versions(s, "bucket_versions") == [("b-1", 1, None)]
+    assert versions(s, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, None)]
+    crawl(s, T0 + 3 * HOUR, instances=[inst("i-1", status="stopped")], buckets=[])
+    assert versions(s, "instance_versions") == [("i-1", 1, 2), ("i-1", 2, None)]
+    assert versions(s, "bucket_versions") == [("b-1", 1, 3)]
+    assert versions(s, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, 3)]
 
 
 def test_newer_schema_is_refused(store: Store) -> None:
