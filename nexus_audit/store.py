@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import compress
+from itertools import compress, filterfalse
 from operator import itemgetter, ne
 from pathlib import Path
 from typing import Any, Final
@@ -268,15 +268,18 @@ class StagedCrawl:
         self.instance_count = 0
         self.bucket_count = 0
         self._bases: dict[Kind, _Snapshot | None] = {k: (bases or {}).get(k) for k in kinds}
-        #: Against a snapshot: the ids seen.
-        self._seen: dict[Kind, set[str]] = {k: set() for k in kinds}
+        #: Against a snapshot: id → fingerprint of every record seen, in the order seen
+        #: (the record seen last winning), which becomes the next snapshot as it is: kept
+        #: in crawl order, so the next crawl's lookups walk it in order (a copy of the old
+        #: snapshot patched with the changes drifts from that order as the fleet churns,
+        #: and lookups got twice as slow over a few thousand crawls).
+        self._seen: dict[Kind, dict[str, object]] = {k: {} for k in kinds}
         #: Against a snapshot: ids held or staged (the others were skipped as unchanged).
         self._staged_ids: dict[Kind, set[str]] = {k: set() for k in kinds}
-        #: Records that differ from the snapshot, held in Python until the commit, and
-        #: their fingerprints.
+        #: Records that differ from the snapshot, held in Python until the commit.
         self._held: dict[Kind, list[Record]] = {k: [] for k in kinds}
-        self._held_keys: dict[Kind, list[object]] = {k: [] for k in kinds}
-        #: id → fingerprint of the records staged in DuckDB, the record seen last winning.
+        #: Without a snapshot: id → fingerprint of the records staged in DuckDB, the
+        #: record seen last winning (the next snapshot).
         self._keys: dict[Kind, dict[str, object]] = {k: {} for k in kinds}
         #: Whether a kind's records go straight to DuckDB (no snapshot, or an id repeated).
         self._direct: dict[Kind, bool] = {k: self._bases[k] is None for k in kinds}
@@ -324,12 +327,9 @@ class StagedCrawl:
         base = self._bases[kind]
         # An id seen twice (pages shifting under churn) shows as a set or dict that grew
         # by less than the batch.
-        seen: set[str] | dict[str, object] = self._keys[kind] if base is None else self._seen[kind]
+        seen = self._keys[kind] if base is None else self._seen[kind]
         before = len(seen)
-        if base is None:
-            self._keys[kind].update(zip(ids, fingerprints, strict=True))
-        else:
-            self._seen[kind].update(ids)
+        seen.update(zip(ids, fingerprints, strict=True))
         if len(seen) - before != len(ids):
             self._duplicates[kind] = True
             if not self._direct[kind]:
@@ -340,21 +340,20 @@ class StagedCrawl:
         if self._direct[kind]:
             if base is not None:
                 self._staged_ids[kind].update(ids)
-                self._keys[kind].update(zip(ids, fingerprints, strict=True))
             self._append(kind, batch)
             return
         assert base is not None  # not direct: compared with a snapshot
-        differs = list(map(ne, fingerprints, map(base.keys.get, ids)))
+        known = list(map(base.keys.get, ids))
+        if known == fingerprints:  # the usual batch: nothing changed (one C-level compare)
+            return
+        differs = list(map(ne, fingerprints, known))
         if any(differs):
             self._held[kind].extend(compress(batch, differs))
-            self._held_keys[kind].extend(compress(fingerprints, differs))
             self._staged_ids[kind].update(compress(ids, differs))
 
     def _flush_held(self, kind: Kind) -> None:
         """Stage the records held as different, in the order they came."""
         held, self._held[kind] = self._held[kind], []
-        held_keys, self._held_keys[kind] = self._held_keys[kind], []
-        self._keys[kind].update(zip(map(_record_id, held), held_keys, strict=True))
         self._append(kind, held)
 
     def _staging_cursor(self) -> duckdb.DuckDBPyConnection:
@@ -458,7 +457,7 @@ class StagedCrawl:
         new = sum(1 for i in self._staged_ids[kind] if i not in base.keys)
         if len(seen) - new == len(base.keys):
             return []
-        return list(base.keys.keys() - seen)
+        return list(filterfalse(seen.__contains__, base.keys))
 
     def changed(self, kind: Kind) -> list[Record]:
         """Records held as different from the snapshot."""
@@ -469,12 +468,7 @@ class StagedCrawl:
         base = self._bases.get(kind)
         if base is None:
             return _Snapshot(crawl_id, self._keys[kind])
-        keys = base.keys.copy()
-        for ident in self.removed(kind):
-            del keys[ident]
-        keys.update(zip(map(_record_id, self._held[kind]), self._held_keys[kind], strict=True))
-        keys.update(self._keys[kind])
-        return _Snapshot(crawl_id, keys)
+        return _Snapshot(crawl_id, self._seen[kind])
 
     def discard(self) -> None:
         """Drop the staged records (idempotent)."""
