@@ -231,6 +231,8 @@ def release(path: Path, *, settle: bool = True) -> None:
         if settle:
             _settle(hold.settle, Commit(hold.cursor, hold.alias, hold.memo), path)
         _detach(hold.cursor, hold.alias, settled=True)
+        # The cursor object goes here, under the lock, not when this frame is cleared.
+        del hold
 
 
 def _settle(settle: Callable[[Commit], None] | None, commit: Commit, path: Path) -> None:
@@ -277,6 +279,7 @@ def _on_idle(path: Path) -> None:
             if idle < LINGER and not someone_waits(path):
                 _arm(path, hold, LINGER - idle)
                 return
+            del hold  # release() drops the last reference, under the lock
             release(path)
     except Exception as exc:  # a timer thread has no caller to raise to
         get_logger(__name__).warning("store.release_failed", path=str(path), error=str(exc))
@@ -285,6 +288,9 @@ def _on_idle(path: Path) -> None:
 def _arm(path: Path, hold: _Hold, after: float) -> None:
     timer = threading.Timer(after, _on_idle, args=(path,))
     timer.name = "nexus-audit-store-release"
+    # A daemon, so a pending timer never delays exit; the exit hook lets go of the file
+    # instead, and a timer thread never holds a DuckDB object outside the path lock (one
+    # freed while the interpreter finalizes aborts the process).
     timer.daemon = True
     hold.timer = timer
     timer.start()
