@@ -533,11 +533,6 @@ def _apply_sql(kind: Kind) -> tuple[str, ...]:
 
 _APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
 
-#: Column types of the version tables, for the diff path's list parameters.
-_TYPES: Final = {"id": "VARCHAR", "name": "VARCHAR", "status": "VARCHAR", "region": "VARCHAR",
-                 "cpu": "INTEGER", "memory_gb": "DOUBLE", "plan": "VARCHAR", "tags": "VARCHAR",
-                 "created_at": "VARCHAR", "extra": "VARCHAR", "access": "VARCHAR",
-                 "size_bytes": "BIGINT"}
 #: Per version view: its record columns and their positions in the staged record.
 _TABLE_FIELDS: Final = {
     "instance_versions": tuple((c, _INSTANCE_COLUMNS.index(c)) for c in _INSTANCE_COLUMNS),
@@ -548,13 +543,19 @@ _TABLE_FIELDS: Final = {
 
 def _append_sql(view: str) -> str:
     """Append versions and removal markers to ``view``'s log from column lists (``$f0``,
-    ``$f1``, ... and the markers' flags ``$rm``) zipped by ``unnest``."""
+    ``$f1``, ... and the markers' flags ``$rm``) zipped by ``unnest``.
+
+    The lists are not cast (``$f0::VARCHAR[]``): a cast of a list parameter costs about a
+    tenth of a millisecond a column, a third of the statement, while the INSERT casts each
+    value to its column's type anyway (and refuses one that does not fit, as the cast
+    would). A list of only NULLs (a column no record has) converts to ``NULL[]``.
+    """
     fields = _TABLE_FIELDS[view]
     col_list = ", ".join(c for c, _ in fields)
-    lists = ", ".join(f"unnest($f{n}::{_TYPES[c]}[])" for n, (c, _) in enumerate(fields))
+    lists = ", ".join(f"unnest($f{n})" for n in range(len(fields)))
     return f"""INSERT INTO @h@.{_LOG[view]}
                    (account, {col_list}, first_crawl, until_crawl, removed)
-               SELECT $a, {lists}, $c, NULL, unnest($rm::BOOLEAN[])"""
+               SELECT $a, {lists}, $c, NULL, unnest($rm)"""
 
 
 _APPEND: Final = {view: _append_sql(view) for view in _TABLE_FIELDS}

@@ -372,9 +372,12 @@ def test_diff_path_writes_the_same_history_as_the_full_comparison(tmp_path: Path
             if roll < 0.2:
                 del fleet[ident]
             else:
+                # Plans absent on some hours only: a column of NULLs in one commit.
                 fleet[ident] = inst(ident, status=rng.choice(("running", "stopped")),
-                                    cpu=rng.choice((2, 4)), tags=rng.choice(("{}", '{"a":1}')))
-        fleet[f"i-new-{hour}"] = inst(f"i-new-{hour}")
+                                    cpu=rng.choice((2, 4)), tags=rng.choice(("{}", '{"a":1}')),
+                                    plan=None if hour % 3 == 1 else "micro",
+                                    memory_gb=rng.choice((2.0, 0.5)))
+        fleet[f"i-new-{hour}"] = inst(f"i-new-{hour}", plan=None if hour % 3 == 1 else "micro")
         for ident in rng.sample(sorted(disks), k=5):
             old = disks[ident]
             disks[ident] = (old._replace(size_bytes=old.size_bytes + 1) if rng.random() < 0.7
