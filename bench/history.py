@@ -14,7 +14,7 @@ strings already know their hashes, so staging (which fingerprints every record) 
 less than with a crawler's records, fresh from JSON every time. ``--fresh-records``
 copies every record before each crawl (outside the timed region) to measure that case.
 
-    .venv/bin/python bench/history.py                   # the full year (about 3 minutes)
+    .venv/bin/python bench/history.py                   # the full year (about 2 minutes)
     .venv/bin/python bench/history.py --days 14         # a quick run
     .venv/bin/python bench/history.py --fresh-records   # records as a crawler makes them
 """
