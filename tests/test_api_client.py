@@ -14,6 +14,7 @@ from aioresponses import CallbackResult, aioresponses
 from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
+from nexus_audit.api.client import request_seconds
 from nexus_audit.config import AccountConfig, Secret
 from nexus_audit.errors import (
     AuthError,
@@ -267,6 +268,38 @@ async def test_put_object_sends_metadata_and_body(client: CloudNexusClient,
     assert json.loads(seen["headers"]["X-Object-Metadata"]) == {"kind": "report"}
     assert seen["headers"]["Content-Type"] == "application/json"
     assert client.stats.requests == {("PUT /objects", "200"): 1}
+
+
+def test_request_time_grows_with_the_body() -> None:
+    """No body: the request timeout alone; a body adds its transfer at the floor rate."""
+    assert request_seconds(30.0, 0) == 30.0
+    assert request_seconds(30.0, 16 * 2**20) == pytest.approx(30 + 16 * 2**20 / 125_000)
+
+
+async def test_a_large_body_gets_time_for_its_transfer(client: CloudNexusClient,
+                                                       mock: aioresponses) -> None:
+    """A GET is bound by the request timeout; a 16 MiB PUT also by its transfer at 1 Mbit/s,
+    so a slow link does not fail every part (and every retry of it)."""
+    seen: list[aiohttp.ClientTimeout] = []
+
+    def capture(url: Any, **kwargs: Any) -> CallbackResult:
+        seen.append(kwargs["timeout"])
+        return CallbackResult(payload={"etag": "abc", "content_hash": "sha256:x"})
+
+    mock.get(INSTANCES, callback=capture)
+    mock.put(f"{BASE}/objects/bk/big", callback=capture)
+    await client.get_json("/instances")
+    await client.put_object("bk", "big", bytes(16 * 2**20), {})
+    assert [t.total for t in seen] == [5.0, pytest.approx(5.0 + 16 * 2**20 / 125_000)]
+
+
+async def test_a_timed_out_upload_names_the_time_it_had(client: CloudNexusClient,
+                                                        mock: aioresponses) -> None:
+    """The error says how long the upload was given, not the bare request timeout."""
+    mock.put(f"{BASE}/objects/bk/big", exception=TimeoutError(), repeat=True)
+    with pytest.raises(TransportError) as info:
+        await client.put_object("bk", "big", bytes(1_000_000), {})
+    assert "no answer within 13s" in str(info.value)
 
 
 async def test_with_stats_counts_into_both(client: CloudNexusClient, mock: aioresponses) -> None:

@@ -47,6 +47,21 @@ log = get_logger(__name__)
 
 USER_AGENT: Final = "nexus-audit"
 _MESSAGE_LIMIT: Final = 300
+#: The slowest upload link we wait for (1 Mbit/s): a request with a body gets its transfer
+#: at this rate on top of the request timeout, so a 16 MiB part may take about 2 minutes
+#: more and a 100 MiB single PUT about 14 (aiohttp has no timeout on write progress, so a
+#: total bound stays, only scaled).
+UPLOAD_FLOOR_BYTES_PER_SECOND: Final = 125_000
+
+
+def request_seconds(timeout: float, body_size: int) -> float:
+    """The total time allowed for a request whose body is ``body_size`` bytes: ``timeout``
+    for the answer plus the body's transfer at :data:`UPLOAD_FLOOR_BYTES_PER_SECOND`.
+
+    One bound for every request would fail every large upload on a link slower than
+    ``body_size / timeout`` (16 MiB in 30 s needs 4.5 Mbit/s), at every retry.
+    """
+    return timeout + body_size / UPLOAD_FLOOR_BYTES_PER_SECOND
 
 
 @dataclass(slots=True)
@@ -248,6 +263,8 @@ class CloudNexusClient:
             "User-Agent": USER_AGENT,
             **(headers or {}),
         }
+        seconds = request_seconds(self.timeout, len(data) if data else 0)
+        timeout = self._timeout if not data else aiohttp.ClientTimeout(total=seconds)
         retries = 0
         limited = 0
         limited_wait = 0.0
@@ -258,7 +275,7 @@ class CloudNexusClient:
             try:
                 async with self.session.request(
                     method, url, params=params, data=data, headers=send_headers,
-                    timeout=self._timeout, allow_redirects=False,
+                    timeout=timeout, allow_redirects=False,
                 ) as response:
                     body = await response.read()
                     status = response.status
@@ -268,7 +285,7 @@ class CloudNexusClient:
                 self._count(endpoint, "error")
                 timed_out = isinstance(exc, TimeoutError)
                 reason = "timeout" if timed_out else "connection"
-                what = (f"no answer within {self.timeout:g}s" if timed_out
+                what = (f"no answer within {round(seconds, 1):g}s" if timed_out
                         else f"connection failed ({type(exc).__name__})")
                 failure = TransportError(f"CloudNexus unreachable: {what}", endpoint=endpoint)
             except BaseException:
