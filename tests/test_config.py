@@ -137,3 +137,23 @@ def test_bad_listen_addresses(text: str) -> None:
     """Malformed listen addresses are usage errors."""
     with pytest.raises(UsageError):
         validate_listen(text)
+
+
+def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
+    """The configuration file shown in the README is accepted as written (its secret files
+    moved into a temp dir), with every setting it names taking effect."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("A configuration file for several accounts:", 1)[1]
+    toml = example.split("```toml\n", 1)[1].split("```", 1)[0]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("cloudnexus-prod", "nexus-audit-token"):
+        (secrets / name).write_text(KEY + "\n", encoding="utf-8")
+    config = tmp_path / "nexus-audit.toml"
+    config.write_text(toml.replace("/run/secrets/", f"{secrets}/"), encoding="utf-8")
+    settings = load_settings({"NEXUS_AUDIT_CONFIG": str(config),
+                              "CLOUDNEXUS_STAGING_KEY": KEY})
+    assert [a.name for a in settings.accounts] == ["prod", "staging"]
+    assert [a.rate_budget for a in settings.accounts] == [250, 100]
+    assert settings.request_timeout == 30.0
+    assert settings.pricing_file == tmp_path / "prices.toml"
