@@ -174,7 +174,11 @@ async def _walk(walk: CursorWalk, collector: _Collector[Any],
     async for items in walk:
         if expect and progress is not None and walk.pages == 1:
             progress.expect(collector.kind, walk.first_total)
-        collector.add(items)
+        try:
+            collector.add(items)
+        except InvalidRecordError as exc:
+            exc.request_id = walk.request_id  # the answer the item came in, for support
+            raise
 
 
 async def _single_instance_walk(client: CloudNexusClient, collector: _Collector[Instance],
@@ -324,7 +328,8 @@ async def crawl_account(
         total_mismatch=mismatch,
         error=_one_line(failure) if failure is not None else None,
         error_code=_error_code(failure) if failure is not None else None,
-        request_id=failure.request_id if isinstance(failure, ApiError) else None,
+        request_id=(failure.request_id
+                    if isinstance(failure, (ApiError, InvalidRecordError)) else None),
         requests_by_endpoint=stats.by_endpoint(),
     )
     log.info(

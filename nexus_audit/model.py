@@ -24,6 +24,10 @@ INSTANCE_STATUSES: Final = ("running", "stopped", "pending")
 class InvalidRecordError(ValueError):
     """An API item that cannot be recorded faithfully (no id, a field of the wrong type)."""
 
+    #: The request id of the answer the item came in, to quote to CloudNexus support (set
+    #: by the crawler, which knows the answer; validation here sees only the item).
+    request_id: str | None = None
+
 
 class Instance(NamedTuple):
     """One compute instance as one crawl saw it."""

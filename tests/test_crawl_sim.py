@@ -174,7 +174,8 @@ async def test_region_fan_out_falls_back_on_a_new_region(
 
 async def test_invalid_record_fails_the_crawl(make_simulator: MakeSimulator,
                                               session: aiohttp.ClientSession) -> None:
-    """An item without an id fails the crawl, whatever else arrived."""
+    """An item without an id fails the crawl, whatever else arrived, quoting the request id
+    of the very answer it came in (the second page)."""
     sim = await make_simulator(instances=300)
     sim.faults.script("missing_id", path="/v2/instances", after=1)
     client = client_for(sim, session)
@@ -182,6 +183,9 @@ async def test_invalid_record_fails_the_crawl(make_simulator: MakeSimulator,
     assert summary.status == "failed"
     assert summary.error_code == "INVALID_RECORD"
     assert client.stats.invalid_records == {"instances": 1}
+    pages = sim.request_log.records(path="/v2/instances")
+    assert len(pages) == 2
+    assert summary.request_id == pages[1].request_id
 
 
 async def test_revoked_key_fails_with_the_api_message(make_simulator: MakeSimulator,

@@ -223,14 +223,15 @@ FATAL = [
                  id="resets-past-retries"),
     pytest.param(Fatal("truncated_json", "/v2/instances", "TRANSPORT", ("not JSON",),
                        persistent=True, status=200), id="truncated-past-retries"),
+    # A bad page or item came in a 200 answer: its request id is quoted.
     pytest.param(Fatal("no_pagination", "/v2/instances", "PROTOCOL", ("pagination",),
-                       persistent=True), id="no-pagination-twice"),
+                       persistent=True, status=200), id="no-pagination-twice"),
     pytest.param(Fatal("missing_id", "/v2/instances", "INVALID_RECORD", ("without a valid 'id'",),
-                       invalid_kind="instances"), id="item-without-id"),
+                       status=200, invalid_kind="instances"), id="item-without-id"),
     pytest.param(Fatal("wrong_types", "/v2/instances", "INVALID_RECORD", ("'cpu'",),
-                       invalid_kind="instances"), id="instance-wrong-types"),
+                       status=200, invalid_kind="instances"), id="instance-wrong-types"),
     pytest.param(Fatal("wrong_types", "/v2/buckets", "INVALID_RECORD", ("'size_bytes'",),
-                       invalid_kind="buckets"), id="bucket-wrong-types"),
+                       status=200, invalid_kind="buckets"), id="bucket-wrong-types"),
 ]
 
 

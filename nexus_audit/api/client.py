@@ -192,7 +192,11 @@ class CloudNexusClient:
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         """``GET`` ``path`` (like ``/instances``) and return the JSON object it answers."""
-        return (await self.send("GET", path, f"GET {path}", params=params)).payload
+        return (await self.get(path, params)).payload
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Reply:
+        """``GET`` ``path``: the JSON object it answers, with the response headers."""
+        return await self.send("GET", path, f"GET {path}", params=params)
 
     async def put_object(
         self,

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from nexus_audit.api.client import Reply
 from nexus_audit.errors import CrawlError, ProtocolError
 
 PAGE_LIMIT: Final = 100
@@ -30,8 +31,8 @@ class RepeatedCursorError(CrawlError):
 class JsonGetter(Protocol):
     """What a walk needs from the client."""
 
-    async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """GET a JSON object."""
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Reply:
+        """GET a JSON object, with the response headers."""
 
     def count_retry(self, endpoint: str, reason: str) -> None:
         """Count a retry."""
@@ -39,37 +40,44 @@ class JsonGetter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page: its raw items, the next cursor (None at the end), the reported total."""
+    """One page: its raw items, the next cursor (None at the end), the reported total, and
+    the answer's request id (``X-Request-Id``, if it had one)."""
 
     items: list[Any]
     next_cursor: str | None
     total: int | None
+    request_id: str | None = None
 
 
-def parse_page(payload: Mapping[str, Any], list_key: str, *, paginated: bool) -> Page:
+def parse_page(payload: Mapping[str, Any], list_key: str, *, paginated: bool,
+               request_id: str | None = None) -> Page:
     """Check one page's shape and take it apart; :class:`ProtocolError` if it is wrong.
 
     ``paginated`` says the endpoint must carry ``pagination`` (``/instances``); without
-    it (``/buckets``), a page without ``pagination`` is the whole list.
+    it (``/buckets``), a page without ``pagination`` is the whole list. ``request_id``
+    goes into the page, or into the error.
     """
+    def wrong(message: str) -> ProtocolError:
+        return ProtocolError(message, request_id=request_id)
+
     items = payload.get(list_key)
     if not isinstance(items, list):
         found = "missing" if items is None else f"a {type(items).__name__}"
-        raise ProtocolError(f"page without a '{list_key}' list ({found})")
+        raise wrong(f"page without a '{list_key}' list ({found})")
     pagination = payload.get("pagination")
     if pagination is None:
         if paginated:
-            raise ProtocolError(f"'{list_key}' page without 'pagination'")
-        return Page(items, None, None)
+            raise wrong(f"'{list_key}' page without 'pagination'")
+        return Page(items, None, None, request_id)
     if not isinstance(pagination, dict):
-        raise ProtocolError("'pagination' is not an object")
+        raise wrong("'pagination' is not an object")
     cursor = pagination.get("next_cursor")
     if cursor is not None and (not isinstance(cursor, str) or not cursor):
-        raise ProtocolError(f"'next_cursor' must be a non-empty string or null, got {cursor!r}")
+        raise wrong(f"'next_cursor' must be a non-empty string or null, got {cursor!r}")
     total = pagination.get("total")
     if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
-        raise ProtocolError(f"'pagination.total' must be a non-negative integer, got {total!r}")
-    return Page(items, cursor, total)
+        raise wrong(f"'pagination.total' must be a non-negative integer, got {total!r}")
+    return Page(items, cursor, total, request_id)
 
 
 class CursorWalk:
@@ -99,6 +107,8 @@ class CursorWalk:
         self.last_total: int | None = None
         self.pages = 0
         self.items = 0
+        #: The request id of the last page's answer (``X-Request-Id``), if it had one.
+        self.request_id: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -114,17 +124,21 @@ class CursorWalk:
         query = {**self.params, "limit": str(self.limit)}
         if cursor is not None:
             query["cursor"] = cursor
-        payload = await self.client.get_json(self.path, query)
+        reply = await self.client.get(self.path, query)
         try:
-            return parse_page(payload, self.list_key, paginated=self.paginated)
+            return self._parse(reply)
         except ProtocolError:
             self.client.count_retry(self.endpoint, "protocol")
-        payload = await self.client.get_json(self.path, query)
+        reply = await self.client.get(self.path, query)
         try:
-            return parse_page(payload, self.list_key, paginated=self.paginated)
+            return self._parse(reply)
         except ProtocolError as exc:
-            raise ProtocolError(f"CloudNexus sent a malformed page twice: {exc}",
-                                endpoint=self.endpoint) from None
+            raise ProtocolError(f"CloudNexus sent a malformed page twice: {exc.message}",
+                                endpoint=self.endpoint, request_id=exc.request_id) from None
+
+    def _parse(self, reply: Reply) -> Page:
+        return parse_page(reply.payload, self.list_key, paginated=self.paginated,
+                          request_id=reply.headers.get("X-Request-Id"))
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         seen: set[str] = set()
@@ -133,6 +147,7 @@ class CursorWalk:
             page = await self.fetch_page(cursor)
             self.pages += 1
             self.items += len(page.items)
+            self.request_id = page.request_id
             if self.pages == 1:
                 self.first_total = page.total
             self.last_total = page.total
