@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.errors import ConfigError
 from nexus_audit.metrics import FindingsCollector, Snapshot, SnapshotHolder
 from nexus_audit.policy import Policy, parse_policy
+from nexus_audit.pricing import load_pricing
 from nexus_audit.render import CSV_COLUMNS, CSV_FINDING_COLUMNS, render
 from nexus_audit.report import Report
 from nexus_audit.server import ReportQuery
@@ -157,3 +159,41 @@ def test_serve_gauges_and_report_carry_current_findings(tmp_path: Path) -> None:
         "nexus_findings", {"account": "acme", "rule": "instance.region",
                            "severity": "medium", "status": "open"}) is None
     assert "findings" not in plain.reports.report(ReportQuery(window=Window(T0, now)))
+
+
+def test_reload_takes_new_prices_and_a_broken_file_keeps_them(tmp_path: Path) -> None:
+    """Service.reload (SIGHUP) re-reads the price list: the run-rate and nexus_pricing_info
+    follow it at once, and so does the report; a file that no longer loads changes nothing
+    and says so."""
+    store = Store(tmp_path / "serve.duckdb")
+    store.migrate()
+    crawl(store, T0, account="acme", instances=[inst("i-1", plan="micro")], buckets=[])
+    shipped = resources.files("nexus_audit").joinpath("data/pricing.toml").read_text()
+    prices = tmp_path / "prices.toml"
+    prices.write_text(shipped.replace('name = "example-list-prices"', 'name = "ours"'),
+                      encoding="utf-8")
+    settings = Settings(accounts=(AccountConfig(name="acme", api_key=Secret("nx_test_k")),),
+                        db_path=store.path, pricing_file=prices)
+    svc = Service(settings, store, load_pricing(prices), clock=FakeClock(T0 + H), grace=0.0)
+    svc.rebuild_snapshot()
+    reg = svc.exporter.registry
+
+    def compute() -> float | None:
+        return reg.get_sample_value("nexus_cost_hourly", {"account": "acme",
+                                                          "region": "eu-1", "kind": "compute"})
+
+    assert compute() == pytest.approx(0.015)
+    prices.write_text(shipped.replace('name = "example-list-prices"', 'name = "ours-v2"')
+                      .replace("hourly = 0.015", "hourly = 0.02"), encoding="utf-8")
+    assert svc.reload()
+    assert compute() == pytest.approx(0.02)
+    (info,) = [s for m in reg.collect() if m.name == "nexus_pricing_info" for s in m.samples]
+    assert info.labels["name"] == "ours-v2"
+    report = svc.reports.report(ReportQuery(window=Window(T0, T0 + H)))
+    assert report["pricing"]["name"] == "ours-v2"
+
+    prices.write_text("name = \n", encoding="utf-8")
+    assert not svc.reload()
+    assert compute() == pytest.approx(0.02)
+    report = svc.reports.report(ReportQuery(window=Window(T0, T0 + H)))
+    assert report["pricing"]["name"] == "ours-v2"

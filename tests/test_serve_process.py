@@ -166,6 +166,43 @@ def test_sigterm_lets_a_crawl_in_progress_finish_within_the_grace(
     assert instance_rows[-1][2] == "succeeded"
 
 
+def test_sighup_reloads_the_policy_and_a_broken_file_keeps_it(
+        serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
+    """SIGHUP re-reads the policy: findings follow the new file at once in /metrics and
+    /report; a file that no longer loads keeps the policy in force, says why, and serve
+    goes on."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[baseline]\nallowed_regions = ["eu-west-1"]\n', encoding="utf-8")
+    serve = start_serve(serve_sim, env={"NEXUS_AUDIT_POLICY": str(policy)})
+    serve.wait_ready()
+    outside = total(serve, "nexus_findings", rule="instance.region")
+    assert outside > 0  # the simulator spreads the fleet over eight regions
+
+    # A tag no simulated instance has: every instance breaks the new rule.
+    policy.write_text('[baseline]\nrequired_tags = ["nexus-test-owner"]\n', encoding="utf-8")
+    serve.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: serve.events_named("serve.reloaded") or None, timeout=CHANGE_TIMEOUT,
+               what="serve.reloaded")
+    # The reload rebuilt the snapshot before it logged: the region rule is off (no series),
+    # the tag rule on.
+    rules = {labels["rule"] for labels, _ in samples(serve)["nexus_findings"]}
+    assert "instance.region" not in rules
+    assert total(serve, "nexus_findings", rule="instance.required_tags") == 120
+    _, report = serve.get_json("/report?since=1h")
+    assert {f["rule"] for f in report["findings"]} <= {"instance.required_tags",
+                                                      "bucket.public",
+                                                      "bucket.public_too_large"}
+
+    policy.write_text("[baseline\n", encoding="utf-8")
+    serve.proc.send_signal(signal.SIGHUP)
+    (failed,) = wait_until(lambda: serve.events_named("serve.reload_failed") or None,
+                           timeout=CHANGE_TIMEOUT, what="serve.reload_failed")
+    assert str(policy) in failed["error"]
+    assert total(serve, "nexus_findings", rule="instance.required_tags") == 120
+    assert len(serve.events_named("serve.reloaded")) == 1
+    assert serve.stop() == 0
+
+
 def test_bearer_and_basic_auth_guard_everything_but_healthz(
         serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
     """With a token and basic auth configured, either works; nothing else does; /healthz is open."""

@@ -16,6 +16,8 @@ stale candidates of the last instance crawl at the current time, so the values e
 full rebuild's. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
 period (``NEXUS_AUDIT_SHUTDOWN_GRACE``, default 10s) to finish and commit, else it is
 cancelled and nothing of it is committed; then the web server stops and the exit code is 0.
+SIGHUP: the pricing and policy files are read again and the snapshot rebuilt in full with
+them; a file that no longer loads keeps the ones in force (and says why in the log).
 """
 
 from __future__ import annotations
@@ -135,9 +137,13 @@ class StoreReports:
                  policy: Policy | None = None) -> None:
         self._store = store
         self._settings = settings
-        self._pricing = pricing
         self._clock = clock
-        self._policy = policy
+        self._judged = (pricing, policy)
+
+    def use(self, pricing: Pricing, policy: Policy | None) -> None:
+        """Judge later reports by ``pricing`` and ``policy`` (swapped as one, for a report
+        running in another thread)."""
+        self._judged = (pricing, policy)
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -147,6 +153,7 @@ class StoreReports:
     def report(self, query: ReportQuery) -> Mapping[str, Any]:
         """The report JSON for ``query``."""
         s = self._settings
+        pricing, policy = self._judged
         report = build_report(
             self._store,
             query.window,
@@ -155,9 +162,9 @@ class StoreReports:
             pending_stale_after=s.pending_stale_after,
             max_gap_instances=s.max_gap or 2 * s.interval,
             max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
-            pricing=self._pricing,
+            pricing=pricing,
             now=self._clock.now(),
-            policy=self._policy,
+            policy=policy,
         )
         data: Mapping[str, Any] = report.to_json_dict()
         return data
@@ -346,6 +353,29 @@ class Service:
             found = ()
         return current_counts(found, policy, accounts)
 
+    def reload(self) -> bool:
+        """Read the pricing and policy files again and rebuild the snapshot in full with
+        them (blocking; SIGHUP). If either does not load, both in force stay; False."""
+        try:
+            pricing = load_pricing(self.settings.pricing_file)
+            policy = load_configured(self.settings.policy_file)
+        except ConfigError as exc:
+            log.error("serve.reload_failed", error=str(exc),
+                      hint="the pricing and policy in force stay; fix the file and send "
+                           "SIGHUP again")
+            return False
+        with self._rebuild_lock:
+            self.pricing, self.policy = pricing, policy
+            self.reports.use(pricing, policy)
+            # Nothing of the previous snapshot is reused: its findings and costs were
+            # judged by what was in force before.
+            self._last = None
+        self.rebuild_snapshot()
+        log.info("serve.reloaded", pricing=pricing.name, pricing_digest=pricing.digest,
+                 policy=None if self.settings.policy_file is None
+                 else str(self.settings.policy_file))
+        return True
+
     async def refresh(self, *, kinds: Collection[Kind] = KINDS) -> None:
         """Rebuild the snapshot (``kinds`` changed) in a worker thread; a store failure
         keeps the old one."""
@@ -386,6 +416,14 @@ class Service:
                                  "NEXUS_RATE_BUDGET or the bucket interval")
         await self.refresh(kinds=summary.kinds)
 
+    async def _reload(self) -> None:
+        """:meth:`reload` in a worker thread; a store failure keeps the old snapshot."""
+        try:
+            await asyncio.to_thread(self.reload)
+        except StoreError as exc:
+            log.error("metrics.refresh_failed", error=str(exc),
+                      hint="the metrics keep showing the previous state")
+
     def readiness(self) -> Readiness:
         """/readyz: every account crawled each kind within twice its interval."""
         return judge_readiness(self.holder.current.last_success, self.names, self.intervals,
@@ -421,8 +459,16 @@ class Service:
             received.append(sig.name)
             stopping.set()
 
+        reloading: set[asyncio.Task[None]] = set()  # referenced until done
+
+        def on_hangup() -> None:
+            task = asyncio.ensure_future(self._reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         host, port = validate_listen(self.settings.web.listen, "listen")
         connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -453,7 +499,7 @@ class Service:
                              grace_seconds=self.grace)
             finally:
                 await runner.cleanup()
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
         log.info("serve.stopped")
         return 0
