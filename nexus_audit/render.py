@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 from nexus_audit import __version__
@@ -64,6 +65,12 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{n} B"
+
+
+def _since(moment: datetime, at_least: bool) -> str:
+    """A start time, marked ``≤`` when the first crawl already saw the state (it may be
+    older)."""
+    return ("≤ " if at_least else "") + (isoformat(moment) or "")
 
 
 def _value(value: Any) -> str:
@@ -151,18 +158,22 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
                   for x in report.drift], max_rows) if report.drift else ["  no drift"]
     out += _section("Public buckets and exposures")
     out += _grid(["bucket", "access", "region", "size", "public since"],
-                 [[b.id, b.access, b.region, _size(b.size_bytes), isoformat(b.public_since) or ""]
+                 [[b.id, b.access, b.region, _size(b.size_bytes),
+                   _since(b.public_since, b.at_least)]
                   for b in report.public_buckets], max_rows) if report.public_buckets else [
         "  no bucket is exposed now"]
     out.append("")
     out += _grid(["bucket", "access", "start", "end"],
-                 [[e.id, e.access, isoformat(e.start) or "", isoformat(e.end) or "ongoing"]
+                 [[e.id, e.access, _since(e.start, e.at_least), isoformat(e.end) or "ongoing"]
                   for e in report.exposures], max_rows) if report.exposures else [
         "  no exposure in the window"]
+    if any(b.at_least for b in report.public_buckets) or any(
+            e.at_least for e in report.exposures):
+        out.append("  ≤: exposed since at least then (the first crawl saw it so)")
     out += _section("Stale instances")
     out += _grid(["instance", "name", "status", "region", "since", "per hour"],
                  [[s.id, s.name, s.status, s.region,
-                   ("≤ " if s.at_least else "") + (isoformat(s.stale_since) or ""),
+                   _since(s.stale_since, s.at_least),
                    _money(s.hourly_cost)] for s in report.stale_instances],
                  max_rows) if report.stale_instances else ["  no stale instance"]
     if any(s.at_least for s in report.stale_instances):
@@ -248,14 +259,17 @@ def render_markdown(report: Report) -> str:
                      [[isoformat(x.observed_at), x.account, x.kind, x.id, x.change, x.field,
                        x.old, x.new] for x in report.drift]) if report.drift else ["No drift."]
     out += ["", "## Public buckets", ""]
-    out += _md_table(["account", "bucket", "access", "region", "size bytes", "public since"],
+    out += _md_table(["account", "bucket", "access", "region", "size bytes", "public since",
+                      "at least"],
                      [[b.account, b.id, b.access, b.region, b.size_bytes,
-                       isoformat(b.public_since)] for b in report.public_buckets]
+                       isoformat(b.public_since), "yes" if b.at_least else "no"]
+                      for b in report.public_buckets]
                      ) if report.public_buckets else ["No bucket is exposed now."]
     out += ["", "## Exposures in the window", ""]
-    out += _md_table(["account", "bucket", "access", "start", "end"],
+    out += _md_table(["account", "bucket", "access", "start", "at least", "end"],
                      [[e.account, e.id, e.access, isoformat(e.start),
-                       isoformat(e.end) or "ongoing"] for e in report.exposures]
+                       "yes" if e.at_least else "no", isoformat(e.end) or "ongoing"]
+                      for e in report.exposures]
                      ) if report.exposures else ["No exposure in the window."]
     out += ["", "## Stale instances", ""]
     out += _md_table(["account", "instance", "name", "status", "region", "stale since",
@@ -329,10 +343,10 @@ def render_csv(report: Report) -> str:
     for b in d["public_buckets"]:
         row("public_bucket", account=b["account"], kind="bucket", id=b["id"],
             region=b["region"], access=b["access"], start=b["public_since"],
-            metric="size_bytes", value=b["size_bytes"])
+            at_least=str(b["at_least"]).lower(), metric="size_bytes", value=b["size_bytes"])
     for e in d["exposures"]:
         row("exposure", account=e["account"], kind="bucket", id=e["id"], access=e["access"],
-            start=e["start"], end=e["end"])
+            start=e["start"], end=e["end"], at_least=str(e["at_least"]).lower())
     for s in d["stale_instances"]:
         row("stale_instance", account=s["account"], kind="instance", id=s["id"],
             name=s["name"], status=s["status"], region=s["region"], start=s["stale_since"],

@@ -142,6 +142,8 @@ class PublicBucket:
     size_bytes: int
     public_since: datetime
     account: str
+    #: The exposure began at the account's first bucket crawl: it may be older.
+    at_least: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ class Exposure:
     start: datetime
     end: datetime | None
     account: str
+    #: ``start`` is the account's first bucket crawl: the exposure may have begun earlier.
+    at_least: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +230,11 @@ class Report:
             "public_buckets": [{"id": b.id, "region": b.region, "access": b.access,
                                 "size_bytes": b.size_bytes,
                                 "public_since": isoformat(b.public_since),
+                                "at_least": b.at_least,
                                 "account": b.account} for b in self.public_buckets],
             "exposures": [{"id": e.id, "access": e.access, "start": isoformat(e.start),
-                           "end": isoformat(e.end), "account": e.account}
+                           "end": isoformat(e.end), "at_least": e.at_least,
+                           "account": e.account}
                           for e in self.exposures],
             "stale_instances": [{"id": s.id, "name": s.name, "status": s.status,
                                  "region": s.region, "stale_since": isoformat(s.stale_since),
@@ -381,13 +387,13 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
         for k, a, i, c, f, o, n, t in _run(con, "drift", values))
     public = tuple(
         PublicBucket(id=i, region=r, access=acc, size_bytes=int(s), public_since=_utc(since),
-                     account=a)
-        for a, i, r, acc, s, since in _run(con, "public_buckets", values))
+                     account=a, at_least=bool(al))
+        for a, i, r, acc, s, since, al in _run(con, "public_buckets", values))
     exposures = tuple(
         Exposure(id=i, access=acc, start=_utc(s), end=_utc(e) if e is not None else None,
-                 account=a)
-        for a, i, acc, s, e in con.execute(
-            'SELECT account, id, access, start, "end" FROM exposures '
+                 account=a, at_least=bool(al))
+        for a, i, acc, s, e, al in con.execute(
+            'SELECT account, id, access, start, "end", at_least FROM exposures '
             "WHERE start < $until ORDER BY start, account, id",
             {"until": window.until}).fetchall())
     stale = tuple(

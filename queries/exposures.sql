@@ -1,12 +1,15 @@
 -- Exposure windows of buckets overlapping the window: a run of consecutive versions whose
 -- access is anything but 'private' (fail closed: unknown values and NULL are exposed).
 -- start = the crawl that first saw the run; end = the crawl that saw it private or gone,
--- NULL while still exposed at the window's end. Needs the temp table obs.
+-- NULL while still exposed at the window's end; at_least when the start is the account's
+-- first successful bucket crawl (the exposure may have begun earlier). Needs the temp
+-- table obs.
 -- Parameters: $since TIMESTAMPTZ.
 WITH bobs AS (
-    SELECT account, crawl_id, t FROM obs WHERE kind = 'buckets'
+    SELECT account, crawl_id, t, prev_crawl IS NULL AS is_first
+    FROM obs WHERE kind = 'buckets'
 ), versions AS (
-    SELECT v.account, v.id, v.access, v.first_crawl, f.t AS start_t,
+    SELECT v.account, v.id, v.access, v.first_crawl, f.t AS start_t, f.is_first,
            CASE WHEN u.crawl_id IS NULL THEN NULL ELSE v.until_crawl END AS until_crawl,
            u.t AS end_t,
            coalesce(lower(trim(v.access)) <> 'private', TRUE) AS exposed
@@ -27,7 +30,8 @@ WITH bobs AS (
 SELECT account, id,
        arg_max(access, first_crawl) AS access,
        min(start_t) AS start,
-       CASE WHEN bool_or(until_crawl IS NULL) THEN NULL ELSE max(end_t) END AS "end"
+       CASE WHEN bool_or(until_crawl IS NULL) THEN NULL ELSE max(end_t) END AS "end",
+       arg_min(is_first, first_crawl) AS at_least
 FROM runs
 WHERE exposed
 GROUP BY account, id, run

@@ -142,7 +142,9 @@ def test_exposures_public_buckets_and_storage(store: Store) -> None:
 
     Bucket crawls at 0h..3h, window [1.5h, 4h), max_gap 2h (the 3h crawl holds to 4h).
     b-1 (1 GB): private, public, public-read, private → one exposure [1h, 3h).
-    b-2 (2 GB): 'authenticated-read', never seen before → exposed since 0h, ongoing.
+    b-2 (2 GB): 'authenticated-read', never seen before → exposed since 0h, ongoing; 0h
+    is the first bucket crawl, so since at least then (at_least). b-1's began at the
+    second crawl: not at_least.
     b-3: public at 0h only, private from 1h → its exposure ended before the window.
     Storage in the window: 2.5h x (1 + 2 + 0) GB x 1.00 = 7.50.
     """
@@ -156,13 +158,14 @@ def test_exposures_public_buckets_and_storage(store: Store) -> None:
     d = report(store, T0 + 90 * timedelta(minutes=1), T0 + 4 * H).to_json_dict()
     assert d["exposures"] == [
         {"id": "b-2", "access": "authenticated-read", "start": "2026-03-01T00:00:00Z",
-         "end": None, "account": "acme"},
+         "end": None, "at_least": True, "account": "acme"},
         {"id": "b-1", "access": "public-read", "start": "2026-03-01T01:00:00Z",
-         "end": "2026-03-01T03:00:00Z", "account": "acme"},
+         "end": "2026-03-01T03:00:00Z", "at_least": False, "account": "acme"},
     ]
     assert d["public_buckets"] == [
         {"id": "b-2", "region": "us-1", "access": "authenticated-read",
-         "size_bytes": 2 * 10**9, "public_since": "2026-03-01T00:00:00Z", "account": "acme"}]
+         "size_bytes": 2 * 10**9, "public_since": "2026-03-01T00:00:00Z", "at_least": True,
+         "account": "acme"}]
     assert d["cost"]["accrued"]["storage"] == 7.5
     assert d["cost"]["accrued"]["by_region"] == {"eu-1": 2.5, "us-1": 5.0}
     assert d["cost"]["run_rate_hourly"]["storage"] == 3.0

@@ -70,6 +70,26 @@ def test_csv_has_a_section_column_and_every_row(rich: Report) -> None:
     assert {r["id"] for r in exposures} == {"b-odd", "b-site"}
 
 
+def test_every_format_marks_an_exposure_the_first_crawl_saw(rich: Report) -> None:
+    """b-odd was public at the first crawl (since at least then); b-site's exposure began
+    later. The table marks the start with ≤ and explains it; markdown and CSV say it."""
+    by_id = {e.id: e for e in rich.exposures}
+    assert by_id["b-odd"].at_least
+    assert not by_id["b-site"].at_least
+    odd_start = by_id["b-odd"].start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    table = render(rich, "table")
+    assert f"≤ {odd_start}" in table
+    assert "≤: exposed since at least then" in table
+    markdown = render(rich, "markdown")
+    odd_rows = [line for line in markdown.splitlines() if "| b-odd |" in line]
+    assert odd_rows
+    assert all("| yes |" in line for line in odd_rows)
+    assert any("| b-site |" in line and "| no |" in line for line in markdown.splitlines())
+    rows = list(csv.DictReader(io.StringIO(render(rich, "csv"))))
+    assert {(r["id"], r["at_least"]) for r in rows if r["section"] == "exposure"} == {
+        ("b-odd", "true"), ("b-site", "false")}
+
+
 def test_unknown_format_is_usage_error(rich: Report) -> None:
     """An unknown format is a usage error naming the choices."""
     with pytest.raises(UsageError, match="table, json, markdown, csv"):
