@@ -681,15 +681,26 @@ class _Tail:
     end: dict[Kind, datetime | None]
 
 
-#: Opens the commit's transaction too: parameters bind to a script's last statement, and
-#: one call saves a round trip on every commit.
-_BEGIN_AND_INSERT_CRAWL: Final = """
-    BEGIN TRANSACTION;
+_INSERT_CRAWL: Final = """
     INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
         instances, buckets, requests, retries, total_mismatch, error, error_code, request_id,
         requests_by_endpoint)
     VALUES ($c, $account, $kinds, $started_at, $finished_at, $status, $instances, $buckets,
         $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe)"""
+
+
+def _parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:
+    """``sql`` (one statement, on this attachment's alias) parsed once per hold of the file.
+
+    A parsed statement runs about 0.2 ms faster than its text, three or four times a
+    commit; the alias changes with each attach, and the memo with it.
+    """
+    key = ("parsed", sql)
+    statement: duckdb.Statement | None = commit.memo.get(key)
+    if statement is None:
+        (statement,) = commit.cursor.extract_statements(sql)
+        commit.memo[key] = statement
+    return statement
 
 
 def _check_aware(moment: datetime, what: str) -> None:
@@ -848,7 +859,8 @@ class Store:
         try:
             self._open(read_only=False)
             with duckfile.committing(self.path, timeout=self.lock_timeout, clock=self.clock,
-                                     settle=_compact) as (cursor, alias, memo):
+                                     settle=_compact) as commit:
+                cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
                 self._check_order(summary, tail, history=staged is not None)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
@@ -864,10 +876,10 @@ class Store:
                                 raise
                             staged.table(kind)
                 try:
-                    self._begin_with_crawl(cursor, alias, summary, kinds, crawl_id)
+                    self._begin_with_crawl(commit, summary, kinds, crawl_id)
                     if staged is not None:
                         for kind in kinds:
-                            self._advance(cursor, alias, staged, kind, crawl_id, diff=diff[kind])
+                            self._advance(commit, staged, kind, crawl_id, diff=diff[kind])
                     cursor.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
@@ -935,10 +947,11 @@ class Store:
                 "crawls of one account and kind must be committed in order")
 
     @staticmethod
-    def _begin_with_crawl(cursor: duckdb.DuckDBPyConnection, h: str, summary: CrawlSummary,
+    def _begin_with_crawl(commit: duckfile.Commit, summary: CrawlSummary,
                           kinds: list[Kind], crawl_id: int) -> None:
         """Open the commit's transaction and insert the crawl's row."""
-        cursor.execute(_BEGIN_AND_INSERT_CRAWL.replace("@h@", h), {
+        commit.cursor.execute("BEGIN TRANSACTION")
+        commit.cursor.execute(_parsed(commit, _INSERT_CRAWL.replace("@h@", commit.alias)), {
             "c": crawl_id, "account": summary.account, "kinds": kinds,
             "started_at": summary.started_at, "finished_at": summary.finished_at,
             "status": summary.status, "instances": summary.instances,
@@ -951,16 +964,17 @@ class Store:
         })
 
     @staticmethod
-    def _advance(cursor: duckdb.DuckDBPyConnection, h: str, staged: StagedCrawl, kind: Kind,
-                 crawl_id: int, *, diff: bool) -> None:
+    def _advance(commit: duckfile.Commit, staged: StagedCrawl, kind: Kind, crawl_id: int, *,
+                 diff: bool) -> None:
         """Apply one kind of a successful crawl: from the differences, or set-based in full."""
+        cursor, h = commit.cursor, commit.alias
         params: dict[str, object] = {"a": staged.account, "c": crawl_id}
         base = staged.base(kind)
         if diff and base is not None:
             plan = _diff_plan(kind, base.keys, staged.changed(kind), staged.removed(kind))
             for view, (records, removed) in plan.items():
                 if records or removed:
-                    cursor.execute(_APPEND[view].replace("@h@", h),
+                    cursor.execute(_parsed(commit, _APPEND[view].replace("@h@", h)),
                                    {**params, **_append_params(view, records, removed)})
             return
         new = staged.table(kind)
