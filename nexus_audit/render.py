@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -86,14 +86,16 @@ def _cut(text: str, width: int) -> str:
 
 
 def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int,
-          width: int = WIDTH) -> list[str]:
-    """A plain-text table that fits ``width``: the widest columns shrink first."""
+          width: int = WIDTH, *, keep: Collection[int] = ()) -> list[str]:
+    """A plain-text table that fits ``width``: the widest columns shrink first, except the
+    columns in ``keep`` (times: a cut time reads as another time)."""
     shown = list(rows[:max_rows])
     cols = len(headers)
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
+    shrinkable = [i for i in range(cols) if i not in keep] or list(range(cols))
     while sum(widths) > budget:
-        widest = max(range(cols), key=lambda i: widths[i])
+        widest = max(shrinkable, key=lambda i: widths[i])
         if widths[widest] <= 4:
             break
         widths[widest] -= 1
@@ -134,7 +136,7 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     if cov.gaps:
         out += _grid(["account", "kind", "start", "end"],
                      [[g.account, g.kind, isoformat(g.start) or "", isoformat(g.end) or ""]
-                      for g in cov.gaps], max_rows)
+                      for g in cov.gaps], max_rows, keep=(2, 3))
     inv = report.inventory
     out += _section("Inventory")
     out += _pairs([
@@ -155,17 +157,19 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     out += _grid(["observed", "kind", "id", "change", "field", "old → new"],
                  [[isoformat(x.observed_at) or "", x.kind, x.id, x.change, x.field or "",
                    "" if x.change != "changed" else f"{_value(x.old)} → {_value(x.new)}"]
-                  for x in report.drift], max_rows) if report.drift else ["  no drift"]
+                  for x in report.drift], max_rows, keep=(0,)) if report.drift else [
+        "  no drift"]
     out += _section("Public buckets and exposures")
     out += _grid(["bucket", "access", "region", "size", "public since"],
                  [[b.id, b.access, b.region, _size(b.size_bytes),
                    _since(b.public_since, b.at_least)]
-                  for b in report.public_buckets], max_rows) if report.public_buckets else [
+                  for b in report.public_buckets], max_rows, keep=(4,)
+                 ) if report.public_buckets else [
         "  no bucket is exposed now"]
     out.append("")
     out += _grid(["bucket", "access", "start", "end"],
                  [[e.id, e.access, _since(e.start, e.at_least), isoformat(e.end) or "ongoing"]
-                  for e in report.exposures], max_rows) if report.exposures else [
+                  for e in report.exposures], max_rows, keep=(2, 3)) if report.exposures else [
         "  no exposure in the window"]
     if any(b.at_least for b in report.public_buckets) or any(
             e.at_least for e in report.exposures):
@@ -175,7 +179,7 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
                  [[s.id, s.name, s.status, s.region,
                    _since(s.stale_since, s.at_least),
                    _money(s.hourly_cost)] for s in report.stale_instances],
-                 max_rows) if report.stale_instances else ["  no stale instance"]
+                 max_rows, keep=(4,)) if report.stale_instances else ["  no stale instance"]
     if any(s.at_least for s in report.stale_instances):
         out.append("  ≤: not running since at least then (the first crawl saw it so)")
     if report.findings is not None:
@@ -201,7 +205,7 @@ def _table_findings(report: Report, max_rows: int) -> list[str]:
                  [[f.severity, f.status, f.rule, f.resource,
                    f"{f.first_seen:%m-%d %H:%M} → {f.last_seen:%m-%d %H:%M}"
                    + (" *" if f.current else "")]
-                  for f in ranked], max_rows)
+                  for f in ranked], max_rows, keep=(4,))
     out.append("  *: still seen at the window's end")
     return out
 

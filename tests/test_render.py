@@ -13,7 +13,7 @@ import pytest
 
 from nexus_audit.errors import UsageError
 from nexus_audit.render import CSV_COLUMNS, render
-from nexus_audit.report import Drift, Report
+from nexus_audit.report import Drift, Exposure, PublicBucket, Report
 from nexus_audit.store import Store
 from tests.test_queries import T0
 from tests.test_report import build, rich_history
@@ -88,6 +88,27 @@ def test_every_format_marks_an_exposure_the_first_crawl_saw(rich: Report) -> Non
     rows = list(csv.DictReader(io.StringIO(render(rich, "csv"))))
     assert {(r["id"], r["at_least"]) for r in rows if r["section"] == "exposure"} == {
         ("b-odd", "true"), ("b-site", "false")}
+
+
+def test_table_cuts_ids_before_times(rich: Report) -> None:
+    """When a table must shrink to 80 columns, long ids are cut, times never: a cut time
+    would read as another time."""
+    long_id = "bk_staging-uploads-with-a-long-name-01"
+    since = T0 + timedelta(minutes=7, seconds=34)
+    report = replace(
+        rich,
+        public_buckets=(PublicBucket(id=long_id, region="ap-southeast-1", access="public-read",
+                                     size_bytes=484 * 10**9, public_since=since,
+                                     account="acme", at_least=True),),
+        exposures=(Exposure(id=long_id, access="authenticated-read", start=since,
+                            end=since + timedelta(hours=1), account="acme", at_least=True),),
+        drift=rich.drift[:3])
+    text = render(report, "table")
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("≤ 2026-03-01T00:07:34Z") == 2  # public since, exposure start
+    assert "2026-03-01T01:07:34Z" in text  # exposure end
+    assert long_id not in text  # the id gave way
+    assert long_id[:10] in text
 
 
 def test_unknown_format_is_usage_error(rich: Report) -> None:
