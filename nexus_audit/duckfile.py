@@ -24,6 +24,10 @@ when the writer commits back to back.
 Inside one process, DuckDB refuses to attach one file read-write and read-only at once,
 so a per-path lock serializes this process's reads and commits; reads while the file is
 held go through the writer's attachment (they see every committed crawl).
+
+DuckDB's lock on a file is a POSIX record lock, which a process loses as soon as it closes
+*any* descriptor of that file. So this process never opens an attached file itself: the
+header check runs only right before attaching, under the path lock.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ MARKER_FRESH: Final = 1.0
 YIELD_AT_MOST: Final = 1.0
 
 _LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+_DUCKDB_MAGIC: Final = b"DUCK"
 
 _hub_lock = threading.Lock()
 _hub: duckdb.DuckDBPyConnection | None = None
@@ -134,9 +139,31 @@ def someone_waits(path: Path) -> bool:
 # Attaching.
 
 
+def check_header(path: Path) -> None:
+    """Refuse, without writing, a file that is not a DuckDB database (a missing one is fine).
+
+    Opens and closes the file: call it only while this process has it attached nowhere
+    (closing a descriptor drops the process's DuckDB lock on the file).
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+        raise StoreError(f"{path} is not a DuckDB database; it was left untouched "
+                         "(point NEXUS_AUDIT_DB at another file)")
+
+
 def _attach(path: Path, *, read_only: bool, timeout: float,
             clock: Clock) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """Attach ``path`` on a new hub cursor, retrying while another process holds it."""
+    """Attach ``path`` on a new hub cursor, retrying while another process holds it.
+
+    Called under the path lock, never while this process has ``path`` attached.
+    """
+    check_header(path)
     cursor = hub_cursor()
     alias = "db_" + uuid.uuid4().hex[:12]
     mode = " (READ_ONLY)" if read_only else ""

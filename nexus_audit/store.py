@@ -166,7 +166,6 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
-_DUCKDB_MAGIC: Final = b"DUCK"
 
 
 # ---------------------------------------------------------------------------------------
@@ -732,22 +731,12 @@ class Store:
 
     # -- opening -----------------------------------------------------------------------
 
-    def _check_header(self) -> None:
-        """Refuse, without writing, a file that is not a DuckDB database."""
-        try:
-            with self.path.open("rb") as handle:
-                head = handle.read(12)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
-            raise StoreError(f"{self.path} is not a DuckDB database; it was left untouched "
-                             "(point NEXUS_AUDIT_DB at another file)")
-
     def _open(self, read_only: bool) -> None:
-        """Refuse a file that is not ours to open (see :meth:`_check_header`)."""
-        self._check_header()
+        """Refuse to read a file that does not exist (it is never created for reading).
+
+        A file that is not a DuckDB database is refused when it is attached (see
+        :func:`duckfile.check_header`).
+        """
         if read_only and not self.path.exists():
             raise NoDataError(f"no history database at {self.path} yet: run "
                               "`nexus-audit crawl` (or `serve`) first, or set NEXUS_AUDIT_DB")

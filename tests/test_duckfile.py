@@ -57,6 +57,43 @@ def crawl_ids(store: Store) -> list[int]:
         return [r[0] for r in con.execute("SELECT crawl_id FROM crawls ORDER BY 1").fetchall()]
 
 
+#: Another process attaching the file read-only with DuckDB alone; prints what happened.
+OTHER_READER = textwrap.dedent("""
+    import sys
+    import duckdb
+    try:
+        duckdb.connect(sys.argv[1], read_only=True).close()
+    except duckdb.Error as exc:
+        print("refused:", exc)
+    else:
+        print("attached")
+""")
+
+
+def other_reader(path: Path) -> str:
+    """What another process's read-only attach of ``path`` gets: attached or refused."""
+    return subprocess.run([sys.executable, "-c", OTHER_READER, str(path)], cwd=REPO,
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.usefixtures("bursty")
+def test_a_held_file_stays_locked_through_later_commits_and_reads(store: Store) -> None:
+    """DuckDB's lock is a POSIX record lock, which this process loses when it closes any
+    descriptor of the file: a commit or read while the file is held must not open it (the
+    header check did), or another process attaches mid-burst and replays a log that is
+    still being written."""
+    burst(store, 2)
+    assert duckfile.holding(store.path)
+    assert "refused" in other_reader(store.path)
+    burst(store, 1, start=2)  # another commit of the burst
+    assert crawl_ids(store) == [1, 2, 3]  # and a read through the hold
+    assert [s.account for s in store.latest()] == ["acme"]
+    assert duckfile.holding(store.path)
+    assert "refused" in other_reader(store.path)
+    store.close()
+    assert other_reader(store.path).startswith("attached")
+
+
 def test_an_isolated_commit_lets_go_at_once(store: Store) -> None:
     """A commit with no recent predecessor detaches (and checkpoints) right away."""
     crawl(store, T0, instances=[inst("i-1")])
