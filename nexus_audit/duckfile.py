@@ -336,11 +336,20 @@ def reading(path: Path, *, timeout: float, clock: Clock,
             finally:
                 cursor.close()
             return
-        cursor, alias = _attach(path, read_only=True, timeout=timeout, clock=clock)
-        try:
-            yield cursor, alias
-        finally:
-            _detach(cursor, alias, settled=False)
+        with _attached(path, read_only=True, timeout=timeout, clock=clock) as attached:
+            yield attached
+
+
+@contextlib.contextmanager
+def _attached(path: Path, *, read_only: bool, timeout: float, clock: Clock,
+              ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """``(cursor, alias)`` attached for the block only; whatever the caller left open (a
+    transaction, a ``USE``) is undone at the detach. Call under the path lock."""
+    cursor, alias = _attach(path, read_only=read_only, timeout=timeout, clock=clock)
+    try:
+        yield cursor, alias
+    finally:
+        _detach(cursor, alias, settled=False)
 
 
 @contextlib.contextmanager
@@ -352,11 +361,8 @@ def maintaining(path: Path, *, timeout: float, clock: Clock,
     """
     with path_lock(path):
         release(path)
-        cursor, alias = _attach(path, read_only=False, timeout=timeout, clock=clock)
-        try:
-            yield cursor, alias
-        finally:
-            _detach(cursor, alias, settled=False)
+        with _attached(path, read_only=False, timeout=timeout, clock=clock) as attached:
+            yield attached
 
 
 @contextlib.contextmanager
