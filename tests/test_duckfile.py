@@ -237,15 +237,20 @@ BURST_AND_EXIT = textwrap.dedent("""
 """)
 
 
-def test_a_process_that_exits_leaves_the_file_whole(tmp_path: Path) -> None:
-    """At exit a holder checkpoints and detaches: no write-ahead log is left, and the
-    file alone holds every commit."""
-    path = tmp_path / "exit.duckdb"
-    done = subprocess.run([sys.executable, "-c", BURST_AND_EXIT, str(path)], cwd=REPO,
+def assert_exits_whole(script: str, path: Path) -> None:
+    """Run ``script`` on ``path`` in another process: exit code 0, no write-ahead log left,
+    and the file alone holds every commit of the burst."""
+    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert not Path(f"{path}.wal").exists()
     assert crawl_ids(Store(path)) == [1, 2, 3, 4, 5]
+
+
+def test_a_process_that_exits_leaves_the_file_whole(tmp_path: Path) -> None:
+    """At exit a holder checkpoints and detaches: no write-ahead log is left, and the
+    file alone holds every commit."""
+    assert_exits_whole(BURST_AND_EXIT, tmp_path / "exit.duckdb")
 
 
 EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
@@ -275,12 +280,7 @@ EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
 def test_exit_waits_for_a_release_under_way(tmp_path: Path) -> None:
     """A process exiting while a timer thread lets go of its file waits for it: exit code
     0, no write-ahead log left, every commit in the file."""
-    path = tmp_path / "exit.duckdb"
-    done = subprocess.run([sys.executable, "-c", EXIT_MID_RELEASE, str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert not Path(f"{path}.wal").exists()
-    assert crawl_ids(Store(path)) == [1, 2, 3, 4, 5]
+    assert_exits_whole(EXIT_MID_RELEASE, tmp_path / "exit.duckdb")
 
 
 def scripted_history(store: Store) -> None:
