@@ -112,6 +112,22 @@ def test_failed_crawl_changes_no_history(store: Store) -> None:
                            ).fetchone() == ("failed", "internal")
 
 
+def test_commit_refused_midway_leaves_no_trace(store: Store) -> None:
+    """A commit that DuckDB refuses after the crawl's row went in (a changed record whose
+    value does not fit its column) rolls back whole: no crawl row, no version; the next
+    crawl commits under the id the refused one would have had."""
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
+    bad = inst("i-2")._replace(cpu="many")
+    with pytest.raises(StoreError, match="many"):
+        crawl(store, T0 + HOUR, instances=[inst("i-1"), bad])
+    with store.read() as con:
+        assert con.execute("SELECT crawl_id FROM crawls").fetchall() == [(1,)]
+    assert versions(store, "instance_versions") == [("i-1", 1, None), ("i-2", 1, None)]
+    assert crawl(store, T0 + 2 * HOUR, instances=[inst("i-1"), inst("i-2", cpu=4)]) == 2
+    assert versions(store, "instance_versions") == [
+        ("i-1", 1, None), ("i-2", 1, 2), ("i-2", 2, None)]
+
+
 def test_bucket_only_crawl_keeps_instances(store: Store) -> None:
     """A crawl that did not cover instances never removes them."""
     crawl(store, T0, instances=[inst("i-1")], buckets=[bucket("b-1")])
