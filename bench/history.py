@@ -9,6 +9,9 @@ of a lone commit at the end (as a service crawling hourly makes it: not in a bur
 
 Only the store's calls are timed (split into staging: begin_crawl and the adds, and the
 commit); making each hour's churn happens outside the timed region and is printed apart.
+A commit in a burst is almost all DuckDB's fixed cost per statement (the transaction, the
+crawl's row, one append per log with changes: about 4.5 ms on a 2-core machine, whatever
+the number of changes); staging is fingerprinting every record (about 0.3 µs each).
 
 By default each crawl hands the store the same record objects as the hour before, whose
 strings already know their hashes, so staging (which fingerprints every record) costs
