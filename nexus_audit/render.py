@@ -11,7 +11,7 @@ import io
 import json
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from nexus_audit import __version__
 from nexus_audit.errors import ConfigError, UsageError
@@ -19,6 +19,8 @@ from nexus_audit.findings import summary
 from nexus_audit.ocsf import render_ocsf
 from nexus_audit.report import Report
 from nexus_audit.timeutil import isoformat
+
+_T = TypeVar("_T")
 
 WIDTH: Final = 80
 TABLE_ROWS: Final = 10
@@ -85,11 +87,12 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
 
 
-def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int,
-          width: int = WIDTH, *, keep: Collection[int] = ()) -> list[str]:
-    """A plain-text table that fits ``width``: the widest columns shrink first, except the
-    columns in ``keep`` (times: a cut time reads as another time)."""
-    shown = list(rows[:max_rows])
+def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Sequence[str]],
+          max_rows: int, width: int = WIDTH, *, keep: Collection[int] = ()) -> list[str]:
+    """A plain-text table of the first ``max_rows`` of ``items`` (each made a row by
+    ``row``; the others are only counted) that fits ``width``: the widest columns shrink
+    first, except the columns in ``keep`` (times: a cut time reads as another time)."""
+    shown = [row(item) for item in items[:max_rows]]
     cols = len(headers)
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
@@ -101,11 +104,11 @@ def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], max_rows: int,
         widths[widest] -= 1
     lines = ["  ".join(_cut(h, w).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    for row in shown:
+    for cells in shown:
         lines.append("  ".join(_cut(c, w).ljust(w)
-                               for c, w in zip(row, widths, strict=True)).rstrip())
-    if len(rows) > max_rows:
-        lines.append(f"… and {len(rows) - max_rows} more")
+                               for c, w in zip(cells, widths, strict=True)).rstrip())
+    if len(items) > max_rows:
+        lines.append(f"… and {len(items) - max_rows} more")
     return lines
 
 
@@ -121,10 +124,11 @@ def _section(title: str) -> list[str]:
 
 def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     """The report for an 80-column terminal."""
-    d = report.to_json_dict()
     c = report.crawls
     cov = c.coverage
-    out = [_cut(f"nexus-audit report  {d['window']['since']} → {d['window']['until']}", WIDTH),
+    window = report.window
+    out = [_cut(f"nexus-audit report  {isoformat(window.since)} → {isoformat(window.until)}",
+                WIDTH),
            _cut(f"accounts: {', '.join(report.accounts)}", WIDTH),
            _cut(f"prices: {report.pricing.get('name')} as of {report.pricing.get('as_of')} "
                 f"(sha256 {report.pricing.get('digest', '')[:12]})", WIDTH)]
@@ -134,9 +138,9 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
                    ("coverage", f"{cov.ratio:.1%} of the window observed"),
                    ("gaps", str(len(cov.gaps)))])
     if cov.gaps:
-        out += _grid(["account", "kind", "start", "end"],
-                     [[g.account, g.kind, isoformat(g.start) or "", isoformat(g.end) or ""]
-                      for g in cov.gaps], max_rows, keep=(2, 3))
+        out += _grid(["account", "kind", "start", "end"], cov.gaps,
+                     lambda g: [g.account, g.kind, isoformat(g.start) or "",
+                                isoformat(g.end) or ""], max_rows, keep=(2, 3))
     inv = report.inventory
     out += _section("Inventory")
     out += _pairs([
@@ -152,33 +156,31 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
             ["storage", _money(cost.accrued.storage), _money(cost.run_rate_hourly.storage)]]
     rows += [[f"  {r}", _money(cost.accrued.by_region.get(r, 0.0)),
               _money(cost.run_rate_hourly.by_region.get(r, 0.0))] for r in regions]
-    out += _grid(["", "accrued", "per hour now"], rows, len(rows))
+    out += _grid(["", "accrued", "per hour now"], rows, list, len(rows))
     out += _section("Drift")
-    out += _grid(["observed", "kind", "id", "change", "field", "old → new"],
-                 [[isoformat(x.observed_at) or "", x.kind, x.id, x.change, x.field or "",
-                   "" if x.change != "changed" else f"{_value(x.old)} → {_value(x.new)}"]
-                  for x in report.drift], max_rows, keep=(0,)) if report.drift else [
-        "  no drift"]
+    out += _grid(["observed", "kind", "id", "change", "field", "old → new"], report.drift,
+                 lambda x: [isoformat(x.observed_at) or "", x.kind, x.id, x.change,
+                            x.field or "",
+                            "" if x.change != "changed" else f"{_value(x.old)} → {_value(x.new)}"],
+                 max_rows, keep=(0,)) if report.drift else ["  no drift"]
     out += _section("Public buckets and exposures")
-    out += _grid(["bucket", "access", "region", "size", "public since"],
-                 [[b.id, b.access, b.region, _size(b.size_bytes),
-                   _since(b.public_since, b.at_least)]
-                  for b in report.public_buckets], max_rows, keep=(4,)
-                 ) if report.public_buckets else [
-        "  no bucket is exposed now"]
+    out += _grid(["bucket", "access", "region", "size", "public since"], report.public_buckets,
+                 lambda b: [b.id, b.access, b.region, _size(b.size_bytes),
+                            _since(b.public_since, b.at_least)],
+                 max_rows, keep=(4,)) if report.public_buckets else ["  no bucket is exposed now"]
     out.append("")
-    out += _grid(["bucket", "access", "start", "end"],
-                 [[e.id, e.access, _since(e.start, e.at_least), isoformat(e.end) or "ongoing"]
-                  for e in report.exposures], max_rows, keep=(2, 3)) if report.exposures else [
-        "  no exposure in the window"]
+    out += _grid(["bucket", "access", "start", "end"], report.exposures,
+                 lambda e: [e.id, e.access, _since(e.start, e.at_least),
+                            isoformat(e.end) or "ongoing"],
+                 max_rows, keep=(2, 3)) if report.exposures else ["  no exposure in the window"]
     if any(b.at_least for b in report.public_buckets) or any(
             e.at_least for e in report.exposures):
         out.append("  ≤: exposed since at least then (the first crawl saw it so)")
     out += _section("Stale instances")
     out += _grid(["instance", "name", "status", "region", "since", "per hour"],
-                 [[s.id, s.name, s.status, s.region,
-                   _since(s.stale_since, s.at_least),
-                   _money(s.hourly_cost)] for s in report.stale_instances],
+                 report.stale_instances,
+                 lambda s: [s.id, s.name, s.status, s.region, _since(s.stale_since, s.at_least),
+                            _money(s.hourly_cost)],
                  max_rows, keep=(4,)) if report.stale_instances else ["  no stale instance"]
     if any(s.at_least for s in report.stale_instances):
         out.append("  ≤: not running since at least then (the first crawl saw it so)")
@@ -201,11 +203,11 @@ def _table_findings(report: Report, max_rows: int) -> list[str]:
     ranked = sorted(findings, key=lambda f: (order[f.status], _SEVERITY_RANK[f.severity],
                                              f.first_seen))
     # Month, day and time only (the header names the window): the rows fit 80 columns.
-    out += _grid(["severity", "status", "rule", "resource", "seen (UTC)"],
-                 [[f.severity, f.status, f.rule, f.resource,
-                   f"{f.first_seen:%m-%d %H:%M} → {f.last_seen:%m-%d %H:%M}"
-                   + (" *" if f.current else "")]
-                  for f in ranked], max_rows, keep=(4,))
+    out += _grid(["severity", "status", "rule", "resource", "seen (UTC)"], ranked,
+                 lambda f: [f.severity, f.status, f.rule, f.resource,
+                            f"{f.first_seen:%m-%d %H:%M} → {f.last_seen:%m-%d %H:%M}"
+                            + (" *" if f.current else "")],
+                 max_rows, keep=(4,))
     out.append("  *: still seen at the window's end")
     return out
 
