@@ -86,6 +86,14 @@ def test_banner_lists_what_to_open_and_what_to_run() -> None:
     assert "nx_test_sk_secret" not in text
 
 
+def test_banner_rounds_the_churn_interval() -> None:
+    """A churn interval of a third of the crawl interval reads as 1.67s, not 1.66667s."""
+    config = SimulatorConfig(api_keys=("k",), churn_interval=churn_seconds(timedelta(seconds=5)))
+    text = banner(listen="127.0.0.1:9747", db=Path("d.duckdb"), interval=timedelta(seconds=5),
+                  sim=config, api_url="http://127.0.0.1:5/v2")
+    assert "churn every 1.67s)" in text
+
+
 @dataclass
 class DemoProcess:
     """A running ``nexus-audit demo`` and what it printed so far."""

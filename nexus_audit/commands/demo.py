@@ -73,7 +73,7 @@ def banner(*, listen: str, db: Path, interval: timedelta, sim: SimulatorConfig,
     return "\n".join([
         "nexus-audit demo: the service against a simulated CloudNexus fleet",
         f"  simulator   {api_url} ({sim.instances} instances, {sim.buckets} buckets, "
-        f"churn every {sim.churn_interval:g}s)",
+        f"churn every {sim.churn_interval:.3g}s)",
         f"  crawls      instances and buckets every {every}",
         f"  database    {db}",
         "",
