@@ -24,6 +24,11 @@ year's end (rebuilding them as new objects with warm hashes mid-year brought it 
     .venv/bin/python bench/history.py                   # the full year (about 2 minutes)
     .venv/bin/python bench/history.py --days 14         # a quick run
     .venv/bin/python bench/history.py --fresh-records   # records as a crawler makes them
+    .venv/bin/python bench/history.py --days 30 --bucket-every 1   # serve's default schedule
+
+``--bucket-every M`` adds bucket-only crawls every M minutes between the hourly crawls of
+both kinds, as ``serve`` makes them by default (``bucket_interval = "1m"``), with the
+hour's bucket growth spread over them: 60 times the crawls, and bucket history in minutes.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_audit import duckfile
-from nexus_audit.model import Bucket, CrawlSummary, Instance
+from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.pricing import load_pricing
 from nexus_audit.report import build_report
 from nexus_audit.store import Store
@@ -75,6 +80,25 @@ def fresh(pages: list[list[Any]]) -> list[list[tuple[Any, ...]]]:
     return copied
 
 
+def commit_crawl(store: Store, at: datetime, pages: list[list[Instance]] | None,
+                 buckets: list[Bucket]) -> tuple[float, float]:
+    """One crawl through the store's API: instances (``pages``, unless None) and buckets,
+    finishing soon after ``at``. Returns the seconds spent staging and in all."""
+    kinds: tuple[Kind, ...] = ("buckets",) if pages is None else ("instances", "buckets")
+    t0 = time.perf_counter()
+    staged = store.begin_crawl("bench", kinds, at)
+    for page in pages or ():
+        staged.add_instances(page)
+    staged.add_buckets(buckets)
+    t1 = time.perf_counter()
+    store.commit(staged, CrawlSummary(
+        account="bench", kinds=kinds, started_at=at,
+        finished_at=at + timedelta(seconds=2 if pages is None else 40), status="succeeded",
+        instances=sum(map(len, pages or ())), buckets=len(buckets),
+        requests=5 if pages is None else 105))
+    return t1 - t0, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, help="database file (default: a temp dir)")
     parser.add_argument("--fresh-records", action="store_true",
                         help="new record objects (and strings) for every crawl")
+    parser.add_argument("--bucket-every", type=int, default=60, metavar="MINUTES",
+                        help="also crawl buckets alone every MINUTES (default 60: never)")
     args = parser.parse_args(argv)
+    if not 1 <= args.bucket_every <= 60:
+        parser.error("--bucket-every: give minutes from 1 to 60")
     rng = random.Random(7)
     tmp = tempfile.TemporaryDirectory(prefix="nexus-bench-")
     path = args.db or Path(tmp.name) / "history.duckdb"
@@ -97,11 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     # 1% a day, spread over the day's 24 crawls: replacements and status flips.
     churn_i = max(1, args.instances // 100)
     churn_b = max(1, args.buckets // 100)
+    # A twentieth of the buckets grow each hour, spread over the hour's bucket crawls.
+    minutes = range(0, 60, args.bucket_every)
+    grow = max(1, len(buckets) // 20)
     hours = args.days * 24
-    observations = 0
+    crawls = observations = 0
     spent = staging = generating = 0.0
+    # Per kind of crawl (both kinds, buckets alone): crawls and seconds spent.
+    counts = {"both": 0, "buckets": 0}
+    seconds = {"both": 0.0, "buckets": 0.0}
     wall = time.perf_counter()
-    mark = (0, 0.0, 0.0)  # observations, spent and staging at the last weekly line
+    mark = (0, 0, 0.0, 0.0)  # crawls, observations, spent and staging at the last weekly line
     for hour in range(hours):
         g0 = time.perf_counter()
         for _ in range(churn_i // 24 + (1 if rng.random() < (churn_i % 24) / 24 else 0)):
@@ -116,43 +150,54 @@ def main(argv: list[str] | None = None) -> int:
         if rng.random() < churn_b / 24:
             buckets[rng.randrange(len(buckets))] = make_bucket(rng, next_b)
             next_b += 1
-        for k in rng.sample(range(len(buckets)), k=max(1, len(buckets) // 20)):
-            buckets[k] = buckets[k]._replace(size_bytes=buckets[k].size_bytes + 10**7)
-        at = START + timedelta(hours=hour)
-        pages = [instances[i:i + 1000]  # pages as the crawler would hand them
-                 for i in range(0, len(instances), 1000)]
-        crawled_buckets = buckets
-        if args.fresh_records:
-            pages = [list(map(Instance._make, page)) for page in fresh(pages)]
-            crawled_buckets = list(map(Bucket._make, fresh([buckets])[0]))
-        t0 = time.perf_counter()
-        generating += t0 - g0
-        staged = store.begin_crawl("bench", ["instances", "buckets"], at)
-        for page in pages:
-            staged.add_instances(page)
-        staged.add_buckets(crawled_buckets)
-        staging += time.perf_counter() - t0
-        store.commit(staged, CrawlSummary(
-            account="bench", kinds=("instances", "buckets"), started_at=at,
-            finished_at=at + timedelta(seconds=40), status="succeeded",
-            instances=len(instances), buckets=len(buckets), requests=105))
-        spent += time.perf_counter() - t0
-        observations += len(instances) + len(buckets)
+        generating += time.perf_counter() - g0
+        for minute in minutes:
+            g0 = time.perf_counter()
+            share = grow if len(minutes) == 1 else grow // len(minutes) + (
+                1 if rng.random() < (grow % len(minutes)) / len(minutes) else 0)
+            for k in rng.sample(range(len(buckets)), k=share):
+                buckets[k] = buckets[k]._replace(size_bytes=buckets[k].size_bytes + 10**7)
+            at = START + timedelta(hours=hour, minutes=minute)
+            pages: list[list[Instance]] | None = None
+            if minute == 0:
+                pages = [instances[i:i + 1000]  # pages as the crawler would hand them
+                         for i in range(0, len(instances), 1000)]
+            crawled_buckets = buckets
+            if args.fresh_records:
+                if pages is not None:
+                    pages = [list(map(Instance._make, page)) for page in fresh(pages)]
+                crawled_buckets = list(map(Bucket._make, fresh([buckets])[0]))
+            generating += time.perf_counter() - g0
+            staged_s, spent_s = commit_crawl(store, at, pages, crawled_buckets)
+            staging += staged_s
+            spent += spent_s
+            crawls += 1
+            observations += len(buckets) + (0 if pages is None else len(instances))
+            which = "buckets" if pages is None else "both"
+            counts[which] += 1
+            seconds[which] += spent_s
         if hour % (24 * 7) == 24 * 7 - 1:
-            week = (observations - mark[0], spent - mark[1], staging - mark[2])
-            mark = (observations, spent, staging)
+            n = crawls - mark[0]
+            week = (observations - mark[1], spent - mark[2], staging - mark[3])
+            mark = (crawls, observations, spent, staging)
             print(f"  day {hour // 24 + 1}: this week {week[0] / week[1]:,.0f} observations/s "
-                  f"(staging {week[2] / 168 * 1000:.1f} ms, commit "
-                  f"{(week[1] - week[2]) / 168 * 1000:.1f} ms a crawl)",
+                  f"(staging {week[2] / n * 1000:.1f} ms, commit "
+                  f"{(week[1] - week[2]) / n * 1000:.1f} ms a crawl)",
                   file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - wall
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    print(f"history: {args.instances:,} instances, {args.buckets:,} buckets, hourly for "
-          f"{args.days} days = {hours:,} crawls, {observations:,} observations")
+    schedule = "hourly" if len(minutes) == 1 else (
+        f"instances hourly, buckets every {args.bucket_every} min")
+    print(f"history: {args.instances:,} instances, {args.buckets:,} buckets, {schedule} for "
+          f"{args.days} days = {crawls:,} crawls, {observations:,} observations")
     print(f"ingest: {observations / spent:,.0f} observations/s "
-          f"({spent / hours * 1000:.1f} ms per crawl: staging {staging / hours * 1000:.1f}, "
-          f"commit {(spent - staging) / hours * 1000:.1f}; {elapsed:.0f} s in all)")
-    print(f"  not timed: making the churn and pages, {generating / hours * 1000:.2f} ms per crawl")
+          f"({spent / crawls * 1000:.1f} ms per crawl: staging {staging / crawls * 1000:.1f}, "
+          f"commit {(spent - staging) / crawls * 1000:.1f}; {elapsed:.0f} s in all)")
+    if len(minutes) > 1:
+        for which, n in counts.items():
+            print(f"  {which}: {n:,} crawls, {seconds[which] / n * 1000:.1f} ms each")
+    print(f"  not timed: making the churn and pages, {generating / crawls * 1000:.2f} ms "
+          "per crawl")
     print(f"database: {size / 1e6:.1f} MB")
     with store.read() as con:
         for table in ("crawls", "instance_versions", "bucket_versions", "bucket_sizes"):
@@ -168,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             report = build_report(store, window, stale_after=timedelta(days=7),
                                   pending_stale_after=timedelta(hours=1),
                                   max_gap_instances=timedelta(hours=2),
-                                  max_gap_buckets=timedelta(hours=2), pricing=pricing,
-                                  now=end)
+                                  max_gap_buckets=timedelta(minutes=2 * args.bucket_every),
+                                  pricing=pricing, now=end)
             timings.append(time.perf_counter() - t0)
         print(f"report --since {days}d: {min(timings) * 1000:.0f} ms (best of 3; "
               f"{len(report.drift):,} drift rows, accrued "
@@ -178,19 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     # file, appends, compacts, checkpoints and detaches. Spaced past the burst linger.
     store.close()
     lone = []
+    pages = [instances[i:i + 1000] for i in range(0, len(instances), 1000)]
     for n in range(5):
         time.sleep(duckfile.LINGER * 1.5)
-        at = end + timedelta(hours=n)
-        t0 = time.perf_counter()
-        staged = store.begin_crawl("bench", ["instances", "buckets"], at)
-        for i in range(0, len(instances), 1000):
-            staged.add_instances(instances[i:i + 1000])
-        staged.add_buckets(buckets)
-        store.commit(staged, CrawlSummary(
-            account="bench", kinds=("instances", "buckets"), started_at=at,
-            finished_at=at + timedelta(seconds=40), status="succeeded",
-            instances=len(instances), buckets=len(buckets), requests=105))
-        lone.append(time.perf_counter() - t0)
+        lone.append(commit_crawl(store, end + timedelta(hours=n), pages, buckets)[1])
         assert not duckfile.holding(path)
     print(f"a lone commit, as an hourly service makes it (attach to detach, staging "
           f"included): median {statistics.median(lone) * 1000:.0f} ms of 5")
