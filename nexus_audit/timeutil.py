@@ -118,13 +118,17 @@ class Window:
         start = parse_time(since, now, parameter=since_name)
         if end > now + timedelta(minutes=5):
             raise UsageError(f"{until_name}: lies in the future", parameter=until_name)
-        if until and start >= end and _DURATION_FULL.fullmatch(since.strip().lower()):
-            # `--since 30d --until 2026-01-01` reads as "the 30 days before": say how it is.
-            raise UsageError(
-                f"the window is empty: {since_name} {since.strip()} counts back from now "
-                f"({isoformat(start)}), which is not before {until_name} {isoformat(end)}; "
-                f"give {since_name} as a time, e.g. {isoformat(end - (now - start))}",
-                parameter=since_name)
+        if start >= end:
+            if until and _DURATION_FULL.fullmatch(since.strip().lower()):
+                # `--since 30d --until 2026-01-01` reads as "the 30 days before": say how
+                # it is, and offer the time meant.
+                raise UsageError(
+                    f"the window is empty: {since_name} {since.strip()} counts back from now "
+                    f"({isoformat(start)}), which is not before {until_name} "
+                    f"{isoformat(end)}; give {since_name} as a time, e.g. "
+                    f"{isoformat(end - (now - start))}", parameter=since_name)
+            raise UsageError(f"the window is empty: {since_name} {isoformat(start)} is not "
+                             f"before {until_name} {isoformat(end)}", parameter=since_name)
         return cls(start, end)
 
     @property

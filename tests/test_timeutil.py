@@ -78,15 +78,18 @@ def test_window_parse_and_validation() -> None:
 
 def test_duration_since_before_a_given_until_says_how_durations_count() -> None:
     """``--since 30d --until T`` (T long ago) counts from now; the error says so and offers
-    the time the user probably meant. A time since still gets the plain message."""
+    the time the user probably meant. A time since gets the plain message, with the flags'
+    names."""
     with pytest.raises(UsageError) as caught:
         Window.parse("30d", "2026-01-01T00:00:00Z", NOW, names=("--since", "--until"))
     assert str(caught.value) == (
         "the window is empty: --since 30d counts back from now (2026-10-29T12:00:00Z), "
         "which is not before --until 2026-01-01T00:00:00Z; give --since as a time, "
         "e.g. 2025-12-02T00:00:00Z")
-    with pytest.raises(UsageError, match=r"empty: since 2026-02-01T00:00:00Z is not before"):
-        Window.parse("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z", NOW)
+    with pytest.raises(UsageError, match=r"empty: --since 2026-02-01T00:00:00Z is not before "
+                       r"--until 2026-01-01T00:00:00Z$"):
+        Window.parse("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z", NOW,
+                     names=("--since", "--until"))
 
 
 def test_isoformat_is_utc_with_z() -> None:
