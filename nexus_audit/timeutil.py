@@ -128,7 +128,8 @@ class Window:
                     f"{isoformat(end)}; give {since_name} as a time, e.g. "
                     f"{isoformat(end - (now - start))}", parameter=since_name)
             raise UsageError(f"the window is empty: {since_name} {isoformat(start)} is not "
-                             f"before {until_name} {isoformat(end)}", parameter=since_name)
+                             f"before {until_name if until else 'now'} {isoformat(end)}",
+                             parameter=since_name)
         return cls(start, end)
 
     @property

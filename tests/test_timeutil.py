@@ -90,6 +90,9 @@ def test_duration_since_before_a_given_until_says_how_durations_count() -> None:
                        r"--until 2026-01-01T00:00:00Z$"):
         Window.parse("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z", NOW,
                      names=("--since", "--until"))
+    with pytest.raises(UsageError, match=r"empty: since 2027-01-01T00:00:00Z is not before "
+                       r"now 2026-11-28T12:00:00Z$"):
+        Window.parse("2027-01-01T00:00:00Z", None, NOW)
 
 
 def test_isoformat_is_utc_with_z() -> None:
