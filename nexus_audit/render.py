@@ -1,6 +1,7 @@
 """Render a :class:`Report`: an 80-column table, JSON, Markdown, CSV.
 
-The table truncates long lists ("… and N more") and long cells; JSON, Markdown and CSV
+The table shortens long lists ("… and N more") and wraps long cells onto more lines, never
+cutting a value (a cut "public-read…" could be "public-read-write"); JSON, Markdown and CSV
 never drop a row. Money shows 2 decimals in the table and Markdown, 6 in JSON and CSV.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -75,47 +77,98 @@ def _since(moment: datetime, at_least: bool) -> str:
     return ("≤ " if at_least else "") + (isoformat(moment) or "")
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, *, spaced: bool = False) -> str:
+    """A drift value as text; JSON for tags and lists (``spaced``: with a space after
+    each separator, so a table can wrap it between items)."""
     if value is None:
         return "-"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return json.dumps(value, sort_keys=True,
+                          separators=(", ", ": ") if spaced else (",", ":"))
     return str(value)
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width``, broken at spaces; a word longer than
+    ``width`` (an id, a long value) starts a line of its own and runs on to the next ones.
+    No character is dropped but the spaces at the breaks."""
+    if len(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) <= width:
+            line += " " + word
+            continue
+        if line:
+            lines.append(line)
+        while len(word) > width:
+            lines.append(word[:width])
+            word = word[width:]
+        line = word
+    lines.append(line)
+    return lines
+
+
+def _longest_word(text: str) -> int:
+    return max(map(len, text.split(" ")))
+
+
+def _indented(text: str, indent: int, width: int = WIDTH) -> list[str]:
+    """A line of ``text`` wrapped to ``width``, later lines indented by ``indent``."""
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False)
 
 
 def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Sequence[str]],
           max_rows: int, width: int = WIDTH, *, keep: Collection[int] = ()) -> list[str]:
     """A plain-text table of the first ``max_rows`` of ``items`` (each made a row by
-    ``row``; the others are only counted) that fits ``width``: the widest columns shrink
-    first, except the columns in ``keep`` (times: a cut time reads as another time)."""
+    ``row``; the others are only counted) that fits ``width``: columns shrink (except those
+    in ``keep``: times and sizes, which read best on one line), and a cell wider than its
+    column wraps onto the next lines, within the column."""
     shown = [row(item) for item in items[:max_rows]]
     cols = len(headers)
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
     shrinkable = [i for i in range(cols) if i not in keep] or list(range(cols))
+    # First wrap at spaces (down to each column's longest word), the column with the most
+    # room first; only then break words, the widest column first.
+    words = [max([_longest_word(headers[i])] + [_longest_word(r[i]) for r in shown])
+             for i in range(cols)]
+    while sum(widths) > budget:
+        roomiest = max(shrinkable, key=lambda i: widths[i] - words[i])
+        if widths[roomiest] <= words[roomiest]:
+            break
+        widths[roomiest] -= 1
     while sum(widths) > budget:
         widest = max(shrinkable, key=lambda i: widths[i])
         if widths[widest] <= 4:
             break
         widths[widest] -= 1
-    lines = ["  ".join(_cut(h, w).ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines = _wrapped_row(headers, widths)
     lines.append("  ".join("-" * w for w in widths))
     for cells in shown:
-        lines.append("  ".join(_cut(c, w).ljust(w)
-                               for c, w in zip(cells, widths, strict=True)).rstrip())
+        lines += _wrapped_row(cells, widths)
     if len(items) > max_rows:
         lines.append(f"… and {len(items) - max_rows} more")
     return lines
 
 
+def _wrapped_row(cells: Sequence[str], widths: Sequence[int]) -> list[str]:
+    """One table row, as many lines as its most wrapped cell needs."""
+    parts = [_wrap(c, w) for c, w in zip(cells, widths, strict=True)]
+    height = max(map(len, parts))
+    return ["  ".join((p[n] if n < len(p) else "").ljust(w)
+                      for p, w in zip(parts, widths, strict=True)).rstrip()
+            for n in range(height)]
+
+
 def _pairs(items: Iterable[tuple[str, str]]) -> list[str]:
     pairs = list(items)
     key_width = max((len(k) for k, _ in pairs), default=0)
-    return [_cut(f"  {k.ljust(key_width)}  {v}", WIDTH) for k, v in pairs]
+    return [line for k, v in pairs
+            for line in _indented(f"  {k.ljust(key_width)}  {v}", key_width + 4)]
 
 
 def _section(title: str) -> list[str]:
@@ -127,11 +180,12 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     c = report.crawls
     cov = c.coverage
     window = report.window
-    out = [_cut(f"nexus-audit report  {isoformat(window.since)} → {isoformat(window.until)}",
-                WIDTH),
-           _cut(f"accounts: {', '.join(report.accounts)}", WIDTH),
-           _cut(f"prices: {report.pricing.get('name')} as of {report.pricing.get('as_of')} "
-                f"(sha256 {report.pricing.get('digest', '')[:12]})", WIDTH)]
+    out = [*_indented(
+               f"nexus-audit report  {isoformat(window.since)} → {isoformat(window.until)}", 2),
+           *_indented(f"accounts: {', '.join(report.accounts)}", 10),
+           *_indented(f"prices: {report.pricing.get('name')} as of "
+                      f"{report.pricing.get('as_of')} "
+                      f"(sha256 {report.pricing.get('digest', '')[:12]})", 8)]
     out += _section("Crawls and coverage")
     out += _pairs([("crawls", f"{c.count} ({c.succeeded} succeeded, {c.failed} failed)"),
                    ("last success", isoformat(c.last_success) or "never"),
@@ -161,13 +215,14 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     out += _grid(["observed", "kind", "id", "change", "field", "old → new"], report.drift,
                  lambda x: [isoformat(x.observed_at) or "", x.kind, x.id, x.change,
                             x.field or "",
-                            "" if x.change != "changed" else f"{_value(x.old)} → {_value(x.new)}"],
+                            "" if x.change != "changed"
+                            else f"{_value(x.old, spaced=True)} → {_value(x.new, spaced=True)}"],
                  max_rows, keep=(0,)) if report.drift else ["  no drift"]
     out += _section("Public buckets and exposures")
     out += _grid(["bucket", "access", "region", "size", "public since"], report.public_buckets,
                  lambda b: [b.id, b.access, b.region, _size(b.size_bytes),
                             _since(b.public_since, b.at_least)],
-                 max_rows, keep=(4,)) if report.public_buckets else ["  no bucket is exposed now"]
+                 max_rows, keep=(3, 4)) if report.public_buckets else ["  no bucket is exposed now"]
     out.append("")
     out += _grid(["bucket", "access", "start", "end"], report.exposures,
                  lambda e: [e.id, e.access, _since(e.start, e.at_least),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nexus_audit.errors import UsageError
-from nexus_audit.render import CSV_COLUMNS, render
+from nexus_audit.render import CSV_COLUMNS, _wrap, render
 from nexus_audit.report import Drift, Exposure, PublicBucket, Report
 from nexus_audit.store import Store
 from tests.test_queries import T0
@@ -90,9 +90,28 @@ def test_every_format_marks_an_exposure_the_first_crawl_saw(rich: Report) -> Non
         ("b-odd", "true"), ("b-site", "false")}
 
 
-def test_table_cuts_ids_before_times(rich: Report) -> None:
-    """When a table must shrink to 80 columns, long ids are cut, times never: a cut time
-    would read as another time."""
+def _column(text: str, header: str, index: int) -> list[str]:
+    """The pieces of column ``index`` of the table whose header line reads ``header``
+    (spaces aside), one per line (spans read off the dashes under the header)."""
+    lines = text.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.split() == header.split())
+    spans, col = [], 0
+    for run in lines[at + 1].split("  "):
+        spans.append((col, col + len(run)))
+        col += len(run) + 2
+    start, end = spans[index]
+    pieces = []
+    for line in lines[at + 2:]:
+        if not line.strip() or line.lstrip().startswith(("≤:", "*:")):  # footnotes
+            break
+        pieces.append(line[start:end].strip())
+    return [p for p in pieces if p]
+
+
+def test_table_wraps_long_values_and_never_cuts_one(rich: Report) -> None:
+    """When a table must shrink to 80 columns, long ids and changes wrap onto more lines
+    and keep every character (a cut "public-read…" could be "public-read-write"); times
+    and sizes stay on one line, whole."""
     long_id = "bk_staging-uploads-with-a-long-name-01"
     since = T0 + timedelta(minutes=7, seconds=34)
     report = replace(
@@ -102,13 +121,37 @@ def test_table_cuts_ids_before_times(rich: Report) -> None:
                                      account="acme", at_least=True),),
         exposures=(Exposure(id=long_id, access="authenticated-read", start=since,
                             end=since + timedelta(hours=1), account="acme", at_least=True),),
-        drift=rich.drift[:3])
+        drift=(Drift(kind="bucket", id=long_id, change="changed", field="access",
+                     old="private", new="public-read-write", observed_at=since,
+                     account="acme"),
+               Drift(kind="instance", id="i-web", change="changed", field="tags",
+                     old={"env": "prod"}, new={"env": "prod", "owner": "platform-team"},
+                     observed_at=since, account="acme")))
     text = render(report, "table")
     assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
     assert text.count("≤ 2026-03-01T00:07:34Z") == 2  # public since, exposure start
     assert "2026-03-01T01:07:34Z" in text  # exposure end
-    assert long_id not in text  # the id gave way
-    assert long_id[:10] in text
+    assert "484.0 GB" in text
+    public = "bucket access region size public since"
+    assert "".join(_column(text, public, 0)) == long_id
+    assert "".join(_column(text, "bucket access start end", 0)) == long_id
+    drift = "observed kind id change field old → new"
+    assert "".join(_column(text, drift, 2)) == long_id + "i-web"
+    changes = " ".join(_column(text, drift, 5))
+    assert changes.replace(" ", "") == (
+        'private→public-read-write{"env":"prod"}→{"env":"prod","owner":"platform-team"}')
+    assert "private →" in changes
+
+
+def test_wrap_breaks_at_spaces_and_runs_long_words_on() -> None:
+    """The wrap behind the table: spaces first; a word wider than the column starts its
+    own line and runs on; nothing but the spaces at breaks is dropped."""
+    assert _wrap("private → public-read", 21) == ["private → public-read"]
+    assert _wrap("private → public-read", 12) == ["private →", "public-read"]
+    assert _wrap("a → bk_staging-uploads-01", 10) == ["a →", "bk_staging", "-uploads-0",
+                                                      "1"]
+    assert _wrap("", 4) == [""]
 
 
 def test_unknown_format_is_usage_error(rich: Report) -> None:
