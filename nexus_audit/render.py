@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import textwrap
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
@@ -31,17 +31,25 @@ FORMATS: Final = ("table", "json", "markdown", "csv", "ocsf")
 
 def render(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> str:
     """The report in ``fmt`` (``table``, ``json``, ``markdown``, ``csv`` or ``ocsf``)."""
-    renderers: dict[str, Callable[[Report], str]] = {
-        "table": lambda r: render_table(r, max_rows=max_rows),
-        "json": render_json,
-        "markdown": render_markdown,
-        "csv": render_csv,
-        "ocsf": render_ocsf_report,
+    return "".join(render_chunks(report, fmt, max_rows=max_rows))
+
+
+def render_chunks(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> Iterator[str]:
+    """The report in ``fmt``, in pieces to write one after another (a year's JSON runs to
+    tens of MB: written as it is encoded, it never sits in memory whole, nor do the
+    millions of small strings the indenting encoder makes). An unknown ``fmt`` raises
+    here, before any piece."""
+    renderers: dict[str, Callable[[Report], Iterable[str]]] = {
+        "table": lambda r: (render_table(r, max_rows=max_rows),),
+        "json": _json_chunks,
+        "markdown": lambda r: (render_markdown(r),),
+        "csv": lambda r: (render_csv(r),),
+        "ocsf": lambda r: (render_ocsf_report(r),),
     }
     if fmt not in renderers:
         raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",
                          parameter="format")
-    return renderers[fmt](report)
+    return iter(renderers[fmt](report))
 
 
 def render_ocsf_report(report: Report) -> str:
@@ -55,7 +63,25 @@ def render_ocsf_report(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """The report JSON, indented, one trailing newline."""
-    return json.dumps(report.to_json_dict(), indent=2, ensure_ascii=False) + "\n"
+    return "".join(_json_chunks(report))
+
+
+#: About how many characters of JSON :func:`render_chunks` hands over at a time.
+JSON_CHUNK: Final = 1 << 16
+
+
+def _json_chunks(report: Report) -> Iterator[str]:
+    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
+    pending: list[str] = []
+    size = 0
+    for piece in encoder.iterencode(report.to_json_dict()):
+        pending.append(piece)
+        size += len(piece)
+        if size >= JSON_CHUNK:
+            yield "".join(pending)
+            pending, size = [], 0
+    pending.append("\n")
+    yield "".join(pending)
 
 
 def _money(value: float) -> str:

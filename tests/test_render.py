@@ -1,4 +1,5 @@
-"""Renderers: the table fits 80 columns and truncates; the others never drop a row."""
+"""Renderers: the table fits 80 columns, shortens long lists and wraps long values; the
+others never drop a row."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from nexus_audit import render as render_module
 from nexus_audit.errors import UsageError
-from nexus_audit.render import CSV_COLUMNS, _wrap, render
+from nexus_audit.render import CSV_COLUMNS, _wrap, render, render_chunks
 from nexus_audit.report import Drift, Exposure, PublicBucket, Report
 from nexus_audit.store import Store
 from tests.test_queries import T0
@@ -46,6 +48,20 @@ def test_table_fits_80_columns_and_truncates(rich: Report) -> None:
 def test_json_is_the_report_dict(rich: Report) -> None:
     """--format json prints exactly to_json_dict()."""
     assert json.loads(render(rich, "json")) == rich.to_json_dict()
+
+
+def test_json_comes_in_pieces_that_make_the_report_dict(
+        rich: Report, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI writes JSON as it is encoded: the pieces joined are the indented report
+    JSON (a year's report never sits whole in memory); the other formats come whole."""
+    monkeypatch.setattr(render_module, "JSON_CHUNK", 256)
+    pieces = list(render_chunks(rich, "json"))
+    assert len(pieces) > 3
+    assert "".join(pieces) == json.dumps(rich.to_json_dict(), indent=2,
+                                         ensure_ascii=False) + "\n"
+    assert len(list(render_chunks(rich, "table"))) == 1
+    with pytest.raises(UsageError):
+        render_chunks(rich, "xml")  # at once, before any piece is written
 
 
 def test_markdown_keeps_every_row(rich: Report) -> None:

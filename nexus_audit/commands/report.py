@@ -18,7 +18,7 @@ from nexus_audit.config import Settings
 from nexus_audit.errors import ConfigError, UnknownAccountError, UsageError
 from nexus_audit.policy import load_configured
 from nexus_audit.pricing import load_pricing
-from nexus_audit.render import render
+from nexus_audit.render import render_chunks
 from nexus_audit.report import build_report
 from nexus_audit.store import Store
 from nexus_audit.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
@@ -59,8 +59,12 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
             pricing=pricing, now=now, policy=policy)
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
-    text = render(report, args.format)
-    (out or sys.stdout).write(text)
+    sink = out or sys.stdout
+    written: list[str] = []
+    for chunk in render_chunks(report, args.format):
+        sink.write(chunk)
+        if upload is not None:
+            written.append(chunk)
     if upload is not None:
-        upload.run(settings, text.encode("utf-8"), report, clock=clock)
+        upload.run(settings, "".join(written).encode("utf-8"), report, clock=clock)
     return 0
