@@ -253,10 +253,11 @@ class StagedCrawl:
     kept, in Python: an hourly crawl of a fleet that barely changes stages nothing in
     DuckDB. Without a snapshot (a Store's first crawl of an account and kind), or once an
     id repeats within the crawl, records go to DuckDB's Appender as they come, into a
-    private in-memory database of this process's hub, created on first use. DuckDB spills
-    it to its temp directory past the hub's memory limit (see :data:`STAGING_MEMORY`), so
-    memory stays bounded whatever the fleet's size, and nothing is left behind by a killed
-    process.
+    private in-memory database of this process's hub, created on first use: columnar and
+    compressed, so far smaller than the records as Python objects (a 200,000-instance first
+    crawl stays under 300 MB RSS, see bench/crawl.py), and spilled to DuckDB's temp
+    directory only past the hub's memory limit (DuckDB's default, 80% of RAM). Nothing is
+    left behind by a killed process.
     """
 
     def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime,
