@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import textwrap
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -105,19 +106,25 @@ def _since(moment: datetime, at_least: bool) -> str:
 
 def _value(value: Any, *, spaced: bool = False) -> str:
     """A drift value as text; JSON for tags and lists (``spaced``: with a space after
-    each separator, so a table can wrap it between items)."""
+    each comma, so a table can wrap it between items, never inside one)."""
     if value is None:
         return "-"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True,
-                          separators=(", ", ": ") if spaced else (",", ":"))
+        return json.dumps(value, sort_keys=True, separators=(", " if spaced else ",", ":"))
     return str(value)
 
 
+def _pieces(word: str) -> list[str]:
+    """``word`` cut after each hyphen: the places a word can break and still read."""
+    return _HYPHENATED.findall(word) or [word]
+
+
+_HYPHENATED: Final = re.compile(r"[^-]*-|[^-]+")
+
+
 def _wrap(text: str, width: int) -> list[str]:
-    """``text`` in lines of at most ``width``, broken at spaces; a word longer than
-    ``width`` (an id, a long value) starts a line of its own and runs on to the next ones.
-    No character is dropped but the spaces at the breaks."""
+    """``text`` in lines of at most ``width``: broken at spaces, else after a hyphen, else
+    (an id, a long value) anywhere. No character is dropped but the spaces at the breaks."""
     if len(text) <= width:
         return [text]
     lines: list[str] = []
@@ -128,16 +135,28 @@ def _wrap(text: str, width: int) -> list[str]:
             continue
         if line:
             lines.append(line)
-        while len(word) > width:
-            lines.append(word[:width])
-            word = word[width:]
-        line = word
+            line = ""
+        for piece in _pieces(word):
+            if len(line) + len(piece) <= width:
+                line += piece
+                continue
+            if line:
+                lines.append(line)
+            while len(piece) > width:
+                lines.append(piece[:width])
+                piece = piece[width:]
+            line = piece
     lines.append(line)
     return lines
 
 
-def _longest_word(text: str) -> int:
-    return max(map(len, text.split(" ")))
+def _longest(text: str, *, hyphens: bool) -> int:
+    """The widest part of ``text`` that cannot break (at spaces; with ``hyphens``, after
+    hyphens too)."""
+    words = text.split(" ")
+    if hyphens:
+        words = [p for w in words for p in _pieces(w)]
+    return max(map(len, words))
 
 
 def _indented(text: str, indent: int, width: int = WIDTH) -> list[str]:
@@ -158,15 +177,17 @@ def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Seque
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
     shrinkable = [i for i in range(cols) if i not in keep] or list(range(cols))
-    # First wrap at spaces (down to each column's longest word), the column with the most
-    # room first; only then break words, the widest column first.
-    words = [max([_longest_word(headers[i])] + [_longest_word(r[i]) for r in shown])
-             for i in range(cols)]
-    while sum(widths) > budget:
-        roomiest = max(shrinkable, key=lambda i: widths[i] - words[i])
-        if widths[roomiest] <= words[roomiest]:
-            break
-        widths[roomiest] -= 1
+    # Wrap at spaces first (down to each column's longest word), the column with the most
+    # room first; then after hyphens; only then break words, the widest column first.
+    for hyphens in (False, True):
+        unbroken = [max([_longest(headers[i], hyphens=hyphens)]
+                        + [_longest(r[i], hyphens=hyphens) for r in shown])
+                    for i in range(cols)]
+        while sum(widths) > budget:
+            roomiest = max(shrinkable, key=lambda i: widths[i] - unbroken[i])
+            if widths[roomiest] <= unbroken[roomiest]:
+                break
+            widths[roomiest] -= 1
     while sum(widths) > budget:
         widest = max(shrinkable, key=lambda i: widths[i])
         if widths[widest] <= 4:

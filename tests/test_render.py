@@ -160,13 +160,17 @@ def test_table_wraps_long_values_and_never_cuts_one(rich: Report) -> None:
     assert "private →" in changes
 
 
-def test_wrap_breaks_at_spaces_and_runs_long_words_on() -> None:
-    """The wrap behind the table: spaces first; a word wider than the column starts its
-    own line and runs on; nothing but the spaces at breaks is dropped."""
+def test_wrap_breaks_at_spaces_then_hyphens_then_anywhere() -> None:
+    """The wrap behind the table: spaces first, then after a hyphen; a word wider than
+    the column starts its own line and runs on; nothing but the spaces at breaks is
+    dropped."""
     assert _wrap("private → public-read", 21) == ["private → public-read"]
     assert _wrap("private → public-read", 12) == ["private →", "public-read"]
-    assert _wrap("a → bk_staging-uploads-01", 10) == ["a →", "bk_staging", "-uploads-0",
-                                                      "1"]
+    assert _wrap("private → public-read", 8) == ["private", "→", "public-", "read"]
+    assert _wrap("a → bk_staging-uploads-01", 10) == ["a →", "bk_staging", "-uploads-",
+                                                      "01"]
+    assert _wrap("bk_staging-uploads-01", 12) == ["bk_staging-", "uploads-01"]
+    assert _wrap("inst_1ad76zu9", 5) == ["inst_", "1ad76", "zu9"]
     assert _wrap("", 4) == [""]
 
 
