@@ -115,16 +115,17 @@ def _value(value: Any, *, spaced: bool = False) -> str:
 
 
 def _pieces(word: str) -> list[str]:
-    """``word`` cut after each hyphen: the places a word can break and still read."""
-    return _HYPHENATED.findall(word) or [word]
+    """``word`` cut after each hyphen, dot or slash: the places a name or a rule can break
+    and still read (not underscores: ids such as ``inst_1ad76zu9`` read as one)."""
+    return _BREAKABLE.findall(word) or [word]
 
 
-_HYPHENATED: Final = re.compile(r"[^-]*-|[^-]+")
+_BREAKABLE: Final = re.compile(r"[^-./]*[-./]|[^-./]+")
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    """``text`` in lines of at most ``width``: broken at spaces, else after a hyphen, else
-    (an id, a long value) anywhere. No character is dropped but the spaces at the breaks."""
+    """``text`` in lines of at most ``width``: broken at spaces, else after a hyphen (or
+    dot, slash), else anywhere. No character is dropped but the spaces at the breaks."""
     if len(text) <= width:
         return [text]
     lines: list[str] = []
@@ -152,7 +153,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def _longest(text: str, *, hyphens: bool) -> int:
     """The widest part of ``text`` that cannot break (at spaces; with ``hyphens``, after
-    hyphens too)."""
+    hyphens, dots and slashes too)."""
     words = text.split(" ")
     if hyphens:
         words = [p for w in words for p in _pieces(w)]
@@ -178,7 +179,8 @@ def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Seque
     budget = width - 2 * (cols - 1)
     shrinkable = [i for i in range(cols) if i not in keep] or list(range(cols))
     # Wrap at spaces first (down to each column's longest word), the column with the most
-    # room first; then after hyphens; only then break words, the widest column first.
+    # room first; then after hyphens and the like; only then break words, the widest
+    # column first.
     for hyphens in (False, True):
         unbroken = [max([_longest(headers[i], hyphens=hyphens)]
                         + [_longest(r[i], hyphens=hyphens) for r in shown])

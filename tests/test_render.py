@@ -161,14 +161,15 @@ def test_table_wraps_long_values_and_never_cuts_one(rich: Report) -> None:
 
 
 def test_wrap_breaks_at_spaces_then_hyphens_then_anywhere() -> None:
-    """The wrap behind the table: spaces first, then after a hyphen; a word wider than
-    the column starts its own line and runs on; nothing but the spaces at breaks is
-    dropped."""
+    """The wrap behind the table: spaces first, then after a hyphen, dot or slash; a word
+    wider than the column starts its own line and runs on; nothing but the spaces at
+    breaks is dropped."""
     assert _wrap("private → public-read", 21) == ["private → public-read"]
     assert _wrap("private → public-read", 12) == ["private →", "public-read"]
     assert _wrap("private → public-read", 8) == ["private", "→", "public-", "read"]
     assert _wrap("a → bk_staging-uploads-01", 10) == ["a →", "bk_staging", "-uploads-",
                                                       "01"]
+    assert _wrap("bucket.public_too_large", 17) == ["bucket.", "public_too_large"]
     assert _wrap("bk_staging-uploads-01", 12) == ["bk_staging-", "uploads-01"]
     assert _wrap("inst_1ad76zu9", 5) == ["inst_", "1ad76", "zu9"]
     assert _wrap("", 4) == [""]
