@@ -32,6 +32,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"nexus-audit: error: {message} (see {self.prog} --help)\n")
 
 
+def _account_name(value: str) -> str:
+    """``--account``: a name; an empty one (``--account "$UNSET"``) is refused rather than
+    read as every account."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "give an account name (without --account, every account is meant)")
+    return value
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from nexus_audit.simulator.cli import run
 
@@ -84,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     crawl = sub.add_parser("crawl", help="crawl every configured account once, now")
-    crawl.add_argument("--account", metavar="NAME", help="crawl only this account")
+    crawl.add_argument("--account", metavar="NAME", type=_account_name,
+                       help="crawl only this account")
     crawl.add_argument("--kinds", default="instances,buckets",
                        help="resource kinds to crawl, comma-separated (default: both)")
     crawl.set_defaults(handler=_cmd_crawl)
@@ -98,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["table", "json", "markdown", "csv", "ocsf"],
                         help="output format (default: table); ocsf: the policy findings as "
                              "OCSF Compliance Finding events, JSON lines")
-    report.add_argument("--account", metavar="NAME", help="only this account")
+    report.add_argument("--account", metavar="NAME", type=_account_name,
+                        help="only this account")
     report.add_argument("--stale-after", default=None, metavar="DURATION",
                         help="how long an instance must sit not running to be stale (default 7d)")
     report.add_argument("--upload", metavar="BUCKET/KEY",
@@ -117,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", metavar="DIR",
                         help="target directory (default ./nexus-audit-export); partitions "
                         "already there are replaced atomically")
-    export.add_argument("--account", metavar="NAME", help="only this account")
+    export.add_argument("--account", metavar="NAME", type=_account_name,
+                        help="only this account")
     export.set_defaults(handler=_cmd_export)
 
     serve = sub.add_parser("serve", help="scheduled crawls plus /metrics, /report, /healthz")
