@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.timeutil import parse_duration
@@ -196,9 +197,17 @@ def _str(value: Any, setting: str) -> str:
 
 
 def _url(value: Any, setting: str) -> str:
-    url = _str(value, setting).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{setting}: {url!r} is not an http(s) URL")
+    given = _str(value, setting)
+    url = given.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"{setting}: {given!r} is not an http(s) URL with a host "
+                          f"(e.g. {PRODUCTION_API_URL})")
     return url
 
 
@@ -266,10 +275,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         _check_keys(data, _TOP_KEYS, str(path))
     where = env.get("NEXUS_AUDIT_CONFIG", "config")
 
-    budget = _positive_int(env.get("NEXUS_RATE_BUDGET", data.get("rate_budget",
-                           DEFAULT_RATE_BUDGET)), "NEXUS_RATE_BUDGET", maximum=1_000_000)
-    default_url = _url(env.get("NEXUS_API_URL", data.get("api_url", PRODUCTION_API_URL)),
-                       "NEXUS_API_URL")
+    def setting(env_name: str, key: str, default: Any, table: Mapping[str, Any] = data,
+                label: str = "") -> tuple[Any, str]:
+        """A setting's value and the name an error should give it: the environment
+        variable's when it comes from there, else the file's key."""
+        if env_name in env:
+            return env[env_name], env_name
+        return table.get(key, default), label + key
+
+    budget = _positive_int(*setting("NEXUS_RATE_BUDGET", "rate_budget", DEFAULT_RATE_BUDGET),
+                           maximum=1_000_000)
+    default_url = _url(*setting("NEXUS_API_URL", "api_url", PRODUCTION_API_URL))
 
     env_key: Secret | None = None
     if env.get("NEXUS_API_KEY") and env.get("NEXUS_API_KEY_FILE"):
@@ -324,8 +340,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not isinstance(serve, dict):
         raise ConfigError(f"{where}: [serve] must be a table")
     _check_keys(serve, _SERVE_KEYS, f"{where}: [serve]")
-    listen = env.get("NEXUS_AUDIT_LISTEN", serve.get("listen", DEFAULT_LISTEN))
-    validate_listen(_str(listen, "listen"), "listen")
+    listen, listen_name = setting("NEXUS_AUDIT_LISTEN", "listen", DEFAULT_LISTEN, serve,
+                                  "serve.")
+    validate_listen(_str(listen, listen_name), listen_name)
     token = None
     if env.get("NEXUS_AUDIT_BEARER_TOKEN_FILE") or "bearer_token_file" in serve:
         token_given = env.get("NEXUS_AUDIT_BEARER_TOKEN_FILE", serve.get("bearer_token_file"))
@@ -360,9 +377,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             return _relative(base, data[key], key)
         return None
 
-    interval = _duration(env.get("NEXUS_AUDIT_INTERVAL", data.get("interval", "1h")), "interval")
-    bucket_interval = _duration(env.get("NEXUS_AUDIT_BUCKET_INTERVAL",
-                                        data.get("bucket_interval", "1m")), "bucket_interval")
+    interval = _duration(*setting("NEXUS_AUDIT_INTERVAL", "interval", "1h"))
+    bucket_interval = _duration(*setting("NEXUS_AUDIT_BUCKET_INTERVAL", "bucket_interval", "1m"))
     max_gap = data.get("max_gap")
     timeout = data.get("request_timeout", 30)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:

@@ -62,8 +62,11 @@ def test_key_file_is_read_and_errors_never_quote_it(tmp_path: Path) -> None:
      ({"NEXUS_RATE_BUDGET": "0"}, "NEXUS_RATE_BUDGET"),
      ({"NEXUS_API_URL": "ftp://x"}, "NEXUS_API_URL"),
      ({"NEXUS_API_KEY": KEY, "NEXUS_API_KEY_FILE": "/x"}, "not both"),
-     ({"NEXUS_AUDIT_INTERVAL": "often"}, "interval"),
-     ({"NEXUS_AUDIT_LISTEN": "nowhere"}, "listen")],
+     ({"NEXUS_API_URL": "http://"}, "NEXUS_API_URL: 'http://' is not"),
+     ({"NEXUS_API_URL": "http://[::1/v2"}, "NEXUS_API_URL"),
+     ({"NEXUS_AUDIT_INTERVAL": "often"}, "NEXUS_AUDIT_INTERVAL"),
+     ({"NEXUS_AUDIT_BUCKET_INTERVAL": "0s"}, "NEXUS_AUDIT_BUCKET_INTERVAL"),
+     ({"NEXUS_AUDIT_LISTEN": "nowhere"}, "NEXUS_AUDIT_LISTEN")],
 )
 def test_bad_environment_names_the_setting(env: dict[str, str], message: str) -> None:
     """Each bad value is a usage error that names what to fix."""
