@@ -2,14 +2,18 @@
 -- Compute accrues only while an instance is running, at its hourly price; storage on
 -- size_bytes at storage_gb_month per 10^9 bytes per 730 h. A version accrues for the
 -- covered seconds of the crawls that observed it (first_crawl <= crawl < until_crawl),
--- looked up in obs' cumulative sums: no expansion of versions x crawls. Time in a
--- coverage gap is never charged.
+-- looked up in obs' cumulative sums: no expansion of versions x crawls. A crawl before the
+-- first one obs kept (lo) observed nothing in the window (cumulative sum 0); one after its
+-- last, everything (cum_total). Time in a coverage gap is never charged.
 -- Needs temp tables obs and instance_prices. Parameters: $storage_gb_month DOUBLE.
 WITH totals AS (
-    SELECT DISTINCT account, kind, cum_total FROM obs
+    SELECT account, kind, any_value(cum_total) AS cum_total, min(crawl_id) AS lo
+    FROM obs GROUP BY ALL
 ), running AS (
     SELECT v.account, v.region, p.hourly,
-           coalesce(u.cum_before, t.cum_total) - coalesce(f.cum_before, t.cum_total) AS secs
+           coalesce(u.cum_before, CASE WHEN v.until_crawl < t.lo THEN 0.0 ELSE t.cum_total END)
+           - coalesce(f.cum_before, CASE WHEN v.first_crawl < t.lo THEN 0.0 ELSE t.cum_total END)
+               AS secs
     FROM instance_versions v
     JOIN totals t ON t.account = v.account AND t.kind = 'instances'
     JOIN instance_prices p ON p.account = v.account AND p.id = v.id
@@ -33,7 +37,9 @@ WITH totals AS (
     WHERE list_contains($accounts, s.account)
 ), stored AS (
     SELECT p.account, p.region, p.size_bytes,
-           coalesce(u.cum_before, t.cum_total) - coalesce(f.cum_before, t.cum_total) AS secs
+           coalesce(u.cum_before, CASE WHEN p.hi < t.lo THEN 0.0 ELSE t.cum_total END)
+           - coalesce(f.cum_before, CASE WHEN p.lo < t.lo THEN 0.0 ELSE t.cum_total END)
+               AS secs
     FROM pieces p
     JOIN totals t ON t.account = p.account AND t.kind = 'buckets'
     LEFT JOIN obs f ON f.account = p.account AND f.kind = 'buckets' AND f.crawl_id = p.lo

@@ -2,20 +2,24 @@
 -- access is anything but 'private' (fail closed: unknown values and NULL are exposed).
 -- start = the crawl that first saw the run; end = the crawl that saw it private or gone,
 -- NULL while still exposed at the window's end; at_least when the start is the account's
--- first successful bucket crawl (the exposure may have begun earlier). Needs the temp
--- table obs.
--- Parameters: $since TIMESTAMPTZ.
-WITH bobs AS (
-    SELECT account, crawl_id, t, prev_crawl IS NULL AS is_first
-    FROM obs WHERE kind = 'buckets'
+-- first successful bucket crawl (the exposure may have begun earlier). A version's times
+-- are its crawls' finished_at, read from the crawls table (a run may begin long before the
+-- window); crawls at or after the window's end are not seen yet.
+-- Parameters: $accounts VARCHAR[], $since, $until TIMESTAMPTZ.
+WITH firsts AS (
+    SELECT account, min(crawl_id) AS first_crawl FROM kind_crawls
+    WHERE kind = 'buckets' AND status = 'succeeded' AND list_contains($accounts, account)
+    GROUP BY ALL
 ), versions AS (
-    SELECT v.account, v.id, v.access, v.first_crawl, f.t AS start_t, f.is_first,
+    SELECT v.account, v.id, v.access, v.first_crawl, f.finished_at AS start_t,
+           v.first_crawl = fs.first_crawl AS is_first,
            CASE WHEN u.crawl_id IS NULL THEN NULL ELSE v.until_crawl END AS until_crawl,
-           u.t AS end_t,
+           u.finished_at AS end_t,
            coalesce(lower(trim(v.access)) <> 'private', TRUE) AS exposed
     FROM bucket_versions v
-    JOIN bobs f ON f.account = v.account AND f.crawl_id = v.first_crawl
-    LEFT JOIN bobs u ON u.account = v.account AND u.crawl_id = v.until_crawl
+    JOIN firsts fs ON fs.account = v.account
+    JOIN crawls f ON f.crawl_id = v.first_crawl AND f.finished_at < $until
+    LEFT JOIN crawls u ON u.crawl_id = v.until_crawl AND u.finished_at < $until
 ), flagged AS (
     SELECT *,
            CASE WHEN exposed AND NOT coalesce(

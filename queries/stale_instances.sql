@@ -3,17 +3,22 @@
 -- chain of consecutive versions (one closed at the crawl that opened the next).
 -- stale_since = the crawl that first saw the run; at_least when that crawl is the
 -- account's first successful instance crawl (the run may have begun earlier).
--- Needs temp tables obs, state_instances, instance_prices.
--- Parameters: $until TIMESTAMPTZ, $stale_after, $pending_stale_after DOUBLE (seconds).
-WITH iobs AS (
-    SELECT account, crawl_id, t, prev_crawl IS NULL AS is_first
-    FROM obs WHERE kind = 'instances'
+-- A version's start is its first crawl's finished_at, read from the crawls table (a run
+-- may begin long before the window).
+-- Needs temp tables state_instances, instance_prices.
+-- Parameters: $accounts VARCHAR[], $until TIMESTAMPTZ, $stale_after,
+--             $pending_stale_after DOUBLE (seconds).
+WITH firsts AS (
+    SELECT account, min(crawl_id) AS first_crawl FROM kind_crawls
+    WHERE kind = 'instances' AND status = 'succeeded' AND list_contains($accounts, account)
+    GROUP BY ALL
 ), versions AS (
-    SELECT v.account, v.id, v.status, v.first_crawl, v.until_crawl, f.t AS start_t,
-           f.is_first,
+    SELECT v.account, v.id, v.status, v.first_crawl, v.until_crawl, f.finished_at AS start_t,
+           v.first_crawl = fs.first_crawl AS is_first,
            v.status <> 'running' AS idle, v.status = 'pending' AS pending
     FROM instance_versions v
-    JOIN iobs f ON f.account = v.account AND f.crawl_id = v.first_crawl
+    JOIN firsts fs ON fs.account = v.account
+    JOIN crawls f ON f.crawl_id = v.first_crawl AND f.finished_at < $until
     WHERE (v.account, v.id) IN (SELECT (account, id) FROM state_instances)
 ), flagged AS (
     SELECT *,

@@ -131,6 +131,34 @@ def test_drift_against_crawl_before_window(store: Store) -> None:
     ]
 
 
+def test_state_that_began_crawls_before_the_window(store: Store) -> None:
+    """What began crawls before the window is still answered from its first crawl.
+
+    The report reads observations from the last crawl before the window on; anything
+    older only by its crawl's time. Crawls at 0h..4h (both kinds), unchanged but for
+    b-size (1 GB, 2 GB from 1h); window [2.5h, 5h), max_gap 2h: covered in full (2h holds
+    to 3h, 4h to 5h). Compute: i-run 1.00/h x 2.5h = 2.50. Storage (1.00 per GB-hour):
+    b-pub 1 GB and b-size 2 GB over 2.5h = 7.50. b-pub exposed since 0h and i-idle
+    stopped since 0h, both "at least" (the first crawl saw them so). No drift inside.
+    """
+    instances = [inst("i-run"), inst("i-idle", status="stopped")]
+    for hour in range(5):
+        crawl(store, T0 + hour * H, instances=instances,
+              buckets=[bucket("b-pub", access="public-read"),
+                       bucket("b-size", size=10**9 if hour == 0 else 2 * 10**9)])
+    r = report(store, T0 + 2.5 * H, T0 + 5 * H, stale_after=H)
+    assert r.crawls.coverage.ratio == 1.0
+    assert r.cost.accrued.compute == pytest.approx(2.5)
+    assert r.cost.accrued.storage == pytest.approx(7.5)
+    assert [(e.id, e.start, e.end, e.at_least) for e in r.exposures] == [
+        ("b-pub", T0, None, True)]
+    assert [(p.id, p.public_since, p.at_least) for p in r.public_buckets] == [
+        ("b-pub", T0, True)]
+    assert [(s.id, s.stale_since, s.at_least) for s in r.stale_instances] == [
+        ("i-idle", T0, True)]
+    assert r.drift == ()
+
+
 def test_first_crawl_is_not_drift(store: Store) -> None:
     """The first crawl of a stream has nothing to compare with: no 'added' flood."""
     crawl(store, T0, instances=[inst("i-1")], buckets=[bucket("b-1")])
