@@ -135,25 +135,28 @@ def evaluate(con: duckdb.DuckDBPyConnection, policy: Policy, window: Window,
              accounts: Sequence[str]) -> tuple[Finding, ...]:
     """The findings of ``accounts`` seen inside ``window``, on an open history connection.
 
-    Ordered by first_seen, account, rule, resource. Creates the temp table
-    ``finding_crawls`` on ``con``.
+    Ordered by first_seen, account, rule, resource. Creates the temp tables
+    ``finding_crawls`` and ``finding_runs`` on ``con``.
     """
     values = _values(policy, window, accounts)
-    crawls_sql = load_query("findings_crawls")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE finding_crawls AS {crawls_sql}",
-                bind(crawls_sql, values))
+    for table, name in (("finding_crawls", "findings_crawls"), ("finding_runs", "findings")):
+        sql = load_query(name)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", bind(sql, values))
+    # Only the crawls the judge reads (see findings_times.sql), not the whole sequence:
+    # positions in this shorter sequence bound the same runs and split them at the same
+    # crawls.
     times: dict[tuple[str, str], list[datetime]] = {}
     position: dict[tuple[str, str], dict[int, int]] = {}
-    for account, kind, crawl_id, t in con.execute(
-            "SELECT account, kind, crawl_id, t FROM finding_crawls "
-            "ORDER BY account, kind, crawl_id").fetchall():
+    sql = load_query("findings_times")
+    values["expiries"] = sorted({e.expires for e in policy.exceptions})
+    for account, kind, crawl_id, t in con.execute(sql, bind(sql, values)).fetchall():
         seq = times.setdefault((account, kind), [])
         position.setdefault((account, kind), {})[int(crawl_id)] = len(seq)
         seq.append(t.astimezone(UTC))
-    sql = load_query("findings")
     found: list[Finding] = []
     for rule, kind, account, ident, region, first, until, detail in con.execute(
-            sql, bind(sql, values)).fetchall():
+            "SELECT rule, kind, account, id, region, from_crawl, until_crawl, detail "
+            "FROM finding_runs ORDER BY account, rule, id, from_crawl").fetchall():
         key = (account, _KIND[kind])
         run = Run(rule=rule, account=account, resource=ident, region=region or "",
                   from_crawl=int(first), until_crawl=None if until is None else int(until),
