@@ -30,7 +30,7 @@ import duckdb
 
 from nexus_audit.errors import StoreError
 from nexus_audit.policy import RULES, AcceptedException, Policy, Severity, raised
-from nexus_audit.sql import bind, load_query
+from nexus_audit.sql import bind, create_temp, load_query
 from nexus_audit.timeutil import Window, isoformat
 
 if TYPE_CHECKING:
@@ -139,9 +139,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, policy: Policy, window: Window,
     ``finding_crawls`` and ``finding_runs`` on ``con``.
     """
     values = _values(policy, window, accounts)
-    for table, name in (("finding_crawls", "findings_crawls"), ("finding_runs", "findings")):
-        sql = load_query(name)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", bind(sql, values))
+    create_temp(con, "finding_crawls", "findings_crawls", values)
+    create_temp(con, "finding_runs", "findings", values)
     # Only the crawls the judge reads (see findings_times.sql), not the whole sequence:
     # positions in this shorter sequence bound the same runs and split them at the same
     # crawls.

@@ -32,7 +32,7 @@ from nexus_audit.errors import NoDataError, StoreError, UnknownAccountError, Usa
 from nexus_audit.findings import Finding, evaluate
 from nexus_audit.policy import Policy
 from nexus_audit.pricing import Pricing
-from nexus_audit.sql import bind, load_query
+from nexus_audit.sql import bind, create_temp, load_query
 from nexus_audit.timeutil import Window, isoformat
 
 MONEY_DECIMALS: Final = 6
@@ -329,13 +329,6 @@ def _run(con: duckdb.DuckDBPyConnection, name: str,
     return con.execute(sql, bind(sql, values)).fetchall()
 
 
-def _temp(con: duckdb.DuckDBPyConnection, table: str, name: str,
-          values: dict[str, Any]) -> None:
-    sql = load_query(name)
-    # The table name is ours; the query's values are bound.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", bind(sql, values))
-
-
 def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str] | None,
            values: dict[str, Any], pricing: Pricing, now: datetime) -> Report:
     known = [r[0] for r in con.execute(
@@ -370,11 +363,11 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
         {"plan": [p.name for p in pricing.plans], "cpu": [p.cpu for p in pricing.plans],
          "mem": [p.memory_gb for p in pricing.plans],
          "hourly": [p.hourly for p in pricing.plans]})
-    _temp(con, "obs", "observations", values)
-    _temp(con, "instance_prices", "instance_prices", values)
-    _temp(con, "state_instances", "state_instances", values)
-    _temp(con, "state_buckets", "state_buckets", values)
-    _temp(con, "exposures", "exposures", values)
+    create_temp(con, "obs", "observations", values)
+    create_temp(con, "instance_prices", "instance_prices", values)
+    create_temp(con, "state_instances", "state_instances", values)
+    create_temp(con, "state_buckets", "state_buckets", values)
+    create_temp(con, "exposures", "exposures", values)
 
     crawls = _crawl_stats(con, values, window, len(accounts))
     inventory = _inventory(_run(con, "inventory", values))

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nexus_audit.errors import NexusAuditError
+
+if TYPE_CHECKING:
+    import duckdb
 
 _PACKAGE: Final = "nexus_audit.queries"
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
@@ -49,3 +52,12 @@ def bind(sql: str, values: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"query needs parameters {sorted(missing)}")
     return {k: v for k, v in values.items() if k in wanted}
+
+
+def create_temp(con: duckdb.DuckDBPyConnection, table: str, name: str,
+                values: dict[str, Any]) -> None:
+    """Materialize query ``name`` as the temp table ``table`` on ``con`` (for the queries
+    that read it after)."""
+    sql = load_query(name)
+    # The table name is ours, never a user's; the query's values are bound.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", bind(sql, values))
