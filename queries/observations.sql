@@ -1,6 +1,7 @@
 -- The successful crawls of each (account, kind) whose observation can reach the window:
--- from the last one before the window's start (or the stream's first) up to the window's
--- end, with the time each observation holds and its covered seconds inside the window.
+-- from the last one before the window's start (or the stream's first; an earlier one
+-- at most where streams' last crawls before the window differ) up to the window's end,
+-- with the time each observation holds and its covered seconds inside the window.
 -- Earlier crawls are left out (a 30-day window's rows stay as many after years of minute-
 -- level bucket history; only a scan of the crawls grows): their observations ended before
 -- the window (0 covered seconds, cumulative sums 0), and the queries that need an older
@@ -10,25 +11,25 @@
 -- cum_before: covered seconds of all earlier crawls of the sequence, so the seconds a
 -- version was observed in the window are cum_at(until_crawl) - cum_at(first_crawl).
 -- prev_crawl: the previous successful crawl; NULL on each stream's first row kept (the
--- stream's first crawl, or the one before the window, whose prev_crawl no query reads).
+-- stream's first crawl, or one before the window, whose prev_crawl no query reads).
 -- Parameters: $accounts VARCHAR[], $since, $until TIMESTAMPTZ,
 --             $max_gap_instances, $max_gap_buckets DOUBLE (seconds).
-WITH good AS (
-    SELECT account, kind, crawl_id, finished_at
+WITH last_before AS (
+    -- per stream, the last crawl before the window (none: the stream begins inside it)
+    SELECT max(finished_at) AS t FROM kind_crawls
+    WHERE status = 'succeeded' AND list_contains($accounts, account) AND finished_at < $since
+    GROUP BY account, kind
+), seq AS (
+    -- From the earliest of those on, for every stream (a stream may keep a few crawls more
+    -- than it needs, never fewer): one cut-off time, which also lets DuckDB skip the
+    -- crawls table's older row groups unread.
+    SELECT account, kind, crawl_id, finished_at AS t,
+           lead(finished_at) OVER w AS t_next,
+           lag(crawl_id) OVER w AS prev_crawl
     FROM kind_crawls
     WHERE status = 'succeeded' AND list_contains($accounts, account)
-), starts AS (
-    -- per stream, the last crawl before the window (NULL: the stream begins inside it)
-    SELECT account, kind, max(crawl_id) FILTER (WHERE finished_at < $since) AS first_kept
-    FROM good GROUP BY ALL
-), seq AS (
-    SELECT g.account, g.kind, g.crawl_id, g.finished_at AS t,
-           lead(g.finished_at) OVER w AS t_next,
-           lag(g.crawl_id) OVER w AS prev_crawl
-    FROM good g
-    JOIN starts s ON s.account = g.account AND s.kind = g.kind
-    WHERE g.crawl_id >= coalesce(s.first_kept, 0)
-    WINDOW w AS (PARTITION BY g.account, g.kind ORDER BY g.crawl_id)
+      AND finished_at >= coalesce((SELECT min(t) FROM last_before), '-infinity'::TIMESTAMPTZ)
+    WINDOW w AS (PARTITION BY account, kind ORDER BY crawl_id)
 ), held AS (
     SELECT *,
            least(coalesce(t_next, 'infinity'::TIMESTAMPTZ),

@@ -135,15 +135,18 @@ def test_state_that_began_crawls_before_the_window(store: Store) -> None:
     """What began crawls before the window is still answered from its first crawl.
 
     The report reads observations from the last crawl before the window on; anything
-    older only by its crawl's time. Crawls at 0h..4h (both kinds), unchanged but for
+    older only by its crawl's time. Crawls at 0h..4h (both kinds; buckets alone at 2h15 and
+    2h24), unchanged but for
     b-size (1 GB, 2 GB from 1h); window [2.5h, 5h), max_gap 2h: covered in full (2h holds
     to 3h, 4h to 5h). Compute: i-run 1.00/h x 2.5h = 2.50. Storage (1.00 per GB-hour):
     b-pub 1 GB and b-size 2 GB over 2.5h = 7.50. b-pub exposed since 0h and i-idle
     stopped since 0h, both "at least" (the first crawl saw them so). No drift inside.
     """
     instances = [inst("i-run"), inst("i-idle", status="stopped")]
-    for hour in range(5):
-        crawl(store, T0 + hour * H, instances=instances,
+    for hour in (0, 1, 2, 2.25, 2.4, 3, 4):
+        # 2h15 and 2h24: bucket-only crawls, so the two streams' last crawls before the
+        # window differ (2h and 2h24)
+        crawl(store, T0 + hour * H, instances=None if hour in (2.25, 2.4) else instances,
               buckets=[bucket("b-pub", access="public-read"),
                        bucket("b-size", size=10**9 if hour == 0 else 2 * 10**9)])
     r = report(store, T0 + 2.5 * H, T0 + 5 * H, stale_after=H)
