@@ -171,25 +171,36 @@ def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Seque
           max_rows: int, width: int = WIDTH, *, keep: Collection[int] = ()) -> list[str]:
     """A plain-text table of the first ``max_rows`` of ``items`` (each made a row by
     ``row``; the others are only counted) that fits ``width``: columns shrink (except those
-    in ``keep``: times and sizes, which read best on one line), and a cell wider than its
-    column wraps onto the next lines, within the column."""
+    in ``keep``: times, sizes and a bucket's access, which must read at a glance), and a
+    cell wider than its column wraps onto the next lines, within the column."""
     shown = [row(item) for item in items[:max_rows]]
     cols = len(headers)
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
     shrinkable = [i for i in range(cols) if i not in keep] or list(range(cols))
-    # Wrap at spaces first (down to each column's longest word), the column with the most
-    # room first; then after hyphens and the like; only then break words, the widest
-    # column first.
-    for hyphens in (False, True):
-        unbroken = [max([_longest(headers[i], hyphens=hyphens)]
-                        + [_longest(r[i], hyphens=hyphens) for r in shown])
-                    for i in range(cols)]
-        while sum(widths) > budget:
-            roomiest = max(shrinkable, key=lambda i: widths[i] - unbroken[i])
-            if widths[roomiest] <= unbroken[roomiest]:
-                break
-            widths[roomiest] -= 1
+    # Shrink one character at a time where the table grows by the fewest lines, then
+    # wraps the fewest cells (ties: the column with the most room), as long as no word has
+    # to break inside; only then break words, the widest column first.
+    columns = [[headers[i], *(r[i] for r in shown)] for i in range(cols)]
+    unbroken = [max(_longest(c, hyphens=True) for c in column) for column in columns]
+    heights: dict[tuple[int, int], list[int]] = {}
+
+    def cost(i: int) -> tuple[int, int, int]:
+        trial = list(widths)
+        trial[i] -= 1
+        for j, w in enumerate(trial):
+            if (j, w) not in heights:
+                heights[(j, w)] = [len(_wrap(c, w)) for c in columns[j]]
+        cells = [heights[(j, w)] for j, w in enumerate(trial)]
+        lines = sum(map(max, zip(*cells, strict=True)))
+        wrapped = sum(h > 1 for column in cells for h in column)
+        return lines, wrapped, unbroken[i] - widths[i]
+
+    while sum(widths) > budget:
+        options = [i for i in shrinkable if widths[i] > unbroken[i]]
+        if not options:
+            break
+        widths[min(options, key=cost)] -= 1
     while sum(widths) > budget:
         widest = max(shrinkable, key=lambda i: widths[i])
         if widths[widest] <= 4:
@@ -271,12 +282,13 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
     out += _grid(["bucket", "access", "region", "size", "public since"], report.public_buckets,
                  lambda b: [b.id, b.access, b.region, _size(b.size_bytes),
                             _since(b.public_since, b.at_least)],
-                 max_rows, keep=(3, 4)) if report.public_buckets else ["  no bucket is exposed now"]
+                 max_rows, keep=(1, 3, 4)) if report.public_buckets else [
+                     "  no bucket is exposed now"]
     out.append("")
     out += _grid(["bucket", "access", "start", "end"], report.exposures,
                  lambda e: [e.id, e.access, _since(e.start, e.at_least),
                             isoformat(e.end) or "ongoing"],
-                 max_rows, keep=(2, 3)) if report.exposures else ["  no exposure in the window"]
+                 max_rows, keep=(1, 2, 3)) if report.exposures else ["  no exposure in the window"]
     if any(b.at_least for b in report.public_buckets) or any(
             e.at_least for e in report.exposures):
         out.append("  ≤: exposed since at least then (the first crawl saw it so)")
