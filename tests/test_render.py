@@ -126,8 +126,8 @@ def _column(text: str, header: str, index: int) -> list[str]:
 
 def test_table_wraps_long_values_and_never_cuts_one(rich: Report) -> None:
     """When a table must shrink to 80 columns, long ids and changes wrap onto more lines
-    and keep every character (a cut "public-read…" could be "public-read-write"); times
-    and sizes stay on one line, whole."""
+    and keep every character (a cut "public-read…" could be "public-read-write"); times,
+    sizes and a bucket's access stay on one line, whole."""
     long_id = "bk_staging-uploads-with-a-long-name-01"
     since = T0 + timedelta(minutes=7, seconds=34)
     report = replace(
@@ -151,6 +151,7 @@ def test_table_wraps_long_values_and_never_cuts_one(rich: Report) -> None:
     assert "484.0 GB" in text
     public = "bucket access region size public since"
     assert "".join(_column(text, public, 0)) == long_id
+    assert _column(text, public, 1) == ["public-read"]  # access never wraps
     assert "".join(_column(text, "bucket access start end", 0)) == long_id
     drift = "observed kind id change field old → new"
     assert "".join(_column(text, drift, 2)) == long_id + "i-web"
