@@ -128,6 +128,7 @@ def _values(policy: Policy, window: Window, accounts: Sequence[str]) -> dict[str
         "max_public_bytes": b.max_public_bucket_bytes or 0,
         "check_stopped": b.max_stopped is not None,
         "max_stopped": b.max_stopped.total_seconds() if b.max_stopped else 0.0,
+        "expiries": sorted({e.expires for e in policy.exceptions}),
     }
 
 
@@ -147,7 +148,6 @@ def evaluate(con: duckdb.DuckDBPyConnection, policy: Policy, window: Window,
     times: dict[tuple[str, str], list[datetime]] = {}
     position: dict[tuple[str, str], dict[int, int]] = {}
     sql = load_query("findings_times")
-    values["expiries"] = sorted({e.expires for e in policy.exceptions})
     for account, kind, crawl_id, t in con.execute(sql, bind(sql, values)).fetchall():
         seq = times.setdefault((account, kind), [])
         position.setdefault((account, kind), {})[int(crawl_id)] = len(seq)

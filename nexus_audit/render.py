@@ -151,13 +151,10 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def _longest(text: str, *, hyphens: bool) -> int:
-    """The widest part of ``text`` that cannot break (at spaces; with ``hyphens``, after
-    hyphens, dots and slashes too)."""
-    words = text.split(" ")
-    if hyphens:
-        words = [p for w in words for p in _pieces(w)]
-    return max(map(len, words))
+def _longest(text: str) -> int:
+    """The widest part of ``text`` that cannot break (at spaces, or after hyphens, dots
+    and slashes)."""
+    return max(len(p) for w in text.split(" ") for p in _pieces(w))
 
 
 def _indented(text: str, indent: int, width: int = WIDTH) -> list[str]:
@@ -182,7 +179,7 @@ def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Seque
     # wraps the fewest cells (ties: the column with the most room), as long as no word has
     # to break inside; only then break words, the widest column first.
     columns = [[headers[i], *(r[i] for r in shown)] for i in range(cols)]
-    unbroken = [max(_longest(c, hyphens=True) for c in column) for column in columns]
+    unbroken = [max(_longest(c) for c in column) for column in columns]
     heights: dict[tuple[int, int], list[int]] = {}
 
     def cost(i: int) -> tuple[int, int, int]:
