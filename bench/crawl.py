@@ -50,10 +50,10 @@ configure_logging(json=True, level=40)
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget  # noqa: E402
 from nexus_audit.config import AccountConfig, Secret  # noqa: E402
-from nexus_audit.crawl import crawl_account  # noqa: E402
-from nexus_audit.model import Bucket, CrawlSummary, Instance  # noqa: E402
+from nexus_audit.crawl.crawler import crawl_account  # noqa: E402
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance  # noqa: E402
+from nexus_audit.domain.timeutil import SystemClock  # noqa: E402
 from nexus_audit.simulator.fleet import REGIONS  # noqa: E402
-from nexus_audit.timeutil import SystemClock  # noqa: E402
 
 
 @dataclass
@@ -269,7 +269,7 @@ def rss_child(url: str, key: str, sink_kind: str) -> None:
         if sink_kind == "store":
             from datetime import UTC, datetime
 
-            from nexus_audit.store import Store
+            from nexus_audit.history.store import Store
 
             with tempfile.TemporaryDirectory() as tmp:
                 store = Store(Path(tmp) / "bench.duckdb")

@@ -44,12 +44,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from nexus_audit import duckfile
-from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.pricing import load_pricing
-from nexus_audit.report import build_report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.audit.report import build_report
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.history import duckfile
+from nexus_audit.history.store import Store
 
 PLANS = (("nano", 1, 1.0), ("micro", 2, 2.0), ("standard", 4, 16.0), ("performance", 16, 64.0),
          (None, 8, 32.0))

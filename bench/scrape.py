@@ -29,8 +29,8 @@ from pathlib import Path
 import aiohttp
 
 from nexus_audit.config import AccountConfig, Secret, Settings
-from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.store import Store
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.history.store import Store
 
 REGIONS = ("us-east-1", "us-west-2", "us-central1", "eu-west-1", "eu-west-2", "eu-central-1",
            "ap-south-1", "ap-northeast-1")
@@ -114,9 +114,9 @@ def serve_child(db: str, per_instance: bool) -> None:
     from aiohttp import web
 
     from nexus_audit.commands.serve import Service
+    from nexus_audit.domain.pricing import load_pricing
+    from nexus_audit.domain.timeutil import SystemClock
     from nexus_audit.logs import configure_logging
-    from nexus_audit.pricing import load_pricing
-    from nexus_audit.timeutil import SystemClock
 
     configure_logging(json=True)
     settings = Settings(

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from nexus_audit.domain.timeutil import parse_duration
 from nexus_audit.errors import ConfigError, UsageError
-from nexus_audit.timeutil import parse_duration
 
 PRODUCTION_API_URL: Final = "https://api.cloudnexus.io/v2"
 #: The provider's documented limit per key.

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.api.client import request_seconds
 from nexus_audit.config import AccountConfig, Secret
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import (
     AuthError,
     BadRequestError,
@@ -26,7 +27,6 @@ from nexus_audit.errors import (
     ServerError,
     TransportError,
 )
-from nexus_audit.timeutil import FakeClock
 
 KEY = "nx_test_sk_0123456789abcdef"
 BASE = "http://api.test/v2"

@@ -14,8 +14,8 @@ from aioresponses import CallbackResult, aioresponses
 from nexus_audit.api import ApiStats, CloudNexusClient, CursorWalk, RateBudget
 from nexus_audit.api.pagination import RepeatedCursorError, fetch_total, parse_page
 from nexus_audit.config import AccountConfig, Secret
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ProtocolError
-from nexus_audit.timeutil import FakeClock
 
 INSTANCES = re.compile(r"^http://api\.test/v2/instances(\?.*)?$")
 

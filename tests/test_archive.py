@@ -14,7 +14,11 @@ from aioresponses import aioresponses
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
 from nexus_audit.api.client import Reply
-from nexus_audit.archive import (
+from nexus_audit.config import AccountConfig, Secret
+from nexus_audit.domain.timeutil import FakeClock, Window
+from nexus_audit.errors import UsageError
+from nexus_audit.history.store import AccountState
+from nexus_audit.output.archive import (
     Digest,
     ExposedBucketError,
     IntegrityError,
@@ -26,10 +30,6 @@ from nexus_audit.archive import (
     upload_report,
     verify_reply,
 )
-from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.errors import UsageError
-from nexus_audit.store import AccountState
-from nexus_audit.timeutil import FakeClock, Window
 from tests.test_store import bucket
 
 URL = "https://api.example.test/v2"

@@ -14,14 +14,14 @@ import pytest
 import structlog
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
-from nexus_audit.archive import CONTENT_TYPES, Target, upload_object, upload_report
 from nexus_audit.cli import main
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl import crawl_and_commit
+from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ServerError
+from nexus_audit.history.store import Store
+from nexus_audit.output.archive import CONTENT_TYPES, Target, upload_object, upload_report
 from nexus_audit.simulator import Simulator, SimulatorThread
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock
 from tests.sim_fixtures import MakeSimulator
 from tests.test_archive import WINDOW
 

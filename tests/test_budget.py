@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_audit.api.budget import RateBudget, window_capacity
-from nexus_audit.timeutil import FakeClock
+from nexus_audit.domain.timeutil import FakeClock
 
 
 def max_in_any_window(times: list[float], window: float) -> int:

@@ -15,7 +15,7 @@ from nexus_audit.api.budget import (
     request_priority,
     reserve_for,
 )
-from nexus_audit.timeutil import FakeClock
+from nexus_audit.domain.timeutil import FakeClock
 from tests.test_budget import max_in_any_window
 
 

@@ -16,10 +16,10 @@ from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl import crawl_account, crawl_and_commit, mismatch_note
-from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.progress import CrawlProgress
-from nexus_audit.timeutil import FakeClock
+from nexus_audit.crawl.crawler import crawl_account, crawl_and_commit, mismatch_note
+from nexus_audit.crawl.progress import CrawlProgress
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.timeutil import FakeClock
 
 INSTANCES = re.compile(r"^http://api\.test/v2/instances(\?.*)?$")
 BUCKETS = re.compile(r"^http://api\.test/v2/buckets(\?.*)?$")

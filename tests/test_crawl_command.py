@@ -18,12 +18,12 @@ from nexus_audit.commands.crawl import (
     parse_kinds,
 )
 from nexus_audit.config import AccountConfig, Secret, Settings, load_settings
+from nexus_audit.crawl.progress import CrawlProgress, format_progress, time_left
+from nexus_audit.domain.model import CrawlSummary
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, UsageError
-from nexus_audit.model import CrawlSummary
-from nexus_audit.progress import CrawlProgress, format_progress, time_left
+from nexus_audit.history.store import Store
 from nexus_audit.simulator import SimulatorThread
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock
 
 
 def settings_for(sim: SimulatorThread, tmp_path: Path) -> Settings:

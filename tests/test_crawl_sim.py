@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl import crawl_account, crawl_and_commit
-from nexus_audit.model import KINDS, Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.crawl.crawler import crawl_account, crawl_and_commit
+from nexus_audit.domain.model import KINDS, Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.timeutil import SystemClock
+from nexus_audit.history.store import Store
 from nexus_audit.simulator import Simulator
 from nexus_audit.simulator.fleet import REGIONS
-from nexus_audit.store import Store
-from nexus_audit.timeutil import SystemClock
 from tests.sim_fixtures import MakeSimulator
 
 #: Quick retries: the simulator's faults are one-offs.

@@ -1,4 +1,4 @@
-"""The writer's hold on the database during a burst of commits (nexus_audit.duckfile).
+"""The writer's hold on the database during a burst of commits (nexus_audit.history.duckfile).
 
 A commit that follows the previous one within LINGER keeps the file attached; tests set
 LINGER to an hour so that "in a burst" never depends on how fast this machine is, and
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit import duckfile
 from nexus_audit.errors import StoreError
-from nexus_audit.store import Store
+from nexus_audit.history import duckfile
+from nexus_audit.history.store import Store
 from tests.test_store import T0, bucket, crawl, inst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,9 +218,9 @@ def test_migrate_lets_go_first(store: Store) -> None:
 BURST_AND_EXIT = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from nexus_audit import duckfile
-    from nexus_audit.model import CrawlSummary, Instance
-    from nexus_audit.store import Store
+    from nexus_audit.history import duckfile
+    from nexus_audit.domain.model import CrawlSummary, Instance
+    from nexus_audit.history.store import Store
 
     duckfile.LINGER = 3600.0  # hold from the second commit to the end
     store = Store(sys.argv[1])
@@ -256,7 +256,7 @@ def test_a_process_that_exits_leaves_the_file_whole(tmp_path: Path) -> None:
 EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
     import threading
     import time
-    from nexus_audit import store as store_module
+    from nexus_audit.history import store as store_module
 
     # Let go from a timer thread, and exit while it is still settling: the exit hook must
     # wait for it (else the process ends before the checkpoint, and the log stays).

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import structlog
 
-from nexus_audit import export as export_module
+from nexus_audit.audit.report import History, build_report
 from nexus_audit.cli import main
+from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError
-from nexus_audit.export import ExportError, ParquetHistory, export_history
-from nexus_audit.report import History, build_report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.history import parquet as export_module
+from nexus_audit.history.parquet import ExportError, ParquetHistory, export_history
+from nexus_audit.history.store import Store
 from tests.test_queries import PRICES, T0
 from tests.test_store import bucket, crawl, inst
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from nexus_audit.store import Store
+from nexus_audit.history.store import Store
 from tests.test_queries import T0, H, report
 from tests.test_store import bucket, crawl, inst
 

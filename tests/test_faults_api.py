@@ -26,12 +26,12 @@ from prometheus_client import CollectorRegistry
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl import crawl_and_commit
+from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.domain.model import CrawlSummary, bucket_from_api, instance_from_api
+from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.history.store import Store
 from nexus_audit.metrics import ApiCollector, CrawlStateCollector, SnapshotHolder, build_snapshot
-from nexus_audit.model import CrawlSummary, bucket_from_api, instance_from_api
 from nexus_audit.simulator import ManualClock, Simulator
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock
 from tests.sim_fixtures import MakeSimulator
 
 ACCOUNT = "sim"

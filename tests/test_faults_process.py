@@ -29,10 +29,10 @@ import pytest
 import structlog
 
 from nexus_audit.cli import main
+from nexus_audit.domain.model import CrawlSummary, Instance
 from nexus_audit.errors import StoreError
-from nexus_audit.model import CrawlSummary, Instance
+from nexus_audit.history.store import Store
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
-from nexus_audit.store import Store
 from tests.serve_fixtures import wait_until
 from tests.test_store_processes import check_consistent, start_writer
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.findings import Finding, Run, current_counts, evaluate_history, judge
-from nexus_audit.policy import Policy, parse_policy
-from nexus_audit.report import Report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.audit.findings import Finding, Run, current_counts, evaluate_history, judge
+from nexus_audit.audit.report import Report
+from nexus_audit.domain.policy import Policy, parse_policy
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.history.store import Store
 from tests.test_queries import T0, D, H, report
 from tests.test_report import build, rich_history
 from tests.test_store import bucket, crawl, inst
@@ -307,7 +307,7 @@ def test_report_with_a_policy_carries_findings(tmp_path: Path) -> None:
 
 def report_with(store: Store, pol: Policy) -> Report:
     """The rich history's report window, with a policy."""
-    from nexus_audit.report import build_report
+    from nexus_audit.audit.report import build_report
     from tests.test_queries import PRICES
 
     return build_report(store, Window(T0 + H, T0 + 12 * H), stale_after=6 * H,
@@ -324,7 +324,7 @@ def test_report_helper_is_unchanged_by_policies(store: Store) -> None:
 def test_findings_over_an_exported_parquet_history_equal_the_database(
         store: Store, tmp_path: Path) -> None:
     """The findings queries run unchanged on the Parquet export (report.History seam)."""
-    from nexus_audit.export import ParquetHistory, export_history
+    from nexus_audit.history.parquet import ParquetHistory, export_history
 
     for hour in range(6):
         crawl(store, T0 + hour * H,

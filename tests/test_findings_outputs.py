@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from nexus_audit.audit.report import Report
 from nexus_audit.commands.serve import Service
 from nexus_audit.config import AccountConfig, Secret, Settings
+from nexus_audit.domain.policy import Policy, parse_policy
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import FakeClock, Window
 from nexus_audit.errors import ConfigError
+from nexus_audit.history.store import Store
 from nexus_audit.metrics import FindingsCollector, Snapshot, SnapshotHolder
-from nexus_audit.policy import Policy, parse_policy
-from nexus_audit.pricing import load_pricing
-from nexus_audit.render import CSV_COLUMNS, CSV_FINDING_COLUMNS, render
-from nexus_audit.report import Report
-from nexus_audit.server import ReportQuery
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock, Window
+from nexus_audit.output.render import CSV_COLUMNS, CSV_FINDING_COLUMNS, render
+from nexus_audit.service.web import ReportQuery
 from tests.test_findings import report_with
 from tests.test_queries import PRICES, T0, H
 from tests.test_report import build, rich_history

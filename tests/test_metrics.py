@@ -11,6 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_audit import __version__
 from nexus_audit.api import ApiStats, RateBudget
+from nexus_audit.domain.model import Bucket, Instance
+from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.history.store import AccountState, CrawlInfo
 from nexus_audit.metrics import (
     BYTES_PER_GB,
     ApiCollector,
@@ -24,9 +27,6 @@ from nexus_audit.metrics import (
     SnapshotHolder,
     build_snapshot,
 )
-from nexus_audit.model import Bucket, Instance
-from nexus_audit.store import AccountState, CrawlInfo
-from nexus_audit.timeutil import FakeClock
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nexus_audit.model import (
+from nexus_audit.domain.model import (
     InvalidRecordError,
     bucket_from_api,
     instance_from_api,

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from nexus_audit import __version__
+from nexus_audit.audit.findings import Finding
 from nexus_audit.cli import main
-from nexus_audit.findings import Finding
-from nexus_audit.ocsf import event, finding_uid, render_ocsf
-from nexus_audit.policy import parse_policy
-from nexus_audit.store import Store
+from nexus_audit.domain.policy import parse_policy
+from nexus_audit.history.store import Store
+from nexus_audit.output.ocsf import event, finding_uid, render_ocsf
 from tests.test_findings import report_with
 from tests.test_queries import T0, H
 from tests.test_report import rich_history

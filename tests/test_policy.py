@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from nexus_audit.config import load_settings
-from nexus_audit.errors import ConfigError
-from nexus_audit.policy import (
+from nexus_audit.domain.policy import (
     RULES,
     SEVERITIES,
     key_lines,
@@ -20,6 +19,7 @@ from nexus_audit.policy import (
     parse_size,
     raised,
 )
+from nexus_audit.errors import ConfigError
 
 GOOD = b"""\
 # a comment

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from nexus_audit.domain.pricing import load_pricing, parse_pricing
 from nexus_audit.errors import ConfigError
-from nexus_audit.pricing import load_pricing, parse_pricing
 
 GOOD = """
 name = "acme-contract"

@@ -27,14 +27,14 @@ from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl import crawl_account
+from nexus_audit.crawl.crawler import crawl_account
+from nexus_audit.domain.model import Bucket, Instance
+from nexus_audit.domain.timeutil import SystemClock, Window, format_duration, isoformat
 from nexus_audit.errors import UsageError
-from nexus_audit.model import Bucket, Instance
-from nexus_audit.server import parse_report_query
+from nexus_audit.history.store import Store
+from nexus_audit.service.web import parse_report_query
 from nexus_audit.simulator import Simulator, SimulatorConfig
 from nexus_audit.simulator.fleet import REGIONS
-from nexus_audit.store import Store
-from nexus_audit.timeutil import SystemClock, Window, format_duration, isoformat
 from tests.test_queries import T0, H, report
 from tests.test_store import crawl
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from nexus_audit.audit.report import Report, UnknownAccountError, build_report
+from nexus_audit.domain.pricing import Pricing, parse_pricing
+from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError, UsageError
-from nexus_audit.pricing import Pricing, parse_pricing
-from nexus_audit.report import Report, UnknownAccountError, build_report
-from nexus_audit.sql import load_query, parameters, query_names
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.history.sql import load_query, parameters, query_names
+from nexus_audit.history.store import Store
 from tests.test_store import bucket, crawl, inst
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

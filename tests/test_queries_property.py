@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus_audit.model import Instance
-from nexus_audit.store import Store
+from nexus_audit.domain.model import Instance
+from nexus_audit.history.store import Store
 from tests.test_queries import PRICES, T0, H, report
 from tests.test_store import crawl, inst
 

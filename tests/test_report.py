@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.report import Report, money
-from nexus_audit.store import Store
+from nexus_audit.audit.report import Report, money
+from nexus_audit.history.store import Store
 from tests.test_queries import PRICES, T0, H, report
 from tests.test_store import bucket, crawl, inst
 

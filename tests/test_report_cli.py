@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nexus_audit.cli import main
-from nexus_audit.store import Store
+from nexus_audit.history.store import Store
 from tests.test_report import rich_history
 
 UNTIL = "2026-03-01T12:00:00Z"

@@ -11,8 +11,8 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from structlog.testing import capture_logs
 
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.model import Kind
-from nexus_audit.scheduler import CrawlScheduler, JobSpec, job_specs, judge_readiness
+from nexus_audit.domain.model import Kind
+from nexus_audit.service.scheduler import CrawlScheduler, JobSpec, job_specs, judge_readiness
 
 PROD = AccountConfig(name="prod", api_key=Secret("nx_test_sk_prod"))
 DEV = AccountConfig(name="dev", api_key=Secret("nx_test_sk_dev"))

@@ -23,10 +23,10 @@ from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget, RetryPolicy
 from nexus_audit.config import AccountConfig, Secret, load_settings
-from nexus_audit.crawl import crawl_and_commit
+from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.domain.timeutil import SystemClock
+from nexus_audit.history.store import Store
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
-from nexus_audit.store import Store
-from nexus_audit.timeutil import SystemClock
 from tests.serve_fixtures import StartServe, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

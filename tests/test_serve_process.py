@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from nexus_audit.history.store import Store
 from nexus_audit.simulator import FaultKind, SimulatorThread
-from nexus_audit.store import Store
 from tests.serve_fixtures import ServeProcess, StartServe, wait_until
 
 CHANGE_TIMEOUT = 20.0

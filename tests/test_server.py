@@ -17,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nexus_audit.config import Secret, WebConfig
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, NoDataError, UsageError
-from nexus_audit.server import (
+from nexus_audit.service.web import (
     AuthPolicy,
     Readiness,
     ReportQuery,
@@ -26,7 +27,6 @@ from nexus_audit.server import (
     make_ssl_context,
     parse_report_query,
 )
-from nexus_audit.timeutil import FakeClock
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -313,7 +313,7 @@ async def test_identical_concurrent_reports_share_one_computation() -> None:
     """Two identical report queries in flight share one build; a different one gets its own."""
     import threading
 
-    from nexus_audit.server import _shared_report
+    from nexus_audit.service.web import _shared_report
 
     gate = threading.Event()
 

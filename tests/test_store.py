@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
-from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.store import MIGRATIONS, SCHEMA_VERSION, Store
+from nexus_audit.history.store import MIGRATIONS, SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.store import Store
+from nexus_audit.history.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 WRITER = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from nexus_audit.model import CrawlSummary, Instance
-    from nexus_audit.store import Store
+    from nexus_audit.domain.model import CrawlSummary, Instance
+    from nexus_audit.history.store import Store
 
     path, crawls, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = Store(path, lock_timeout=60)
@@ -146,7 +146,7 @@ def test_same_process_reads_and_commit_serialize(tmp_path: Path, readers: int) -
     """Within one process, threads reading while another commits all succeed."""
     import threading
 
-    from nexus_audit.model import CrawlSummary, Instance
+    from nexus_audit.domain.model import CrawlSummary, Instance
 
     path = tmp_path / "threads.duckdb"
     store = Store(path)

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_audit.errors import UsageError
-from nexus_audit.timeutil import (
+from nexus_audit.domain.timeutil import (
     FakeClock,
     Window,
     format_duration,
@@ -17,6 +16,7 @@ from nexus_audit.timeutil import (
     parse_duration,
     parse_time,
 )
+from nexus_audit.errors import UsageError
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

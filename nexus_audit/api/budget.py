@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Final, Literal
 
-from nexus_audit.timeutil import Clock
+from nexus_audit.domain.timeutil import Clock
 
 #: Jitter added after a server-side reset: a share of the window, capped at one second.
 RESET_JITTER_SHARE: Final = 0.02

@@ -29,6 +29,7 @@ from nexus_audit.api.retry import (
     parse_retry_after,
 )
 from nexus_audit.config import AccountConfig
+from nexus_audit.domain.timeutil import Clock
 from nexus_audit.errors import (
     ApiError,
     AuthError,
@@ -41,7 +42,6 @@ from nexus_audit.errors import (
     TransportError,
 )
 from nexus_audit.logs import get_logger
-from nexus_audit.timeutil import Clock
 
 log = get_logger(__name__)
 

@@ -18,12 +18,12 @@ import aiohttp
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats, CloudNexusClient
 from nexus_audit.config import AccountConfig, Secret, Settings
-from nexus_audit.crawl import CrawlStore, crawl_and_commit
+from nexus_audit.crawl.crawler import CrawlStore, crawl_and_commit
+from nexus_audit.crawl.progress import CrawlProgress, ProgressReporter
+from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
+from nexus_audit.domain.timeutil import Clock, SystemClock
 from nexus_audit.errors import ConfigError, NexusAuditError, UsageError
 from nexus_audit.logs import get_logger, redactor
-from nexus_audit.model import KINDS, CrawlSummary, Kind
-from nexus_audit.progress import CrawlProgress, ProgressReporter
-from nexus_audit.timeutil import Clock, SystemClock
 
 log = get_logger(__name__)
 
@@ -121,7 +121,7 @@ async def run_crawls(
 
 def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit crawl``; the exit code."""
-    from nexus_audit.store import Store
+    from nexus_audit.history.store import Store
 
     accounts = settings.account(args.account)
     if not accounts:

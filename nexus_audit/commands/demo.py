@@ -21,9 +21,9 @@ from typing import Final, TextIO
 
 from nexus_audit.commands.serve import serve_command
 from nexus_audit.config import AccountConfig, Secret, Settings, WebConfig, validate_listen
+from nexus_audit.domain.timeutil import format_duration, parse_duration
 from nexus_audit.logs import configure_logging
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
-from nexus_audit.timeutil import format_duration, parse_duration
 
 DEMO_DB: Final = "nexus-audit-demo.duckdb"
 DEMO_ACCOUNT: Final = "demo"

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from nexus_audit.config import Settings
+from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window
 from nexus_audit.errors import UnknownAccountError, UsageError
-from nexus_audit.export import TABLES, export_history
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FLAG_NAMES, Clock, SystemClock, Window
+from nexus_audit.history.parquet import TABLES, export_history
+from nexus_audit.history.store import Store
 
 DEFAULT_EXPORT_DIR: Final = "nexus-audit-export"
 

@@ -13,15 +13,15 @@ import sys
 from datetime import timedelta
 from typing import TextIO
 
-from nexus_audit.archive import UploadRequest
+from nexus_audit.audit.report import build_report
 from nexus_audit.config import Settings
+from nexus_audit.domain.policy import load_configured
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
 from nexus_audit.errors import ConfigError, UnknownAccountError, UsageError
-from nexus_audit.policy import load_configured
-from nexus_audit.pricing import load_pricing
-from nexus_audit.render import render_chunks
-from nexus_audit.report import build_report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
+from nexus_audit.history.store import Store
+from nexus_audit.output.archive import UploadRequest
+from nexus_audit.output.render import render_chunks
 
 
 def max_gaps(settings: Settings) -> tuple[timedelta, timedelta]:

@@ -42,10 +42,16 @@ from aiohttp import web
 from nexus_audit import __version__
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.api.budget import MIN_POLL_REQUESTS, request_priority, reserve_for
+from nexus_audit.audit.findings import current_counts, evaluate_history
+from nexus_audit.audit.report import build_report
 from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
-from nexus_audit.crawl import crawl_and_commit
+from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.domain.model import KINDS, Kind
+from nexus_audit.domain.policy import RULES, Policy, load_configured
+from nexus_audit.domain.pricing import Pricing, load_pricing
+from nexus_audit.domain.timeutil import Clock, SystemClock, Window, format_duration, parse_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
-from nexus_audit.findings import current_counts, evaluate_history
+from nexus_audit.history.store import AccountState, Store
 from nexus_audit.logs import get_logger
 from nexus_audit.metrics import (
     ApiCollector,
@@ -61,25 +67,19 @@ from nexus_audit.metrics import (
     SnapshotHolder,
     build_snapshot,
 )
-from nexus_audit.model import KINDS, Kind
-from nexus_audit.policy import RULES, Policy, load_configured
-from nexus_audit.pricing import Pricing, load_pricing
-from nexus_audit.report import build_report
-from nexus_audit.scheduler import (
+from nexus_audit.service.scheduler import (
     DEFAULT_SHUTDOWN_GRACE,
     CrawlScheduler,
     job_specs,
     judge_readiness,
 )
-from nexus_audit.server import (
+from nexus_audit.service.web import (
     AuthPolicy,
     Readiness,
     ReportQuery,
     build_app,
     make_ssl_context,
 )
-from nexus_audit.store import AccountState, Store
-from nexus_audit.timeutil import Clock, SystemClock, Window, format_duration, parse_duration
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from nexus_audit.api import ApiStats, RateBudget
+from nexus_audit.domain.model import KINDS
 from nexus_audit.metrics.snapshot import SnapshotHolder
-from nexus_audit.model import KINDS
 
 #: Crawl duration buckets (seconds): a bucket poll takes about a second, a large
 #: instance crawl within a modest budget tens of minutes.

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from nexus_audit.model import KINDS, Bucket, Instance, Kind, is_exposed
-from nexus_audit.store import AccountState, CrawlInfo
+from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind, is_exposed
+from nexus_audit.history.store import AccountState, CrawlInfo
 
 #: Bytes per GB: decimal, as for storage (see the module docstring).
 BYTES_PER_GB: Final = 1_000_000_000

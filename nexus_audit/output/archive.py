@@ -13,7 +13,7 @@ past the retries aborts the upload. Memory stays bounded by one part: parts are 
 from the source (bytes or a file) as they are sent.
 
 Evidence must not leak: :func:`check_bucket` refuses a bucket that the account's latest
-successful bucket crawl saw exposed (:func:`nexus_audit.model.is_exposed`, fail closed on
+successful bucket crawl saw exposed (:func:`nexus_audit.domain.model.is_exposed`, fail closed on
 unknown access values). A bucket no crawl has seen is allowed with a warning: the store
 cannot say anything about it, and refusing would block every new evidence bucket until
 the next crawl. Run ``nexus-audit crawl --kinds buckets`` first to have it checked.
@@ -35,7 +35,10 @@ import aiohttp
 
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats, CloudNexusClient, Reply, object_path
+from nexus_audit.audit.report import Report
 from nexus_audit.config import AccountConfig, Settings
+from nexus_audit.domain.model import is_exposed
+from nexus_audit.domain.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
 from nexus_audit.errors import (
     ApiError,
     ConfigError,
@@ -44,11 +47,8 @@ from nexus_audit.errors import (
     ProtocolError,
     UsageError,
 )
+from nexus_audit.history.store import AccountState
 from nexus_audit.logs import get_logger
-from nexus_audit.model import is_exposed
-from nexus_audit.report import Report
-from nexus_audit.store import AccountState
-from nexus_audit.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
 
 log = get_logger(__name__)
 
@@ -382,7 +382,7 @@ async def upload_report(
 ) -> UploadResult:
     """Check the bucket, then upload a rendered report with its metadata, verified.
 
-    ``states`` is the store's latest state (:meth:`nexus_audit.store.Store.latest`).
+    ``states`` is the store's latest state (:meth:`nexus_audit.history.store.Store.latest`).
     """
     if fmt not in CONTENT_TYPES:
         raise UsageError(f"--format: cannot upload format {fmt!r}", parameter="format")
@@ -425,7 +425,7 @@ class UploadRequest:
             threshold: int = MULTIPART_THRESHOLD,
             part_size: int = DEFAULT_PART_SIZE) -> UploadResult:
         """Upload the rendered ``body`` with the account's key; one line on ``stream``."""
-        from nexus_audit.store import Store
+        from nexus_audit.history.store import Store
 
         configured = settings.account(self.account)
         if not configured:

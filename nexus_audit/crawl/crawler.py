@@ -28,9 +28,8 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 from nexus_audit.api.client import ApiStats, CloudNexusClient
 from nexus_audit.api.pagination import CursorWalk, RepeatedCursorError, fetch_total
 from nexus_audit.config import AccountConfig
-from nexus_audit.errors import ApiError, NexusAuditError, StoreError
-from nexus_audit.logs import get_logger
-from nexus_audit.model import (
+from nexus_audit.crawl.progress import CrawlProgress
+from nexus_audit.domain.model import (
     KINDS,
     Bucket,
     CrawlSummary,
@@ -40,8 +39,9 @@ from nexus_audit.model import (
     bucket_from_api,
     instance_from_api,
 )
-from nexus_audit.progress import CrawlProgress
-from nexus_audit.timeutil import Clock
+from nexus_audit.domain.timeutil import Clock
+from nexus_audit.errors import ApiError, NexusAuditError, StoreError
+from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -33,8 +33,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from nexus_audit.domain.timeutil import isoformat, parse_duration
 from nexus_audit.errors import ConfigError, UsageError
-from nexus_audit.timeutil import isoformat, parse_duration
 
 Severity = Literal["critical", "high", "medium", "low"]
 SEVERITIES: Final[tuple[Severity, ...]] = ("critical", "high", "medium", "low")

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import duckdb
 
+from nexus_audit.domain.policy import RULES, AcceptedException, Policy, Severity, raised
+from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.errors import StoreError
-from nexus_audit.policy import RULES, AcceptedException, Policy, Severity, raised
-from nexus_audit.sql import bind, create_temp, load_query
-from nexus_audit.timeutil import Window, isoformat
+from nexus_audit.history.sql import bind, create_temp, load_query
 
 if TYPE_CHECKING:
-    from nexus_audit.report import History
+    from nexus_audit.audit.report import History
 
 Status = Literal["open", "accepted", "expired"]
 STATUSES: Final[tuple[Status, ...]] = ("open", "accepted", "expired")

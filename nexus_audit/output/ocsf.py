@@ -41,9 +41,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final
 
-from nexus_audit.findings import Finding
-from nexus_audit.policy import RULES
-from nexus_audit.timeutil import isoformat
+from nexus_audit.audit.findings import Finding
+from nexus_audit.domain.policy import RULES
+from nexus_audit.domain.timeutil import isoformat
 
 OCSF_VERSION: Final = "1.1.0"
 CLASS_UID: Final = 2003

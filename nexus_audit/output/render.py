@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from nexus_audit import __version__
+from nexus_audit.audit.findings import summary
+from nexus_audit.audit.report import Report
+from nexus_audit.domain.timeutil import isoformat
 from nexus_audit.errors import ConfigError, UsageError
-from nexus_audit.findings import summary
-from nexus_audit.ocsf import render_ocsf
-from nexus_audit.report import Report
-from nexus_audit.timeutil import isoformat
+from nexus_audit.output.ocsf import render_ocsf
 
 _T = TypeVar("_T")
 

@@ -28,10 +28,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from nexus_audit.config import AccountConfig
+from nexus_audit.domain.model import KINDS, Kind
+from nexus_audit.domain.timeutil import format_duration, isoformat
 from nexus_audit.logs import get_logger
-from nexus_audit.model import KINDS, Kind
-from nexus_audit.server import Readiness
-from nexus_audit.timeutil import format_duration, isoformat
+from nexus_audit.service.web import Readiness
 
 log = get_logger(__name__)
 

@@ -22,7 +22,7 @@ database that spills to disk past the memory limit); ``commit`` attaches the dat
 read-write, applies the crawl in one transaction with set-based SQL, and detaches, so
 the writer holds the file only while committing, or for a moment more during a burst of
 commits. Readers attach read-only and retry briefly while a commit holds the file. How
-files are attached, held and shared is :mod:`nexus_audit.duckfile`'s business.
+files are attached, held and shared is :mod:`nexus_audit.history.duckfile`'s business.
 
 Fast path: a Store remembers the current versions it last committed per account and kind
 as fingerprints (a snapshot: id → hash, see ``_Snapshot``; tens of MB for 200,000
@@ -57,10 +57,10 @@ from typing import Any, Final
 
 import duckdb
 
-from nexus_audit import duckfile
+from nexus_audit.domain.model import KINDS, Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
-from nexus_audit.model import KINDS, Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.timeutil import Clock, SystemClock, isoformat
+from nexus_audit.history import duckfile
 
 Record = Instance | Bucket
 _INSTANCE_COLUMNS: Final = Instance._fields

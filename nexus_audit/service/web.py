@@ -27,9 +27,9 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from nexus_audit.config import WebConfig
+from nexus_audit.domain.timeutil import Clock, Window, parse_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
 from nexus_audit.logs import get_logger
-from nexus_audit.timeutil import Clock, Window, parse_duration
 
 log = get_logger(__name__)
 

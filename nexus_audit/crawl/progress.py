@@ -15,8 +15,8 @@ from typing import TextIO
 
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats
+from nexus_audit.domain.timeutil import Clock
 from nexus_audit.logs import get_logger
-from nexus_audit.timeutil import Clock
 
 log = get_logger(__name__)
 

@@ -45,9 +45,9 @@ from typing import Any, Final, NamedTuple
 
 import duckdb
 
+from nexus_audit.domain.timeutil import Clock
 from nexus_audit.errors import StoreError
 from nexus_audit.logs import get_logger
-from nexus_audit.timeutil import Clock
 
 #: A commit finishing within this long of the previous one on the same file keeps it held;
 #: a held file is let go once no commit came for this long.

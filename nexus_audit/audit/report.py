@@ -1,0 +1,448 @@
+"""A window of history → a :class:`Report`: the audit answers, from ``queries/``.
+
+``build_report`` is what both ``nexus-audit report`` and ``GET /report`` call: it reads
+through the store, never prints, and raises our errors (:class:`NoDataError` for an empty
+database, an unknown account or a window without crawls; :class:`UsageError` for bad
+values). ``Report.to_json_dict()`` is the report JSON of DESIGN.md.
+
+Conventions (see the queries for the SQL):
+
+- The window is half-open, ``[since, until)``; a crawl observes the fleet at its
+  ``finished_at``. Inventory, run-rate, public buckets and stale instances are as of the
+  last successful crawl of each kind before ``until``.
+- ``crawls.coverage`` (an extension of the DESIGN.md contract): covered and window seconds
+  summed over every (account, kind) stream, their ratio, and each coverage gap.
+- Money is rounded to 6 decimals in JSON (the table shows 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import duckdb
+
+from nexus_audit.audit.findings import Finding, evaluate
+from nexus_audit.domain.policy import Policy
+from nexus_audit.domain.pricing import Pricing
+from nexus_audit.domain.timeutil import Window, isoformat
+from nexus_audit.errors import NoDataError, StoreError, UnknownAccountError, UsageError
+from nexus_audit.history.sql import bind, create_temp, load_query
+
+MONEY_DECIMALS: Final = 6
+
+
+def money(value: float | None) -> float:
+    """Round an amount for the report (6 decimals, no negative zero)."""
+    if value is None or not math.isfinite(value):
+        return 0.0
+    return round(value, MONEY_DECIMALS) + 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Time one (account, kind) stream had no observation holding."""
+
+    account: str
+    kind: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How much of the window the observations covered."""
+
+    covered_seconds: float
+    window_seconds: float
+    gaps: tuple[Gap, ...]
+
+    @property
+    def ratio(self) -> float:
+        """Covered share of the window (1.0 when there is nothing to cover)."""
+        return self.covered_seconds / self.window_seconds if self.window_seconds else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlStats:
+    """Crawls finished inside the window."""
+
+    count: int
+    succeeded: int
+    failed: int
+    last_success: datetime | None
+    coverage: Coverage
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """The fleet at the window's end."""
+
+    instances_by_status: dict[str, int]
+    instances_by_region: dict[str, int]
+    buckets_total: int
+    buckets_size_bytes: int
+
+    @property
+    def instances_total(self) -> int:
+        """Instances of every status."""
+        return sum(self.instances_by_status.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    """Money split into compute and storage, and by region."""
+
+    compute: float
+    storage: float
+    by_region: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        """Compute plus storage."""
+        return self.compute + self.storage
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Accrued over the window, and the hourly run-rate at its end."""
+
+    currency: str
+    accrued: Amounts
+    run_rate_hourly: Amounts
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One change between a successful crawl and the previous one of its kind."""
+
+    kind: str
+    id: str
+    change: str
+    field: str | None
+    old: Any
+    new: Any
+    observed_at: datetime
+    account: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublicBucket:
+    """A bucket exposed at the window's end."""
+
+    id: str
+    region: str
+    access: str
+    size_bytes: int
+    public_since: datetime
+    account: str
+    #: The exposure began at the account's first bucket crawl: it may be older.
+    at_least: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """A stretch of time a bucket was exposed; ``end`` None while ongoing."""
+
+    id: str
+    access: str
+    start: datetime
+    end: datetime | None
+    account: str
+    #: ``start`` is the account's first bucket crawl: the exposure may have begun earlier.
+    at_least: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StaleInstance:
+    """An instance not running for at least its threshold, up to the window's end."""
+
+    id: str
+    name: str
+    status: str
+    region: str
+    stale_since: datetime
+    at_least: bool
+    hourly_cost: float
+    account: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The audit answers for one window."""
+
+    generated_at: datetime
+    window: Window
+    accounts: tuple[str, ...]
+    crawls: CrawlStats
+    inventory: Inventory
+    cost: Cost
+    drift: tuple[Drift, ...]
+    public_buckets: tuple[PublicBucket, ...]
+    exposures: tuple[Exposure, ...]
+    stale_instances: tuple[StaleInstance, ...]
+    pricing: dict[str, str] = field(default_factory=dict)
+    #: Policy findings (``nexus_audit.audit.findings``); ``None`` when no policy is configured.
+    findings: tuple[Finding, ...] | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded)."""
+        cov = self.crawls.coverage
+        data: dict[str, Any] = {
+            "generated_at": isoformat(self.generated_at),
+            "window": {"since": isoformat(self.window.since),
+                       "until": isoformat(self.window.until)},
+            "accounts": list(self.accounts),
+            "crawls": {
+                "count": self.crawls.count,
+                "succeeded": self.crawls.succeeded,
+                "failed": self.crawls.failed,
+                "last_success": isoformat(self.crawls.last_success),
+                "coverage": {
+                    "covered_seconds": round(cov.covered_seconds, 3),
+                    "window_seconds": round(cov.window_seconds, 3),
+                    "ratio": round(cov.ratio, 6),
+                    "gaps": [{"account": g.account, "kind": g.kind, "start": isoformat(g.start),
+                              "end": isoformat(g.end)} for g in cov.gaps],
+                },
+            },
+            "inventory": {
+                "instances": {"total": self.inventory.instances_total,
+                              "by_status": dict(self.inventory.instances_by_status),
+                              "by_region": dict(self.inventory.instances_by_region)},
+                "buckets": {"total": self.inventory.buckets_total,
+                            "size_bytes": self.inventory.buckets_size_bytes},
+            },
+            "cost": {
+                "currency": self.cost.currency,
+                "accrued": _amounts(self.cost.accrued),
+                "run_rate_hourly": _amounts(self.cost.run_rate_hourly),
+            },
+            "drift": [{"kind": d.kind, "id": d.id, "change": d.change, "field": d.field,
+                       "old": d.old, "new": d.new, "observed_at": isoformat(d.observed_at),
+                       "account": d.account} for d in self.drift],
+            "public_buckets": [{"id": b.id, "region": b.region, "access": b.access,
+                                "size_bytes": b.size_bytes,
+                                "public_since": isoformat(b.public_since),
+                                "at_least": b.at_least,
+                                "account": b.account} for b in self.public_buckets],
+            "exposures": [{"id": e.id, "access": e.access, "start": isoformat(e.start),
+                           "end": isoformat(e.end), "at_least": e.at_least,
+                           "account": e.account}
+                          for e in self.exposures],
+            "stale_instances": [{"id": s.id, "name": s.name, "status": s.status,
+                                 "region": s.region, "stale_since": isoformat(s.stale_since),
+                                 "at_least": s.at_least, "hourly_cost": money(s.hourly_cost),
+                                 "account": s.account} for s in self.stale_instances],
+            "pricing": dict(self.pricing),
+        }
+        if self.findings is not None:
+            data["findings"] = [f.to_json_dict() for f in self.findings]
+        return data
+
+
+def _amounts(a: Amounts) -> dict[str, Any]:
+    return {"total": money(a.total), "compute": money(a.compute), "storage": money(a.storage),
+            "by_region": {k: money(v) for k, v in sorted(a.by_region.items())}}
+
+
+def _seconds(delta: timedelta, name: str) -> float:
+    if delta <= timedelta(0):
+        raise UsageError(f"{name}: must be positive, got {delta}", parameter=name)
+    return delta.total_seconds()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _drift_value(field_name: str | None, text: str | None) -> Any:
+    if text is None or field_name is None:
+        return None
+    if field_name == "cpu":
+        return int(text)
+    if field_name == "memory_gb":
+        return float(text)
+    if field_name == "tags":
+        return json.loads(text)
+    return text
+
+
+class History(Protocol):
+    """Where :func:`build_report` reads: the :class:`~nexus_audit.history.store.Store`, or an
+    export's Parquet files (:class:`nexus_audit.history.parquet.ParquetHistory`)."""
+
+    @property
+    def path(self) -> Path:
+        """The database file or export directory, for error messages."""
+
+    def read(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A read-only connection on which the store's table names resolve."""
+
+
+def build_report(
+    store: History,
+    window: Window,
+    *,
+    accounts: Sequence[str] | None = None,
+    stale_after: timedelta,
+    pending_stale_after: timedelta,
+    max_gap_instances: timedelta,
+    max_gap_buckets: timedelta,
+    pricing: Pricing,
+    now: datetime,
+    policy: Policy | None = None,
+) -> Report:
+    """Answer every audit question over ``window`` (all accounts, or those named).
+
+    With a ``policy``, the report carries its findings (``nexus_audit.audit.findings``).
+    """
+    values: dict[str, Any] = {
+        "since": window.since, "until": window.until,
+        "max_gap_instances": _seconds(max_gap_instances, "max_gap"),
+        "max_gap_buckets": _seconds(max_gap_buckets, "max_gap"),
+        "stale_after": _seconds(stale_after, "stale_after"),
+        "pending_stale_after": _seconds(pending_stale_after, "pending_stale_after"),
+        "per_vcpu_hour": pricing.per_vcpu_hour, "per_gb_hour": pricing.per_gb_hour,
+        "storage_gb_month": pricing.storage_gb_month,
+    }
+    try:
+        with store.read() as con:
+            report = _build(con, window, accounts, values, pricing, now)
+            if policy is not None:
+                report = replace(report, findings=evaluate(con, policy, window,
+                                                           report.accounts))
+            return report
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot read {store.path}: {exc}") from None
+
+
+def _run(con: duckdb.DuckDBPyConnection, name: str,
+         values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    sql = load_query(name)
+    return con.execute(sql, bind(sql, values)).fetchall()
+
+
+def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str] | None,
+           values: dict[str, Any], pricing: Pricing, now: datetime) -> Report:
+    known = [r[0] for r in con.execute(
+        "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
+    if not known:
+        raise NoDataError("the history is empty: no crawl has been recorded yet "
+                          "(run `nexus-audit crawl` or `serve` first)")
+    for name in wanted or ():
+        if name not in known:
+            raise UnknownAccountError(name, known)
+    accounts = sorted(set(wanted)) if wanted else known
+    values["accounts"] = accounts
+    row = con.execute(
+        """SELECT count(*), min(finished_at), max(finished_at) FROM crawls
+           WHERE list_contains($accounts, account)
+             AND finished_at >= $since AND finished_at < $until""",
+        {"accounts": accounts, "since": window.since, "until": window.until}).fetchone()
+    if not row or not row[0]:
+        span = con.execute(
+            "SELECT min(finished_at), max(finished_at) FROM crawls "
+            "WHERE list_contains($accounts, account)", {"accounts": accounts}).fetchone()
+        first, last = span if span else (None, None)
+        raise NoDataError(
+            f"no crawls between {isoformat(window.since)} and {isoformat(window.until)} "
+            f"(history runs from {isoformat(first)} to {isoformat(last)})")
+
+    con.execute("CREATE OR REPLACE TEMP TABLE pricing_plans "
+                "(plan VARCHAR, cpu INTEGER, memory_gb DOUBLE, hourly DOUBLE)")
+    con.execute(
+        "INSERT INTO pricing_plans SELECT unnest($plan), unnest($cpu), unnest($mem), "
+        "unnest($hourly)",
+        {"plan": [p.name for p in pricing.plans], "cpu": [p.cpu for p in pricing.plans],
+         "mem": [p.memory_gb for p in pricing.plans],
+         "hourly": [p.hourly for p in pricing.plans]})
+    create_temp(con, "obs", "observations", values)
+    create_temp(con, "instance_prices", "instance_prices", values)
+    create_temp(con, "state_instances", "state_instances", values)
+    create_temp(con, "state_buckets", "state_buckets", values)
+    create_temp(con, "exposures", "exposures", values)
+
+    crawls = _crawl_stats(con, values, window, len(accounts))
+    inventory = _inventory(_run(con, "inventory", values))
+    cost = Cost(currency=pricing.currency,
+                accrued=_split(_run(con, "cost_accrued", values)),
+                run_rate_hourly=_split(_run(con, "run_rate", values)))
+    drift = tuple(
+        Drift(kind=k, id=i, change=c, field=f, old=_drift_value(f, o), new=_drift_value(f, n),
+              observed_at=_utc(t), account=a)
+        for k, a, i, c, f, o, n, t in _run(con, "drift", values))
+    public = tuple(
+        PublicBucket(id=i, region=r, access=acc, size_bytes=int(s), public_since=_utc(since),
+                     account=a, at_least=bool(al))
+        for a, i, r, acc, s, since, al in _run(con, "public_buckets", values))
+    exposures = tuple(
+        Exposure(id=i, access=acc, start=_utc(s), end=_utc(e) if e is not None else None,
+                 account=a, at_least=bool(al))
+        for a, i, acc, s, e, al in con.execute(
+            'SELECT account, id, access, start, "end", at_least FROM exposures '
+            "WHERE start < $until ORDER BY start, account, id",
+            {"until": window.until}).fetchall())
+    stale = tuple(
+        StaleInstance(id=i, name=n, status=st, region=r, stale_since=_utc(since),
+                      at_least=bool(al), hourly_cost=float(h), account=a)
+        for a, i, n, st, r, since, al, h in _run(con, "stale_instances", values))
+    return Report(generated_at=now, window=window, accounts=tuple(accounts), crawls=crawls,
+                  inventory=inventory, cost=cost, drift=drift, public_buckets=public,
+                  exposures=exposures, stale_instances=stale, pricing=pricing.reference())
+
+
+def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window: Window,
+                 n_accounts: int) -> CrawlStats:
+    rows = _run(con, "crawls", values)
+    last = [r[4] for r in rows if r[4] is not None]
+    streams = con.execute(
+        """SELECT count(*) FROM (SELECT DISTINCT account, kind FROM kind_crawls
+           WHERE list_contains($accounts, account) AND finished_at < $until)""",
+        {"accounts": values["accounts"], "until": window.until}).fetchone()
+    n_streams = int(streams[0]) if streams else 0
+    covered = con.execute("SELECT coalesce(sum(covered_s), 0) FROM obs").fetchone()
+    gaps = tuple(Gap(a, k, _utc(s), _utc(e)) for a, k, s, e in _run(con, "coverage", values))
+    return CrawlStats(
+        count=sum(int(r[1]) for r in rows), succeeded=sum(int(r[2]) for r in rows),
+        failed=sum(int(r[3]) for r in rows),
+        last_success=_utc(max(last)) if last else None,
+        coverage=Coverage(covered_seconds=float(covered[0]) if covered else 0.0,
+                          window_seconds=window.length.total_seconds() * n_streams,
+                          gaps=gaps))
+
+
+def _inventory(rows: list[tuple[Any, ...]]) -> Inventory:
+    by_status: dict[str, int] = {}
+    by_region: dict[str, int] = {}
+    buckets = 0
+    size = 0
+    for kind, _account, status, region, n, size_bytes in rows:
+        if kind == "instance":
+            by_status[status] = by_status.get(status, 0) + int(n)
+            by_region[region] = by_region.get(region, 0) + int(n)
+        else:
+            buckets += int(n)
+            size += int(size_bytes or 0)
+    return Inventory(instances_by_status=dict(sorted(by_status.items())),
+                     instances_by_region=dict(sorted(by_region.items())),
+                     buckets_total=buckets, buckets_size_bytes=size)
+
+
+def _split(rows: list[tuple[Any, ...]]) -> Amounts:
+    compute = storage = 0.0
+    by_region: dict[str, float] = {}
+    for part, region, amount in rows:
+        value = float(amount or 0.0)
+        if part == "compute":
+            compute += value
+        else:
+            storage += value
+        by_region[region] = by_region.get(region, 0.0) + value
+    return Amounts(compute=compute, storage=storage, by_region=dict(sorted(by_region.items())))

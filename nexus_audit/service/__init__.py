@@ -1,0 +1,1 @@
+"""The ``serve`` runtime: the scheduler of crawls and the web application."""
