@@ -35,12 +35,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from nexus_audit.commands.serve import Service
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import SystemClock
 from nexus_audit.history.store import Store
 from nexus_audit.logs import configure_logging
+from nexus_audit.service.runtime import Service
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
 
 DEFAULT_BUDGET = 250  # requests per minute: the shipped NEXUS_RATE_BUDGET default

@@ -113,10 +113,10 @@ def serve_child(db: str, per_instance: bool) -> None:
     """Child process: the serve app over ``db`` with no scheduled crawls; prints its port."""
     from aiohttp import web
 
-    from nexus_audit.commands.serve import Service
     from nexus_audit.domain.pricing import load_pricing
     from nexus_audit.domain.timeutil import SystemClock
     from nexus_audit.logs import configure_logging
+    from nexus_audit.service.runtime import Service
 
     configure_logging(json=True)
     settings = Settings(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 
-from nexus_audit.commands.serve import Service
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.timeutil import SystemClock
 from nexus_audit.history.store import Store
+from nexus_audit.service.runtime import Service
 from tests.sim_fixtures import MakeSimulator
 from tests.test_queries import PRICES
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.commands.serve import Service
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.model import Kind
 from nexus_audit.domain.policy import parse_policy
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.history.store import Store
 from nexus_audit.metrics import Snapshot, build_snapshot
+from nexus_audit.service.runtime import Service
 from tests.test_queries import PRICES, T0, H
 from tests.test_store import bucket, crawl, inst
 

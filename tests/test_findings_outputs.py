@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from nexus_audit.audit.report import Report
-from nexus_audit.commands.serve import Service
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.policy import Policy, parse_policy
 from nexus_audit.domain.pricing import load_pricing
@@ -20,6 +19,7 @@ from nexus_audit.errors import ConfigError
 from nexus_audit.history.store import Store
 from nexus_audit.metrics import FindingsCollector, Snapshot, SnapshotHolder
 from nexus_audit.output.render import CSV_COLUMNS, CSV_FINDING_COLUMNS, render
+from nexus_audit.service.runtime import Service
 from nexus_audit.service.web import ReportQuery
 from tests.test_findings import report_with
 from tests.test_queries import PRICES, T0, H

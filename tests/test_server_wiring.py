@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.commands.serve import apply_flags, shared_budgets, shutdown_grace
+from nexus_audit.commands.serve import apply_flags, shutdown_grace
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.service.runtime import shared_budgets
 
 
 def test_flags_override_listen_and_both_intervals() -> None:
@@ -69,9 +70,9 @@ def test_one_budget_per_key_at_the_smallest_configured_rate() -> None:
 
 def test_a_bucket_interval_that_would_starve_instance_crawls_is_refused(tmp_path: Path) -> None:
     """Polls reserving more than half the budget are refused up front, naming the fix."""
-    from nexus_audit.commands.serve import Service
     from nexus_audit.domain.pricing import load_pricing
     from nexus_audit.history.store import Store
+    from nexus_audit.service.runtime import Service
 
     account = AccountConfig(name="prod", api_key=Secret("nx_test_wiring"), rate_budget=120)
     store = Store(tmp_path / "h.duckdb")

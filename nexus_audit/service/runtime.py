@@ -1,0 +1,486 @@
+"""The ``serve`` runtime: scheduled crawls plus /metrics, /report, /healthz and /readyz.
+
+One store, one price list, one HTTP session, one rate budget per key (shared by that key's
+instance and bucket jobs), one ``ApiStats`` per account for the process's life; the web
+app and the scheduler on one event loop. The ``serve`` command only parses flags and
+calls :meth:`Service.run`.
+
+Bucket polls run at high priority on their key's budget, which keeps a reserve of each
+window for them (sized from the bucket interval and the requests a poll took), so a long
+instance crawl never starves them and together they stay within the budget.
+
+After every crawl the metrics snapshot is rebuilt from the store in a worker thread and
+swapped in whole. After a bucket poll only the buckets are re-read and only the bucket
+rules of the policy re-judged; the instance-derived parts of the previous snapshot are
+kept (they change only with an instance crawl), and stale counts are recounted from the
+stale candidates of the last instance crawl at the current time, so the values equal a
+full rebuild's. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
+period (``NEXUS_AUDIT_SHUTDOWN_GRACE``, default 10s) to finish and commit, else it is
+cancelled and nothing of it is committed; then the web server stops and the exit code is 0.
+SIGHUP: the pricing and policy files are read again and the snapshot rebuilt in full with
+them; a file that no longer loads keeps the ones in force (and says why in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import signal
+import ssl
+import threading
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from nexus_audit import __version__
+from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
+from nexus_audit.api.budget import MIN_POLL_REQUESTS, request_priority, reserve_for
+from nexus_audit.audit.findings import current_counts, evaluate_history
+from nexus_audit.audit.report import build_report
+from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
+from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.domain.model import KINDS, Kind
+from nexus_audit.domain.policy import RULES, Policy, load_configured
+from nexus_audit.domain.pricing import Pricing, load_pricing
+from nexus_audit.domain.timeutil import Clock, Window, format_duration
+from nexus_audit.errors import ConfigError, NoDataError, StoreError
+from nexus_audit.history.store import AccountState, Store
+from nexus_audit.logs import get_logger
+from nexus_audit.metrics import (
+    ApiCollector,
+    BuildInfoCollector,
+    CrawlStateCollector,
+    CrawlStats,
+    CrawlStatsCollector,
+    Exporter,
+    FindingsCollector,
+    InventoryCollector,
+    PricingLabel,
+    Snapshot,
+    SnapshotHolder,
+    build_snapshot,
+)
+from nexus_audit.service.scheduler import (
+    CrawlScheduler,
+    job_specs,
+    judge_readiness,
+)
+from nexus_audit.service.web import (
+    AuthPolicy,
+    Readiness,
+    ReportQuery,
+    build_app,
+)
+
+log = get_logger(__name__)
+
+#: Connections per host: every region chain of a few accounts at once.
+CONNECTIONS_PER_HOST: Final = 32
+
+
+def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock, *,
+                   window: float = 60.0) -> dict[str, RateBudget]:
+    """One :class:`RateBudget` per key (and API URL), mapped from each account using it.
+
+    Accounts sharing a key share its budget, at the smallest of their configured rates.
+    ``window`` shortens the budget's window for tests and benchmarks.
+    """
+    by_key: dict[tuple[str, Secret], RateBudget] = {}
+    for account in sorted(accounts, key=lambda a: a.rate_budget):
+        key = (account.api_url.rstrip("/"), account.api_key)
+        by_key.setdefault(key, RateBudget(account.rate_budget, clock=clock, window=window))
+    return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
+
+
+class StoreReports:
+    """The /report source: ``build_report`` over the store, called in a worker thread."""
+
+    def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
+                 policy: Policy | None = None) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._judged = (pricing, policy)
+
+    def use(self, pricing: Pricing, policy: Policy | None) -> None:
+        """Judge later reports by ``pricing`` and ``policy`` (swapped as one, for a report
+        running in another thread)."""
+        self._judged = (pricing, policy)
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """The configured account names."""
+        return tuple(a.name for a in self._settings.accounts)
+
+    def report(self, query: ReportQuery) -> Mapping[str, Any]:
+        """The report JSON for ``query``."""
+        s = self._settings
+        pricing, policy = self._judged
+        report = build_report(
+            self._store,
+            query.window,
+            accounts=(query.account,) if query.account else self.accounts,
+            stale_after=query.stale_after or s.stale_after,
+            pending_stale_after=s.pending_stale_after,
+            max_gap_instances=s.max_gap or 2 * s.interval,
+            max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+            pricing=pricing,
+            now=self._clock.now(),
+            policy=policy,
+        )
+        data: Mapping[str, Any] = report.to_json_dict()
+        return data
+
+
+class Service:
+    """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler."""
+
+    def __init__(self, settings: Settings, store: Store, pricing: Pricing, *,
+                 clock: Clock, grace: float, policy: Policy | None = None,
+                 budget_window: float = 60.0) -> None:
+        self.settings = settings
+        self.store = store
+        self.pricing = pricing
+        self.policy = policy
+        self.clock = clock
+        self.grace = grace
+        self.names = tuple(a.name for a in settings.accounts)
+        self.intervals: dict[Kind, timedelta] = {"instances": settings.interval,
+                                                 "buckets": settings.bucket_interval}
+        self.budgets = shared_budgets(settings.accounts, clock, window=budget_window)
+        #: Requests the last bucket poll of each account took (at least the floor).
+        self.poll_requests = dict.fromkeys(self.names, MIN_POLL_REQUESTS)
+        starved = self.reserve_for_polls()
+        if starved:
+            # Refuse rather than run a service that never becomes ready.
+            raise ConfigError(
+                f"the bucket interval ({format_duration(settings.bucket_interval)}) is too "
+                f"short for the rate budget of {', '.join(starved)}: bucket polls would "
+                "reserve more than half of it and instance crawls could not finish; raise "
+                "NEXUS_RATE_BUDGET or --bucket-interval", parameter="bucket-interval")
+        self.api_stats = {name: ApiStats() for name in self.names}
+        self.crawl_stats = CrawlStats(self.names)
+        self.holder = SnapshotHolder()
+        self.exporter = Exporter(
+            self.holder,
+            snapshot_collectors=[InventoryCollector(self.holder),
+                                 CrawlStateCollector(self.holder),
+                                 FindingsCollector(self.holder)],
+            live_collectors=[CrawlStatsCollector(self.crawl_stats),
+                             ApiCollector(self.api_stats, self.budgets),
+                             BuildInfoCollector(__version__)],
+        )
+        self.reports = StoreReports(store, settings, pricing, clock, policy)
+        self._generation = 0
+        self._last: Snapshot | None = None
+        # (account, status, stale since) of every instance not running, as of the last
+        # instance crawl; counted against the thresholds at each rebuild's time.
+        self._stale_candidates: list[tuple[str, str, datetime]] = []
+        self._rebuild_lock = threading.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
+
+    # -- metrics snapshot ------------------------------------------------------------------
+
+    def reserve_for_polls(self) -> list[str]:
+        """Reserve on each budget what the bucket polls of its accounts hold per window.
+
+        Returns the accounts whose key's reserve takes more than half the budget: instance
+        crawls there are left so little that they may never finish.
+        """
+        interval = self.settings.bucket_interval.total_seconds()
+        reserves: dict[int, int] = {}
+        for account in self.settings.accounts:
+            budget = self.budgets[account.name]
+            reserves[id(budget)] = reserves.get(id(budget), 0) + reserve_for(
+                self.poll_requests[account.name], interval, budget.window)
+        for budget in self.budgets.values():
+            budget.set_reserve(reserves[id(budget)])
+        return [name for name, budget in self.budgets.items()
+                if reserves[id(budget)] * 2 > budget.capacity]
+
+    def rebuild_snapshot(self, *, kinds: Collection[Kind] = KINDS) -> Snapshot:
+        """Read the latest state, fold it into a snapshot and install it (blocking).
+
+        ``kinds`` are the kinds whose records changed (the crawl just committed): the
+        others' records are neither read nor folded again; their parts of the previous
+        snapshot are kept. The result equals a rebuild of every kind.
+        """
+        with self._rebuild_lock:  # one at a time, so generations follow read order
+            self._generation += 1
+            previous = self._last
+            wanted = tuple(k for k in KINDS if k in kinds or previous is None)
+            states = self._read(wanted)
+            if previous is not None and wanted != KINDS and _moved(states, previous, wanted):
+                # Another kind committed since ``previous`` was built (its rebuild is still
+                # queued): its parts cannot be reused, so read every kind now.
+                wanted = KINDS
+                states = self._read(wanted)
+            if "instances" in wanted:
+                self._stale_candidates = self.stale_candidates(states)
+            p = self.pricing
+            snapshot = build_snapshot(
+                states,
+                generation=self._generation,
+                instance_price=lambda i: p.instance_hourly(i.plan, i.cpu, i.memory_gb),
+                bucket_price=lambda b: p.storage_hourly(b.size_bytes),
+                pricing=PricingLabel(name=p.name, as_of=p.as_of, currency=p.currency,
+                                     digest=p.digest),
+                stale=self.stale_counts(self.clock.now()),
+                per_bucket=self.settings.per_bucket_metrics,
+                per_instance=self.settings.per_instance_metrics,
+                findings=self.findings_counts(
+                    states, wanted, None if previous is None else previous.findings),
+                kinds=wanted,
+                previous=previous,
+            )
+            self._last = snapshot
+            self.exporter.install(snapshot)
+            return snapshot
+
+    def _read(self, kinds: tuple[Kind, ...]) -> list[AccountState]:
+        try:
+            return [s for s in self.store.latest(kinds) if s.account in self.names]
+        except NoDataError:
+            return []
+
+    def stale_candidates(self, states: Sequence[AccountState]
+                         ) -> list[tuple[str, str, datetime]]:
+        """Every current instance not running, with the start of its streak (the report's
+        rule with the smallest threshold), as (account, status, stale since)."""
+        seen = [s for s in states if s.instances_as_of is not None]
+        if not seen:
+            return []
+        # Staleness is judged over all history up to ``until``; the window only has to
+        # hold a crawl, so it starts just before the oldest latest instance crawl.
+        since = min(s.instances_as_of for s in seen if s.instances_as_of) - timedelta(seconds=1)
+        until = max(self.clock.now(), since + timedelta(seconds=2))
+        s = self.settings
+        tiny = timedelta(microseconds=1)
+        try:
+            report = build_report(
+                self.store, Window(since, until), accounts=[a.account for a in seen],
+                stale_after=tiny, pending_stale_after=tiny,
+                max_gap_instances=s.max_gap or 2 * s.interval,
+                max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+                pricing=self.pricing, now=until)
+        except NoDataError:
+            return []
+        return [(i.account, i.status, i.stale_since) for i in report.stale_instances]
+
+    def stale_counts(self, now: datetime) -> dict[tuple[str, str], int]:
+        """Stale instances by (account, status) at ``now``, by the report's thresholds."""
+        s = self.settings
+        counts: dict[tuple[str, str], int] = {}
+        for account, status, since in self._stale_candidates:
+            threshold = s.pending_stale_after if status == "pending" else s.stale_after
+            # The query's arithmetic: whole microseconds over 1e6, compared in seconds.
+            if (now - since).total_seconds() >= threshold.total_seconds():
+                counts[(account, status)] = counts.get((account, status), 0) + 1
+        return counts
+
+    def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,
+                        previous: Mapping[tuple[str, str, str, str], int] | None = None,
+                        ) -> dict[tuple[str, str, str, str], int] | None:
+        """Current policy findings by (account, rule, severity, status); None without one.
+
+        Rules of a kind are judged at that kind's crawls only, so with ``kinds`` short of
+        all, only the rules of ``kinds`` are judged again and the others' counts come from
+        ``previous`` (judging instance rules over a large fleet's history takes seconds).
+        """
+        if self.policy is None:
+            return None
+        policy = self.policy
+        kept: dict[tuple[str, str, str, str], int] = {}
+        if "instances" not in kinds and previous is not None:
+            policy = replace(policy, baseline=replace(
+                policy.baseline, allowed_regions=None, required_tags=None, max_stopped=None))
+            kept = {k: n for k, n in previous.items() if RULES[k[1]].kind == "instance"}
+        counts = self._judge(states, policy)
+        return {**kept, **counts}
+
+    def _judge(self, states: Sequence[AccountState], policy: Policy
+               ) -> dict[tuple[str, str, str, str], int]:
+        accounts = [s.account for s in states]
+        seen = [t for s in states for t in (s.instances_as_of, s.buckets_as_of) if t]
+        if not seen:
+            return current_counts((), policy, accounts)
+        # Current findings were seen by each kind's latest crawl: the window only has to
+        # reach back to the oldest of those.
+        since = min(seen) - timedelta(seconds=1)
+        until = max(self.clock.now(), max(seen) + timedelta(seconds=1))
+        try:
+            found = evaluate_history(self.store, policy, Window(since, until), accounts)
+        except NoDataError:
+            found = ()
+        return current_counts(found, policy, accounts)
+
+    def reload(self) -> bool:
+        """Read the pricing and policy files again and rebuild the snapshot in full with
+        them (blocking; SIGHUP). If either does not load, both in force stay; False."""
+        try:
+            pricing = load_pricing(self.settings.pricing_file)
+            policy = load_configured(self.settings.policy_file)
+        except ConfigError as exc:
+            log.error("serve.reload_failed", error=str(exc),
+                      hint="the pricing and policy in force stay; fix the file and send "
+                           "SIGHUP again")
+            return False
+        with self._rebuild_lock:
+            self.pricing, self.policy = pricing, policy
+            self.reports.use(pricing, policy)
+            # Nothing of the previous snapshot is reused: its findings and costs were
+            # judged by what was in force before.
+            self._last = None
+        self.rebuild_snapshot()
+        log.info("serve.reloaded", pricing=pricing.name, pricing_digest=pricing.digest,
+                 policy=None if self.settings.policy_file is None
+                 else str(self.settings.policy_file))
+        return True
+
+    async def refresh(self, *, kinds: Collection[Kind] = KINDS) -> None:
+        """Rebuild the snapshot (``kinds`` changed) in a worker thread; a store failure
+        keeps the old one."""
+        try:
+            await asyncio.to_thread(functools.partial(self.rebuild_snapshot, kinds=kinds))
+        except StoreError as exc:
+            log.error("metrics.refresh_failed", error=str(exc),
+                      hint="the metrics keep showing the previous state")
+
+    # -- crawls ----------------------------------------------------------------------------
+
+    async def crawl(self, account: AccountConfig, kind: Kind) -> None:
+        """One scheduled crawl of one kind: crawl, commit, count, refresh the metrics."""
+        assert self._session is not None, "crawls run only while the service runs"
+        client = CloudNexusClient(account, self._session, self.budgets[account.name],
+                                  stats=self.api_stats[account.name],
+                                  timeout=self.settings.request_timeout, clock=self.clock)
+        started = self.clock.monotonic()
+        try:
+            # Bucket polls are the urgent ones: they use the budget's reserve and go first.
+            with request_priority("high" if kind == "buckets" else "normal"):
+                summary = await crawl_and_commit(account, self.store, client=client,
+                                                 kinds=(kind,), clock=self.clock)
+        except StoreError as exc:
+            # The crawl may have been complete, but it is not history: count it as failed.
+            self.crawl_stats.record(account.name, (kind,), "failed",
+                                    self.clock.monotonic() - started)
+            log.error("crawl.not_recorded", account=account.name, kinds=[kind], error=str(exc))
+            return
+        self.crawl_stats.record(account.name, summary.kinds, summary.status, summary.seconds)
+        if kind == "buckets" and summary.status == "succeeded":
+            # The reserve follows the pages a poll takes (one per 100 buckets or so).
+            self.poll_requests[account.name] = max(MIN_POLL_REQUESTS, summary.requests)
+            if self.reserve_for_polls():
+                log.warning("budget.reserve_high", account=account.name,
+                            poll_requests=summary.requests,
+                            hint="bucket polls take more than half the rate budget; raise "
+                                 "NEXUS_RATE_BUDGET or the bucket interval")
+        await self.refresh(kinds=summary.kinds)
+
+    async def _reload(self) -> None:
+        """:meth:`reload` in a worker thread; a store failure keeps the old snapshot."""
+        try:
+            await asyncio.to_thread(self.reload)
+        except StoreError as exc:
+            log.error("metrics.refresh_failed", error=str(exc),
+                      hint="the metrics keep showing the previous state")
+
+    def readiness(self) -> Readiness:
+        """/readyz: every account crawled each kind within twice its interval."""
+        return judge_readiness(self.holder.current.last_success, self.names, self.intervals,
+                               self.clock.now())
+
+    # -- running ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def crawling(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """Scheduled crawls over ``session`` while inside; on exit, in-progress crawls get
+        the shutdown grace, then are cancelled."""
+        self._session = session
+        try:
+            self.scheduler.start()
+            yield
+        finally:
+            await self.scheduler.stop(self.grace)
+            self._session = None
+
+    def app(self) -> web.Application:
+        """The web application over this service."""
+        return build_app(exposition=self.exporter, reports=self.reports,
+                         readiness=self.readiness, auth=AuthPolicy.from_web(self.settings.web),
+                         clock=self.clock)
+
+    async def run(self, ssl_context: ssl.SSLContext | None) -> int:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly; the exit code."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        received: list[str] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig.name)
+            stopping.set()
+
+        reloading: set[asyncio.Task[None]] = set()  # referenced until done
+
+        def on_hangup() -> None:
+            task = asyncio.ensure_future(self._reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        host, port = validate_listen(self.settings.web.listen, "listen")
+        connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await self.refresh()  # history from earlier runs shows at once
+            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    raise ConfigError(f"listen: cannot listen on {self.settings.web.listen}: "
+                                      f"{exc.strerror or exc}") from None
+                bound = runner.addresses[0]
+                policy = AuthPolicy.from_web(self.settings.web)
+                log.info("serve.listening", host=str(bound[0]), port=int(bound[1]),
+                         tls=ssl_context is not None,
+                         auth=("bearer+basic" if policy.bearer_token and policy.basic_user
+                               else "bearer" if policy.bearer_token
+                               else "basic" if policy.basic_user else "none"),
+                         accounts=list(self.names),
+                         interval=self.settings.interval.total_seconds(),
+                         bucket_interval=self.settings.bucket_interval.total_seconds())
+                async with self.crawling(session):
+                    await stopping.wait()
+                    log.info("serve.stopping", signal=received[0] if received else None,
+                             crawls_in_progress=[s.job_id for s in self.scheduler.running],
+                             grace_seconds=self.grace)
+            finally:
+                await runner.cleanup()
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+        log.info("serve.stopped")
+        return 0
+
+
+def _moved(states: Sequence[AccountState], previous: Snapshot,
+           read: Collection[Kind]) -> bool:
+    """Whether a kind not in ``read`` has a newer success than ``previous`` shows."""
+    for state in states:
+        for kind in KINDS:
+            if kind in read:
+                continue
+            as_of = state.instances_as_of if kind == "instances" else state.buckets_as_of
+            shown = previous.as_of.get((state.account, kind))
+            if (as_of.timestamp() if as_of else None) != shown:
+                return True
+    return False
