@@ -256,7 +256,7 @@ def test_a_process_that_exits_leaves_the_file_whole(tmp_path: Path) -> None:
 EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
     import threading
     import time
-    from nexus_audit.history import store as store_module
+    from nexus_audit.history import writes
 
     # Let go from a timer thread, and exit while it is still settling: the exit hook must
     # wait for it (else the process ends before the checkpoint, and the log stays).
@@ -264,7 +264,7 @@ EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
 
     def slow_settle(commit):
         started.set()
-        store_module._compact(commit)
+        writes.compact(commit)
         time.sleep(0.3)
 
     hold = duckfile._holds[str(store.path)]

@@ -24,17 +24,15 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import duckdb
 
 from nexus_audit.domain.policy import RULES, AcceptedException, Policy, Severity, raised
 from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.errors import StoreError
+from nexus_audit.history.protocol import History
 from nexus_audit.history.sql import bind, create_temp, load_query
-
-if TYPE_CHECKING:
-    from nexus_audit.audit.report import History
 
 Status = Literal["open", "accepted", "expired"]
 STATUSES: Final[tuple[Status, ...]] = ("open", "accepted", "expired")

@@ -20,11 +20,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import duckdb
 
@@ -33,6 +31,7 @@ from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.errors import NoDataError, StoreError, UnknownAccountError, UsageError
+from nexus_audit.history.protocol import History
 from nexus_audit.history.sql import bind, create_temp, load_query
 
 MONEY_DECIMALS: Final = 6
@@ -272,18 +271,6 @@ def _drift_value(field_name: str | None, text: str | None) -> Any:
     if field_name == "tags":
         return json.loads(text)
     return text
-
-
-class History(Protocol):
-    """Where :func:`build_report` reads: the :class:`~nexus_audit.history.store.Store`, or an
-    export's Parquet files (:class:`nexus_audit.history.parquet.ParquetHistory`)."""
-
-    @property
-    def path(self) -> Path:
-        """The database file or export directory, for error messages."""
-
-    def read(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """A read-only connection on which the store's table names resolve."""
 
 
 def build_report(

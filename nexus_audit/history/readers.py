@@ -1,0 +1,127 @@
+"""Reading the latest committed state (what ``/metrics`` shows), as plain values."""
+
+# S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
+# every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+import duckdb
+
+from nexus_audit.domain.model import Bucket, Instance, Kind
+from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS
+
+# ---------------------------------------------------------------------------------------
+# Values handed to other layers.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlInfo:
+    """The last crawl of one kind of one account, for the exporter's health metrics."""
+
+    crawl_id: int
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    seconds: float
+    requests: int
+    retries: int
+    total_mismatch: str | None
+    error_code: str | None
+    requests_by_endpoint: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountState:
+    """One account's latest committed state: what ``/metrics`` shows."""
+
+    account: str
+    #: As of the latest successful crawl that covered instances (empty if none yet).
+    instances: tuple[Instance, ...]
+    #: As of the latest successful crawl that covered buckets (empty if none yet).
+    buckets: tuple[Bucket, ...]
+    instances_as_of: datetime | None
+    buckets_as_of: datetime | None
+    #: The last crawl (any status) that covered each kind.
+    last_crawl: Mapping[Kind, CrawlInfo]
+    #: ``finished_at`` of the last successful crawl of each kind.
+    last_success: Mapping[Kind, datetime]
+    #: Number of crawls of this account by status (``succeeded``, ``failed``).
+    crawls_by_status: Mapping[str, int]
+
+
+
+_LAST_CRAWLS: Final = """
+    SELECT account, kind, crawl_id, status, started_at, finished_at, requests, retries,
+           total_mismatch, error_code, requests_by_endpoint
+    FROM (SELECT c.*, unnest(c.kinds) AS kind FROM crawls c)
+    QUALIFY row_number() OVER (PARTITION BY account, kind ORDER BY crawl_id DESC) = 1"""
+_LAST_SUCCESS: Final = """
+    SELECT account, kind, max(finished_at) FROM
+        (SELECT account, unnest(kinds) AS kind, finished_at FROM crawls
+         WHERE status = 'succeeded')
+    GROUP BY ALL"""
+
+
+def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[AccountState]:
+    counts: dict[str, dict[str, int]] = {}
+    for account, status, n in con.execute(
+            "SELECT account, status, count(*) FROM crawls GROUP BY ALL").fetchall():
+        counts.setdefault(account, {})[status] = int(n)
+    last: dict[str, dict[Kind, CrawlInfo]] = {}
+    for row in con.execute(_LAST_CRAWLS).fetchall():
+        (account, kind, crawl_id, status, started, finished, requests, retries,
+         mismatch, code, rbe) = row
+        last.setdefault(account, {})[kind] = CrawlInfo(
+            crawl_id=int(crawl_id), status=status, started_at=_utc(started),
+            finished_at=_utc(finished), seconds=(finished - started).total_seconds(),
+            requests=int(requests), retries=int(retries), total_mismatch=mismatch,
+            error_code=code, requests_by_endpoint=json.loads(rbe) if rbe else {})
+    success: dict[str, dict[Kind, datetime]] = {}
+    for account, kind, finished in con.execute(_LAST_SUCCESS).fetchall():
+        success.setdefault(account, {})[kind] = _utc(finished)
+    instances: dict[str, list[Instance]] = {}
+    cols = ", ".join(INSTANCE_COLUMNS)
+    make_instance = Instance._make
+    rows = (con.execute(
+        f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
+        "ORDER BY account, id").fetchall() if "instances" in kinds else [])
+    for account, *fields in rows:
+        instances.setdefault(account, []).append(make_instance(fields))
+    buckets: dict[str, list[Bucket]] = {}
+    bcols = ", ".join("s.size_bytes" if c == "size_bytes" else f"v.{c}" for c in BUCKET_COLUMNS)
+    make_bucket = Bucket._make
+    rows = (con.execute(
+        f"""SELECT v.account, {bcols} FROM bucket_versions v
+            JOIN bucket_sizes s ON s.account = v.account AND s.id = v.id
+                AND s.until_crawl IS NULL
+            WHERE v.until_crawl IS NULL ORDER BY v.account, v.id""").fetchall()
+        if "buckets" in kinds else [])
+    for account, *fields in rows:
+        buckets.setdefault(account, []).append(make_bucket(fields))
+    states = []
+    for account in sorted(counts):
+        ok = success.get(account, {})
+        states.append(AccountState(
+            account=account,
+            instances=tuple(instances.get(account, ())),
+            buckets=tuple(buckets.get(account, ())),
+            instances_as_of=ok.get("instances"),
+            buckets_as_of=ok.get("buckets"),
+            last_crawl=last.get(account, {}),
+            last_success=ok,
+            crawls_by_status=counts[account],
+        ))
+    return states
+
+
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)

@@ -1,0 +1,118 @@
+"""The history's schema: record columns, the staging tables and the ordered migrations.
+
+History is kept as changes, not copies; see :mod:`nexus_audit.history.store` for the
+model (logs of versions and removal markers, with views of the same names as schema 2).
+"""
+
+# S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
+# every value is a bound parameter.
+
+from __future__ import annotations
+
+from typing import Final
+
+from nexus_audit.domain.model import Bucket, Instance
+
+Record = Instance | Bucket
+INSTANCE_COLUMNS: Final = Instance._fields
+BUCKET_COLUMNS: Final = Bucket._fields
+#: Bucket columns kept in ``bucket_versions`` (size lives in ``bucket_sizes``).
+BUCKET_VERSION_COLUMNS: Final = tuple(c for c in BUCKET_COLUMNS if c != "size_bytes")
+
+STAGING_DDL: Final = (
+    """CREATE TABLE instances (id VARCHAR NOT NULL, name VARCHAR, status VARCHAR,
+        region VARCHAR, cpu INTEGER, memory_gb DOUBLE, plan VARCHAR, tags VARCHAR,
+        created_at VARCHAR, extra VARCHAR)""",
+    """CREATE TABLE buckets (id VARCHAR NOT NULL, region VARCHAR, size_bytes BIGINT,
+        access VARCHAR, created_at VARCHAR, tags VARCHAR, extra VARCHAR)""",
+)
+
+#: Ordered schema migrations: (version, statements). Never edit a released entry; append.
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (1, (
+        "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+        """CREATE TABLE crawls (
+            crawl_id BIGINT PRIMARY KEY,
+            account VARCHAR NOT NULL,
+            kinds VARCHAR[] NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ NOT NULL,
+            status VARCHAR NOT NULL,
+            instances BIGINT NOT NULL,
+            buckets BIGINT NOT NULL,
+            requests BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            total_mismatch VARCHAR,
+            error VARCHAR,
+            error_code VARCHAR,
+            request_id VARCHAR,
+            requests_by_endpoint JSON)""",
+        """CREATE TABLE instance_versions (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, name VARCHAR, status VARCHAR,
+            region VARCHAR, cpu INTEGER, memory_gb DOUBLE, plan VARCHAR, tags VARCHAR,
+            created_at VARCHAR, extra VARCHAR,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+        """CREATE TABLE bucket_versions (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, region VARCHAR, access VARCHAR,
+            created_at VARCHAR, tags VARCHAR, extra VARCHAR,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+        """CREATE TABLE bucket_sizes (
+            account VARCHAR NOT NULL, id VARCHAR NOT NULL, size_bytes BIGINT NOT NULL,
+            first_crawl BIGINT NOT NULL, until_crawl BIGINT)""",
+    )),
+    # v2: one row per (crawl, kind): the crawl sequence every per-kind rule walks.
+    (2, (
+        """CREATE VIEW kind_crawls AS
+            SELECT crawl_id, account, unnest(kinds) AS kind, started_at, finished_at, status
+            FROM crawls""",
+    )),
+    # v3: commits only append. Each version table becomes a log (plus removal markers) and
+    # a view of the same name and columns; the view ends an open version at the next row
+    # of its id (a version or a marker) until compaction writes that into until_crawl.
+    (3, (
+        "ALTER TABLE instance_versions RENAME TO instance_log",
+        "ALTER TABLE instance_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_versions RENAME TO bucket_log",
+        "ALTER TABLE bucket_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_sizes RENAME TO bucket_size_log",
+        "ALTER TABLE bucket_size_log ADD COLUMN removed BOOLEAN DEFAULT false",
+        "ALTER TABLE bucket_size_log ALTER COLUMN size_bytes DROP NOT NULL",  # markers
+        """CREATE VIEW instance_versions AS
+            SELECT account, id, name, status, region, cpu, memory_gb, plan, tags, created_at,
+                   extra, first_crawl, until_crawl
+            FROM instance_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, name, status, region, cpu, memory_gb, plan, tags, created_at,
+                   extra, first_crawl, until_crawl FROM (
+                SELECT account, id, name, status, region, cpu, memory_gb, plan, tags,
+                       created_at, extra, first_crawl, removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM instance_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
+        """CREATE VIEW bucket_versions AS
+            SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                   until_crawl
+            FROM bucket_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                   until_crawl FROM (
+                SELECT account, id, region, access, created_at, tags, extra, first_crawl,
+                       removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM bucket_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
+        """CREATE VIEW bucket_sizes AS
+            SELECT account, id, size_bytes, first_crawl, until_crawl
+            FROM bucket_size_log WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
+            UNION ALL
+            SELECT account, id, size_bytes, first_crawl, until_crawl FROM (
+                SELECT account, id, size_bytes, first_crawl, removed,
+                       lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
+                           AS until_crawl
+                FROM bucket_size_log WHERE until_crawl IS NULL)
+            WHERE removed IS NOT TRUE""",
+    )),
+)
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

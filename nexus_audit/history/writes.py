@@ -1,0 +1,254 @@
+"""How a commit writes: set-based statements and column-list appends that advance the
+logs, the compaction that closes versions, and what a commit checks first."""
+
+# S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
+# every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import duckdb
+
+from nexus_audit.domain.model import KINDS, Kind
+from nexus_audit.history import duckfile
+from nexus_audit.history.schema import (
+    BUCKET_COLUMNS,
+    BUCKET_VERSION_COLUMNS,
+    INSTANCE_COLUMNS,
+    Record,
+)
+from nexus_audit.history.staging import SIZE_FIELD, bucket_fingerprint
+
+#: The log table behind each version view (schema 3).
+LOGS: Final = {"instance_versions": "instance_log", "bucket_versions": "bucket_log",
+               "bucket_sizes": "bucket_size_log"}
+#: Per kind, the version views a crawl of it advances.
+VIEWS: Final[Mapping[Kind, tuple[str, ...]]] = {
+    "instances": ("instance_versions",), "buckets": ("bucket_versions", "bucket_sizes")}
+
+
+def _apply_sql(kind: Kind) -> tuple[str, ...]:
+    """Set-based statements that advance one kind's history with one successful crawl.
+
+    Parameters: ``$a`` account, ``$c`` crawl id. ``@new@`` is the staged table and ``@h@``
+    the database's alias. Only appends: a record identical to its current version adds
+    nothing; any other record adds a version (which ends the one before); an id absent
+    from the crawl gets a removal marker (which ends its version).
+    """
+    def mark(view: str) -> str:
+        return f"""INSERT INTO @h@.{LOGS[view]} (account, id, first_crawl, until_crawl, removed)
+                   SELECT $a, v.id, $c, NULL, true FROM @h@.{view} v
+                   WHERE v.account = $a AND v.until_crawl IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM @new@ n WHERE n.id = v.id)"""
+
+    def add(view: str, cols: Sequence[str], same: str) -> str:
+        col_list = ", ".join(cols)
+        n_cols = ", ".join(f"n.{c}" for c in cols)
+        return f"""INSERT INTO @h@.{LOGS[view]}
+                       (account, {col_list}, first_crawl, until_crawl, removed)
+                   SELECT $a, {n_cols}, $c, NULL, false FROM @new@ n
+                   WHERE NOT EXISTS (SELECT 1 FROM @h@.{view} v
+                       WHERE v.account = $a AND v.id = n.id AND v.until_crawl IS NULL
+                         AND {same})"""
+
+    def same(cols: Sequence[str]) -> str:
+        return " AND ".join(f"n.{c} IS NOT DISTINCT FROM v.{c}" for c in cols[1:])
+
+    if kind == "instances":
+        return (mark("instance_versions"),
+                add("instance_versions", INSTANCE_COLUMNS, same(INSTANCE_COLUMNS)))
+    return (mark("bucket_versions"),
+            add("bucket_versions", BUCKET_VERSION_COLUMNS, same(BUCKET_VERSION_COLUMNS)),
+            mark("bucket_sizes"),
+            add("bucket_sizes", ("id", "size_bytes"), "n.size_bytes = v.size_bytes"))
+
+
+APPLY: Final = {kind: _apply_sql(kind) for kind in KINDS}
+
+#: Per version view: its record columns and their positions in the staged record.
+_TABLE_FIELDS: Final = {
+    "instance_versions": tuple((c, INSTANCE_COLUMNS.index(c)) for c in INSTANCE_COLUMNS),
+    "bucket_versions": tuple((c, BUCKET_COLUMNS.index(c)) for c in BUCKET_VERSION_COLUMNS),
+    "bucket_sizes": (("id", 0), ("size_bytes", SIZE_FIELD)),
+}
+
+
+def _append_sql(view: str) -> str:
+    """Append versions and removal markers to ``view``'s log from column lists (``$f0``,
+    ``$f1``, ... and the markers' flags ``$rm``) zipped by ``unnest``.
+
+    The lists are not cast (``$f0::VARCHAR[]``): a cast of a list parameter costs about a
+    tenth of a millisecond a column, a third of the statement, while the INSERT casts each
+    value to its column's type anyway (and refuses one that does not fit, as the cast
+    would). A list of only NULLs (a column no record has) converts to ``NULL[]``.
+    """
+    fields = _TABLE_FIELDS[view]
+    col_list = ", ".join(c for c, _ in fields)
+    lists = ", ".join(f"unnest($f{n})" for n in range(len(fields)))
+    return f"""INSERT INTO @h@.{LOGS[view]}
+                   (account, {col_list}, first_crawl, until_crawl, removed)
+               SELECT $a, {lists}, $c, NULL, unnest($rm)"""
+
+
+APPEND: Final = {view: _append_sql(view) for view in _TABLE_FIELDS}
+
+
+def append_params(view: str, records: Sequence[Record],
+                   removed: Sequence[str]) -> dict[str, list[Any]]:
+    """The column lists of ``records`` and of markers for ``removed`` for :func:`_append_sql`."""
+    params: dict[str, list[Any]] = {}
+    blanks = [None] * len(removed)
+    for n, (_, i) in enumerate(_TABLE_FIELDS[view]):
+        params[f"f{n}"] = [r[i] for r in records] + (list(removed) if i == 0 else blanks)
+    params["rm"] = [False] * len(records) + [True] * len(removed)
+    return params
+
+
+def diff_plan(kind: Kind, base: Mapping[str, object], changed: Sequence[Record],
+               removed: Sequence[str]) -> dict[str, tuple[list[Record], list[str]]]:
+    """Per version view, the records to add as versions and the ids to mark removed."""
+    if kind == "instances":
+        return {"instance_versions": (list(changed), list(removed))}
+    versions: list[Record] = []
+    sizes: list[Record] = []
+    for record in changed:
+        old = base.get(record[0])
+        version, size = bucket_fingerprint(record)  # type: ignore[arg-type]
+        if old is None or old[0] != version:  # type: ignore[index]
+            versions.append(record)
+        if old is None or old[1] != size:  # type: ignore[index]
+            sizes.append(record)
+    return {"bucket_versions": (versions, list(removed)),
+            "bucket_sizes": (sizes, list(removed))}
+
+
+def _compact_sql(log: str) -> str:
+    """Fill in ``until_crawl`` of ``log``'s versions that a later version or a removal marker
+    ended, and close the markers themselves (their work done): afterwards only current
+    versions are open. The views give the same answers before and after."""
+    return f"""UPDATE @h@.{log} AS v SET until_crawl = n.until_crawl FROM (
+            SELECT account, id, first_crawl,
+                   CASE WHEN next IS NOT NULL THEN next WHEN removed THEN first_crawl END
+                       AS until_crawl
+            FROM (SELECT account, id, first_crawl, removed,
+                         lead(first_crawl) OVER (PARTITION BY account, id
+                                                 ORDER BY first_crawl) AS next
+                  FROM @h@.{log} WHERE until_crawl IS NULL)) n
+        WHERE v.until_crawl IS NULL AND n.until_crawl IS NOT NULL
+          AND v.account = n.account AND v.id = n.id AND v.first_crawl = n.first_crawl"""
+
+
+_COMPACT: Final = {log: _compact_sql(log) for log in LOGS.values()}
+#: The memo key of the logs appended to since the last compaction.
+DIRTY: Final = "dirty"
+
+
+@contextlib.contextmanager
+def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction on ``cursor``: committed when the block ends, rolled back if it raises.
+
+    The connection's own ``begin``/``commit`` skip the parser: about 0.2 ms a commit less
+    than the statements' text.
+    """
+    cursor.begin()
+    try:
+        yield
+        cursor.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.rollback()
+        raise
+
+
+def compact(commit: duckfile.Commit) -> None:
+    """Compact the logs appended to while the file was attached (before it is let go)."""
+    dirty = commit.memo.get(DIRTY)
+    if not dirty:
+        return
+    cursor, h = commit.cursor, commit.alias
+    with transaction(cursor):
+        for log in sorted(dirty):
+            cursor.execute(_COMPACT[log].replace("@h@", h))
+    dirty.clear()
+
+
+
+
+#: What a commit checks before writing: the schema version, the latest crawl id, and per
+#: kind (in :data:`KINDS` order) the account's latest successful crawl and its end. One
+#: statement, aggregated over every crawl.
+WRITE_STATE: Final = """
+    SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), * FROM (
+        SELECT max(crawl_id),
+               max(crawl_id) FILTER (account = $a AND status = 'succeeded'
+                                     AND list_contains(kinds, 'instances')),
+               max(finished_at) FILTER (account = $a AND status = 'succeeded'
+                                        AND list_contains(kinds, 'instances')),
+               max(crawl_id) FILTER (account = $a AND status = 'succeeded'
+                                     AND list_contains(kinds, 'buckets')),
+               max(finished_at) FILTER (account = $a AND status = 'succeeded'
+                                        AND list_contains(kinds, 'buckets'))
+        FROM @h@.crawls)"""
+#: The same from the crawls since the oldest snapshot's, which is no earlier than anything
+#: the answers for the snapshots' kinds depend on (crawls of one account and kind commit
+#: in order): usually one row, and a plain scan costs a fraction of the aggregates above.
+CRAWLS_SINCE: Final = """
+    SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), crawl_id, account,
+           status, kinds, finished_at
+    FROM @h@.crawls WHERE crawl_id >= $s"""
+#: The memo key of the latest crawl id (see :meth:`Store._tail`).
+LAST_ID: Final = "last_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Where the history ends, for a commit: the latest crawl id, and per kind committed
+    the account's latest successful crawl and when it finished."""
+
+    last_id: int
+    crawl: dict[Kind, int | None]
+    end: dict[Kind, datetime | None]
+
+
+INSERT_CRAWL: Final = """
+    INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
+        instances, buckets, requests, retries, total_mismatch, error, error_code, request_id,
+        requests_by_endpoint)
+    VALUES ($c, $account, $kinds, $started_at, $finished_at, $status, $instances, $buckets,
+        $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe)"""
+
+
+def parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:
+    """``sql`` (one statement, on this attachment's alias) parsed once per hold of the file.
+
+    A parsed statement runs about 0.2 ms faster than its text, three or four times a
+    commit; the alias changes with each attach, and the memo with it.
+    """
+    key = ("parsed", sql)
+    statement: duckdb.Statement | None = commit.memo.get(key)
+    if statement is None:
+        (statement,) = commit.cursor.extract_statements(sql)
+        commit.memo[key] = statement
+    return statement
+
+
+
+
+
+def state_from_rows(rows: Sequence[tuple[Any, ...]], account: str) -> tuple[Any, ...] | None:
+    """:data:`WRITE_STATE`'s answer computed from :data:`CRAWLS_SINCE`'s rows (None: no rows)."""
+    if not rows:
+        return None
+    per_kind: list[Any] = []
+    for kind in KINDS:
+        ours = [row for row in rows
+                if row[2] == account and row[3] == "succeeded" and kind in row[4]]
+        per_kind += [max((row[1] for row in ours), default=None),
+                     max((row[5] for row in ours), default=None)]
+    return (rows[0][0], max(row[1] for row in rows), *per_kind)
