@@ -114,6 +114,22 @@ class Settings:
         raise UsageError(f"--account: unknown account {name!r} (configured: {known})",
                          parameter="account")
 
+    def crawled_accounts(self, name: str | None) -> tuple[AccountConfig, ...]:
+        """:meth:`account`, refusing a configuration without any account (a command that
+        crawls needs at least one; ``report`` works on a database alone)."""
+        if not self.accounts:
+            raise ConfigError("no CloudNexus account is configured: set NEXUS_API_KEY (or "
+                              "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG "
+                              "file")
+        return self.account(name)
+
+    def max_gaps(self) -> tuple[timedelta, timedelta]:
+        """Longest time one observation holds, for instances and buckets: ``max_gap`` when
+        set, else twice the schedule interval of each kind."""
+        if self.max_gap is not None:
+            return self.max_gap, self.max_gap
+        return 2 * self.interval, 2 * self.bucket_interval
+
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for the log redactor."""
         values = [a.api_key.reveal() for a in self.accounts]

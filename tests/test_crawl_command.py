@@ -10,9 +10,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from nexus_audit.api import RateBudget
+from nexus_audit.api.budget import rates_in_force, shared_budgets
 from nexus_audit.commands.crawl import (
     budget_share,
-    budgets_in_force,
     crawl_command,
     format_summary,
     parse_kinds,
@@ -102,7 +102,10 @@ def test_accounts_sharing_a_key_crawl_at_the_smallest_rate() -> None:
         AccountConfig(name="staging", api_key=shared, rate_budget=100),
         AccountConfig(name="other", api_key=Secret("nx_test_sk_other"), rate_budget=300),
     ]
-    assert budgets_in_force(accounts) == {"prod": 100, "staging": 100, "other": 300}
+    assert rates_in_force(accounts) == {"prod": 100, "staging": 100, "other": 300}
+    budgets = shared_budgets(accounts, FakeClock())
+    assert budgets["prod"] is budgets["staging"]
+    assert {name: b.per_minute for name, b in budgets.items()} == rates_in_force(accounts)
 
 
 def test_format_summary_names_what_was_crawled() -> None:

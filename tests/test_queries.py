@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.audit.report import Report, UnknownAccountError, build_report
+from nexus_audit.audit.report import Report, build_report
 from nexus_audit.domain.pricing import Pricing, parse_pricing
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.errors import NoDataError, UsageError
+from nexus_audit.errors import NoDataError, UnknownAccountError, UsageError
 from nexus_audit.history.sql import load_query, parameters, query_names
 from nexus_audit.history.store import Store
 from tests.test_store import bucket, crawl, inst

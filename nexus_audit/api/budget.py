@@ -44,6 +44,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Final, Literal
 
+from nexus_audit.config import AccountConfig
 from nexus_audit.domain.timeutil import Clock
 
 #: Jitter added after a server-side reset: a share of the window, capped at one second.
@@ -327,3 +328,32 @@ class RateBudget:
     def usage(self) -> float:
         """Share of the window's capacity used right now (0..1)."""
         return self.in_window(self._clock.monotonic()) / self.capacity
+
+
+def _key(account: AccountConfig) -> tuple[str, str]:
+    """What makes two accounts share a budget: the same key at the same API."""
+    return account.api_url.rstrip("/"), account.api_key.reveal()
+
+
+def rates_in_force(accounts: Iterable[AccountConfig]) -> dict[str, int]:
+    """Each account's requests per minute: accounts sharing a key (and API URL) share one
+    budget, at the smallest of their configured rates."""
+    chosen = list(accounts)
+    by_key: dict[tuple[str, str], int] = {}
+    for account in chosen:
+        key = _key(account)
+        by_key[key] = min(by_key.get(key, account.rate_budget), account.rate_budget)
+    return {a.name: by_key[_key(a)] for a in chosen}
+
+
+def shared_budgets(accounts: Iterable[AccountConfig], clock: Clock, *,
+                   window: float = 60.0) -> dict[str, RateBudget]:
+    """One :class:`RateBudget` per key (and API URL) at :func:`rates_in_force`, mapped from
+    each account using it. ``window`` shortens the window for tests and benchmarks."""
+    chosen = list(accounts)
+    rates = rates_in_force(chosen)
+    by_key: dict[tuple[str, str], RateBudget] = {}
+    for account in chosen:
+        by_key.setdefault(_key(account),
+                          RateBudget(rates[account.name], clock=clock, window=window))
+    return {a.name: by_key[_key(a)] for a in chosen}

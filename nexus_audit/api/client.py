@@ -46,6 +46,8 @@ from nexus_audit.logs import get_logger
 log = get_logger(__name__)
 
 USER_AGENT: Final = "nexus-audit"
+#: Connections per host: enough for every region chain of a few accounts at once.
+CONNECTIONS_PER_HOST: Final = 32
 _MESSAGE_LIMIT: Final = 300
 #: The slowest upload link we wait for (1 Mbit/s): a request with a body gets its transfer
 #: at this rate on top of the request timeout, so a 16 MiB part may take about 2 minutes
@@ -130,6 +132,12 @@ _LEADS: Final[Mapping[int, str]] = {
     404: "CloudNexus found no such resource or endpoint (check NEXUS_API_URL)",
     429: "CloudNexus kept answering 429 Too Many Requests past the retry allowance",
 }
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The HTTP session crawls and uploads share (one per process run)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST))
 
 
 def disable_hidden_retries(session: aiohttp.ClientSession) -> None:

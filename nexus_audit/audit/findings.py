@@ -30,7 +30,6 @@ import duckdb
 
 from nexus_audit.domain.policy import RULES, AcceptedException, Policy, Severity, raised
 from nexus_audit.domain.timeutil import Window, isoformat
-from nexus_audit.errors import StoreError
 from nexus_audit.history.protocol import History
 from nexus_audit.history.sql import bind, create_temp, load_query
 
@@ -170,14 +169,11 @@ def evaluate(con: duckdb.DuckDBPyConnection, policy: Policy, window: Window,
 def evaluate_history(history: History, policy: Policy, window: Window,
                      accounts: Sequence[str] | None = None) -> tuple[Finding, ...]:
     """:func:`evaluate` on its own read connection (all accounts when none are named)."""
-    try:
-        with history.read() as con:
-            if accounts is None:
-                accounts = [r[0] for r in con.execute(
-                    "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
-            return evaluate(con, policy, window, accounts)
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot read {history.path}: {exc}") from None
+    with history.read() as con:  # DuckDB's errors come out of read() as StoreError
+        if accounts is None:
+            accounts = [r[0] for r in con.execute(
+                "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
+        return evaluate(con, policy, window, accounts)
 
 
 FindingKey = tuple[str, str, str, str]

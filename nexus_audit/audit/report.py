@@ -30,8 +30,9 @@ from nexus_audit.audit.findings import Finding, evaluate
 from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window, isoformat
-from nexus_audit.errors import NoDataError, StoreError, UnknownAccountError, UsageError
+from nexus_audit.errors import NoDataError, UsageError
 from nexus_audit.history.protocol import History
+from nexus_audit.history.readers import resolve_accounts
 from nexus_audit.history.sql import bind, create_temp, load_query
 
 MONEY_DECIMALS: Final = 6
@@ -299,15 +300,12 @@ def build_report(
         "per_vcpu_hour": pricing.per_vcpu_hour, "per_gb_hour": pricing.per_gb_hour,
         "storage_gb_month": pricing.storage_gb_month,
     }
-    try:
-        with store.read() as con:
-            report = _build(con, window, accounts, values, pricing, now)
-            if policy is not None:
-                report = replace(report, findings=evaluate(con, policy, window,
-                                                           report.accounts))
-            return report
-    except duckdb.Error as exc:
-        raise StoreError(f"cannot read {store.path}: {exc}") from None
+    # The history's read() turns DuckDB's errors into StoreError.
+    with store.read() as con:
+        report = _build(con, window, accounts, values, pricing, now)
+        if policy is not None:
+            report = replace(report, findings=evaluate(con, policy, window, report.accounts))
+        return report
 
 
 def _run(con: duckdb.DuckDBPyConnection, name: str,
@@ -318,15 +316,7 @@ def _run(con: duckdb.DuckDBPyConnection, name: str,
 
 def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str] | None,
            values: dict[str, Any], pricing: Pricing, now: datetime) -> Report:
-    known = [r[0] for r in con.execute(
-        "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
-    if not known:
-        raise NoDataError("the history is empty: no crawl has been recorded yet "
-                          "(run `nexus-audit crawl` or `serve` first)")
-    for name in wanted or ():
-        if name not in known:
-            raise UnknownAccountError(name, known)
-    accounts = sorted(set(wanted)) if wanted else known
+    accounts = resolve_accounts(con, wanted)
     values["accounts"] = accounts
     row = con.execute(
         """SELECT count(*), min(finished_at), max(finished_at) FROM crawls

@@ -11,24 +11,20 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Final, TextIO
+from typing import TextIO
 
-import aiohttp
-
-from nexus_audit.api.budget import RateBudget
-from nexus_audit.api.client import ApiStats, CloudNexusClient
-from nexus_audit.config import AccountConfig, Secret, Settings
+from nexus_audit.api.budget import rates_in_force, shared_budgets
+from nexus_audit.api.client import ApiStats, CloudNexusClient, client_session
+from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.crawl.crawler import CrawlStore, crawl_and_commit
 from nexus_audit.crawl.progress import CrawlProgress, ProgressReporter
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock
-from nexus_audit.errors import ConfigError, NexusAuditError, UsageError
+from nexus_audit.errors import NexusAuditError, UsageError
 from nexus_audit.logs import get_logger, redactor
 
 log = get_logger(__name__)
 
-#: Connections per host: enough for every region chain of a few accounts at once.
-CONNECTIONS_PER_HOST: Final = 32
 
 
 def parse_kinds(text: str) -> tuple[Kind, ...]:
@@ -66,16 +62,6 @@ def format_summary(summary: CrawlSummary, per_minute: int) -> str:
     return line
 
 
-def budgets_in_force(accounts: Sequence[AccountConfig]) -> dict[str, int]:
-    """Each account's requests per minute: accounts sharing a key (and API URL) share one
-    budget, at the smallest of their configured rates (as ``serve`` does)."""
-    by_key: dict[tuple[str, Secret], int] = {}
-    for account in accounts:
-        key = (account.api_url.rstrip("/"), account.api_key)
-        by_key[key] = min(by_key.get(key, account.rate_budget), account.rate_budget)
-    return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
-
-
 async def run_crawls(
     accounts: Sequence[AccountConfig],
     store: CrawlStore,
@@ -87,17 +73,12 @@ async def run_crawls(
     tty: bool,
 ) -> list[CrawlSummary | NexusAuditError]:
     """Crawl each account once, concurrently; a summary or the error that stopped it, each."""
-    budgets: dict[tuple[str, Secret], RateBudget] = {}
-    rates = budgets_in_force(accounts)
+    budgets = shared_budgets(accounts, clock)
     progresses = [CrawlProgress(account=a.name) for a in accounts]
-    connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        clients = []
-        for account in accounts:
-            key = (account.api_url.rstrip("/"), account.api_key)
-            budget = budgets.setdefault(key, RateBudget(rates[account.name], clock=clock))
-            clients.append(CloudNexusClient(account, session, budget, stats=ApiStats(),
-                                            timeout=request_timeout, clock=clock))
+    async with client_session() as session:
+        clients = [CloudNexusClient(account, session, budgets[account.name], stats=ApiStats(),
+                                    timeout=request_timeout, clock=clock)
+                   for account in accounts]
         reporter = ProgressReporter(progresses, stream=stream, clock=clock, tty=tty)
         reporter.start()
         try:
@@ -123,17 +104,14 @@ def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit crawl``; the exit code."""
     from nexus_audit.history.store import Store
 
-    accounts = settings.account(args.account)
-    if not accounts:
-        raise ConfigError("no CloudNexus account is configured: set NEXUS_API_KEY (or "
-                          "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG file")
+    accounts = settings.crawled_accounts(args.account)
     kinds = parse_kinds(args.kinds)
     store = Store(settings.db_path)
     store.migrate()
     results = asyncio.run(run_crawls(accounts, store, kinds=kinds,
                                      request_timeout=settings.request_timeout, clock=SystemClock(),
                                      stream=sys.stderr, tty=sys.stderr.isatty()))
-    rates = budgets_in_force(accounts)
+    rates = rates_in_force(accounts)
     failed = 0
     for account, result in zip(accounts, results, strict=True):
         if isinstance(result, CrawlSummary):

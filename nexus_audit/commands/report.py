@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import timedelta
 from typing import TextIO
 
 from nexus_audit.audit.report import build_report
@@ -18,20 +17,10 @@ from nexus_audit.config import Settings
 from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
-from nexus_audit.errors import ConfigError, UnknownAccountError, UsageError
+from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.history.store import Store
 from nexus_audit.output.archive import UploadRequest
-from nexus_audit.output.render import render_chunks
-
-
-def max_gaps(settings: Settings) -> tuple[timedelta, timedelta]:
-    """Longest time one observation holds, for instances and buckets.
-
-    ``settings.max_gap`` when set, else twice the schedule interval of each kind.
-    """
-    if settings.max_gap is not None:
-        return settings.max_gap, settings.max_gap
-    return 2 * settings.interval, 2 * settings.bucket_interval
+from nexus_audit.output.render import render_chunks, require_policy
 
 
 def report_command(args: argparse.Namespace, settings: Settings, *,
@@ -43,13 +32,10 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     upload = UploadRequest.from_args(args)  # flags checked before any work
     stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
                    if args.stale_after else settings.stale_after)
-    gap_instances, gap_buckets = max_gaps(settings)
+    gap_instances, gap_buckets = settings.max_gaps()
     pricing = load_pricing(settings.pricing_file)
     policy = load_configured(settings.policy_file)
-    if args.format == "ocsf" and policy is None:
-        raise ConfigError("--format ocsf writes policy findings, but no policy is configured "
-                          "(set NEXUS_AUDIT_POLICY or policy = \"...\" in the config file)",
-                          parameter="format")
+    require_policy(args.format, policy)
     store = Store(settings.db_path)
     try:
         report = build_report(

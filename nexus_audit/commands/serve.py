@@ -56,9 +56,7 @@ def shutdown_grace(env: Mapping[str, str]) -> float:
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit serve``; the exit code."""
     settings = apply_flags(args, settings)
-    if not settings.accounts:
-        raise ConfigError("no CloudNexus account is configured: set NEXUS_API_KEY (or "
-                          "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG file")
+    settings.crawled_accounts(None)  # refuses a configuration without any account
     grace = shutdown_grace(os.environ)
     ssl_context = None
     if settings.web.tls_cert_file is not None and settings.web.tls_key_file is not None:

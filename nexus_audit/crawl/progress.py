@@ -41,10 +41,6 @@ class CrawlProgress:
         if total is not None:
             self.expected[kind] = max(self.expected.get(kind, 0), total)
 
-    def add_expected(self, kind: str, total: int | None) -> None:
-        """Add one chain's total to the expected number of ``kind`` (region fan-out)."""
-        if total is not None:
-            self.expected[kind] = self.expected.get(kind, 0) + total
 
 
 def _count(n: int) -> str:

@@ -52,7 +52,9 @@ from typing import Final
 import duckdb
 
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.errors import NexusAuditError, NoDataError, StoreError, UnknownAccountError
+from nexus_audit.errors import NexusAuditError, NoDataError, StoreError
+from nexus_audit.history.failures import translated
+from nexus_audit.history.readers import resolve_accounts
 from nexus_audit.history.store import MIGRATIONS, Store
 from nexus_audit.logs import get_logger
 
@@ -148,20 +150,9 @@ def _copy(con: duckdb.DuckDBPyConnection, select: str, params: dict[str, object]
     return rows
 
 
-def _accounts(con: duckdb.DuckDBPyConnection, wanted: Sequence[str] | None) -> list[str]:
-    known = [r[0] for r in con.execute(
-        "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
-    if not known:
-        raise NoDataError("the history is empty: no crawl has been recorded yet")
-    for name in wanted or ():
-        if name not in known:
-            raise UnknownAccountError(name, known)
-    return sorted(set(wanted)) if wanted else known
-
-
 def _write_tables(con: duckdb.DuckDBPyConnection, staging: Path, window: Window,
                   wanted: Sequence[str] | None) -> tuple[list[str], dict[str, int]]:
-    accounts = _accounts(con, wanted)
+    accounts = resolve_accounts(con, wanted)
     params: dict[str, object] = {"accounts": accounts, "since": window.since,
                                  "until": window.until}
     for statement in _SELECT:
@@ -274,11 +265,8 @@ def export_history(
     target = Path(directory).expanduser().absolute()
     # Refuse an empty history or an unknown account before creating anything: a failed
     # export leaves the directory as it was, including not there at all.
-    try:
-        with store.read() as con:
-            _accounts(con, accounts)
-    except duckdb.Error as exc:
-        raise ExportError(f"cannot read {store.path}: {exc}") from None
+    with store.read() as con:
+        resolve_accounts(con, accounts)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -287,11 +275,9 @@ def export_history(
         staging = target / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            try:
-                with store.read() as con:
-                    chosen, rows = _write_tables(con, staging, window, accounts)
-            except duckdb.Error as exc:
-                raise ExportError(f"cannot export {store.path} to {target}: {exc}") from None
+            with translated(lambda exc: f"cannot export {store.path} to {target}: {exc}",
+                            ExportError), store.read() as con:
+                chosen, rows = _write_tables(con, staging, window, accounts)
             _fsync_tree(staging)
             if before_swap is not None:
                 before_swap()
@@ -364,6 +350,6 @@ class ParquetHistory:
                             f"FROM {parquet_glob(self.path, table)}")
             yield con
         except duckdb.Error as exc:
-            raise StoreError(f"cannot read the export in {self.path}: {exc}") from None
+            raise StoreError(f"cannot read the export in {self.path}: {exc}") from exc
         finally:
             con.close()

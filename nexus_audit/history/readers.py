@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -15,6 +15,7 @@ from typing import Final
 import duckdb
 
 from nexus_audit.domain.model import Bucket, Instance, Kind
+from nexus_audit.errors import NoDataError, UnknownAccountError
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS
 
 # ---------------------------------------------------------------------------------------
@@ -125,3 +126,18 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[
 
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
+
+
+def resolve_accounts(con: duckdb.DuckDBPyConnection, wanted: Sequence[str] | None) -> list[str]:
+    """The accounts a question is about: those named (sorted), or every account the history
+    knows. An empty history raises :class:`NoDataError`, an account it has never seen
+    :class:`UnknownAccountError` (naming the known ones)."""
+    known = [r[0] for r in con.execute(
+        "SELECT DISTINCT account FROM crawls ORDER BY account").fetchall()]
+    if not known:
+        raise NoDataError("the history is empty: no crawl has been recorded yet "
+                          "(run `nexus-audit crawl` or `serve` first)")
+    for name in wanted or ():
+        if name not in known:
+            raise UnknownAccountError(name, known)
+    return sorted(set(wanted)) if wanted else known

@@ -22,6 +22,7 @@ import duckdb
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
 from nexus_audit.errors import StoreError
 from nexus_audit.history import duckfile
+from nexus_audit.history.failures import translated
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
     BUCKET_VERSION_COLUMNS,
@@ -192,7 +193,7 @@ class StagedCrawl:
                 cursor.execute("USE memory")
                 cursor.execute(f"DETACH {self.alias}")
             cursor.close()
-            raise StoreError(f"cannot create a staging area: {exc}") from None
+            raise StoreError(f"cannot create a staging area: {exc}") from exc
         self._cursor = cursor
         return cursor
 
@@ -201,11 +202,9 @@ class StagedCrawl:
             return
         self._staging_cursor()
         appender = self._appenders[kind]
-        try:
+        with translated(lambda exc: f"cannot stage {kind}: {exc}"):
             appender.append_rows(batch)
             appender.flush()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot stage {kind}: {exc}") from None
         self._rows[kind] += len(batch)
 
     def table(self, kind: Kind) -> str:
@@ -244,12 +243,10 @@ class StagedCrawl:
         if not skipped:
             return
         target = self.table(kind)
-        try:
+        with translated(lambda exc: f"cannot stage {kind}: {exc}"):
             found = cursor.execute(
                 AS_OF[kind].replace("@h@", h).replace("@stg@", target),
                 {"a": self.account, "s": base.crawl_id, "ids": skipped}).fetchone()
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot stage {kind}: {exc}") from None
         count = int(found[0]) if found else 0
         self._rows[kind] += count
         staged.update(skipped)

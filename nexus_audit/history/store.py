@@ -58,6 +58,7 @@ from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.history import duckfile
+from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import MIGRATIONS, SCHEMA_VERSION
 from nexus_audit.history.staging import Fingerprints, StagedCrawl
@@ -160,7 +161,7 @@ class Store:
         database raises :class:`StoreError` and is not touched. ``target`` is for tests
         of the upgrade path.
         """
-        try:
+        with translated(lambda exc: f"cannot migrate {self.path}: {exc}"):
             self._open(read_only=False)
             with duckfile.maintaining(self.path, timeout=self.lock_timeout,
                                       clock=self.clock) as (cursor, alias):
@@ -179,8 +180,6 @@ class Store:
                     cursor.execute(
                         "INSERT OR REPLACE INTO meta VALUES ('schema_version', $v)",
                         {"v": str(pending[-1][0])})
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot migrate {self.path}: {exc}") from None
 
     # -- writing -----------------------------------------------------------------------
 
@@ -227,7 +226,7 @@ class Store:
         _check_aware(summary.finished_at, "finished_at")
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
-        try:
+        with translated(lambda exc: _write_failure(self.path, exc)):
             self._open(read_only=False)
             with duckfile.committing(self.path, timeout=self.lock_timeout, clock=self.clock,
                                      settle=compact) as commit:
@@ -259,8 +258,6 @@ class Store:
                         self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
                         memo[(account, kind)] = (crawl_id, summary.finished_at)
                 return crawl_id
-        except duckdb.Error as exc:
-            raise StoreError(_write_failure(self.path, exc)) from None
 
     def _tail(self, cursor: duckdb.DuckDBPyConnection, h: str, account: str,
               kinds: list[Kind], memo: dict[Any, Any]) -> Tail:
@@ -364,11 +361,10 @@ class Store:
         """
         self._open(read_only=True)
         with duckfile.reading(self.path, timeout=self.lock_timeout,
-                              clock=self.clock) as (cursor, alias):
-            try:
-                version = self._schema_version(cursor, alias)
-            except duckdb.Error as exc:
-                raise StoreError(f"cannot read {self.path}: {exc}") from None
+                              clock=self.clock) as (cursor, alias), \
+                translated(lambda exc: f"cannot read {self.path}: {exc}"):
+            # Everything read on this connection, by any caller, fails as a StoreError.
+            version = self._schema_version(cursor, alias)
             if version is None:
                 raise NoDataError(f"{self.path} holds no nexus-audit history yet")
             self._refuse_newer(version)
@@ -389,8 +385,6 @@ class Store:
                     {"a": account}).fetchall()
         except NoDataError:
             return []
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from None
         return [r[0] for r in rows]
 
     def latest(self, kinds: Sequence[Kind] = KINDS) -> list[AccountState]:
@@ -400,11 +394,8 @@ class Store:
         ``*_as_of``, last crawl and last success are always filled). A bucket poll
         re-reads its few buckets, not the whole instance fleet.
         """
-        try:
-            with self.read() as con:
-                return read_latest(con, frozenset(kinds))
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from None
+        with self.read() as con:
+            return read_latest(con, frozenset(kinds))
 
 
 

@@ -53,18 +53,19 @@ def render_chunks(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> It
     return iter(renderers[fmt](report))
 
 
-def render_ocsf_report(report: Report) -> str:
-    """The report's findings as OCSF Compliance Finding events, one JSON line each."""
-    if report.findings is None:
+def require_policy(fmt: str, policy: object | None) -> None:
+    """Refuse ``ocsf`` without a policy: it writes policy findings, and there are none."""
+    if fmt == "ocsf" and policy is None:
         raise ConfigError("--format ocsf writes policy findings, but no policy is configured "
                           "(set NEXUS_AUDIT_POLICY or policy = \"...\" in the config file)",
                           parameter="format")
+
+
+def render_ocsf_report(report: Report) -> str:
+    """The report's findings as OCSF Compliance Finding events, one JSON line each."""
+    require_policy("ocsf", report.findings)
+    assert report.findings is not None  # checked just above
     return render_ocsf(report.findings, product_version=__version__)
-
-
-def render_json(report: Report) -> str:
-    """The report JSON, indented, one trailing newline."""
-    return "".join(_json_chunks(report))
 
 
 #: About how many characters of JSON :func:`render_chunks` hands over at a time.

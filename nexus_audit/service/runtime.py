@@ -32,17 +32,23 @@ import threading
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from nexus_audit import __version__
-from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
-from nexus_audit.api.budget import MIN_POLL_REQUESTS, request_priority, reserve_for
+from nexus_audit.api import ApiStats, CloudNexusClient
+from nexus_audit.api.budget import (
+    MIN_POLL_REQUESTS,
+    request_priority,
+    reserve_for,
+    shared_budgets,
+)
+from nexus_audit.api.client import client_session
 from nexus_audit.audit.findings import current_counts, evaluate_history
 from nexus_audit.audit.report import build_report
-from nexus_audit.config import AccountConfig, Secret, Settings, validate_listen
+from nexus_audit.config import AccountConfig, Settings, validate_listen
 from nexus_audit.crawl.crawler import crawl_and_commit
 from nexus_audit.domain.model import KINDS, Kind
 from nexus_audit.domain.policy import RULES, Policy, load_configured
@@ -79,24 +85,6 @@ from nexus_audit.service.web import (
 
 log = get_logger(__name__)
 
-#: Connections per host: every region chain of a few accounts at once.
-CONNECTIONS_PER_HOST: Final = 32
-
-
-def shared_budgets(accounts: tuple[AccountConfig, ...], clock: Clock, *,
-                   window: float = 60.0) -> dict[str, RateBudget]:
-    """One :class:`RateBudget` per key (and API URL), mapped from each account using it.
-
-    Accounts sharing a key share its budget, at the smallest of their configured rates.
-    ``window`` shortens the budget's window for tests and benchmarks.
-    """
-    by_key: dict[tuple[str, Secret], RateBudget] = {}
-    for account in sorted(accounts, key=lambda a: a.rate_budget):
-        key = (account.api_url.rstrip("/"), account.api_key)
-        by_key.setdefault(key, RateBudget(account.rate_budget, clock=clock, window=window))
-    return {a.name: by_key[(a.api_url.rstrip("/"), a.api_key)] for a in accounts}
-
-
 class StoreReports:
     """The /report source: ``build_report`` over the store, called in a worker thread."""
 
@@ -127,8 +115,7 @@ class StoreReports:
             accounts=(query.account,) if query.account else self.accounts,
             stale_after=query.stale_after or s.stale_after,
             pending_stale_after=s.pending_stale_after,
-            max_gap_instances=s.max_gap or 2 * s.interval,
-            max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+            max_gap_instances=s.max_gaps()[0], max_gap_buckets=s.max_gaps()[1],
             pricing=pricing,
             now=self._clock.now(),
             policy=policy,
@@ -266,8 +253,7 @@ class Service:
             report = build_report(
                 self.store, Window(since, until), accounts=[a.account for a in seen],
                 stale_after=tiny, pending_stale_after=tiny,
-                max_gap_instances=s.max_gap or 2 * s.interval,
-                max_gap_buckets=s.max_gap or 2 * s.bucket_interval,
+                max_gap_instances=s.max_gaps()[0], max_gap_buckets=s.max_gaps()[1],
                 pricing=self.pricing, now=until)
         except NoDataError:
             return []
@@ -437,8 +423,7 @@ class Service:
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         host, port = validate_listen(self.settings.web.listen, "listen")
-        connector = aiohttp.TCPConnector(limit_per_host=CONNECTIONS_PER_HOST)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with client_session() as session:
             await self.refresh()  # history from earlier runs shows at once
             runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
             await runner.setup()
