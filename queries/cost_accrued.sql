@@ -1,11 +1,13 @@
 -- Cost accrued over the window, by part (compute, storage) and region.
 -- Compute accrues only while an instance is running, at its hourly price; storage on
--- size_bytes at storage_gb_month per 10^9 bytes per 730 h. A version accrues for the
+-- size_bytes at storage_gb_month per $bytes_per_gb bytes per $hours_per_month hours
+-- (Pricing.query_values: 10^9 and 730, defined once in pricing.py). A version accrues for the
 -- covered seconds of the crawls that observed it (first_crawl <= crawl < until_crawl),
 -- looked up in obs' cumulative sums: no expansion of versions x crawls. A crawl before the
 -- first one obs kept (lo) observed nothing in the window (cumulative sum 0); one after its
 -- last, everything (cum_total). Time in a coverage gap is never charged.
--- Needs temp tables obs and instance_prices. Parameters: $storage_gb_month DOUBLE.
+-- Needs temp tables obs and instance_prices.
+-- Parameters: $storage_gb_month, $bytes_per_gb, $hours_per_month DOUBLE.
 WITH totals AS (
     SELECT account, kind, any_value(cum_total) AS cum_total, min(crawl_id) AS lo
     FROM obs GROUP BY ALL
@@ -49,6 +51,6 @@ SELECT 'compute' AS part, region, sum(hourly * secs / 3600.0) AS amount
 FROM running WHERE secs > 0 GROUP BY ALL
 UNION ALL
 SELECT 'storage', region,
-       sum(size_bytes / 1e9 * $storage_gb_month / 730.0 * secs / 3600.0)
+       sum(size_bytes / $bytes_per_gb * $storage_gb_month / $hours_per_month * secs / 3600.0)
 FROM stored WHERE secs > 0 GROUP BY ALL
 ORDER BY part, region

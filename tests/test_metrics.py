@@ -12,10 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from nexus_audit import __version__
 from nexus_audit.api import ApiStats, RateBudget
 from nexus_audit.domain.model import Bucket, Instance
+from nexus_audit.domain.pricing import BYTES_PER_GB
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.history.store import AccountState, CrawlInfo
 from nexus_audit.metrics import (
-    BYTES_PER_GB,
     ApiCollector,
     BuildInfoCollector,
     CrawlStateCollector,

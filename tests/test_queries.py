@@ -302,6 +302,7 @@ def test_queries_bind_parameters_only() -> None:
         assert parameters(sql) <= {"accounts", "since", "until", "max_gap_instances",
                                    "max_gap_buckets", "stale_after", "pending_stale_after",
                                    "per_vcpu_hour", "per_gb_hour", "storage_gb_month",
+                                   "bytes_per_gb", "hours_per_month",
                                    # findings*.sql: the policy's baselines (issue 9)
                                    "allowed_regions", "required_tags", "check_regions",
                                    "check_tags", "check_size", "check_stopped",

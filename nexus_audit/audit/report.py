@@ -297,8 +297,7 @@ def build_report(
         "max_gap_buckets": _seconds(max_gap_buckets, "max_gap"),
         "stale_after": _seconds(stale_after, "stale_after"),
         "pending_stale_after": _seconds(pending_stale_after, "pending_stale_after"),
-        "per_vcpu_hour": pricing.per_vcpu_hour, "per_gb_hour": pricing.per_gb_hour,
-        "storage_gb_month": pricing.storage_gb_month,
+        **pricing.query_values(),
     }
     # The history's read() turns DuckDB's errors into StoreError.
     with store.read() as con:

@@ -19,9 +19,11 @@ from typing import Any, Final
 
 from nexus_audit.errors import ConfigError
 
-#: Storage prices are per GB-month; a month is this many hours, a GB 10^9 bytes.
+#: Storage prices are per GB-month; a month is this many hours, a GB 10^9 bytes (decimal,
+#: as the API and memory_gb use). The SQL queries get both as bound values
+#: (:meth:`Pricing.query_values`), never as literals of their own.
 HOURS_PER_MONTH: Final = 730.0
-BYTES_PER_GB: Final = 1e9
+BYTES_PER_GB: Final = 1_000_000_000
 DEFAULT_SOURCE: Final = "nexus_audit/data/pricing.toml (example list prices)"
 
 
@@ -64,6 +66,13 @@ class Pricing:
     def storage_hourly(self, size_bytes: int) -> float:
         """Hourly price of storing ``size_bytes``."""
         return size_bytes / BYTES_PER_GB * self.storage_gb_month / HOURS_PER_MONTH
+
+    def query_values(self) -> dict[str, float]:
+        """The prices and units the queries bind (``$per_vcpu_hour``, ``$bytes_per_gb``...):
+        the rates of :meth:`instance_hourly` and :meth:`storage_hourly`, in their terms."""
+        return {"per_vcpu_hour": self.per_vcpu_hour, "per_gb_hour": self.per_gb_hour,
+                "storage_gb_month": self.storage_gb_month,
+                "bytes_per_gb": float(BYTES_PER_GB), "hours_per_month": HOURS_PER_MONTH}
 
     def reference(self) -> dict[str, str]:
         """What a report quotes: ``{name, as_of, digest}``."""

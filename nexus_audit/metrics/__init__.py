@@ -18,7 +18,6 @@ from nexus_audit.metrics.health import (
 )
 from nexus_audit.metrics.inventory import InventoryCollector
 from nexus_audit.metrics.snapshot import (
-    BYTES_PER_GB,
     PricingLabel,
     Snapshot,
     SnapshotHolder,
@@ -26,7 +25,6 @@ from nexus_audit.metrics.snapshot import (
 )
 
 __all__ = [
-    "BYTES_PER_GB",
     "ApiCollector",
     "BuildInfoCollector",
     "CrawlStateCollector",

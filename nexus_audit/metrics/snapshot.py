@@ -18,10 +18,9 @@ from datetime import datetime
 from typing import Final
 
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind, is_exposed
+from nexus_audit.domain.pricing import BYTES_PER_GB
 from nexus_audit.history.store import AccountState, CrawlInfo
 
-#: Bytes per GB: decimal, as for storage (see the module docstring).
-BYTES_PER_GB: Final = 1_000_000_000
 #: Statuses reported by ``nexus_stale_instances`` (zero when none, so alerts see 0).
 STALE_STATUSES: Final = ("stopped", "pending")
 
