@@ -291,14 +291,10 @@ def build_report(
 
     With a ``policy``, the report carries its findings (``nexus_audit.audit.findings``).
     """
-    values: dict[str, Any] = {
-        "since": window.since, "until": window.until,
-        "max_gap_instances": _seconds(max_gap_instances, "max_gap"),
-        "max_gap_buckets": _seconds(max_gap_buckets, "max_gap"),
-        "stale_after": _seconds(stale_after, "stale_after"),
-        "pending_stale_after": _seconds(pending_stale_after, "pending_stale_after"),
-        **pricing.query_values(),
-    }
+    values = query_values(window, stale_after=stale_after,
+                          pending_stale_after=pending_stale_after,
+                          max_gap_instances=max_gap_instances,
+                          max_gap_buckets=max_gap_buckets, pricing=pricing)
     # The history's read() turns DuckDB's errors into StoreError.
     with store.read() as con:
         report = _build(con, window, accounts, values, pricing, now)
@@ -307,8 +303,47 @@ def build_report(
         return report
 
 
-def _run(con: duckdb.DuckDBPyConnection, name: str,
-         values: dict[str, Any]) -> list[tuple[Any, ...]]:
+def query_values(window: Window, *, stale_after: timedelta, pending_stale_after: timedelta,
+                 max_gap_instances: timedelta, max_gap_buckets: timedelta,
+                 pricing: Pricing) -> dict[str, Any]:
+    """The values the queries bind for ``window`` (``accounts`` is added once resolved)."""
+    return {
+        "since": window.since, "until": window.until,
+        "max_gap_instances": _seconds(max_gap_instances, "max_gap"),
+        "max_gap_buckets": _seconds(max_gap_buckets, "max_gap"),
+        "stale_after": _seconds(stale_after, "stale_after"),
+        "pending_stale_after": _seconds(pending_stale_after, "pending_stale_after"),
+        **pricing.query_values(),
+    }
+
+
+def prepare(con: duckdb.DuckDBPyConnection, values: dict[str, Any], pricing: Pricing,
+            tables: Sequence[str] = ("obs", "instance_prices", "state_instances",
+                                     "state_buckets", "exposures")) -> None:
+    """Materialize the temp tables the queries build on, in order (each query file's header
+    says what it needs): ``obs`` (observations), ``instance_prices``, ``state_instances``,
+    ``state_buckets``, ``exposures``."""
+    con.execute("CREATE OR REPLACE TEMP TABLE pricing_plans "
+                "(plan VARCHAR, cpu INTEGER, memory_gb DOUBLE, hourly DOUBLE)")
+    con.execute(
+        "INSERT INTO pricing_plans SELECT unnest($plan), unnest($cpu), unnest($mem), "
+        "unnest($hourly)",
+        {"plan": [p.name for p in pricing.plans], "cpu": [p.cpu for p in pricing.plans],
+         "mem": [p.memory_gb for p in pricing.plans],
+         "hourly": [p.hourly for p in pricing.plans]})
+    for table in tables:
+        create_temp(con, table, _SOURCES[table], values)
+
+
+#: The query each prepared temp table is made of.
+_SOURCES: Final = {"obs": "observations", "instance_prices": "instance_prices",
+                   "state_instances": "state_instances", "state_buckets": "state_buckets",
+                   "exposures": "exposures"}
+
+
+def run_query(con: duckdb.DuckDBPyConnection, name: str,
+              values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of query ``name`` with the values it binds."""
     sql = load_query(name)
     return con.execute(sql, bind(sql, values)).fetchall()
 
@@ -331,33 +366,21 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
             f"no crawls between {isoformat(window.since)} and {isoformat(window.until)} "
             f"(history runs from {isoformat(first)} to {isoformat(last)})")
 
-    con.execute("CREATE OR REPLACE TEMP TABLE pricing_plans "
-                "(plan VARCHAR, cpu INTEGER, memory_gb DOUBLE, hourly DOUBLE)")
-    con.execute(
-        "INSERT INTO pricing_plans SELECT unnest($plan), unnest($cpu), unnest($mem), "
-        "unnest($hourly)",
-        {"plan": [p.name for p in pricing.plans], "cpu": [p.cpu for p in pricing.plans],
-         "mem": [p.memory_gb for p in pricing.plans],
-         "hourly": [p.hourly for p in pricing.plans]})
-    create_temp(con, "obs", "observations", values)
-    create_temp(con, "instance_prices", "instance_prices", values)
-    create_temp(con, "state_instances", "state_instances", values)
-    create_temp(con, "state_buckets", "state_buckets", values)
-    create_temp(con, "exposures", "exposures", values)
+    prepare(con, values, pricing)
 
     crawls = _crawl_stats(con, values, window, len(accounts))
-    inventory = _inventory(_run(con, "inventory", values))
+    inventory = _inventory(run_query(con, "inventory", values))
     cost = Cost(currency=pricing.currency,
-                accrued=_split(_run(con, "cost_accrued", values)),
-                run_rate_hourly=_split(_run(con, "run_rate", values)))
+                accrued=_split(run_query(con, "cost_accrued", values)),
+                run_rate_hourly=_split(run_query(con, "run_rate", values)))
     drift = tuple(
         Drift(kind=k, id=i, change=c, field=f, old=_drift_value(f, o), new=_drift_value(f, n),
               observed_at=_utc(t), account=a)
-        for k, a, i, c, f, o, n, t in _run(con, "drift", values))
+        for k, a, i, c, f, o, n, t in run_query(con, "drift", values))
     public = tuple(
         PublicBucket(id=i, region=r, access=acc, size_bytes=int(s), public_since=_utc(since),
                      account=a, at_least=bool(al))
-        for a, i, r, acc, s, since, al in _run(con, "public_buckets", values))
+        for a, i, r, acc, s, since, al in run_query(con, "public_buckets", values))
     exposures = tuple(
         Exposure(id=i, access=acc, start=_utc(s), end=_utc(e) if e is not None else None,
                  account=a, at_least=bool(al))
@@ -368,7 +391,7 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
     stale = tuple(
         StaleInstance(id=i, name=n, status=st, region=r, stale_since=_utc(since),
                       at_least=bool(al), hourly_cost=float(h), account=a)
-        for a, i, n, st, r, since, al, h in _run(con, "stale_instances", values))
+        for a, i, n, st, r, since, al, h in run_query(con, "stale_instances", values))
     return Report(generated_at=now, window=window, accounts=tuple(accounts), crawls=crawls,
                   inventory=inventory, cost=cost, drift=drift, public_buckets=public,
                   exposures=exposures, stale_instances=stale, pricing=pricing.reference())
@@ -376,7 +399,7 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
 
 def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window: Window,
                  n_accounts: int) -> CrawlStats:
-    rows = _run(con, "crawls", values)
+    rows = run_query(con, "crawls", values)
     last = [r[4] for r in rows if r[4] is not None]
     streams = con.execute(
         """SELECT count(*) FROM (SELECT DISTINCT account, kind FROM kind_crawls
@@ -384,7 +407,7 @@ def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window:
         {"accounts": values["accounts"], "until": window.until}).fetchone()
     n_streams = int(streams[0]) if streams else 0
     covered = con.execute("SELECT coalesce(sum(covered_s), 0) FROM obs").fetchone()
-    gaps = tuple(Gap(a, k, _utc(s), _utc(e)) for a, k, s, e in _run(con, "coverage", values))
+    gaps = tuple(Gap(a, k, _utc(s), _utc(e)) for a, k, s, e in run_query(con, "coverage", values))
     return CrawlStats(
         count=sum(int(r[1]) for r in rows), succeeded=sum(int(r[2]) for r in rows),
         failed=sum(int(r[3]) for r in rows),

@@ -48,6 +48,7 @@ from nexus_audit.api.budget import (
 from nexus_audit.api.client import client_session
 from nexus_audit.audit.findings import current_counts, evaluate_history
 from nexus_audit.audit.report import build_report
+from nexus_audit.audit.stale import Streak, current_streaks, is_stale
 from nexus_audit.config import AccountConfig, Settings, validate_listen
 from nexus_audit.crawl.crawler import crawl_and_commit
 from nexus_audit.domain.model import KINDS, Kind
@@ -165,9 +166,9 @@ class Service:
         self.reports = StoreReports(store, settings, pricing, clock, policy)
         self._generation = 0
         self._last: Snapshot | None = None
-        # (account, status, stale since) of every instance not running, as of the last
-        # instance crawl; counted against the thresholds at each rebuild's time.
-        self._stale_candidates: list[tuple[str, str, datetime]] = []
+        # Every instance not running as of the last instance crawl, with the start of its
+        # streak; counted against the thresholds at each rebuild's time (audit.stale).
+        self._stale_candidates: list[Streak] = []
         self._rebuild_lock = threading.Lock()
         self._session: aiohttp.ClientSession | None = None
         self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
@@ -236,38 +237,29 @@ class Service:
         except NoDataError:
             return []
 
-    def stale_candidates(self, states: Sequence[AccountState]
-                         ) -> list[tuple[str, str, datetime]]:
-        """Every current instance not running, with the start of its streak (the report's
-        rule with the smallest threshold), as (account, status, stale since)."""
-        seen = [s for s in states if s.instances_as_of is not None]
+    def stale_candidates(self, states: Sequence[AccountState]) -> list[Streak]:
+        """Every current instance not running, with the start of its streak."""
+        seen = [s.instances_as_of for s in states if s.instances_as_of is not None]
         if not seen:
             return []
-        # Staleness is judged over all history up to ``until``; the window only has to
-        # hold a crawl, so it starts just before the oldest latest instance crawl.
-        since = min(s.instances_as_of for s in seen if s.instances_as_of) - timedelta(seconds=1)
-        until = max(self.clock.now(), since + timedelta(seconds=2))
-        s = self.settings
-        tiny = timedelta(microseconds=1)
-        try:
-            report = build_report(
-                self.store, Window(since, until), accounts=[a.account for a in seen],
-                stale_after=tiny, pending_stale_after=tiny,
-                max_gap_instances=s.max_gaps()[0], max_gap_buckets=s.max_gaps()[1],
-                pricing=self.pricing, now=until)
-        except NoDataError:
-            return []
-        return [(i.account, i.status, i.stale_since) for i in report.stale_instances]
+        # The window only has to hold the oldest latest instance crawl.
+        since = min(seen) - timedelta(seconds=1)
+        gap_instances, gap_buckets = self.settings.max_gaps()
+        return current_streaks(
+            self.store, [s.account for s in states if s.instances_as_of is not None],
+            since=since, until=max(self.clock.now(), since + timedelta(seconds=2)),
+            max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
+            pricing=self.pricing)
 
     def stale_counts(self, now: datetime) -> dict[tuple[str, str], int]:
         """Stale instances by (account, status) at ``now``, by the report's thresholds."""
         s = self.settings
         counts: dict[tuple[str, str], int] = {}
-        for account, status, since in self._stale_candidates:
-            threshold = s.pending_stale_after if status == "pending" else s.stale_after
-            # The query's arithmetic: whole microseconds over 1e6, compared in seconds.
-            if (now - since).total_seconds() >= threshold.total_seconds():
-                counts[(account, status)] = counts.get((account, status), 0) + 1
+        for streak in self._stale_candidates:
+            if is_stale(streak.status, streak.since, now, stale_after=s.stale_after,
+                        pending_stale_after=s.pending_stale_after):
+                key = (streak.account, streak.status)
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,
