@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from nexus_audit.simulator import Simulator
-from nexus_audit.simulator.errors import ApiError, ErrorCode
+from nexus_audit.simulator.errors import ErrorCode, SimError
 from nexus_audit.simulator.multipart import MultipartUploads, parse_part_list, parse_part_number
 from nexus_audit.simulator.objects import ObjectStore
 from tests.sim_fixtures import MakeSimulator
@@ -191,7 +191,7 @@ def test_parsers_reject_bad_input() -> None:
     assert parse_part_list(b'{"parts":[{"part":2,"etag":"\\"ab\\""}]}') == [(2, "ab")]
     for bad in (b"", b"[]", b'{"parts":[{"part":true,"etag":"a"}]}',
                 b'{"parts":[{"part":1}]}', b'{"parts":"x"}'):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(SimError) as info:
             parse_part_list(bad)
         assert info.value.status == 400
         assert info.value.code in (ErrorCode.VALIDATION_ERROR, ErrorCode.INVALID_JSON)
@@ -207,6 +207,6 @@ def test_repeated_completion_needs_the_same_list() -> None:
     again = uploads.complete(up.upload_id, "bk", "k", [(1, etag)], objects=objects, now=2.0)
     assert (first.repeat, again.repeat) == (False, True)
     assert again.obj == first.obj
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(SimError) as info:
         uploads.complete(up.upload_id, "bk", "k", [(1, "other")], objects=objects, now=3.0)
     assert info.value.code == ErrorCode.UPLOAD_NOT_FOUND

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from nexus_audit.simulator import Fleet, ManualClock
 from nexus_audit.simulator.cursor import CursorCodec, InvalidCursorError, filter_hash, make_page
-from nexus_audit.simulator.errors import ApiError, ErrorCode
+from nexus_audit.simulator.errors import ErrorCode, SimError
 from nexus_audit.simulator.validation import parse_instance_query, parse_new_instance
 
 FLEET = Fleet.generate(seed=4, instances=30, buckets=0, clock=ManualClock())
@@ -21,7 +21,7 @@ _PARAM = st.sampled_from(["region", "status", "tags", "limit", "cursor", "other"
 @given(query=st.dictionaries(_PARAM, st.text(max_size=40)))
 def test_any_query_is_served_or_rejected_cleanly(query: dict[str, str]) -> None:
     """Arbitrary query parameters give a page or a 400 (VALIDATION_ERROR/INVALID_CURSOR)."""
-    error: ApiError | None = None
+    error: SimError | None = None
     try:
         q = parse_instance_query(query)
         make_page(
@@ -33,7 +33,7 @@ def test_any_query_is_served_or_rejected_cleanly(query: dict[str, str]) -> None:
             limit=q.limit,
             now=ManualClock().time(),
         )
-    except ApiError as exc:
+    except SimError as exc:
         error = exc
     except InvalidCursorError:
         pass  # the handler turns this into 400 INVALID_CURSOR
@@ -66,10 +66,10 @@ _FIELDS = st.fixed_dictionaries(
 @given(body=st.binary(max_size=60) | _FIELDS.map(lambda d: json.dumps(d).encode()))
 def test_any_post_body_is_accepted_or_rejected_cleanly(body: bytes) -> None:
     """Arbitrary bodies parse or give 400 INVALID_JSON / VALIDATION_ERROR, nothing else."""
-    error: ApiError | None = None
+    error: SimError | None = None
     try:
         parse_new_instance(body)
-    except ApiError as exc:
+    except SimError as exc:
         error = exc
     if error is not None:
         assert error.status == 400

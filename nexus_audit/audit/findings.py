@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 import duckdb
 
-from nexus_audit.domain.policy import RULES, AcceptedException, Policy, Severity, raised
+from nexus_audit.domain.policy import RULES, Policy, Severity, Waiver, raised
 from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.history.protocol import History
 from nexus_audit.history.sql import bind, create_temp, load_query
@@ -55,7 +55,7 @@ class Finding:
     #: Still seen by the last crawl of its kind before the window's end.
     current: bool
     detail: str
-    exception: AcceptedException | None = None
+    exception: Waiver | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The finding in the report JSON (the DESIGN.md keys first, then the extras)."""
@@ -93,7 +93,7 @@ def judge(run: Run, times: Sequence[datetime], lo: int, hi: int,
     current = run.until_crawl is None
 
     def finding(status: Status, start: int, end: int, ongoing: bool,
-                exception: AcceptedException | None) -> Finding:
+                exception: Waiver | None) -> Finding:
         return Finding(rule=rule.id,
                        severity=raised(rule.severity) if status == "expired" else rule.severity,
                        kind=rule.kind, resource=run.resource, account=run.account,

@@ -70,7 +70,7 @@ class Coverage:
 
 
 @dataclass(frozen=True, slots=True)
-class CrawlStats:
+class CrawlCounts:
     """Crawls finished inside the window."""
 
     count: int
@@ -180,7 +180,7 @@ class Report:
     generated_at: datetime
     window: Window
     accounts: tuple[str, ...]
-    crawls: CrawlStats
+    crawls: CrawlCounts
     inventory: Inventory
     cost: Cost
     drift: tuple[Drift, ...]
@@ -398,7 +398,7 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
 
 
 def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window: Window,
-                 n_accounts: int) -> CrawlStats:
+                 n_accounts: int) -> CrawlCounts:
     rows = run_query(con, "crawls", values)
     last = [r[4] for r in rows if r[4] is not None]
     streams = con.execute(
@@ -408,7 +408,7 @@ def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window:
     n_streams = int(streams[0]) if streams else 0
     covered = con.execute("SELECT coalesce(sum(covered_s), 0) FROM obs").fetchone()
     gaps = tuple(Gap(a, k, _utc(s), _utc(e)) for a, k, s, e in run_query(con, "coverage", values))
-    return CrawlStats(
+    return CrawlCounts(
         count=sum(int(r[1]) for r in rows), succeeded=sum(int(r[2]) for r in rows),
         failed=sum(int(r[3]) for r in rows),
         last_success=_utc(max(last)) if last else None,

@@ -64,7 +64,7 @@ class CrawlSink(Protocol):
         """Stage a batch of buckets."""
 
 
-class StagedCrawl(CrawlSink, Protocol):
+class DiscardableSink(CrawlSink, Protocol):
     """A sink that can be thrown away."""
 
     def discard(self) -> None:
@@ -74,8 +74,9 @@ class StagedCrawl(CrawlSink, Protocol):
 class CrawlStore(Protocol):
     """What :func:`crawl_and_commit` needs from the store (all calls block)."""
 
-    def begin_crawl(self, account: str, kinds: Sequence[Kind], started_at: Any) -> Any:
-        """Open a staged crawl (a :class:`StagedCrawl`)."""
+    def begin_crawl(self, account: str, kinds: Sequence[Kind],
+                    started_at: Any) -> DiscardableSink:
+        """Open a staged crawl."""
 
     def commit(self, staged: Any, summary: CrawlSummary) -> int:
         """Make a complete crawl history; returns its id."""

@@ -88,7 +88,7 @@ def parse_size(value: object) -> int:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AcceptedException:
+class Waiver:
     """A bucket (id or fnmatch pattern) accepted as breaking ``rules`` until ``expires``."""
 
     pattern: str
@@ -129,7 +129,7 @@ class Policy:
     """A validated policy file."""
 
     baseline: Baseline = Baseline()
-    exceptions: tuple[AcceptedException, ...] = ()
+    exceptions: tuple[Waiver, ...] = ()
     source: str = "policy"
     #: sha256 of the file's bytes, so a report can name the exact policy it judged by.
     digest: str = ""
@@ -145,7 +145,7 @@ class Policy:
               "instance.stopped_too_long": b.max_stopped is not None}
         return tuple(rule for rule in RULES if on[rule])
 
-    def exception_for(self, account: str, rule: str, resource: str) -> AcceptedException | None:
+    def exception_for(self, account: str, rule: str, resource: str) -> Waiver | None:
         """The exception covering a resource: of those that match, the one lasting longest."""
         matching = [e for e in self.exceptions if e.covers(account, rule, resource)]
         return max(matching, key=lambda e: e.expires) if matching else None
@@ -356,7 +356,7 @@ def parse_policy(data: bytes, source: str = "policy") -> Policy:
                     raise check.error((*at, "rules", i),
                                       f"{rule!r} is not a bucket rule ({', '.join(BUCKET_RULES)})")
         expires, expires_text = check.expiry(table["expires"], (*at, "expires"))
-        exceptions.append(AcceptedException(
+        exceptions.append(Waiver(
             pattern=check.text(table["bucket"], (*at, "bucket")),
             reason=check.text(table["reason"], (*at, "reason")),
             owner=check.text(table["owner"], (*at, "owner")),

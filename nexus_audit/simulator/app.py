@@ -17,7 +17,7 @@ from typing import Protocol
 from aiohttp import web
 
 from .cursor import InvalidCursorError, filter_hash, make_page
-from .errors import UNAUTHORIZED_MESSAGE, ApiError, ErrorCode, validation_error
+from .errors import UNAUTHORIZED_MESSAGE, ErrorCode, SimError, validation_error
 from .faults import BODY_FAULTS, Fault, FaultKind, mangle_body, mangle_payload
 from .multipart import parse_part_list, parse_part_number
 from .ratelimit import RateDecision
@@ -85,27 +85,27 @@ def build_app(state: SimState) -> web.Application:
     return app
 
 
-def _error_response(exc: ApiError, request_id: str) -> web.Response:
+def _error_response(exc: SimError, request_id: str) -> web.Response:
     return web.json_response(exc.body(request_id), status=exc.status, headers=exc.headers)
 
 
-def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> SimError:
     """Translate aiohttp's routing/body errors into our error vocabulary."""
     if exc.status == 404:
-        return ApiError(404, ErrorCode.NOT_FOUND, f"No route for {request.method} {request.path}")
+        return SimError(404, ErrorCode.NOT_FOUND, f"No route for {request.method} {request.path}")
     if exc.status == 405:
         allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
-        return ApiError(
+        return SimError(
             405,
             ErrorCode.METHOD_NOT_ALLOWED,
             f"Method {request.method} is not allowed for {request.path}",
             {"Allow": allowed},
         )
     if exc.status == 413:
-        return ApiError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body is too large")
+        return SimError(413, ErrorCode.PAYLOAD_TOO_LARGE, "Request body is too large")
     if exc.status >= 500:
-        return ApiError(500, ErrorCode.INTERNAL_ERROR, "Internal server error")
-    return ApiError(exc.status, ErrorCode.VALIDATION_ERROR, exc.reason)
+        return SimError(500, ErrorCode.INTERNAL_ERROR, "Internal server error")
+    return SimError(exc.status, ErrorCode.VALIDATION_ERROR, exc.reason)
 
 
 class _Api:
@@ -129,12 +129,12 @@ class _Api:
         try:
             try:
                 if key_id is None:
-                    raise ApiError(401, ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
+                    raise SimError(401, ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
                 if admin:
                     response = await handler(request)
                 else:
                     response = await self._api_request(request, handler, key_id)
-            except ApiError as exc:
+            except SimError as exc:
                 response = _error_response(exc, request_id)
             except web.HTTPException as exc:
                 response = _error_response(_from_http_exception(request, exc), request_id)
@@ -145,7 +145,7 @@ class _Api:
             except Exception:
                 # Never a traceback in the body: log it here, answer in the error format.
                 log.exception("simulator: unexpected error in %s %s", request.method, request.path)
-                error = ApiError(500, ErrorCode.INTERNAL_ERROR, "Internal server error")
+                error = SimError(500, ErrorCode.INTERNAL_ERROR, "Internal server error")
                 response = _error_response(error, request_id)
             decision = request.get(_RATE)
             if decision is not None:
@@ -175,7 +175,7 @@ class _Api:
         decision = state.limiter.peek(key_id, now)
         request[_RATE] = decision
         if decision.remaining <= 0:
-            raise ApiError(
+            raise SimError(
                 429,
                 ErrorCode.RATE_LIMITED,
                 f"Rate limit of {decision.limit} requests exceeded; retry after the reset",
@@ -184,7 +184,7 @@ class _Api:
         fault = state.faults.pick(request.method, request.path)
         if fault is not None and fault.kind is FaultKind.HTTP_429:
             # A spurious 429: the real headers, and the request costs nothing.
-            raise ApiError(
+            raise SimError(
                 429,
                 ErrorCode.RATE_LIMITED,
                 "Too many requests",
@@ -217,21 +217,21 @@ class _Api:
             request[_FAULT] = fault
             return
         errors = {
-            FaultKind.HTTP_500: ApiError(500, ErrorCode.INTERNAL_ERROR, "Internal server error"),
-            FaultKind.HTTP_502: ApiError(502, ErrorCode.BAD_GATEWAY, "Bad gateway"),
-            FaultKind.HTTP_503: ApiError(
+            FaultKind.HTTP_500: SimError(500, ErrorCode.INTERNAL_ERROR, "Internal server error"),
+            FaultKind.HTTP_502: SimError(502, ErrorCode.BAD_GATEWAY, "Bad gateway"),
+            FaultKind.HTTP_503: SimError(
                 503, ErrorCode.SERVICE_UNAVAILABLE, "Service temporarily unavailable"
             ),
-            FaultKind.HTTP_403: ApiError(
+            FaultKind.HTTP_403: SimError(
                 403, ErrorCode.FORBIDDEN, "Insufficient permissions for this request"
             ),
-            FaultKind.INVALID_CURSOR: ApiError(
+            FaultKind.INVALID_CURSOR: SimError(
                 400, ErrorCode.INVALID_CURSOR, "Cursor is invalid or has expired"
             ),
         }
         if kind is FaultKind.REVOKE_KEY:
             self.state.keys.revoke_id(key_id)
-            raise ApiError(401, ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
+            raise SimError(401, ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
         raise errors[kind]
 
     def _json(
@@ -275,7 +275,7 @@ class _Api:
         try:
             self.state.fleet.delete_instance(instance_id)
         except KeyError:
-            raise ApiError(
+            raise SimError(
                 404, ErrorCode.RESOURCE_NOT_FOUND, f"Instance {instance_id} does not exist"
             ) from None
         return web.Response(status=204)
@@ -314,7 +314,7 @@ class _Api:
                 now=self.state.clock.time(),
             )
         except InvalidCursorError as exc:
-            raise ApiError(400, ErrorCode.INVALID_CURSOR, f"Invalid cursor: {exc}") from None
+            raise SimError(400, ErrorCode.INVALID_CURSOR, f"Invalid cursor: {exc}") from None
         payload: dict[str, object] = {
             kind: [item.to_json() for item in page.items],
             "pagination": {"next_cursor": page.next_cursor, "total": page.total},
@@ -327,7 +327,7 @@ class _Api:
         if "upload_id" in request.query:
             return await self._put_part(request, bucket, key)
         if self.state.fleet.get_bucket(bucket) is None:
-            raise ApiError(404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist")
+            raise SimError(404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist")
         metadata = parse_object_metadata(request.headers.get("X-Object-Metadata"))
         data = await request.read()
         obj, replaced = self.state.objects.put(
@@ -360,7 +360,7 @@ class _Api:
         query = request.query
         if "uploads" in query:
             if self.state.fleet.get_bucket(bucket) is None:
-                raise ApiError(
+                raise SimError(
                     404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
                 )
             upload = self.state.uploads.start(
@@ -376,7 +376,7 @@ class _Api:
         if "complete" in query and query.get("upload_id"):
             listed = parse_part_list(await request.read())
             if self.state.fleet.get_bucket(bucket) is None:
-                raise ApiError(
+                raise SimError(
                     404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
                 )
             done = self.state.uploads.complete(
@@ -458,7 +458,7 @@ class _Api:
         try:
             self.state.fleet.set_bucket_access(bucket, access)
         except KeyError:
-            raise ApiError(
+            raise SimError(
                 404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
             ) from None
         found = self.state.fleet.get_bucket(bucket)

@@ -31,7 +31,7 @@ class ErrorCode(StrEnum):
 UNAUTHORIZED_MESSAGE = "Invalid or expired API key"
 
 
-class ApiError(Exception):
+class SimError(Exception):
     """An error response: HTTP status, code, message and extra headers."""
 
     def __init__(
@@ -54,6 +54,6 @@ class ApiError(Exception):
         }
 
 
-def validation_error(message: str) -> ApiError:
+def validation_error(message: str) -> SimError:
     """A 400 VALIDATION_ERROR."""
-    return ApiError(400, ErrorCode.VALIDATION_ERROR, message)
+    return SimError(400, ErrorCode.VALIDATION_ERROR, message)

@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .config import DEFAULT_MIN_PART_BYTES
-from .errors import ApiError, ErrorCode, validation_error
+from .errors import ErrorCode, SimError, validation_error
 from .objects import ObjectStore, StoredObject
 
 MAX_PARTS = 10_000
@@ -74,8 +74,8 @@ def _digests(data: bytes) -> tuple[str, str]:
             "sha256:" + hashlib.sha256(data).hexdigest())
 
 
-def _not_found(upload_id: str) -> ApiError:
-    return ApiError(404, ErrorCode.UPLOAD_NOT_FOUND,
+def _not_found(upload_id: str) -> SimError:
+    return SimError(404, ErrorCode.UPLOAD_NOT_FOUND,
                     f"Upload {upload_id} does not exist (never started, aborted or completed)")
 
 
@@ -94,7 +94,7 @@ def parse_part_list(body: bytes) -> list[tuple[int, str]]:
     try:
         value = json.loads(body) if body else None
     except ValueError:
-        raise ApiError(400, ErrorCode.INVALID_JSON, "Request body is not valid JSON") from None
+        raise SimError(400, ErrorCode.INVALID_JSON, "Request body is not valid JSON") from None
     parts = value.get("parts") if isinstance(value, dict) else None
     if not isinstance(parts, list) or not parts:
         raise validation_error("Body must be {\"parts\": [{\"part\": N, \"etag\": E}, ...]} "
@@ -157,22 +157,22 @@ class MultipartUploads:
             upload = self._get(upload_id, bucket, key)
             numbers = [n for n, _ in listed]
             if any(b <= a for a, b in itertools.pairwise(numbers)):
-                raise ApiError(400, ErrorCode.INVALID_PART_ORDER,
+                raise SimError(400, ErrorCode.INVALID_PART_ORDER,
                                "Parts must be listed once each, in ascending order")
             chosen: list[Part] = []
             for number, etag in listed:
                 part = upload.parts.get(number)
                 if part is None:
-                    raise ApiError(400, ErrorCode.INVALID_PART,
+                    raise SimError(400, ErrorCode.INVALID_PART,
                                    f"Part {number} of upload {upload_id} was not uploaded")
                 if part.etag != etag:
-                    raise ApiError(400, ErrorCode.INVALID_PART,
+                    raise SimError(400, ErrorCode.INVALID_PART,
                                    f"Part {number}: etag {etag} does not match the uploaded "
                                    f"part ({part.etag})")
                 chosen.append(part)
             for part in chosen[:-1]:
                 if len(part.data) < self.min_part_bytes:
-                    raise ApiError(400, ErrorCode.PART_TOO_SMALL,
+                    raise SimError(400, ErrorCode.PART_TOO_SMALL,
                                    f"Part {part.number} holds {len(part.data)} bytes; every "
                                    f"part but the last needs at least {self.min_part_bytes}")
             del self._uploads[upload_id]

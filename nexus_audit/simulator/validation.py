@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import ApiError, ErrorCode, validation_error
+from .errors import ErrorCode, SimError, validation_error
 from .fleet import PLAN_SHAPES, REGIONS, STATUSES
 
 DEFAULT_LIMIT = 20
@@ -93,7 +93,7 @@ def parse_json_object(raw: bytes) -> dict[str, object]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, ErrorCode.INVALID_JSON, "Request body is not valid JSON") from exc
+        raise SimError(400, ErrorCode.INVALID_JSON, "Request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise validation_error("Request body must be a JSON object")
     return body
