@@ -21,6 +21,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+SHARD_HELP = ("crawl only the accounts of replica I of N (stable by account name; "
+              "default: NEXUS_AUDIT_SHARD, else every account)")
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="crawl only this account")
     crawl.add_argument("--kinds", default="instances,buckets",
                        help="resource kinds to crawl, comma-separated (default: both)")
+    crawl.add_argument("--shard", metavar="I/N", help=SHARD_HELP)
     crawl.set_defaults(handler=_cmd_crawl)
 
     report = sub.add_parser("report", help="audit report over a window of history")
@@ -110,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "OCSF Compliance Finding events, JSON lines")
     report.add_argument("--account", metavar="NAME", type=_account_name,
                         help="only this account")
+    report.add_argument("--from-export", metavar="DIR", action="append", dest="from_export",
+                        help="read these Parquet exports (repeat for each shard's) instead "
+                        "of the database")
     report.add_argument("--stale-after", default=None, metavar="DURATION",
                         help="how long an instance must sit not running to be stale (default 7d)")
     report.add_argument("--upload", metavar="BUCKET/KEY",
@@ -139,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instance crawl interval (default 1h)")
     serve.add_argument("--bucket-interval", metavar="DURATION",
                        help="bucket poll interval (default 1m)")
+    serve.add_argument("--shard", metavar="I/N", help=SHARD_HELP)
     serve.set_defaults(handler=_cmd_serve)
 
     simulate = sub.add_parser("simulate", help="run the CloudNexus v2 simulator")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from nexus_audit.domain.shards import Shard
 from nexus_audit.domain.timeutil import parse_duration
 from nexus_audit.errors import ConfigError, UsageError
 
@@ -102,6 +103,8 @@ class Settings:
     per_instance_metrics: bool = False
     per_bucket_metrics: bool = True
     web: WebConfig = field(default_factory=WebConfig)
+    #: This replica's share of the accounts (``--shard i/n``); None: every account.
+    shard: Shard | None = None
 
     def account(self, name: str | None) -> tuple[AccountConfig, ...]:
         """The accounts a command acts on: all, or the one named (``UsageError`` if unknown)."""
@@ -122,6 +125,21 @@ class Settings:
                               "NEXUS_API_KEY_FILE), or [[accounts]] in the NEXUS_AUDIT_CONFIG "
                               "file")
         return self.account(name)
+
+    def in_shard(self, flag: str | None = None) -> Settings:
+        """These settings with only the accounts of the shard (``flag``, the ``--shard``
+        value, else :attr:`shard`; every account without one); :class:`ConfigError` when
+        the shard holds none of them."""
+        shard = Shard.parse(flag) if flag else self.shard
+        if shard is None:
+            return self
+        held = tuple(a for a in self.accounts if shard.holds(a.name))
+        if self.accounts and not held:
+            names = ", ".join(a.name for a in self.accounts)
+            raise ConfigError(f"shard {shard} holds none of the configured accounts ({names}): "
+                              f"with {shard.count} replicas some have nothing to crawl; "
+                              "use fewer replicas", parameter="shard")
+        return replace(self, accounts=held, shard=shard)
 
     def max_gaps(self) -> tuple[timedelta, timedelta]:
         """Longest time one observation holds, for instances and buckets: ``max_gap`` when
@@ -399,7 +417,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     timeout = data.get("request_timeout", 30)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise ConfigError(f"request_timeout: expected positive seconds, got {timeout!r}")
+    shard = (Shard.parse(env["NEXUS_AUDIT_SHARD"], parameter="NEXUS_AUDIT_SHARD")
+             if env.get("NEXUS_AUDIT_SHARD", "").strip() else None)
     return Settings(
+        shard=shard,
         accounts=tuple(accounts),
         db_path=path_setting("NEXUS_AUDIT_DB", "db") or Path(DEFAULT_DB),
         interval=interval,

@@ -104,7 +104,7 @@ def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit crawl``; the exit code."""
     from nexus_audit.history.store import Store
 
-    accounts = settings.crawled_accounts(args.account)
+    accounts = settings.in_shard(getattr(args, "shard", None)).crawled_accounts(args.account)
     kinds = parse_kinds(args.kinds)
     store = Store(settings.db_path)
     store.migrate()

@@ -18,6 +18,8 @@ from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
 from nexus_audit.errors import UnknownAccountError, UsageError
+from nexus_audit.history.exports import ParquetHistory
+from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
 from nexus_audit.output.archive import UploadRequest
 from nexus_audit.output.render import render_chunks, require_policy
@@ -36,10 +38,12 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     pricing = load_pricing(settings.pricing_file)
     policy = load_configured(settings.policy_file)
     require_policy(args.format, policy)
-    store = Store(settings.db_path)
+    # The database, or a set of Parquet exports (one per shard): the same report either way.
+    history: History = (ParquetHistory(*args.from_export) if getattr(args, "from_export", None)
+                        else Store(settings.db_path))
     try:
         report = build_report(
-            store, window, accounts=[args.account] if args.account else None,
+            history, window, accounts=[args.account] if args.account else None,
             stale_after=stale_after, pending_stale_after=settings.pending_stale_after,
             max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
             pricing=pricing, now=now, policy=policy)

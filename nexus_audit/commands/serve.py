@@ -26,7 +26,8 @@ GRACE_VARIABLE: Final = "NEXUS_AUDIT_SHUTDOWN_GRACE"
 
 
 def apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
-    """Settings with ``--listen``, ``--interval`` and ``--bucket-interval`` applied."""
+    """Settings with ``--listen``, ``--interval``, ``--bucket-interval`` and ``--shard``
+    applied (only the shard's accounts are kept)."""
     web_config = settings.web
     if getattr(args, "listen", None):
         validate_listen(args.listen, "--listen")
@@ -37,7 +38,8 @@ def apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     bucket_interval = settings.bucket_interval
     if getattr(args, "bucket_interval", None):
         bucket_interval = parse_duration(args.bucket_interval, parameter="--bucket-interval")
-    return replace(settings, web=web_config, interval=interval, bucket_interval=bucket_interval)
+    return replace(settings, web=web_config, interval=interval,
+                   bucket_interval=bucket_interval).in_shard(getattr(args, "shard", None))
 
 
 def shutdown_grace(env: Mapping[str, str]) -> float:

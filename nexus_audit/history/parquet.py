@@ -52,16 +52,15 @@ from typing import Final
 import duckdb
 
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.errors import NexusAuditError, NoDataError, StoreError
+from nexus_audit.errors import NexusAuditError
+from nexus_audit.history.exports import TABLES, ParquetHistory, parquet_glob, write_marker
 from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import resolve_accounts
-from nexus_audit.history.store import MIGRATIONS, Store
+from nexus_audit.history.store import Store
 from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
 
-#: The store's tables, in export order.
-TABLES: Final = ("crawls", "instance_versions", "bucket_versions", "bucket_sizes")
 _TMP_PREFIX: Final = ".export-tmp-"
 _LOCK_NAME: Final = ".export.lock"
 
@@ -285,6 +284,7 @@ def export_history(
             for table, part in list(_partitions(staging)):
                 _swap_in(staging / table / part, target / table / part, staging / ".old")
                 counts[table] += 1
+            write_marker(target, staging)
         except OSError as exc:
             raise ExportError(f"cannot write the export to {target}: "
                               f"{exc.strerror or exc}") from None
@@ -296,60 +296,5 @@ def export_history(
                         partitions=counts)
 
 
-# -- reading an export ----------------------------------------------------------------------
-
-
-def parquet_glob(directory: Path, table: str) -> str:
-    """The ``read_parquet`` call over one exported table (the form README shows)."""
-    pattern = str(directory / table / "**" / "*.parquet")
-    return (f"read_parquet({_literal(pattern)}, hive_partitioning = true, "
-            "hive_types = {'account': VARCHAR, 'date': DATE})")
-
-
-class ParquetHistory:
-    """An export directory read like the store: views named like its tables.
-
-    ``read()`` gives a connection where ``crawls``, ``instance_versions``,
-    ``bucket_versions``, ``bucket_sizes`` and ``kind_crawls`` are views over the Parquet
-    files, with the store's column names and types, so the audit queries (and
-    :func:`nexus_audit.audit.report.build_report`) run on it unchanged.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.path = Path(directory).expanduser().absolute()
-
-    def __repr__(self) -> str:
-        return f"ParquetHistory({str(self.path)!r})"
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh in-memory connection with the views (:class:`NoDataError` if empty)."""
-        if not any((self.path / "crawls").glob("*/*/*.parquet")):
-            raise NoDataError(f"{self.path} holds no exported crawls")
-        con = duckdb.connect(":memory:")
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            # The store's own DDL gives every table its columns and types (and kind_crawls);
-            # each exported one is then replaced by a view over its files.
-            for _version, statements in MIGRATIONS:
-                for statement in statements:
-                    con.execute(statement)
-            for table in TABLES:
-                if not any((self.path / table).glob("*/*/*.parquet")):
-                    continue  # nothing exported: the empty table stands
-                columns = con.execute(
-                    "SELECT column_name, data_type FROM duckdb_columns() "
-                    "WHERE table_name = $t ORDER BY column_index", {"t": table}).fetchall()
-                select = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"'
-                                   for name, kind in columns)
-                # The version tables are views over the store's logs (schema 3).
-                is_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $t",
-                                      {"t": table}).fetchone()
-                con.execute(f"DROP {'VIEW' if is_view and is_view[0] else 'TABLE'} {table}")
-                con.execute(f"CREATE VIEW {table} AS SELECT {select} "
-                            f"FROM {parquet_glob(self.path, table)}")
-            yield con
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot read the export in {self.path}: {exc}") from exc
-        finally:
-            con.close()
+__all__ = ["TABLES", "ExportError", "ExportResult", "ParquetHistory", "export_history",
+           "parquet_glob"]
