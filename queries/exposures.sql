@@ -1,5 +1,6 @@
 -- Exposure windows of buckets overlapping the window: a run of consecutive versions whose
--- access is anything but 'private' (fail closed: unknown values and NULL are exposed).
+-- access is anything but exactly 'private' (fail closed: unknown values, other case or
+-- whitespace, and NULL are exposed; the macro is_exposed comes from nexus_audit/exposure.py).
 -- start = the crawl that first saw the run; end = the crawl that saw it private or gone,
 -- NULL while still exposed at the window's end; at_least when the start is the account's
 -- first successful bucket crawl (the exposure may have begun earlier). A version's times
@@ -15,7 +16,7 @@ WITH firsts AS (
            v.first_crawl = fs.first_crawl AS is_first,
            CASE WHEN u.crawl_id IS NULL THEN NULL ELSE v.until_crawl END AS until_crawl,
            u.finished_at AS end_t,
-           coalesce(lower(trim(v.access)) <> 'private', TRUE) AS exposed
+           is_exposed(v.access) AS exposed
     FROM bucket_versions v
     JOIN firsts fs ON fs.account = v.account
     JOIN crawls f ON f.crawl_id = v.first_crawl AND f.finished_at < $until

@@ -23,7 +23,7 @@ WITH icrawls AS (
 ), bv AS (
     SELECT v.account, v.id, v.region, v.access, v.first_crawl,
            CASE WHEN u.crawl_id IS NULL THEN NULL ELSE v.until_crawl END AS until_crawl,
-           coalesce(lower(trim(v.access)) <> 'private', TRUE) AS exposed
+           is_exposed(v.access) AS exposed
     FROM bucket_versions v
     JOIN bcrawls f ON f.account = v.account AND f.crawl_id = v.first_crawl
     LEFT JOIN bcrawls u ON u.account = v.account AND u.crawl_id = v.until_crawl

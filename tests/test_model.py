@@ -11,7 +11,6 @@ from nexus_audit.domain.model import (
     InvalidRecordError,
     bucket_from_api,
     instance_from_api,
-    is_exposed,
 )
 
 REFERENCE_INSTANCE: dict[str, Any] = {
@@ -65,11 +64,3 @@ def test_reference_sample_bucket_parses() -> None:
                               "created_at": "2023-11-02T14:20:00Z"})
     assert record.size_bytes == 4829348204
     assert record.access == "private"
-
-
-@pytest.mark.parametrize(("access", "exposed"), [("private", False), ("PRIVATE", False),
-                                                  ("public", True), ("public-read", True),
-                                                  ("shared-with-partners", True), ("", True)])
-def test_exposure_fails_closed(access: str, exposed: bool) -> None:
-    """Every access value other than private counts as exposed, unknown ones included."""
-    assert is_exposed(access) is exposed

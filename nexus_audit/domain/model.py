@@ -56,11 +56,6 @@ class Bucket(NamedTuple):
     extra: str  # canonical JSON object of fields this version does not model
 
 
-def is_exposed(access: str) -> bool:
-    """Whether a bucket's access value exposes it: anything but ``private`` (fail closed)."""
-    return access.strip().lower() != "private"
-
-
 def canonical_json(value: Mapping[str, Any]) -> str:
     """JSON with sorted keys and no spaces, so equal mappings give equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -28,6 +28,7 @@ from typing import Final
 
 import duckdb
 
+from nexus_audit import exposure
 from nexus_audit.errors import NoDataError, StoreError, UsageError
 from nexus_audit.history.failures import translated
 from nexus_audit.history.schema import MIGRATIONS, SCHEMA_VERSION
@@ -121,7 +122,8 @@ class ParquetHistory:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh in-memory connection with the views (:class:`NoDataError` if empty)."""
+        """A fresh in-memory connection with the views and the ``is_exposed(access)`` macro
+        (:class:`NoDataError` if empty)."""
         self._check()
         con = duckdb.connect(":memory:")
         try:
@@ -136,6 +138,7 @@ class ParquetHistory:
                 for table in TABLES:
                     self._view(con, table)
                 self._refuse_shared_accounts(con)
+                exposure.install(con)
                 yield con
         finally:
             con.close()

@@ -54,6 +54,7 @@ from typing import Any
 
 import duckdb
 
+from nexus_audit import exposure
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
@@ -357,7 +358,9 @@ class Store:
 
         Retries while a commit (this process's or another's) holds the file, up to
         ``lock_timeout``. A missing file or an empty database raises :class:`NoDataError`
-        (the file is never created); a newer schema :class:`SchemaTooNewError`.
+        (the file is never created); a newer schema :class:`SchemaTooNewError`. The
+        connection has the ``is_exposed(access)`` macro the queries use
+        (:func:`nexus_audit.exposure.install`).
         """
         self._open(read_only=True)
         with duckfile.reading(self.path, timeout=self.lock_timeout,
@@ -373,6 +376,7 @@ class Store:
                     f"{self.path} has schema version {version}, older than this nexus-audit's "
                     f"({SCHEMA_VERSION}); run `nexus-audit crawl` or `serve` once to upgrade it")
             cursor.execute(f"USE {alias}")
+            exposure.install(cursor)
             yield cursor
 
     def previous_regions(self, account: str) -> list[str]:

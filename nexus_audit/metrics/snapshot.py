@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind, is_exposed
+from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
 from nexus_audit.domain.pricing import BYTES_PER_GB
+from nexus_audit.exposure import is_exposed
 from nexus_audit.history.store import AccountState, CrawlInfo
 
 #: Statuses reported by ``nexus_stale_instances`` (zero when none, so alerts see 0).
@@ -150,7 +151,10 @@ def build_snapshot(
                 instance_series.append((account, inst.id, inst.name, inst.region, inst.status,
                                         inst.plan or ""))
         for bucket in state.buckets if "buckets" in kinds else ():
-            key = (account, bucket.region, bucket.access)
+            # A NULL access (only another writer leaves one: crawls refuse it) is exposed,
+            # and labelled "" rather than breaking the sort of the series.
+            access = bucket.access or ""
+            key = (account, bucket.region, access)
             btotals = buckets.get(key)
             if btotals is None:
                 btotals = buckets[key] = [0, 0]
@@ -162,7 +166,7 @@ def build_snapshot(
                 ckey = (account, bucket.region, "storage")
                 cost[ckey] = cost.get(ckey, 0.0) + bucket_price(bucket)
             if per_bucket:
-                bucket_series.append((account, bucket.id, bucket.region, bucket.access,
+                bucket_series.append((account, bucket.id, bucket.region, access,
                                       bucket.size_bytes))
     for skey, n in (stale or {}).items():
         if skey[0] in accounts:
