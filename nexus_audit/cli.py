@@ -2,7 +2,9 @@
 
 No business logic lives here. Errors become one line on standard error and an exit code:
 2 for a usage or configuration mistake, 1 for a runtime failure, 130 for Ctrl-C.
-Tracebacks are for bugs only.
+Tracebacks are for bugs only. The line is escaped for the terminal
+(:func:`nexus_audit.escape.terminal`): an API error body quoted in it cannot move the
+cursor, retitle the window or start a second line.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from nexus_audit import __version__
+from nexus_audit import __version__, escape
 from nexus_audit.config import Settings, load_settings
 from nexus_audit.errors import NexusAuditError, UsageError
 from nexus_audit.logs import configure_logging, redactor
@@ -31,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in our one-line style (still exit 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"nexus-audit: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"nexus-audit: error: {escape.terminal(message)} "
+                              f"(see {self.prog} --help)\n")
 
 
 def _account_name(value: str) -> str:
@@ -164,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int, hint: str = "") -> int:
-    text = redactor.scrub(message)
+    text = escape.terminal(redactor.scrub(message))
     sys.stderr.write(f"nexus-audit: error: {text}\n")
     if hint:
-        sys.stderr.write(f"nexus-audit: hint: {hint}\n")
+        sys.stderr.write(f"nexus-audit: hint: {escape.terminal(redactor.scrub(hint))}\n")
     return code
 
 

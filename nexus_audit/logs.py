@@ -2,7 +2,9 @@
 
 Every process calls :func:`configure_logging` once with the secrets in force; the
 redactor replaces any of them wherever it appears in an event (values, nested text,
-exception text) before anything is rendered.
+exception text) before anything is rendered. On a terminal, every text in an event is
+escaped (:func:`nexus_audit.escape.terminal`): an API value or error body logged there
+cannot send control sequences or forge lines (JSON lines escape them by themselves).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, Final, TextIO, cast
 
 import structlog
+
+from nexus_audit import escape
 
 REDACTED: Final = "[REDACTED]"
 
@@ -72,6 +76,17 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+def terminal_safe(logger: Any, method: str,
+                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Escape every text value of the event for a terminal (structlog processor); a
+    rendered traceback (``exception``, ``stack``) keeps its line breaks, nothing else does.
+    Other values are rendered with ``repr``, which escapes what is not printable."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = escape.terminal(value, keep_newlines=key in ("exception", "stack"))
+    return event
+
+
 #: The process-wide redactor; :func:`configure_logging` feeds it the secrets in force.
 redactor: Final = SecretRedactor()
 
@@ -106,6 +121,8 @@ def configure_logging(
         if json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    if not json:
+        processors.append(terminal_safe)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

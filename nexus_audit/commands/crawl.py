@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from nexus_audit import escape
 from nexus_audit.api.budget import rates_in_force, shared_budgets
 from nexus_audit.api.client import ApiStats, CloudNexusClient, client_session
 from nexus_audit.config import AccountConfig, Settings
@@ -47,7 +48,8 @@ def budget_share(requests: int, per_minute: int, seconds: float) -> float:
 
 
 def format_summary(summary: CrawlSummary, per_minute: int) -> str:
-    """One line for one account's crawl (printed on standard output)."""
+    """One line for one account's crawl (printed on standard output), escaped for a
+    terminal: the totals note quotes the API."""
     share = budget_share(summary.requests, per_minute, summary.seconds)
     counts = []
     if "instances" in summary.kinds:
@@ -59,7 +61,7 @@ def format_summary(summary: CrawlSummary, per_minute: int) -> str:
             f"{summary.seconds:.1f}s, {share:.0%} of the {per_minute}/min budget")
     if summary.total_mismatch:
         line += f" (totals differ: {summary.total_mismatch})"
-    return line
+    return escape.terminal(line)
 
 
 async def run_crawls(
@@ -122,6 +124,7 @@ def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
         else:
             reason = str(result)
         failed += 1
-        sys.stderr.write(redactor.scrub(f"nexus-audit: error: account {account.name}: "
-                                        f"{reason}") + "\n")
+        # The reason may quote an API error body: escaped, it stays one inert line.
+        sys.stderr.write(escape.terminal(redactor.scrub(
+            f"nexus-audit: error: account {account.name}: {reason}")) + "\n")
     return 1 if failed else 0

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import TextIO
 
+from nexus_audit import escape
 from nexus_audit.audit.report import build_report
 from nexus_audit.config import Settings
 from nexus_audit.domain.policy import load_configured
@@ -50,9 +51,12 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
     sink = out or sys.stdout
+    # On a terminal, the terminal is the reader: a CSV cell's ESC is escaped there too
+    # (the uploaded copy and a redirected file keep the format's own bytes).
+    tty = sink.isatty()
     written: list[str] = []
     for chunk in render_chunks(report, args.format):
-        sink.write(chunk)
+        sink.write(escape.terminal(chunk, keep_newlines=True) if tty else chunk)
         if upload is not None:
             written.append(chunk)
     if upload is not None:

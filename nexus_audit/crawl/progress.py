@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from nexus_audit import escape
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats
 from nexus_audit.domain.timeutil import Clock
@@ -60,7 +61,7 @@ def format_progress(progresses: Sequence[CrawlProgress], now: float) -> str:
     for p in progresses:
         collected = sum(p.records.values())
         expected = sum(p.expected.values())
-        text = f"{p.account}: {_count(collected)}"
+        text = f"{escape.terminal(p.account)}: {_count(collected)}"
         if expected:
             text += f"/{_count(expected)}"
         text += f" records, {p.stats.total_requests} requests"

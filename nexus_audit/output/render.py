@@ -3,6 +3,10 @@
 The table shortens long lists ("… and N more") and wraps long cells onto more lines, never
 cutting a value (a cut "public-read…" could be "public-read-write"); JSON, Markdown and CSV
 never drop a row. Money shows 2 decimals in the table and Markdown, 6 in JSON and CSV.
+
+Every value is escaped for the format's reader (:mod:`nexus_audit.escape`): the table's
+cells show control characters as visible escapes, Markdown cells cannot break a row or
+carry HTML, CSV text cannot start a formula, JSON escapes C1 controls and U+2028/U+2029.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from nexus_audit import __version__
+from nexus_audit import __version__, escape
 from nexus_audit.audit.findings import summary
 from nexus_audit.audit.report import Report
 from nexus_audit.domain.timeutil import isoformat
@@ -80,10 +84,10 @@ def _json_chunks(report: Report) -> Iterator[str]:
         pending.append(piece)
         size += len(piece)
         if size >= JSON_CHUNK:
-            yield "".join(pending)
+            yield escape.json_text("".join(pending))
             pending, size = [], 0
     pending.append("\n")
-    yield "".join(pending)
+    yield escape.json_text("".join(pending))
 
 
 def _money(value: float) -> str:
@@ -159,7 +163,9 @@ def _longest(text: str) -> int:
 
 
 def _indented(text: str, indent: int, width: int = WIDTH) -> list[str]:
-    """A line of ``text`` wrapped to ``width``, later lines indented by ``indent``."""
+    """A line of ``text`` (escaped for the terminal) wrapped to ``width``, later lines
+    indented by ``indent``."""
+    text = escape.terminal(text)
     if len(text) <= width:
         return [text]
     return textwrap.wrap(text, width, subsequent_indent=" " * indent, break_on_hyphens=False)
@@ -170,8 +176,9 @@ def _grid(headers: Sequence[str], items: Sequence[_T], row: Callable[[_T], Seque
     """A plain-text table of the first ``max_rows`` of ``items`` (each made a row by
     ``row``; the others are only counted) that fits ``width``: columns shrink (except those
     in ``keep``: times, sizes and a bucket's access, which must read at a glance), and a
-    cell wider than its column wraps onto the next lines, within the column."""
-    shown = [row(item) for item in items[:max_rows]]
+    cell wider than its column wraps onto the next lines, within the column. Cells are
+    escaped for the terminal first, so widths count what is shown."""
+    shown = [[escape.terminal(c) for c in row(item)] for item in items[:max_rows]]
     cols = len(headers)
     widths = [max([len(headers[i])] + [len(r[i]) for r in shown]) for i in range(cols)]
     budget = width - 2 * (cols - 1)
@@ -330,8 +337,7 @@ _SEVERITY_RANK: Final = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 def _md_cell(value: Any) -> str:
-    text = _value(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return escape.markdown(_value(value))
 
 
 def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -345,10 +351,11 @@ def render_markdown(report: Report) -> str:
     d = report.to_json_dict()
     c = report.crawls
     out = [f"# nexus-audit report: {d['window']['since']} to {d['window']['until']}", "",
-           f"- Accounts: {', '.join(report.accounts)}",
+           f"- Accounts: {escape.markdown(', '.join(report.accounts))}",
            f"- Generated: {d['generated_at']}",
-           f"- Prices: {report.pricing.get('name')} as of {report.pricing.get('as_of')}, "
-           f"sha256 `{report.pricing.get('digest')}`", "",
+           f"- Prices: {_md_cell(report.pricing.get('name'))} as of "
+           f"{_md_cell(report.pricing.get('as_of'))}, "
+           f"sha256 `{_md_cell(report.pricing.get('digest'))}`", "",
            "## Crawls and coverage", "",
            f"- Crawls: {c.count} ({c.succeeded} succeeded, {c.failed} failed)",
            f"- Last success: {isoformat(c.last_success) or 'never'}",
@@ -432,8 +439,9 @@ def render_csv(report: Report) -> str:
     writer.writeheader()
 
     def row(section: str, **cells: Any) -> None:
-        writer.writerow({"section": section, **{k: "" if v is None else
-                         _value(v) if isinstance(v, (dict, list)) else v
+        # Text that a spreadsheet would run as a formula is neutralised; numbers are not.
+        writer.writerow({"section": section, **{k: "" if v is None else escape.csv_cell(
+                         _value(v) if isinstance(v, (dict, list)) else v)
                          for k, v in cells.items()}})
 
     crawls = d["crawls"]
