@@ -4,10 +4,12 @@ Every value from the API (ids, names, tags, access values, error bodies) is untr
 text. What each reader would interpret is made inert, and visible:
 
 - **Terminal** (the report table, error and summary lines on standard error, log lines on
-  a terminal): control characters (C0, DEL and C1: ESC, so no CSI or OSC sequence, and
-  CR, LF, tab), line and paragraph separators, format characters (zero-width, bidi
-  overrides, BOM) and spaces other than the ASCII space are shown as Python-style escapes:
-  ``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u200b``. A backslash is left as it is, so our own
+  a terminal): every character Python does not call printable but the ASCII space is
+  shown as a Python-style escape (``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u200b``),
+  as ``repr`` would: control characters (C0, DEL and C1: ESC, so no CSI or OSC sequence,
+  and CR, LF, tab), line and paragraph separators, format characters (zero-width, bidi
+  overrides, BOM), other spaces (a no-break space next to ``private``), private-use and
+  unassigned code points. A backslash is left as it is, so our own
   messages stay readable; a value that spells ``\\x1b`` literally reads the same as one
   holding ESC, which is enough to see that it is odd.
 - **Markdown** (``report --format markdown``): the terminal escapes first (no cell breaks
@@ -26,13 +28,9 @@ text. What each reader would interpret is made inert, and visible:
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Final
 
 _SHORT: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-#: Unicode categories shown escaped on a terminal: controls, format characters (zero-width,
-#: bidi, BOM), line and paragraph separators. Zs (spaces) is handled apart: U+0020 stays.
-_ESCAPED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Zs"})
 
 
 def _escape_char(ch: str) -> str:
@@ -44,7 +42,8 @@ def _escape_char(ch: str) -> str:
 
 
 def _needs_escape(ch: str) -> bool:
-    return ch != " " and unicodedata.category(ch) in _ESCAPED_CATEGORIES
+    # str.isprintable is False for the categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs.
+    return ch != " " and not ch.isprintable()
 
 
 # Everything printable in ASCII but DEL passes without a category lookup (the common case).

@@ -76,14 +76,19 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+#: The keys the console renderer writes as they are; it writes every other value with
+#: ``repr`` (``repr_native_str``), which escapes what is not printable.
+_RAW_KEYS: Final = ("event", "exception", "stack")
+
+
 def terminal_safe(logger: Any, method: str,
                   event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Escape every text value of the event for a terminal (structlog processor); a
-    rendered traceback (``exception``, ``stack``) keeps its line breaks, nothing else does.
-    Other values are rendered with ``repr``, which escapes what is not printable."""
-    for key, value in event.items():
+    """Escape the texts the console renderer writes raw (structlog processor): the
+    message in full; a rendered traceback (``exception``, ``stack``) keeps its lines."""
+    for key in _RAW_KEYS:
+        value = event.get(key)
         if isinstance(value, str):
-            event[key] = escape.terminal(value, keep_newlines=key in ("exception", "stack"))
+            event[key] = escape.terminal(value, keep_newlines=key != "event")
     return event
 
 
@@ -119,7 +124,8 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        # repr_native_str: a value with no space (an id holding ESC) would be written raw.
+        else structlog.dev.ConsoleRenderer(colors=False, repr_native_str=True)
     )
     if not json:
         processors.append(terminal_safe)
