@@ -88,7 +88,7 @@ def exposed_everywhere(store: Store, ids: list[str]) -> dict[str, dict[str, bool
     return out
 
 
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(accesses=st.lists(ACCESS, min_size=1, max_size=8))
 @example(accesses=[PRIVATE, None, *LOOKALIKES])
