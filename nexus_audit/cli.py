@@ -3,7 +3,7 @@
 No business logic lives here. Errors become one line on standard error and an exit code:
 2 for a usage or configuration mistake, 1 for a runtime failure, 130 for Ctrl-C.
 Tracebacks are for bugs only. The line is escaped for the terminal
-(:func:`nexus_audit.escape.terminal`): an API error body quoted in it cannot move the
+(:func:`nexus_audit.domain.escape.terminal`): an API error body quoted in it cannot move the
 cursor, retitle the window or start a second line.
 """
 
@@ -14,8 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from nexus_audit import __version__, escape
+from nexus_audit import __version__
 from nexus_audit.config import Settings, load_settings
+from nexus_audit.domain import escape
 from nexus_audit.errors import NexusAuditError, UsageError
 from nexus_audit.logs import configure_logging, redactor
 

@@ -3,7 +3,7 @@
 Every process calls :func:`configure_logging` once with the secrets in force; the
 redactor replaces any of them wherever it appears in an event (values, nested text,
 exception text) before anything is rendered. On a terminal, every text in an event is
-escaped (:func:`nexus_audit.escape.terminal`): an API value or error body logged there
+escaped (:func:`nexus_audit.domain.escape.terminal`): an API value or error body logged there
 cannot send control sequences or forge lines (JSON lines escape them by themselves).
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Final, TextIO, cast
 
 import structlog
 
-from nexus_audit import escape
+from nexus_audit.domain import escape
 
 REDACTED: Final = "[REDACTED]"
 

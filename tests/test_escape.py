@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nexus_audit.escape import csv_cell, json_text, markdown, terminal
+from nexus_audit.domain.escape import csv_cell, json_text, markdown, terminal
 
 OSC_TITLE = "\x1b]0;pwned\x07"
 CSI_CLEAR = "\x1b[2J"

@@ -1,6 +1,6 @@
 """One definition of "exposed": the report, /metrics, findings and the upload guard agree.
 
-The rule (``nexus_audit.exposure``): a bucket is private only when its access is exactly
+The rule (``nexus_audit.domain.exposure``): a bucket is private only when its access is exactly
 ``private``; anything else, NULL included, is exposed. Histories are committed through the
 store's own API into ``tmp_path``.
 """
@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from nexus_audit.audit.findings import evaluate_history
+from nexus_audit.domain.exposure import MACRO_SQL, PRIVATE, install, is_exposed, sql_expression
 from nexus_audit.domain.model import Bucket
 from nexus_audit.domain.policy import parse_policy
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.exposure import MACRO_SQL, PRIVATE, install, is_exposed, sql_expression
 from nexus_audit.history.store import Store
 from nexus_audit.metrics import InventoryCollector, SnapshotHolder, build_snapshot
 from nexus_audit.output.archive import ExposedBucketError, check_bucket

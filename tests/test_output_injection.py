@@ -26,10 +26,10 @@ from nexus_audit.audit.report import Report, build_report
 from nexus_audit.commands.crawl import crawl_command, format_summary
 from nexus_audit.commands.report import report_command
 from nexus_audit.config import load_settings
+from nexus_audit.domain.escape import CSV_FORMULA_STARTS
 from nexus_audit.domain.model import CrawlSummary
 from nexus_audit.domain.policy import parse_policy
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.escape import CSV_FORMULA_STARTS
 from nexus_audit.history.store import Store
 from nexus_audit.logs import configure_logging, get_logger
 from nexus_audit.output.render import render

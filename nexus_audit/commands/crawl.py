@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from nexus_audit import escape
 from nexus_audit.api.budget import rates_in_force, shared_budgets
 from nexus_audit.api.client import ApiStats, CloudNexusClient, client_session
 from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.crawl.crawler import CrawlStore, crawl_and_commit
 from nexus_audit.crawl.progress import CrawlProgress, ProgressReporter
+from nexus_audit.domain import escape
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock
 from nexus_audit.errors import NexusAuditError, UsageError

@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import TextIO
 
-from nexus_audit import escape
 from nexus_audit.audit.report import build_report
 from nexus_audit.config import Settings
+from nexus_audit.domain import escape
 from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from nexus_audit import escape
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats
+from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import Clock
 from nexus_audit.logs import get_logger
 

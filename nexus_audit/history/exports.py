@@ -28,7 +28,7 @@ from typing import Final
 
 import duckdb
 
-from nexus_audit import exposure
+from nexus_audit.domain import exposure
 from nexus_audit.errors import NoDataError, StoreError, UsageError
 from nexus_audit.history.failures import translated
 from nexus_audit.history.schema import MIGRATIONS, SCHEMA_VERSION

@@ -54,7 +54,7 @@ from typing import Any
 
 import duckdb
 
-from nexus_audit import exposure
+from nexus_audit.domain import exposure
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
@@ -360,7 +360,7 @@ class Store:
         ``lock_timeout``. A missing file or an empty database raises :class:`NoDataError`
         (the file is never created); a newer schema :class:`SchemaTooNewError`. The
         connection has the ``is_exposed(access)`` macro the queries use
-        (:func:`nexus_audit.exposure.install`).
+        (:func:`nexus_audit.domain.exposure.install`).
         """
         self._open(read_only=True)
         with duckfile.reading(self.path, timeout=self.lock_timeout,

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.model import KINDS
-from nexus_audit.exposure import is_exposed
 from nexus_audit.metrics.snapshot import SnapshotHolder
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
 from nexus_audit.domain.pricing import BYTES_PER_GB
-from nexus_audit.exposure import is_exposed
 from nexus_audit.history.store import AccountState, CrawlInfo
 
 #: Statuses reported by ``nexus_stale_instances`` (zero when none, so alerts see 0).

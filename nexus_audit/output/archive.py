@@ -13,7 +13,7 @@ past the retries aborts the upload. Memory stays bounded by one part: parts are 
 from the source (bytes or a file) as they are sent.
 
 Evidence must not leak: :func:`check_bucket` refuses a bucket that the account's latest
-successful bucket crawl saw exposed (:func:`nexus_audit.exposure.is_exposed`, fail closed on
+successful bucket crawl saw exposed (:func:`nexus_audit.domain.exposure.is_exposed`, fail closed on
 unknown access values). A bucket no crawl has seen is allowed with a warning: the store
 cannot say anything about it, and refusing would block every new evidence bucket until
 the next crawl. Run ``nexus-audit crawl --kinds buckets`` first to have it checked.
@@ -37,6 +37,7 @@ from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats, CloudNexusClient, Reply, object_path
 from nexus_audit.audit.report import Report
 from nexus_audit.config import AccountConfig, Settings
+from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
 from nexus_audit.errors import (
     ApiError,
@@ -46,7 +47,6 @@ from nexus_audit.errors import (
     ProtocolError,
     UsageError,
 )
-from nexus_audit.exposure import is_exposed
 from nexus_audit.history.store import AccountState
 from nexus_audit.logs import get_logger
 

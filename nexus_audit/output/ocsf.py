@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final
 
-from nexus_audit import escape
 from nexus_audit.audit.findings import Finding
+from nexus_audit.domain import escape
 from nexus_audit.domain.policy import RULES
 from nexus_audit.domain.timeutil import isoformat
 
@@ -147,7 +147,7 @@ def event(finding: Finding, *, product_version: str) -> dict[str, Any]:
 
 def render_ocsf(findings: Iterable[Finding], *, product_version: str) -> str:
     """One compact JSON event per line (JSON lines); empty when there is no finding. No
-    event holds a raw line separator or C1 control (:func:`nexus_audit.escape.json_text`),
+    event holds a raw line separator or C1 control (:func:`nexus_audit.domain.escape.json_text`),
     so readers that split on any Unicode line break still see one event per line."""
     return "".join(escape.json_text(json.dumps(event(f, product_version=product_version),
                                                ensure_ascii=False, separators=(",", ":")))

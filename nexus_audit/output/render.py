@@ -4,7 +4,7 @@ The table shortens long lists ("… and N more") and wraps long cells onto more 
 cutting a value (a cut "public-read…" could be "public-read-write"); JSON, Markdown and CSV
 never drop a row. Money shows 2 decimals in the table and Markdown, 6 in JSON and CSV.
 
-Every value is escaped for the format's reader (:mod:`nexus_audit.escape`): the table's
+Every value is escaped for the format's reader (:mod:`nexus_audit.domain.escape`): the table's
 cells show control characters as visible escapes, Markdown cells cannot break a row or
 carry HTML, CSV text cannot start a formula, JSON escapes C1 controls and U+2028/U+2029.
 """
@@ -20,9 +20,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from nexus_audit import __version__, escape
+from nexus_audit import __version__
 from nexus_audit.audit.findings import summary
 from nexus_audit.audit.report import Report
+from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import isoformat
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.output.ocsf import render_ocsf
