@@ -63,7 +63,8 @@ def test_report_json_has_the_contract_keys(rich: Report) -> None:
     d = rich.to_json_dict()
     assert list(d) == ["generated_at", "window", "accounts", "crawls", "inventory", "cost",
                        "drift", "public_buckets", "exposures", "stale_instances", "pricing"]
-    assert set(d["crawls"]) == {"count", "succeeded", "failed", "last_success", "coverage"}
+    assert set(d["crawls"]) == {"count", "succeeded", "failed", "last_success", "coverage",
+                                "clock_skews"}
     assert set(d["cost"]) == {"currency", "accrued", "run_rate_hourly"}
     assert set(d["cost"]["accrued"]) == {"total", "compute", "storage", "by_region"}
     assert all(set(x) == {"kind", "id", "change", "field", "old", "new", "observed_at",

@@ -7,10 +7,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.history.store import MIGRATIONS, SCHEMA_VERSION, Store
+from nexus_audit.report import build_report
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -144,12 +148,67 @@ def test_duplicate_ids_in_one_crawl_keep_one_version(store: Store) -> None:
             ("i-1", "running")]
 
 
-def test_out_of_order_commit_is_refused(store: Store) -> None:
-    """A crawl finishing before the latest committed one of its kind would corrupt order."""
-    crawl(store, T0 + timedelta(hours=1), instances=[inst("i-1")])
-    with pytest.raises(StoreError, match="committed in order"):
-        crawl(store, T0, instances=[inst("i-2")])
-    assert versions(store, "instance_versions") == [("i-1", 1, None)]
+def test_a_clock_step_back_re_dates_the_earlier_crawls(store: Store) -> None:
+    """A crawl finishing before crawls already committed for its account and kind (the
+    clock stepped back 30 days) is committed; in the same transaction the earlier crawls
+    are re-dated to its end and each correction is kept, so the report over the real
+    time orders them consistently and says what was corrected."""
+    ahead = T0 + timedelta(days=30)
+    crawl(store, T0 - HOUR, instances=[inst("i-0")])  # before the skew: untouched
+    crawl(store, ahead, instances=[inst("i-1")])  # the clock 30 days ahead
+    crawl(store, ahead + HOUR, instances=[inst("i-1")], failed=True)
+    crawl(store, ahead, buckets=[bucket("b-1")])  # another kind: untouched
+    with capture_logs() as logs:
+        assert crawl(store, T0, instances=[inst("i-1"), inst("i-2")]) == 5
+    with store.read() as con:
+        dates = con.execute("SELECT crawl_id, started_at, finished_at FROM crawls "
+                            "ORDER BY crawl_id").fetchall()
+        skews = con.execute("SELECT * FROM clock_skews ORDER BY crawl_id").fetchall()
+    assert [(c, f) for c, _, f in dates] == [
+        (1, T0 - HOUR), (2, T0), (3, T0), (4, ahead), (5, T0)]
+    assert all(started <= finished for _, started, finished in dates)
+    assert [(c, a, rs, rf, to, by) for c, a, rs, rf, to, by, _ in skews] == [
+        (2, "acme", ahead - timedelta(seconds=30), ahead, T0, 5),
+        (3, "acme", ahead + HOUR - timedelta(seconds=30), ahead + HOUR, T0, 5)]
+    [event] = [e for e in logs if e["event"] == "store.clock_skew"]
+    assert event["log_level"] == "warning"
+    assert event["seconds"] == (30 * 24 + 1) * 3600
+    assert event["redated"] == [2, 3]
+    assert versions(store, "instance_versions") == [
+        ("i-0", 1, 2), ("i-1", 2, None), ("i-2", 5, None)]
+    (state,) = store.latest()
+    assert state.instances_as_of == T0
+    assert state.clock_corrections == {"instances": 2}
+    report = build_report(store, Window(T0 - 2 * HOUR, T0 + HOUR), stale_after=7 * 24 * HOUR,
+                          pending_stale_after=HOUR, max_gap_instances=2 * HOUR,
+                          max_gap_buckets=2 * HOUR, pricing=load_pricing(None), now=T0 + HOUR)
+    assert report.inventory.instances_total == 2
+    assert [(d.id, d.change, d.observed_at) for d in report.drift] == [
+        ("i-0", "removed", T0), ("i-1", "added", T0), ("i-2", "added", T0)]
+    skewed = report.to_json_dict()["crawls"]["clock_skews"]
+    assert [(k["crawl_id"], k["corrected_to"], k["seconds"], k["detected_by_crawl"])
+            for k in skewed] == [(2, "2026-03-01T00:00:00Z", 30 * 24 * 3600, 5),
+                                 (3, "2026-03-01T00:00:00Z", (30 * 24 + 1) * 3600, 5)]
+    # Recording goes on: the next crawl on the stepped-back clock commits normally.
+    assert crawl(store, T0 + HOUR, instances=[inst("i-2")]) == 6
+
+
+def test_a_re_dated_crawl_of_both_kinds_pulls_the_other_kind_along(store: Store) -> None:
+    """A re-dated crawl that covered both kinds moves the earlier crawls of the other kind
+    too, so finished_at never decreases along either kind's crawls; a later crawl of the
+    other kind alone is left alone."""
+    ahead = T0 + timedelta(days=1)
+    crawl(store, ahead - HOUR, instances=[inst("i-1")])
+    crawl(store, ahead, instances=[inst("i-1")], buckets=[bucket("b-1")])
+    crawl(store, ahead + HOUR, instances=[inst("i-1")])
+    crawl(store, T0, buckets=[bucket("b-1")])
+    with store.read() as con:
+        assert con.execute("SELECT crawl_id, finished_at FROM crawls ORDER BY crawl_id"
+                           ).fetchall() == [(1, T0), (2, T0), (3, ahead + HOUR), (4, T0)]
+        assert con.execute("SELECT crawl_id FROM clock_skews ORDER BY 1").fetchall() == [
+            (1,), (2,)]
+    # The memo of the other kind was dropped: its next commit sees the corrected dates.
+    assert crawl(store, ahead + 2 * HOUR, instances=[inst("i-1")]) == 5
 
 
 def test_latest_state_and_previous_regions(store: Store) -> None:

@@ -12,6 +12,11 @@ Conventions (see the queries for the SQL):
   last successful crawl of each kind before ``until``.
 - ``crawls.coverage`` (an extension of the DESIGN.md contract): covered and window seconds
   summed over every (account, kind) stream, their ratio, and each coverage gap.
+- ``crawls.clock_skews`` (an extension too): crawls re-dated because the clock stepped
+  back, detected by a crawl that finished inside the window (see
+  :mod:`nexus_audit.history.store`).
+  A Parquet export carries no correction log: there the list is empty (the crawls' dates
+  are the corrected ones either way).
 - Money is rounded to 6 decimals in JSON (the table shows 2).
 """
 
@@ -70,6 +75,19 @@ class Coverage:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSkew:
+    """A crawl re-dated because a crawl committed after it finished earlier."""
+
+    account: str
+    crawl_id: int
+    kinds: tuple[str, ...]
+    recorded_finished_at: datetime
+    corrected_to: datetime
+    seconds: float
+    detected_by_crawl: int
+
+
+@dataclass(frozen=True, slots=True)
 class CrawlCounts:
     """Crawls finished inside the window."""
 
@@ -78,6 +96,8 @@ class CrawlCounts:
     failed: int
     last_success: datetime | None
     coverage: Coverage
+    #: Corrections of a clock that stepped back, detected inside the window.
+    clock_skews: tuple[ClockSkew, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +231,12 @@ class Report:
                     "gaps": [{"account": g.account, "kind": g.kind, "start": isoformat(g.start),
                               "end": isoformat(g.end)} for g in cov.gaps],
                 },
+                "clock_skews": [
+                    {"account": k.account, "crawl_id": k.crawl_id, "kinds": list(k.kinds),
+                     "recorded_finished_at": isoformat(k.recorded_finished_at),
+                     "corrected_to": isoformat(k.corrected_to),
+                     "seconds": round(k.seconds, 3), "detected_by_crawl": k.detected_by_crawl}
+                    for k in self.crawls.clock_skews],
             },
             "inventory": {
                 "instances": {"total": self.inventory.instances_total,
@@ -408,13 +434,21 @@ def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window:
     n_streams = int(streams[0]) if streams else 0
     covered = con.execute("SELECT coalesce(sum(covered_s), 0) FROM obs").fetchone()
     gaps = tuple(Gap(a, k, _utc(s), _utc(e)) for a, k, s, e in run_query(con, "coverage", values))
+    try:
+        skews = tuple(
+            ClockSkew(account=a, crawl_id=int(c), kinds=tuple(k), recorded_finished_at=_utc(r),
+                      corrected_to=_utc(t), seconds=float(sec), detected_by_crawl=int(d))
+            for a, c, k, r, t, sec, d in run_query(con, "clock_skews", values))
+    except duckdb.CatalogException:
+        skews = ()  # a Parquet export: no correction log (its crawls carry the new dates)
     return CrawlCounts(
         count=sum(int(r[1]) for r in rows), succeeded=sum(int(r[2]) for r in rows),
         failed=sum(int(r[3]) for r in rows),
         last_success=_utc(max(last)) if last else None,
         coverage=Coverage(covered_seconds=float(covered[0]) if covered else 0.0,
                           window_seconds=window.length.total_seconds() * n_streams,
-                          gaps=gaps))
+                          gaps=gaps),
+        clock_skews=skews)
 
 
 def _inventory(rows: list[tuple[Any, ...]]) -> Inventory:

@@ -55,6 +55,8 @@ class AccountState:
     last_success: Mapping[Kind, datetime]
     #: Number of crawls of this account by status (``succeeded``, ``failed``).
     crawls_by_status: Mapping[str, int]
+    #: Crawls re-dated because the clock stepped back (``clock_skews``), by kind covered.
+    clock_corrections: Mapping[Kind, int] = field(default_factory=dict)
 
 
 
@@ -67,6 +69,10 @@ _LAST_SUCCESS: Final = """
     SELECT account, kind, max(finished_at) FROM
         (SELECT account, unnest(kinds) AS kind, finished_at FROM crawls
          WHERE status = 'succeeded')
+    GROUP BY ALL"""
+_CLOCK_CORRECTIONS: Final = """
+    SELECT s.account, k.kind, count(*) FROM clock_skews s
+    JOIN (SELECT crawl_id, unnest(kinds) AS kind FROM crawls) k USING (crawl_id)
     GROUP BY ALL"""
 
 
@@ -87,6 +93,9 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[
     success: dict[str, dict[Kind, datetime]] = {}
     for account, kind, finished in con.execute(_LAST_SUCCESS).fetchall():
         success.setdefault(account, {})[kind] = _utc(finished)
+    corrections: dict[str, dict[Kind, int]] = {}
+    for account, kind, n in con.execute(_CLOCK_CORRECTIONS).fetchall():
+        corrections.setdefault(account, {})[kind] = int(n)
     instances: dict[str, list[Instance]] = {}
     cols = ", ".join(INSTANCE_COLUMNS)
     make_instance = Instance._make
@@ -118,6 +127,7 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[
             last_crawl=last.get(account, {}),
             last_success=ok,
             crawls_by_status=counts[account],
+            clock_corrections=corrections.get(account, {}),
         ))
     return states
 

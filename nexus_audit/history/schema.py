@@ -114,5 +114,18 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 FROM bucket_size_log WHERE until_crawl IS NULL)
             WHERE removed IS NOT TRUE""",
     )),
+    # v4: a clock that stepped back. A crawl that finished before crawls already committed
+    # for its account and kinds re-dates them to its own end (their observation cannot have
+    # been later than a crawl committed after them); each correction is kept here.
+    (4, (
+        """CREATE TABLE clock_skews (
+            crawl_id BIGINT NOT NULL,
+            account VARCHAR NOT NULL,
+            recorded_started_at TIMESTAMPTZ NOT NULL,
+            recorded_finished_at TIMESTAMPTZ NOT NULL,
+            corrected_to TIMESTAMPTZ NOT NULL,
+            detected_by_crawl BIGINT NOT NULL,
+            detected_at TIMESTAMPTZ NOT NULL)""",
+    )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

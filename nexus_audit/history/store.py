@@ -34,8 +34,15 @@ touches a staging database. If another process (or Store) committed in between, 
 snapshot is stale: the records skipped as unchanged are staged from the history as the
 snapshot's crawl saw it, and the full set-based comparison runs instead.
 
-Observation time: a crawl observes the fleet at its ``finished_at``. Crawls of one
-account and kind must be committed in the order they finished.
+Observation time: a crawl observes the fleet at its ``finished_at``, and crawls of one
+account and kind are ordered by crawl id (the order they were committed). A clock that
+stepped back shows as a crawl finishing before crawls already committed for its account
+and kinds: it is committed all the same and, in the same transaction, those earlier crawls
+(any status) are re-dated to its ``finished_at`` (their observation cannot have been
+later than a crawl committed after them), each correction kept in ``clock_skews`` (see
+:func:`nexus_audit.history.writes.redate`). So ``finished_at`` never decreases along one
+account and kind's crawl ids, queries that order by it stay consistent, and recording
+goes on without a human.
 """
 
 
@@ -78,9 +85,13 @@ from nexus_audit.history.writes import (
     compact,
     diff_plan,
     parsed,
+    redate,
     state_from_rows,
     transaction,
 )
+from nexus_audit.logs import get_logger
+
+log = get_logger(__name__)
 
 #: The store's vocabulary, importable from here (each defined in its own module).
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AccountState", "CrawlInfo", "StagedCrawl", "Store"]
@@ -233,7 +244,6 @@ class Store:
                                      settle=compact) as commit:
                 cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
-                self._check_order(summary, tail, history=staged is not None)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
                 diff: dict[Kind, bool] = {}
                 if staged is not None:
@@ -246,18 +256,36 @@ class Store:
                                 self._snapshots.pop((account, kind), None)
                                 raise
                             staged.table(kind)
+                end = summary.finished_at
+                ahead = [t for t in (tail.any_end[k] for k in kinds) if t is not None and t > end]
                 with transaction(cursor):
+                    skews = (redate(commit, account, kinds, end, crawl_id, self.clock.now())
+                             if ahead else [])
                     self._insert_crawl(commit, summary, kinds, crawl_id)
                     if staged is not None:
                         for kind in kinds:
                             self._advance(commit, staged, kind, crawl_id, diff=diff[kind])
                 memo[LAST_ID] = crawl_id
+                for kind in KINDS:
+                    if kind not in kinds and any(kind in s.kinds for s in skews):
+                        memo.pop((account, kind), None)  # re-dated: ask the database
+                for kind in kinds:
+                    success = tail.end[kind]
+                    memo[(account, kind)] = (
+                        tail.crawl[kind], None if success is None else min(success, end), end)
                 if staged is not None:
                     memo.setdefault(DIRTY, set()).update(
                         LOGS[view] for kind in kinds for view in VIEWS[kind])
                     for kind in kinds:
                         self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
-                        memo[(account, kind)] = (crawl_id, summary.finished_at)
+                        memo[(account, kind)] = (crawl_id, end, end)
+                if skews:
+                    log.warning("store.clock_skew", account=account, kinds=list(kinds),
+                                crawl_id=crawl_id, finished_at=isoformat(end),
+                                seconds=round(max(s.seconds for s in skews), 3),
+                                redated=[s.crawl_id for s in skews],
+                                hint="a crawl finished before crawls committed earlier (the "
+                                     "clock stepped back?); those were re-dated to its end")
                 return crawl_id
 
     def _tail(self, cursor: duckdb.DuckDBPyConnection, h: str, account: str,
@@ -271,7 +299,8 @@ class Store:
         known = [memo.get((account, k)) for k in kinds]
         if last_id is not None and None not in known:
             return Tail(last_id, {k: v[0] for k, v in zip(kinds, known, strict=True) if v},
-                         {k: v[1] for k, v in zip(kinds, known, strict=True) if v})
+                        {k: v[1] for k, v in zip(kinds, known, strict=True) if v},
+                        {k: v[2] for k, v in zip(kinds, known, strict=True) if v})
         snapshots = [self._snapshots.get((account, k)) for k in kinds]
         state = None
         try:
@@ -293,22 +322,13 @@ class Store:
                              f"expected {SCHEMA_VERSION}); call migrate() first")
         _, latest_id, *per_kind = state
         tail = Tail(int(latest_id or 0),
-                     {k: per_kind[2 * n] for n, k in enumerate(KINDS) if k in kinds},
-                     {k: per_kind[2 * n + 1] for n, k in enumerate(KINDS) if k in kinds})
+                    {k: per_kind[3 * n] for n, k in enumerate(KINDS) if k in kinds},
+                    {k: per_kind[3 * n + 1] for n, k in enumerate(KINDS) if k in kinds},
+                    {k: per_kind[3 * n + 2] for n, k in enumerate(KINDS) if k in kinds})
         memo[LAST_ID] = tail.last_id
         for kind in kinds:
-            memo[(account, kind)] = (tail.crawl[kind], tail.end[kind])
+            memo[(account, kind)] = (tail.crawl[kind], tail.end[kind], tail.any_end[kind])
         return tail
-
-    @staticmethod
-    def _check_order(summary: CrawlSummary, tail: Tail, *, history: bool) -> None:
-        """Refuse a crawl that finished before the latest committed one of its kinds."""
-        latest_end = max((e for e in tail.end.values() if e is not None), default=None)
-        if history and latest_end is not None and latest_end > summary.finished_at:
-            raise StoreError(
-                f"crawl of {summary.account} finished at {isoformat(summary.finished_at)}, "
-                f"before the latest committed crawl of its kinds ({isoformat(latest_end)}); "
-                "crawls of one account and kind must be committed in order")
 
     @staticmethod
     def _insert_crawl(commit: duckfile.Commit, summary: CrawlSummary,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import duckdb
@@ -181,8 +181,8 @@ def compact(commit: duckfile.Commit) -> None:
 
 
 #: What a commit checks before writing: the schema version, the latest crawl id, and per
-#: kind (in :data:`KINDS` order) the account's latest successful crawl and its end. One
-#: statement, aggregated over every crawl.
+#: kind (in :data:`KINDS` order) the account's latest successful crawl, its end, and the
+#: latest end of any crawl. One statement, aggregated over every crawl.
 WRITE_STATE: Final = """
     SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), * FROM (
         SELECT max(crawl_id),
@@ -190,14 +190,17 @@ WRITE_STATE: Final = """
                                      AND list_contains(kinds, 'instances')),
                max(finished_at) FILTER (account = $a AND status = 'succeeded'
                                         AND list_contains(kinds, 'instances')),
+               max(finished_at) FILTER (account = $a AND list_contains(kinds, 'instances')),
                max(crawl_id) FILTER (account = $a AND status = 'succeeded'
                                      AND list_contains(kinds, 'buckets')),
                max(finished_at) FILTER (account = $a AND status = 'succeeded'
-                                        AND list_contains(kinds, 'buckets'))
+                                        AND list_contains(kinds, 'buckets')),
+               max(finished_at) FILTER (account = $a AND list_contains(kinds, 'buckets'))
         FROM @h@.crawls)"""
 #: The same from the crawls since the oldest snapshot's, which is no earlier than anything
-#: the answers for the snapshots' kinds depend on (crawls of one account and kind commit
-#: in order): usually one row, and a plain scan costs a fraction of the aggregates above.
+#: the answers for the snapshots' kinds depend on (along one account and kind's crawl ids,
+#: ``finished_at`` never decreases: see :func:`redate`): usually one row, and a plain scan
+#: costs a fraction of the aggregates above.
 CRAWLS_SINCE: Final = """
     SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), crawl_id, account,
            status, kinds, finished_at
@@ -209,11 +212,78 @@ LAST_ID: Final = "last_id"
 @dataclass(frozen=True, slots=True)
 class Tail:
     """Where the history ends, for a commit: the latest crawl id, and per kind committed
-    the account's latest successful crawl and when it finished."""
+    the account's latest successful crawl, when it finished, and when the latest crawl of
+    any status finished."""
 
     last_id: int
     crawl: dict[Kind, int | None]
     end: dict[Kind, datetime | None]
+    any_end: dict[Kind, datetime | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockSkew:
+    """One crawl re-dated because a crawl committed after it finished earlier."""
+
+    crawl_id: int
+    account: str
+    kinds: tuple[str, ...]
+    recorded_started_at: datetime
+    recorded_finished_at: datetime
+    corrected_to: datetime
+    detected_by_crawl: int
+    detected_at: datetime
+
+    @property
+    def seconds(self) -> float:
+        """How far the crawl was moved back."""
+        return (self.recorded_finished_at - self.corrected_to).total_seconds()
+
+
+def redate(commit: duckfile.Commit, account: str, kinds: Sequence[Kind], end: datetime,
+           crawl_id: int, now: datetime) -> list[ClockSkew]:
+    """Re-date the crawls committed before ``crawl_id`` that finished after ``end`` (inside
+    the commit's transaction); the corrections, also kept in ``clock_skews``.
+
+    A crawl committed earlier observed the fleet no later than one committed after it, so
+    a later ``finished_at`` there can only come from a clock that stepped back since: each
+    such crawl of the account covering ``kinds`` gets ``end`` (and a ``started_at`` no
+    later). A re-dated crawl that also covers another kind pulls that kind's earlier
+    crawls past ``end`` along with it, so ``finished_at`` never decreases along any of
+    the account's kinds.
+    """
+    cursor, h = commit.cursor, commit.alias
+    rows = cursor.execute(
+        f"""SELECT crawl_id, kinds, started_at, finished_at FROM {h}.crawls
+            WHERE account = $a AND finished_at > $t AND crawl_id < $c
+            ORDER BY crawl_id DESC""", {"a": account, "t": end, "c": crawl_id}).fetchall()
+    # reach[kind]: the crawls of that kind with a smaller id than this are re-dated.
+    reach: dict[str, int] = dict.fromkeys(kinds, crawl_id)
+    chosen: dict[int, ClockSkew] = {}
+    for ident, covered, started, finished in rows:
+        # Newest first, so each kind's reach is final before smaller ids come.
+        if any(ident < reach.get(k, -1) for k in covered):
+            chosen[int(ident)] = ClockSkew(
+                crawl_id=int(ident), account=account, kinds=tuple(covered),
+                recorded_started_at=started.astimezone(UTC),
+                recorded_finished_at=finished.astimezone(UTC),
+                corrected_to=end, detected_by_crawl=crawl_id, detected_at=now)
+            for k in covered:
+                reach[k] = max(reach.get(k, -1), int(ident))
+    skews = sorted(chosen.values(), key=lambda s: s.crawl_id)
+    if not skews:
+        return []
+    ids = [s.crawl_id for s in skews]
+    cursor.execute(
+        f"""INSERT INTO {h}.clock_skews
+            SELECT unnest($ids), $a, unnest($starts), unnest($ends), $t, $c, $now""",
+        {"ids": ids, "a": account, "starts": [s.recorded_started_at for s in skews],
+         "ends": [s.recorded_finished_at for s in skews], "t": end, "c": crawl_id,
+         "now": now})
+    cursor.execute(
+        f"""UPDATE {h}.crawls SET started_at = least(started_at, $t), finished_at = $t
+            WHERE crawl_id IN (SELECT unnest($ids))""", {"t": end, "ids": ids})
+    return skews
 
 
 INSERT_CRAWL: Final = """
@@ -247,8 +317,9 @@ def state_from_rows(rows: Sequence[tuple[Any, ...]], account: str) -> tuple[Any,
         return None
     per_kind: list[Any] = []
     for kind in KINDS:
-        ours = [row for row in rows
-                if row[2] == account and row[3] == "succeeded" and kind in row[4]]
+        covering = [row for row in rows if row[2] == account and kind in row[4]]
+        ours = [row for row in covering if row[3] == "succeeded"]
         per_kind += [max((row[1] for row in ours), default=None),
-                     max((row[5] for row in ours), default=None)]
+                     max((row[5] for row in ours), default=None),
+                     max((row[5] for row in covering), default=None)]
     return (rows[0][0], max(row[1] for row in rows), *per_kind)

@@ -261,6 +261,14 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
         out += _grid(["account", "kind", "start", "end"], cov.gaps,
                      lambda g: [g.account, g.kind, isoformat(g.start) or "",
                                 isoformat(g.end) or ""], max_rows, keep=(2, 3))
+    if c.clock_skews:
+        out += _pairs([("clock skews", f"{len(c.clock_skews)} crawls re-dated (the clock "
+                                       "stepped back)")])
+        out += _grid(["account", "crawl", "recorded end", "moved to", "seconds"],
+                     c.clock_skews,
+                     lambda k: [k.account, str(k.crawl_id), isoformat(k.recorded_finished_at)
+                                or "", isoformat(k.corrected_to) or "", f"{k.seconds:g}"],
+                     max_rows, keep=(2, 3))
     inv = report.inventory
     out += _section("Inventory")
     out += _pairs([
@@ -366,6 +374,13 @@ def render_markdown(report: Report) -> str:
                          [[g.account, g.kind, isoformat(g.start), isoformat(g.end)]
                           for g in c.coverage.gaps])
         out.append("")
+    if c.clock_skews:
+        out += [f"Crawls re-dated because the clock stepped back: {len(c.clock_skews)}", ""]
+        out += _md_table(["account", "crawl", "recorded end", "moved to", "seconds"],
+                         [[k.account, k.crawl_id, isoformat(k.recorded_finished_at),
+                           isoformat(k.corrected_to), f"{k.seconds:g}"]
+                          for k in c.clock_skews])
+        out.append("")
     inv = d["inventory"]
     out += ["## Inventory", "",
             f"- Instances: {inv['instances']['total']}"
@@ -453,6 +468,10 @@ def render_csv(report: Report) -> str:
     for g in crawls["coverage"]["gaps"]:
         row("coverage_gap", account=g["account"], kind=g["kind"], start=g["start"],
             end=g["end"])
+    for k in crawls["clock_skews"]:
+        row("clock_skew", account=k["account"], kind=",".join(k["kinds"]), id=k["crawl_id"],
+            start=k["recorded_finished_at"], end=k["corrected_to"], metric="seconds",
+            value=k["seconds"])
     inv = d["inventory"]
     for status, n in inv["instances"]["by_status"].items():
         row("inventory", kind="instance", status=status, metric="count", value=n)
