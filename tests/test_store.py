@@ -14,6 +14,7 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.history.store import MIGRATIONS, SCHEMA_VERSION, Store
+from nexus_audit.output.render import render
 from nexus_audit.report import build_report
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -189,6 +190,11 @@ def test_a_clock_step_back_re_dates_the_earlier_crawls(store: Store) -> None:
     assert [(k["crawl_id"], k["corrected_to"], k["seconds"], k["detected_by_crawl"])
             for k in skewed] == [(2, "2026-03-01T00:00:00Z", 30 * 24 * 3600, 5),
                                  (3, "2026-03-01T00:00:00Z", (30 * 24 + 1) * 3600, 5)]
+    assert "2 crawls re-dated" in render(report, "table")
+    assert "| acme | 3 | 2026-03-31T01:00:00Z | 2026-03-01T00:00:00Z | 2595600 |" in render(
+        report, "markdown")
+    assert ("clock_skew,acme,instances,2,,,,,,,,,2026-03-31T00:00:00Z,2026-03-01T00:00:00Z,,"
+            "seconds,2592000.0") in render(report, "csv").splitlines()
     # Recording goes on: the next crawl on the stepped-back clock commits normally.
     assert crawl(store, T0 + HOUR, instances=[inst("i-2")]) == 6
 
@@ -326,6 +332,33 @@ def test_version_2_history_upgrades_to_logs_and_views(tmp_path: Path) -> None:
     assert versions(s, "instance_versions") == [("i-1", 1, 2), ("i-1", 2, None)]
     assert versions(s, "bucket_versions") == [("b-1", 1, 3)]
     assert versions(s, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, 3)]
+
+
+def test_version_3_history_upgrades_and_a_step_back_then_commits(tmp_path: Path) -> None:
+    """Version 4 adds the clock_skews log: a version-3 file with a crawl dated 30 days
+    ahead (once refusing every later commit) upgrades in place, and the next crawl on the
+    right clock commits and re-dates it."""
+    import duckdb
+
+    s = Store(tmp_path / "v3.duckdb")
+    s.migrate(target=3)
+    ahead = T0 + timedelta(days=30)
+    with duckdb.connect(str(s.path)) as con:  # a crawl as version 3 wrote it
+        con.execute("""INSERT INTO crawls VALUES (1, 'acme', ['instances'], $t, $t,
+                       'succeeded', 1, 0, 1, 0, NULL, NULL, NULL, NULL, '{}')""", {"t": ahead})
+        con.execute("""INSERT INTO instance_log VALUES ('acme', 'i-1', 'i-1', 'running',
+                       'eu-1', 2, 2.0, 'micro', '{}', NULL, '{}', 1, NULL, false)""")
+    s.migrate()
+    with s.read() as con:
+        assert con.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+        assert con.execute("SELECT count(*) FROM clock_skews").fetchone() == (0,)
+    assert crawl(s, T0, instances=[inst("i-1")]) == 2
+    with s.read() as con:
+        assert con.execute("SELECT crawl_id, recorded_finished_at, corrected_to, "
+                           "detected_by_crawl FROM clock_skews").fetchall() == [
+            (1, ahead, T0, 2)]
+        assert con.execute("SELECT finished_at FROM crawls WHERE crawl_id = 1"
+                           ).fetchone() == (T0,)
 
 
 def test_newer_schema_is_refused(store: Store) -> None:

@@ -230,6 +230,11 @@ def _wrapped_row(cells: Sequence[str], widths: Sequence[int]) -> list[str]:
             for n in range(height)]
 
 
+def _seconds(value: float) -> str:
+    """Seconds to the millisecond, without trailing zeros (``2595600``, ``0.25``)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def _pairs(items: Iterable[tuple[str, str]]) -> list[str]:
     pairs = list(items)
     key_width = max((len(k) for k, _ in pairs), default=0)
@@ -267,7 +272,7 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
         out += _grid(["account", "crawl", "recorded end", "moved to", "seconds"],
                      c.clock_skews,
                      lambda k: [k.account, str(k.crawl_id), isoformat(k.recorded_finished_at)
-                                or "", isoformat(k.corrected_to) or "", f"{k.seconds:g}"],
+                                or "", isoformat(k.corrected_to) or "", _seconds(k.seconds)],
                      max_rows, keep=(2, 3))
     inv = report.inventory
     out += _section("Inventory")
@@ -378,7 +383,7 @@ def render_markdown(report: Report) -> str:
         out += [f"Crawls re-dated because the clock stepped back: {len(c.clock_skews)}", ""]
         out += _md_table(["account", "crawl", "recorded end", "moved to", "seconds"],
                          [[k.account, k.crawl_id, isoformat(k.recorded_finished_at),
-                           isoformat(k.corrected_to), f"{k.seconds:g}"]
+                           isoformat(k.corrected_to), _seconds(k.seconds)]
                           for k in c.clock_skews])
         out.append("")
     inv = d["inventory"]
