@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from nexus_audit.api.client import ApiStats, CloudNexusClient
@@ -48,6 +49,8 @@ log = get_logger(__name__)
 #: Records handed to the sink at once: big enough for DuckDB's appender to be efficient,
 #: small enough that memory stays flat however large the fleet.
 BATCH_SIZE: Final = 1000
+#: The error code of a complete crawl the store refused to commit (recorded as failed).
+COMMIT_REFUSED: Final = "COMMIT_REFUSED"
 _SAMPLE: Final = 5
 
 T = TypeVar("T")
@@ -355,8 +358,10 @@ async def crawl_and_commit(
     """Begin a staged crawl, crawl, then commit it, or record the failure (nothing else).
 
     The store's calls block (DuckDB), so they run in a worker thread. On cancellation
-    the staged records are discarded and the cancellation propagates. A store failure
-    while committing raises :class:`StoreError` (the crawl is not history then).
+    the staged records are discarded and the cancellation propagates. A complete crawl the
+    store refuses to commit is not history: it is recorded as failed with the code
+    ``COMMIT_REFUSED`` and the store's reason, and that failed summary is returned; only
+    when the store cannot record even that does :class:`StoreError` propagate.
     """
     wanted = normalize_kinds(kinds)
     previous: Sequence[str] = ()
@@ -370,7 +375,19 @@ async def crawl_and_commit(
         await asyncio.to_thread(staged.discard)
         raise
     if summary.status == "succeeded":
-        await asyncio.to_thread(store.commit, staged, summary)
+        try:
+            await asyncio.to_thread(store.commit, staged, summary)
+        except StoreError as exc:
+            refused = replace(summary, status="failed", error_code=COMMIT_REFUSED,
+                              error=f"the store refused the commit: {_one_line(exc)}")
+            try:
+                await asyncio.to_thread(store.record_failure, refused)
+            except StoreError:
+                raise exc from None  # nothing could be recorded: the caller counts it
+            log.error("crawl.commit_refused", account=account.name, kinds=list(wanted),
+                      error=refused.error, error_code=COMMIT_REFUSED,
+                      hint="the crawl was recorded as failed; nothing of it is history")
+            return refused
     else:
         await asyncio.to_thread(store.record_failure, summary, staged)
     return summary

@@ -192,6 +192,11 @@ class FakeClock:
         self._mono += seconds
         self._wall += timedelta(seconds=seconds)
 
+    def step_wall(self, moment: datetime) -> None:
+        """Set the wall clock to ``moment`` (a clock step, even backwards); the monotonic
+        clock does not move."""
+        self._wall = moment
+
     async def sleep(self, seconds: float) -> None:
         """Record the sleep, advance time, and yield to the loop once."""
         seconds = max(0.0, seconds)

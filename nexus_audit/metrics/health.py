@@ -41,6 +41,11 @@ class CrawlStateCollector(Collector):
         nexus_audit_crawl_success{account="prod",kind="instances"} 1
         nexus_audit_last_success_timestamp_seconds{account="prod",kind="instances"} 1.7e+09
         nexus_audit_total_mismatch{account="prod",kind="instances"} 0
+        nexus_audit_clock_skew_corrections_total{account="prod",kind="instances"} 0
+
+    A crawl that failed to commit and could not even be recorded (the snapshot's
+    ``unrecorded``) counts as the last crawl: success 0 until a crawl of that kind is
+    recorded again.
     """
 
     def __init__(self, holder: SnapshotHolder) -> None:
@@ -60,14 +65,24 @@ class CrawlStateCollector(Collector):
             "nexus_audit_total_mismatch",
             "1 if the last crawl collected a count different from pagination.total.",
             labels=labels)
-        for (account, kind), info in sorted(snap.last_crawl.items()):
-            success.add_metric([account, kind], 1 if info.status == "succeeded" else 0)
-            mismatch.add_metric([account, kind], 1 if info.total_mismatch else 0)
+        corrections = CounterMetricFamily(
+            "nexus_audit_clock_skew_corrections",
+            "Crawls re-dated because a crawl committed after them finished earlier (the "
+            "clock stepped back), by kind.", labels=labels)
+        for key in sorted(set(snap.last_crawl) | set(snap.unrecorded)):
+            info = snap.last_crawl.get(key)
+            ok = info is not None and info.status == "succeeded" and key not in snap.unrecorded
+            success.add_metric(list(key), 1 if ok else 0)
+            if info is not None:
+                mismatch.add_metric(list(key), 1 if info.total_mismatch else 0)
         for (account, kind), moment in sorted(snap.last_success.items()):
             last.add_metric([account, kind], moment.timestamp())
+        for (account, kind), n in sorted(snap.clock_corrections.items()):
+            corrections.add_metric([account, kind], n)
         yield success
         yield last
         yield mismatch
+        yield corrections
 
 
 @dataclass

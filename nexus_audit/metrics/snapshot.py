@@ -80,6 +80,11 @@ class Snapshot:
     last_success: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
     #: Current policy findings by (account, rule, severity, status); None without a policy.
     findings: Mapping[tuple[str, str, str, str], int] | None = None
+    #: Crawls re-dated because the clock stepped back, by (account, kind): from the store.
+    clock_corrections: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Crawls of (account, kind) that failed to commit and could not even be recorded as
+    #: failed since its last recorded crawl (the store's reason): from ``serve`` alone.
+    unrecorded: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def build_snapshot(
@@ -119,6 +124,7 @@ def build_snapshot(
     as_of: dict[tuple[str, str], float] = {}
     last_crawl: dict[tuple[str, str], CrawlInfo] = {}
     last_success: dict[tuple[str, str], datetime] = {}
+    corrections: dict[tuple[str, str], int] = {}
     stale_counts: dict[tuple[str, str], int] = {}
     accounts: list[str] = []
     for state in states:
@@ -132,6 +138,7 @@ def build_snapshot(
             as_of[(account, "buckets")] = state.buckets_as_of.timestamp()
             public[account] = 0
         for kind in KINDS:
+            corrections[(account, kind)] = state.clock_corrections.get(kind, 0)
             if kind in state.last_crawl:
                 last_crawl[(account, kind)] = state.last_crawl[kind]
             if kind in state.last_success:
@@ -190,6 +197,7 @@ def build_snapshot(
         as_of=as_of,
         last_crawl=last_crawl,
         last_success=last_success,
+        clock_corrections=corrections,
         findings=None if findings is None else {
             k: n for k, n in findings.items() if k[0] in accounts},
     )

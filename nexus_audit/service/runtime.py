@@ -50,7 +50,7 @@ from nexus_audit.audit.findings import current_counts, evaluate_history
 from nexus_audit.audit.report import build_report
 from nexus_audit.audit.stale import Streak, current_streaks, is_stale
 from nexus_audit.config import AccountConfig, Settings, validate_listen
-from nexus_audit.crawl.crawler import crawl_and_commit
+from nexus_audit.crawl.crawler import COMMIT_REFUSED, crawl_and_commit
 from nexus_audit.domain.model import KINDS, Kind
 from nexus_audit.domain.policy import RULES, Policy, load_configured
 from nexus_audit.domain.pricing import Pricing, load_pricing
@@ -170,6 +170,8 @@ class Service:
         # streak; counted against the thresholds at each rebuild's time (audit.stale).
         self._stale_candidates: list[Streak] = []
         self._rebuild_lock = threading.Lock()
+        #: (account, kind) → why its last crawl could not even be recorded as failed.
+        self._unrecorded: dict[tuple[str, str], str] = {}
         self._session: aiohttp.ClientSession | None = None
         self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
 
@@ -227,6 +229,7 @@ class Service:
                 kinds=wanted,
                 previous=previous,
             )
+            snapshot = replace(snapshot, unrecorded=dict(self._unrecorded))
             self._last = snapshot
             self.exporter.install(snapshot)
             return snapshot
@@ -345,11 +348,16 @@ class Service:
                 summary = await crawl_and_commit(account, self.store, client=client,
                                                  kinds=(kind,), clock=self.clock)
         except StoreError as exc:
-            # The crawl may have been complete, but it is not history: count it as failed.
+            # The crawl may have been complete, but it is not history and not even recorded
+            # as failed: count it as failed, and show it in crawl_success and /readyz until
+            # a crawl of this kind is recorded again.
             self.crawl_stats.record(account.name, (kind,), "failed",
                                     self.clock.monotonic() - started)
             log.error("crawl.not_recorded", account=account.name, kinds=[kind], error=str(exc))
+            await asyncio.to_thread(self.mark_unrecorded, account.name, kind, str(exc))
             return
+        for done in summary.kinds:
+            self._unrecorded.pop((account.name, done), None)
         self.crawl_stats.record(account.name, summary.kinds, summary.status, summary.seconds)
         if kind == "buckets" and summary.status == "succeeded":
             # The reserve follows the pages a poll takes (one per 100 buckets or so).
@@ -361,6 +369,19 @@ class Service:
                                  "NEXUS_RATE_BUDGET or the bucket interval")
         await self.refresh(kinds=summary.kinds)
 
+    def mark_unrecorded(self, account: str, kind: Kind, reason: str) -> Snapshot:
+        """Install the current snapshot with (``account``, ``kind``)'s last crawl lost
+        (blocking): the store could not record it, so nothing read from the store shows it."""
+        with self._rebuild_lock:
+            self._unrecorded[(account, kind)] = reason
+            self._generation += 1
+            base = self._last or self.holder.current
+            snapshot = replace(base, generation=self._generation,
+                               unrecorded=dict(self._unrecorded))
+            self._last = snapshot
+            self.exporter.install(snapshot)
+            return snapshot
+
     async def _reload(self) -> None:
         """:meth:`reload` in a worker thread; a store failure keeps the old snapshot."""
         try:
@@ -370,19 +391,31 @@ class Service:
                       hint="the metrics keep showing the previous state")
 
     def readiness(self) -> Readiness:
-        """/readyz: every account crawled each kind within twice its interval."""
-        return judge_readiness(self.holder.current.last_success, self.names, self.intervals,
-                               self.clock.now())
+        """/readyz: every account crawled each kind within twice its interval, and the last
+        crawl of each kind was committed or at least recorded."""
+        snap = self.holder.current
+        failures = {key: f"the last {key[1]} crawl could not be recorded: {reason}"
+                    for key, reason in snap.unrecorded.items()}
+        for key, info in snap.last_crawl.items():
+            if key not in failures and info.error_code == COMMIT_REFUSED:
+                failures[key] = (f"the last {key[1]} crawl (crawl {info.crawl_id}) was "
+                                 f"refused by the store ({COMMIT_REFUSED}); see the "
+                                 "crawl.commit_refused log event")
+        return judge_readiness(snap.last_success, self.names, self.intervals,
+                               self.clock.now(), failures)
 
     # -- running ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def crawling(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    async def crawling(self, session: aiohttp.ClientSession, *,
+                       scheduled: bool = True) -> AsyncIterator[None]:
         """Scheduled crawls over ``session`` while inside; on exit, in-progress crawls get
-        the shutdown grace, then are cancelled."""
+        the shutdown grace, then are cancelled. ``scheduled=False``: crawls run only when
+        :meth:`crawl` is called (for tests on a fake clock)."""
         self._session = session
         try:
-            self.scheduler.start()
+            if scheduled:
+                self.scheduler.start()
             yield
         finally:
             await self.scheduler.stop(self.grace)

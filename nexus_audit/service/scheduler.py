@@ -39,6 +39,8 @@ log = get_logger(__name__)
 DEFAULT_SHUTDOWN_GRACE: Final = 10.0
 #: Readiness allows this many intervals since the last success of each kind.
 READY_INTERVALS: Final = 2
+#: A last success this far after now is not fresh: the clock stepped back (or was ahead).
+FUTURE_TOLERANCE: Final = timedelta(seconds=60)
 
 CrawlFunction = Callable[[AccountConfig, Kind], Awaitable[object]]
 
@@ -74,8 +76,11 @@ def judge_readiness(
     accounts: Iterable[str],
     intervals: Mapping[Kind, timedelta],
     now: datetime,
+    failures: Mapping[tuple[str, str], str] | None = None,
 ) -> Readiness:
-    """Ready when every account's last success of each kind is within twice its interval.
+    """Ready when every account's last success of each kind is within twice its interval,
+    no later than now (beyond :data:`FUTURE_TOLERANCE`), and its last crawl was not lost
+    to the store (``failures``: a reason by (account, kind)).
 
     ``accounts`` maps each name to ``{"ready": bool, "<kind>": reason-or-"ok"}``.
     """
@@ -86,8 +91,18 @@ def judge_readiness(
         for kind in KINDS:
             limit = READY_INTERVALS * intervals[kind]
             last = last_success.get((name, kind))
-            if last is None:
+            failure = (failures or {}).get((name, kind))
+            if failure is not None:
+                verdict[kind] = failure
+                verdict["ready"] = False
+            elif last is None:
                 verdict[kind] = f"no successful {kind} crawl yet"
+                verdict["ready"] = False
+            elif last - now > FUTURE_TOLERANCE:
+                # A negative age is not fresh: nothing says a crawl happened lately.
+                verdict[kind] = (f"last success lies in the future: clock skew? (last "
+                                 f"successful {kind} crawl at {isoformat(last)}, now "
+                                 f"{isoformat(now)})")
                 verdict["ready"] = False
             elif now - last > limit:
                 verdict[kind] = (f"last successful {kind} crawl at {isoformat(last)} is older "
