@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -14,7 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from nexus_audit.config import Secret, WebConfig
 from nexus_audit.domain.timeutil import FakeClock
@@ -24,6 +27,7 @@ from nexus_audit.service.web import (
     Readiness,
     ReportQuery,
     build_app,
+    make_runner,
     make_ssl_context,
     parse_report_query,
 )
@@ -234,6 +238,7 @@ async def test_basic_auth_needs_user_and_password(make_client: ClientFactory) ->
 @pytest.mark.parametrize("header", [
     None, "", "Bearer", "Basic !!!notbase64", "Basic " + base64.b64encode(b"nocolon").decode(),
     "Digest abc", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    "Bearer t0ken\udcff", "Basic \udcff\udcfe", "Basic é", "\udcffBearer t0ken",
 ])
 def test_malformed_authorization_headers_are_refused(header: str | None) -> None:
     """Garbage Authorization headers never grant access (and never raise)."""
@@ -337,3 +342,65 @@ async def test_identical_concurrent_reports_share_one_computation() -> None:
     assert len(reports.queries) == 2
     assert _shared_report(app, query, ("7d", "", "", "")) is not first  # finished: not reused
     await _shared_report(app, query, ("7d", "", "", ""))
+
+
+async def raw_exchange(port: int, request: bytes, *, wait: float = 10.0) -> bytes:
+    """Send ``request`` bytes on a fresh connection; everything the server sends until it
+    closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), wait)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xff\xfe", b"Basic \xc3\x28\xa0", b"\xff"])
+async def test_non_utf8_authorization_is_401_without_a_traceback(value: bytes) -> None:
+    """Bytes that are not UTF-8 in Authorization get 401 like any wrong credential, and
+    nothing is logged as an error."""
+    app = build_app(exposition=FakeExposition(), reports=FakeReports(),
+                    readiness=lambda: Readiness(True, {}),
+                    auth=AuthPolicy(bearer_token="t0ken", basic_user="ops",
+                                    basic_password="pw"), clock=FakeClock(NOW))
+    runner = make_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        with capture_logs() as logs:
+            answer = await raw_exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                                        b"Authorization: " + value + b"\r\n"
+                                        b"Connection: close\r\n\r\n")
+    finally:
+        await runner.cleanup()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+    assert not [e for e in logs if e["log_level"] in {"error", "critical"}]
+
+
+async def test_a_half_sent_request_is_closed_within_the_header_timeout() -> None:
+    """A client that sends half a request line and stops is disconnected by the server
+    within the header timeout (no bytes answered); a whole request still gets its answer."""
+    app = build_app(exposition=FakeExposition(), reports=FakeReports(),
+                    readiness=lambda: Readiness(True, {}), auth=AuthPolicy(),
+                    clock=FakeClock(NOW))
+    runner = make_runner(app, header_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    try:
+        port = runner.addresses[0][1]
+        started = loop.time()
+        answer = await raw_exchange(port, b"GET /metr", wait=5.0)
+        elapsed = loop.time() - started
+        whole = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n")
+    finally:
+        await runner.cleanup()
+    assert answer == b""  # closed by the server, not answered
+    assert 0.4 <= elapsed < 3.0, elapsed
+    assert whole.startswith(b"HTTP/1.1 200 ")
+

@@ -82,6 +82,7 @@ from nexus_audit.service.web import (
     Readiness,
     ReportQuery,
     build_app,
+    make_runner,
 )
 
 log = get_logger(__name__)
@@ -450,7 +451,7 @@ class Service:
         host, port = validate_listen(self.settings.web.listen, "listen")
         async with client_session() as session:
             await self.refresh()  # history from earlier runs shows at once
-            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            runner = make_runner(self.app())
             await runner.setup()
             try:
                 site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

@@ -36,6 +36,10 @@ log = get_logger(__name__)
 #: Paths served without credentials: liveness probes must not need the token.
 OPEN_PATHS: Final = frozenset({"/healthz"})
 REPORT_PARAMETERS: Final = ("since", "until", "account", "stale_after")
+#: Seconds a connection may take to deliver a whole request head (from connecting, or from
+#: the previous response on a kept-alive connection); then it is closed. Also how long an
+#: idle kept-alive connection stays open.
+HEADER_TIMEOUT: Final = 10.0
 DEFAULT_SINCE: Final = "30d"
 JSON_DUMPS: Final = json.dumps
 
@@ -131,11 +135,19 @@ class AuthPolicy:
         return ", ".join(schemes)
 
     def allows(self, authorization: str | None) -> bool:
-        """Whether an ``Authorization`` header value grants access (constant-time compare)."""
+        """Whether an ``Authorization`` header value grants access (constant-time compare).
+
+        A value that is not UTF-8 (aiohttp hands its bytes over as surrogate escapes) or
+        basic credentials that are not ASCII base64 grant nothing; they never raise.
+        """
         if not self.enabled:
             return True
         if not authorization:
             return False
+        try:
+            authorization.encode("utf-8")
+        except UnicodeEncodeError:
+            return False  # not UTF-8 on the wire: no token or password of ours
         scheme, _, credentials = authorization.strip().partition(" ")
         credentials = credentials.strip()
         scheme = scheme.lower()
@@ -144,7 +156,7 @@ class AuthPolicy:
         if scheme == "basic" and self.basic_user is not None and self.basic_password is not None:
             try:
                 decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
+            except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: non-ASCII
                 return False
             user, sep, password = decoded.partition(":")
             # Both comparisons always run, so timing does not tell which one failed.
@@ -318,6 +330,21 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     body = {"status": "ready" if readiness.ready else "not ready",
             "accounts": dict(readiness.accounts)}
     return web.json_response(body, status=200 if readiness.ready else 503)
+
+
+def make_runner(app: web.Application, *,
+                header_timeout: float = HEADER_TIMEOUT) -> web.AppRunner:
+    """The runner for ``app``, closing connections that send no whole request in time.
+
+    aiohttp has no separate header-read timeout: its ``keepalive_timeout`` (passed through
+    the runner to each connection's ``RequestHandler``) starts when a connection is made
+    and again after each response, is not reset by a trickle of bytes, and closes the
+    connection if no complete request head arrived by then; a request being handled is
+    never cut. Its default on a runner is an hour, which let a half-sent request hold a
+    connection that long; ``header_timeout`` bounds it.
+    """
+    return web.AppRunner(app, access_log=None, handle_signals=False,
+                         keepalive_timeout=header_timeout)
 
 
 def build_app(
