@@ -203,10 +203,11 @@ def _duration(value: Any, setting: str) -> timedelta:
 
 def _positive_int(value: Any, setting: str, *, maximum: int | None = None) -> int:
     if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ConfigError(f"{setting}: expected a whole number, got {value!r}") from None
+        text = value.strip()
+        # ASCII digits only: int() also takes other scripts' digits, signs and underscores.
+        if not (text.isascii() and text.isdigit()):
+            raise ConfigError(f"{setting}: expected a whole number, got {value!r}")
+        value = int(text)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{setting}: expected a positive whole number, got {value!r}")
     if maximum is not None and value > maximum:
@@ -249,7 +250,8 @@ def validate_listen(value: str, setting: str = "listen") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:9747`` for IPv6); ``UsageError`` when malformed."""
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    ascii_port = port_text.isascii() and port_text.isdigit()  # not "٩٧٤٧"
+    if not sep or not host or not ascii_port or not 0 <= int(port_text) <= 65535:
         raise UsageError(f"{setting}: {value!r} is not HOST:PORT (e.g. 127.0.0.1:9747)",
                          parameter=setting)
     return host, int(port_text)
@@ -386,6 +388,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     password = None
     if user is not None:
         user = _str(user, "serve.basic_auth_user")
+        if ":" in user:  # basic auth sends "user:password": a colon ends the user name
+            raise ConfigError("serve.basic_auth_user: must not contain ':' (no client could "
+                              "log in)", parameter="basic_auth_user")
         if "basic_auth_password_file" not in serve:
             raise ConfigError("serve.basic_auth_user needs serve.basic_auth_password_file")
         password = read_secret_file(_relative(base, serve["basic_auth_password_file"],

@@ -60,6 +60,8 @@ def test_key_file_is_read_and_errors_never_quote_it(tmp_path: Path) -> None:
     ("env", "message"),
     [({"NEXUS_RATE_BUDGET": "lots"}, "NEXUS_RATE_BUDGET"),
      ({"NEXUS_RATE_BUDGET": "0"}, "NEXUS_RATE_BUDGET"),
+     ({"NEXUS_RATE_BUDGET": "\u0662\u0665\u0660"}, "NEXUS_RATE_BUDGET"),
+     ({"NEXUS_RATE_BUDGET": "1_000"}, "NEXUS_RATE_BUDGET"),
      ({"NEXUS_API_URL": "ftp://x"}, "NEXUS_API_URL"),
      ({"NEXUS_API_KEY": KEY, "NEXUS_API_KEY_FILE": "/x"}, "not both"),
      ({"NEXUS_API_URL": "http://"}, "NEXUS_API_URL: 'http://' is not"),
@@ -108,7 +110,9 @@ def test_toml_accounts_and_environment_precedence(tmp_path: Path) -> None:
      ("accounts = 3", "array of tables"),
      ("[serve]\ntls_cert_file = 'c.pem'\n", "go together"),
      ("[serve]\nper_bucket_metrics = 'maybe'\n", "true or false"),
-     ("request_timeout = -1", "request_timeout")],
+     ("request_timeout = -1", "request_timeout"),
+     ("[serve]\nbasic_auth_user = 'ops:team'\nbasic_auth_password_file = 'pw'\n",
+      "basic_auth_user: must not contain ':'")],
 )
 def test_broken_config_file_gives_a_precise_error(tmp_path: Path, text: str, message: str) -> None:
     """A config file with a mistake names the mistake."""
@@ -135,7 +139,8 @@ def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
     assert validate_listen(text) == expected
 
 
-@pytest.mark.parametrize("text", ["9747", "host:", ":80", "h:99999", "h:port"])
+@pytest.mark.parametrize("text", ["9747", "host:", ":80", "h:99999", "h:port",
+                                  "h:\u0669\u0667\u0664\u0667"])
 def test_bad_listen_addresses(text: str) -> None:
     """Malformed listen addresses are usage errors."""
     with pytest.raises(UsageError):

@@ -133,7 +133,8 @@ def test_sizes(value: object, expected: int) -> None:
     assert parse_size(value) == expected
 
 
-@pytest.mark.parametrize("value", ["10GiB", "ten GB", -1, True, 1.5, "GB"])
+@pytest.mark.parametrize("value", ["10GiB", "ten GB", -1, True, 1.5, "GB", "\u0661\u0660GB",
+                                   "10\u212aB"])
 def test_bad_sizes(value: object) -> None:
     """Binary units, words, negatives, booleans and floats are refused."""
     with pytest.raises(ValueError, match="size"):

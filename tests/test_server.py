@@ -290,6 +290,15 @@ def test_unusable_tls_files_are_config_errors(tmp_path: Path) -> None:
         make_ssl_context(garbage, garbage)
 
 
+def test_a_missing_tls_key_is_named(tmp_path: Path) -> None:
+    """A missing key file is named in the error (it once said "None does not exist")."""
+    cert, _ = make_self_signed(tmp_path)
+    missing = tmp_path / "gone.key"
+    with pytest.raises(ConfigError) as caught:
+        make_ssl_context(cert, missing)
+    assert str(caught.value) == f"serve.tls_key_file: {missing} does not exist (or is not a file)"
+
+
 async def test_app_serves_over_tls(tmp_path: Path) -> None:
     """With a certificate, the app answers HTTPS and a client trusting the cert gets 200."""
     cert, key = make_self_signed(tmp_path)

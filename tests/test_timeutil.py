@@ -32,7 +32,8 @@ def test_parse_duration_accepts_documented_units(text: str, seconds: int) -> Non
 
 
 @pytest.mark.parametrize("text", ["", "30", "d", "-5m", "5 m", "1.5h", "0s", "3y", "30dd",
-                                  "99999999w"])
+                                  "99999999w", "\u0661h", "\u0663\u0660d", "1\u0660m",
+                                  "\uff11h", "\u09e7h"])
 def test_parse_duration_rejects_with_the_parameter_named(text: str) -> None:
     """Malformed, zero, unknown-unit and absurd durations are usage errors naming the flag."""
     with pytest.raises(UsageError) as info:
@@ -56,7 +57,8 @@ def test_parse_time_takes_durations_and_iso_times() -> None:
     assert parse_time("2026-11-01", NOW) == datetime(2026, 11, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "", "12:00"])
+@pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "", "12:00", "\u0661h",
+                                  "\u0662\u0660\u0662\u0666-03-01"])
 def test_parse_time_rejects_garbage(text: str) -> None:
     """Anything that is neither a duration nor an ISO time is a usage error."""
     with pytest.raises(UsageError):

@@ -68,7 +68,9 @@ def raised(severity: Severity) -> Severity:
     return SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
 
 
-_SIZE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|PB)", re.IGNORECASE)
+# re.ASCII: \d only 0-9 (not other scripts' digits) and case folding only of ASCII letters
+# (the Kelvin sign "K" would match "k" and then miss the unit table).
+_SIZE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|PB)", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS: Final = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                       "PB": 10**15}
 

@@ -17,8 +17,10 @@ from typing import Final, Protocol
 from nexus_audit.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_DURATION_FULL = re.compile(r"(?:\d+[smhdw])+")
+# ASCII digits only: Python's \d and int() also take other scripts' digits (an
+# Arabic-Indic one before "h" was taken as 1h).
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_DURATION_FULL = re.compile(r"(?:[0-9]+[smhdw])+")
 #: What the CLI's errors call a window's two ends (``Window.parse(..., names=FLAG_NAMES)``).
 FLAG_NAMES: Final = ("--since", "--until")
 

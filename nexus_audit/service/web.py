@@ -170,11 +170,17 @@ def make_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """A server TLS context (TLS 1.2 or later) from PEM files; ``ConfigError`` if unusable."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # ssl's FileNotFoundError carries no file name (it said "None does not exist"): name
+    # the missing file ourselves.
+    for setting, path in (("tls_cert_file", cert_file), ("tls_key_file", key_file)):
+        if not path.is_file():
+            raise ConfigError(f"serve.{setting}: {path} does not exist (or is not a file)",
+                              parameter=setting)
     try:
         context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"serve.tls_cert_file/tls_key_file: {exc.filename} does not exist"
-                          ) from None
+    except FileNotFoundError as exc:  # removed in between
+        raise ConfigError(f"serve.tls_cert_file/tls_key_file: {cert_file} or {key_file} "
+                          f"does not exist ({exc.strerror})") from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             f"serve.tls_cert_file/tls_key_file: cannot load {cert_file} with {key_file}: "
