@@ -135,6 +135,38 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(out, processors, renderer)
+
+
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the root handler :func:`configure_logging` installed (replaced on reconfigure)."""
+
+
+def _component(logger: Any, method: str, event: MutableMapping[str, Any]
+               ) -> MutableMapping[str, Any]:
+    """A standard-library record's logger name as the event's ``component``."""
+    record = event.get("_record")
+    if record is not None:
+        event.setdefault("component", record.name)
+    return event
+
+
+def _route_stdlib_logging(out: TextIO, processors: list[Any], renderer: Any) -> None:
+    """Render the standard library's log records (APScheduler, aiohttp, asyncio) through
+    the same processors, so standard error stays one format (JSON lines off a terminal):
+    without a handler, Python's last-resort handler printed plain-text tracebacks."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_component],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *processors,
+                    renderer],
+    )
+    handler = _StdlibHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # libraries' warnings and errors, not their chatter
 
 
 def get_logger(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 
 import pytest
@@ -32,6 +33,35 @@ def test_json_lines_with_secret_redacted_everywhere() -> None:
     assert lines[0]["component"] == "test"
     assert REDACTED in lines[0]["url"]
     assert REDACTED in lines[1]["exception"]
+
+
+def test_standard_library_records_become_json_lines_too() -> None:
+    """A library logging through the standard library (APScheduler's job errors) writes a
+    JSON line with its level, logger name and traceback, secrets redacted, not plain text."""
+    out = io.StringIO()
+    configure_logging(secrets=[KEY], json=True, stream=out)
+    root = logging.getLogger()
+    try:
+        try:
+            raise RuntimeError(f"job failed with {KEY}")
+        except RuntimeError:
+            logging.getLogger("apscheduler.executors.default").error(
+                "Error running job %s", "crawl:prod:instances", exc_info=True)
+        logging.getLogger("aiohttp.server").info("chatter below the level")
+    finally:
+        for handler in root.handlers[:]:
+            if handler.__class__.__name__ == "_StdlibHandler":
+                root.removeHandler(handler)
+        structlog.reset_defaults()
+    text = out.getvalue()
+    assert KEY not in text
+    (line,) = text.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "Error running job crawl:prod:instances"
+    assert event["level"] == "error"
+    assert event["component"] == "apscheduler.executors.default"
+    assert "Traceback" in event["exception"]
+    assert REDACTED in event["exception"]
 
 
 def test_loggers_made_before_configuration_follow_it() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -117,6 +118,14 @@ def test_report_answers_while_a_crawl_runs(
     assert finished_after == finished_before, "the slow crawl was still running"
 
 
+def is_json(line: str) -> bool:
+    """Whether a log line is one JSON object."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def crawl_rows(db: Path) -> list[tuple[int, list[str], str]]:
     """Every crawl row of the database: id, kinds, status."""
     with Store(db).read() as con:
@@ -143,6 +152,10 @@ def test_sigterm_during_a_crawl_abandons_it_and_commits_nothing_of_it(
     assert len(rows) == len(serve.events_named("crawl.finished"))
     assert sum(1 for _, _, status in rows if status == "succeeded") == len(logged)
     assert not list(tmp_path.glob("*.staging-*")), "no staging file is left behind"
+    # The log stays JSON lines: no plain-text traceback of the cancelled job.
+    assert serve.lines
+    assert all(is_json(line) for line in serve.lines), serve.log_text()
+    assert not [e for e in serve.events if e.get("level") == "error"], serve.log_text()
 
 
 def test_sigterm_lets_a_crawl_in_progress_finish_within_the_grace(

@@ -187,6 +187,10 @@ class CrawlScheduler:
         try:
             await self._crawl(spec.account, spec.kind)
         except asyncio.CancelledError:
+            if not self._accepting:
+                # Abandoned by stop() (crawl.abandoned says so): end quietly, or APScheduler
+                # logs the cancellation as a job error with a traceback.
+                return
             raise
         except Exception:
             # The crawl function reports its own failures; this is a bug's last resort, so
