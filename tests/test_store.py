@@ -190,10 +190,12 @@ def test_a_clock_step_back_re_dates_the_earlier_crawls(store: Store) -> None:
     assert [(k["crawl_id"], k["corrected_to"], k["seconds"], k["detected_by_crawl"])
             for k in skewed] == [(2, "2026-03-01T00:00:00Z", 30 * 24 * 3600, 5),
                                  (3, "2026-03-01T00:00:00Z", (30 * 24 + 1) * 3600, 5)]
-    assert "2 crawls re-dated" in render(report, "table")
+    table = render(report, "table")
+    assert "clock skews  2 re-dated (clock stepped back)" in table
+    assert "acme     3      2026-03-31T01:00:00Z  2026-03-01T00:00:00Z  2595600" in table
     assert "| acme | 3 | 2026-03-31T01:00:00Z | 2026-03-01T00:00:00Z | 2595600 |" in render(
         report, "markdown")
-    assert ("clock_skew,acme,instances,2,,,,,,,,,2026-03-31T00:00:00Z,2026-03-01T00:00:00Z,,"
+    assert ("clock_skew,acme,,2,,,,,,,,,2026-03-31T00:00:00Z,2026-03-01T00:00:00Z,,"
             "seconds,2592000.0") in render(report, "csv").splitlines()
     # Recording goes on: the next crawl on the stepped-back clock commits normally.
     assert crawl(store, T0 + HOUR, instances=[inst("i-2")]) == 6

@@ -230,11 +230,6 @@ def _wrapped_row(cells: Sequence[str], widths: Sequence[int]) -> list[str]:
             for n in range(height)]
 
 
-def _seconds(value: float) -> str:
-    """Seconds to the millisecond, without trailing zeros (``2595600``, ``0.25``)."""
-    return f"{value:.3f}".rstrip("0").rstrip(".")
-
-
 def _pairs(items: Iterable[tuple[str, str]]) -> list[str]:
     pairs = list(items)
     key_width = max((len(k) for k, _ in pairs), default=0)
@@ -267,12 +262,10 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
                      lambda g: [g.account, g.kind, isoformat(g.start) or "",
                                 isoformat(g.end) or ""], max_rows, keep=(2, 3))
     if c.clock_skews:
-        out += _pairs([("clock skews", f"{len(c.clock_skews)} crawls re-dated (the clock "
-                                       "stepped back)")])
-        out += _grid(["account", "crawl", "recorded end", "moved to", "seconds"],
-                     c.clock_skews,
+        out += _pairs([("clock skews", f"{len(c.clock_skews)} re-dated (clock stepped back)")])
+        out += _grid(["account", "crawl", "recorded end", "moved to", "seconds"], c.clock_skews,
                      lambda k: [k.account, str(k.crawl_id), isoformat(k.recorded_finished_at)
-                                or "", isoformat(k.corrected_to) or "", _seconds(k.seconds)],
+                                or "", isoformat(k.corrected_to) or "", str(round(k.seconds))],
                      max_rows, keep=(2, 3))
     inv = report.inventory
     out += _section("Inventory")
@@ -380,12 +373,11 @@ def render_markdown(report: Report) -> str:
                           for g in c.coverage.gaps])
         out.append("")
     if c.clock_skews:
-        out += [f"Crawls re-dated because the clock stepped back: {len(c.clock_skews)}", ""]
-        out += _md_table(["account", "crawl", "recorded end", "moved to", "seconds"],
-                         [[k.account, k.crawl_id, isoformat(k.recorded_finished_at),
-                           isoformat(k.corrected_to), _seconds(k.seconds)]
-                          for k in c.clock_skews])
-        out.append("")
+        out += [f"Crawls re-dated because the clock stepped back: {len(c.clock_skews)}", "",
+                *_md_table(["account", "crawl", "recorded end", "moved to", "seconds"],
+                           [[k.account, k.crawl_id, isoformat(k.recorded_finished_at),
+                             isoformat(k.corrected_to), round(k.seconds)]
+                            for k in c.clock_skews]), ""]
     inv = d["inventory"]
     out += ["## Inventory", "",
             f"- Instances: {inv['instances']['total']}"
@@ -474,9 +466,8 @@ def render_csv(report: Report) -> str:
         row("coverage_gap", account=g["account"], kind=g["kind"], start=g["start"],
             end=g["end"])
     for k in crawls["clock_skews"]:
-        row("clock_skew", account=k["account"], kind=",".join(k["kinds"]), id=k["crawl_id"],
-            start=k["recorded_finished_at"], end=k["corrected_to"], metric="seconds",
-            value=k["seconds"])
+        row("clock_skew", account=k["account"], id=k["crawl_id"], metric="seconds",
+            start=k["recorded_finished_at"], end=k["corrected_to"], value=k["seconds"])
     inv = d["inventory"]
     for status, n in inv["instances"]["by_status"].items():
         row("inventory", kind="instance", status=status, metric="count", value=n)
