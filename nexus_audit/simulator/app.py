@@ -11,14 +11,15 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
-from .cursor import InvalidCursorError, filter_hash, make_page
+from .cursor import InvalidCursorError, Pager, filter_hash, make_page_with
 from .errors import UNAUTHORIZED_MESSAGE, ErrorCode, SimError, validation_error
 from .faults import BODY_FAULTS, Fault, FaultKind, mangle_body, mangle_payload
+from .fleet import Bucket, Instance
 from .multipart import parse_part_list, parse_part_number
 from .ratelimit import RateDecision
 from .requestlog import RequestRecord
@@ -51,6 +52,9 @@ class _Listable(Protocol):
     def id(self) -> str: ...
 
     def to_json(self) -> dict[str, object]: ...
+
+
+_L = TypeVar("_L", bound=_Listable)
 
 
 class _InjectedResetError(Exception):
@@ -251,10 +255,15 @@ class _Api:
     async def list_instances(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/instances``: filtered, keyset-paged, signed cursors."""
         query = parse_instance_query(request.query)
-        items = self.state.fleet.listing(
-            region=query.region, status=query.status, tags=query.tags
-        )
-        return self._page_response(request, "instances", items, query)
+        fleet = self.state.fleet
+
+        def pager(after: str | None, limit: int) -> tuple[list[Instance], bool, int]:
+            return fleet.page_instances(
+                region=query.region, status=query.status, tags=query.tags,
+                after=after, limit=limit,
+            )
+
+        return self._page_response(request, "instances", pager, query)
 
     async def create_instance(self, request: web.Request) -> web.StreamResponse:
         """``POST /v2/instances``: 201 with the new (pending) instance."""
@@ -282,10 +291,10 @@ class _Api:
 
     async def list_buckets(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/buckets``: all at once, or paged when ``bucket_page_size`` > 0."""
-        buckets = self.state.fleet.query_buckets()
+        fleet = self.state.fleet
         page_size = self.state.config.bucket_page_size
         if page_size <= 0:
-            return self._json(request, {"buckets": [b.to_json() for b in buckets]})
+            return self._json(request, {"buckets": [b.to_json() for b in fleet.query_buckets()]})
         query = ListQuery(
             limit=parse_limit(
                 request.query.get("limit"),
@@ -294,18 +303,22 @@ class _Api:
             ),
             cursor=parse_cursor(request.query),
         )
-        return self._page_response(request, "buckets", buckets, query)
+
+        def pager(after: str | None, limit: int) -> tuple[list[Bucket], bool, int]:
+            return fleet.page_buckets(after=after, limit=limit)
+
+        return self._page_response(request, "buckets", pager, query)
 
     def _page_response(
         self,
         request: web.Request,
         kind: str,
-        items: Sequence[_Listable],
+        pager: Pager[_L],
         query: ListQuery,
     ) -> web.Response:
         try:
-            page = make_page(
-                items,
+            page = make_page_with(
+                pager,
                 key=lambda item: item.id,
                 codec=self.state.codec,
                 fhash=filter_hash(kind, query.filters()),

@@ -125,6 +125,10 @@ def paginate(
     return chunk, start + limit < len(items)
 
 
+#: Cuts one page from a sorted collection: ``(after, limit) -> (items, more, total)``.
+Pager = Callable[[str | None, int], tuple[list[T], bool, int]]
+
+
 def make_page(
     items: Sequence[T],
     *,
@@ -136,7 +140,27 @@ def make_page(
     now: float,
 ) -> Page[T]:
     """Verify ``cursor`` (if any), cut one page of ``items`` and sign the next cursor."""
+
+    def pager(after: str | None, size: int) -> tuple[list[T], bool, int]:
+        chunk, more = paginate(items, key=key, after=after, limit=size)
+        return chunk, more, len(items)
+
+    return make_page_with(pager, key=key, codec=codec, fhash=fhash, cursor=cursor,
+                          limit=limit, now=now)
+
+
+def make_page_with(
+    pager: Pager[T],
+    *,
+    key: Callable[[T], str],
+    codec: CursorCodec,
+    fhash: str,
+    cursor: str | None,
+    limit: int,
+    now: float,
+) -> Page[T]:
+    """Like :func:`make_page`, with the page cut by ``pager`` (an index's keyset slice)."""
     after = codec.decode(cursor, fhash, now) if cursor else None
-    chunk, more = paginate(items, key=key, after=after, limit=limit)
+    chunk, more, total = pager(after, limit)
     next_cursor = codec.encode(key(chunk[-1]), fhash, now) if more and chunk else None
-    return Page(items=chunk, next_cursor=next_cursor, total=len(items))
+    return Page(items=chunk, next_cursor=next_cursor, total=total)

@@ -7,13 +7,17 @@ so the same seed always gives the same fleet and the same churn sequence.
 
 from __future__ import annotations
 
-import copy
+import gc
 import random
 import string
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate, chain
 from types import MappingProxyType
 from typing import Final
 
@@ -91,6 +95,14 @@ _BUCKET_PURPOSES: Final[tuple[str, ...]] = (
 _ODD_SHAPES: Final[tuple[tuple[int, int], ...]] = ((8, 32), (2, 8), (32, 128))
 _ID_ALPHABET: Final[str] = string.ascii_lowercase + string.digits
 _DAY: Final[float] = 86_400.0
+_PLAN_WEIGHTS: Final[tuple[int, ...]] = (2, 4, 5, 1)
+_STATUS_WEIGHTS: Final[tuple[int, ...]] = (85, 11, 4)
+# How many composite filter sets (tags with anything else) keep an index of their own.
+_COMPOSITE_CACHE: Final[int] = 64
+_ALL: Final[tuple[None, None]] = (None, None)
+
+#: A filter set: region, status, and tag pairs sorted by key.
+FilterKey = tuple[str | None, str | None, tuple[tuple[str, str], ...]]
 
 
 def iso_utc(ts: float) -> str:
@@ -174,7 +186,13 @@ def tag_match(tags: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
 class Fleet:
     """The mutable state of one simulated account, safe to use from several threads.
 
-    Queries return copies sorted by id, so callers never see later mutations.
+    Queries return copies sorted by id, so callers never see later mutations. Listing
+    is the hot path (one call per page), so the fleet keeps sorted id indexes: all ids,
+    one per region, per status, and per region and status. A filter set with tags gets
+    an index of its own, built on the first page that asks for it (one pass over the
+    narrowest region/status index) and then kept current through every change, for the
+    ``_COMPOSITE_CACHE`` latest such sets. A page is a bisect and a slice of one index,
+    O(log fleet + page), and ``total`` is that index's length.
     """
 
     def __init__(
@@ -185,23 +203,28 @@ class Fleet:
         seed: int = 0,
         clock: Clock | None = None,
         pending_seconds: float = 10.0,
+        name_counters: Mapping[str, int] | None = None,
     ) -> None:
         self._instances: dict[str, Instance] = {i.id: i for i in instances}
         self._buckets: dict[str, Bucket] = {b.id: b for b in buckets}
+        self._bucket_ids: list[str] = sorted(self._buckets)
         self._clock: Clock = clock or SystemClock()
         self._pending_seconds = pending_seconds
         # Separate streams so that adding instances does not shift the churn sequence.
         self._id_rng = random.Random(f"{seed}:ids")
         self._churn_rng = random.Random(f"{seed}:churn")
-        self._name_counters: dict[str, int] = {}
-        for inst in self._instances.values():
-            self._bump_counter(inst.name)
-        # Listing is the hot path (one call per page): keep the id-sorted order and the
-        # set of instances still coming up, instead of sorting and scanning every time.
-        self._order: list[Instance] | None = None
+        if name_counters is not None:
+            # Fleet.generate counted the names as it made them: same result, no re-parse.
+            self._name_counters: dict[str, int] = dict(name_counters)
+        else:
+            self._name_counters = {}
+            for inst in self._instances.values():
+                self._bump_counter(inst.name)
         self._maturing: set[str] = {
             i.id for i in self._instances.values() if i.ready_at is not None
         }
+        self._by_rs = _build_indexes(self._instances)
+        self._composite: OrderedDict[FilterKey, list[str]] = OrderedDict()
         self._lock = threading.RLock()
 
     @classmethod
@@ -216,17 +239,18 @@ class Fleet:
     ) -> Fleet:
         """Build a realistic fleet; the same arguments always give the same fleet."""
         rng = random.Random(seed)
-        counters: dict[str, int] = {}
-        taken: set[str] = set()
-        insts = [_random_instance(rng, counters, taken) for _ in range(instances)]
-        bucket_list = _random_buckets(rng, buckets)
-        return cls(
-            insts,
-            bucket_list,
-            seed=seed,
-            clock=clock,
-            pending_seconds=pending_seconds,
-        )
+        # A million new objects would set off many collections that find no garbage.
+        with _gc_paused():
+            insts, counters = _random_instances(rng, instances)
+            bucket_list = _random_buckets(rng, buckets)
+            return cls(
+                insts,
+                bucket_list,
+                seed=seed,
+                clock=clock,
+                pending_seconds=pending_seconds,
+                name_counters=counters,
+            )
 
     # -- instances -------------------------------------------------------------------
 
@@ -240,15 +264,8 @@ class Fleet:
         """Instances matching all given filters, as copies sorted by id."""
         with self._lock:
             self._settle()
-            found = [
-                copy.deepcopy(i)
-                for i in self._instances.values()
-                if (region is None or i.region == region)
-                and (status is None or i.status == status)
-                and (not tags or tag_match(i.tags, tags))
-            ]
-        found.sort(key=lambda i: i.id)
-        return found
+            ids = self._ids(filter_key(region, status, tags))
+            return [_copy_instance(self._instances[iid]) for iid in ids]
 
     def listing(
         self,
@@ -257,36 +274,52 @@ class Fleet:
         status: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> list[Instance]:
-        """Like :meth:`query_instances` but without copies: the server's page path.
+        """Like :meth:`query_instances` but without copies, O(result).
 
-        The instances are the live objects: serialize the page at once and never mutate
-        them. Without filters this costs one list copy, not a sort and a deep copy.
+        The instances are the live objects: serialize them at once and never mutate
+        them. The server's page path is :meth:`page_instances`, which is O(page).
         """
         with self._lock:
             self._settle()
-            if self._order is None:
-                self._order = sorted(self._instances.values(), key=lambda i: i.id)
-            if region is None and status is None and not tags:
-                return list(self._order)
-            return [
-                i
-                for i in self._order
-                if (region is None or i.region == region)
-                and (status is None or i.status == status)
-                and (not tags or tag_match(i.tags, tags))
-            ]
+            instances = self._instances
+            return [instances[iid] for iid in self._ids(filter_key(region, status, tags))]
+
+    def page_instances(
+        self,
+        *,
+        region: str | None = None,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        after: str | None,
+        limit: int,
+    ) -> tuple[list[Instance], bool, int]:
+        """One keyset page: up to ``limit`` instances with id > ``after``, sorted by id.
+
+        Returns the live instances (serialize them at once, never mutate them), whether
+        more follow, and how many match the filters in all. Costs a bisect and a slice
+        of one index: O(log fleet + page).
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        with self._lock:
+            self._settle()
+            ids = self._ids(filter_key(region, status, tags))
+            start = bisect_right(ids, after) if after is not None else 0
+            instances = self._instances
+            chunk = [instances[iid] for iid in ids[start : start + limit]]
+            return chunk, start + limit < len(ids), len(ids)
 
     def instance_ids(self) -> list[str]:
         """All instance ids, sorted."""
         with self._lock:
-            return sorted(self._instances)
+            return list(self._by_rs[_ALL])
 
     def get_instance(self, instance_id: str) -> Instance | None:
         """A copy of one instance, or None."""
         with self._lock:
             self._settle()
             inst = self._instances.get(instance_id)
-            return copy.deepcopy(inst) if inst else None
+            return _copy_instance(inst) if inst else None
 
     def add_instance(
         self,
@@ -328,17 +361,17 @@ class Fleet:
                 ready_at=now + self._pending_seconds if status == "pending" else None,
             )
             self._instances[new_id] = inst
-            self._order = None
+            self._index_add(inst)
             if inst.ready_at is not None:
                 self._maturing.add(new_id)
             self._bump_counter(name)
-            return copy.deepcopy(inst)
+            return _copy_instance(inst)
 
     def delete_instance(self, instance_id: str) -> Instance:
         """Remove an instance and return it; ``KeyError`` if there is none."""
         with self._lock:
             inst = self._instances.pop(instance_id)
-            self._order = None
+            self._index_remove(inst)
             self._maturing.discard(instance_id)
             return inst
 
@@ -348,7 +381,7 @@ class Fleet:
             raise ValueError(f"unknown status {status!r}")
         with self._lock:
             inst = self._instances[instance_id]
-            inst.status = status
+            self._set_status(inst, status)
             inst.ready_at = None
             self._maturing.discard(instance_id)
 
@@ -362,15 +395,23 @@ class Fleet:
     def query_buckets(self) -> list[Bucket]:
         """All buckets as copies sorted by id."""
         with self._lock:
-            found = [copy.deepcopy(b) for b in self._buckets.values()]
-        found.sort(key=lambda b: b.id)
-        return found
+            return [_copy_bucket(self._buckets[bid]) for bid in self._bucket_ids]
+
+    def page_buckets(self, *, after: str | None, limit: int) -> tuple[list[Bucket], bool, int]:
+        """One keyset page of buckets, like :meth:`page_instances` (live objects)."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        with self._lock:
+            ids = self._bucket_ids
+            start = bisect_right(ids, after) if after is not None else 0
+            chunk = [self._buckets[bid] for bid in ids[start : start + limit]]
+            return chunk, start + limit < len(ids), len(ids)
 
     def get_bucket(self, bucket_id: str) -> Bucket | None:
         """A copy of one bucket, or None."""
         with self._lock:
             b = self._buckets.get(bucket_id)
-            return copy.deepcopy(b) if b else None
+            return _copy_bucket(b) if b else None
 
     def add_bucket(
         self,
@@ -387,7 +428,8 @@ class Fleet:
                 raise ValueError(f"bucket {bucket_id} already exists")
             b = Bucket(bucket_id, region, size_bytes, access, self._clock.time(), dict(tags or {}))
             self._buckets[bucket_id] = b
-            return copy.deepcopy(b)
+            insort(self._bucket_ids, bucket_id)
+            return _copy_bucket(b)
 
     def set_bucket_access(self, bucket_id: str, access: str) -> None:
         """Set a bucket's access (any non-empty string); ``KeyError`` if there is none."""
@@ -405,12 +447,18 @@ class Fleet:
     def delete_bucket(self, bucket_id: str) -> Bucket:
         """Remove a bucket and return it; ``KeyError`` if there is none."""
         with self._lock:
-            return self._buckets.pop(bucket_id)
+            b = self._buckets.pop(bucket_id)
+            _discard(self._bucket_ids, bucket_id)
+            return b
 
     # -- churn -----------------------------------------------------------------------
 
     def churn_step(self) -> list[ChurnEvent]:
-        """One seeded step of change: creates, starts, stops, deletes, renames, grows, flips."""
+        """One seeded step of change: creates, starts, stops, deletes, renames, grows, flips.
+
+        The random draws are the same as sampling from freshly sorted id lists (the
+        indexes are those lists), so a seed gives the same churn at any fleet size.
+        """
         rng = self._churn_rng
         events: list[ChurnEvent] = []
         with self._lock:
@@ -418,7 +466,8 @@ class Fleet:
             for iid in sorted(self._maturing):
                 inst = self._instances[iid]
                 if inst.status == "pending" and inst.ready_at is not None:
-                    inst.status, inst.ready_at = "running", None
+                    self._set_status(inst, "running")
+                    inst.ready_at = None
                     events.append(ChurnEvent("started", inst.id, "pending->running"))
             self._maturing.clear()
             for _ in range(rng.randint(0, 2)):
@@ -432,51 +481,105 @@ class Fleet:
                     tags={"team": rng.choice(_TEAMS), "env": env},
                 )
                 events.append(ChurnEvent("created", inst.id, inst.name))
-            by_status = self._ids_by_status()
-            for iid in _sample(rng, by_status["running"], rng.randint(0, 2)):
-                self._instances[iid].status = "stopped"
+            # Draw both samples before changing a status: the stopped ones to start are
+            # those that were stopped before this step stopped some.
+            to_stop = _sample(rng, self._by_rs.get((None, "running"), []), rng.randint(0, 2))
+            to_start = _sample(rng, self._by_rs.get((None, "stopped"), []), rng.randint(0, 1))
+            for iid in to_stop:
+                self._set_status(self._instances[iid], "stopped")
                 events.append(ChurnEvent("stopped", iid))
-            for iid in _sample(rng, by_status["stopped"], rng.randint(0, 1)):
-                self._instances[iid].status = "running"
+            for iid in to_start:
+                self._set_status(self._instances[iid], "running")
                 events.append(ChurnEvent("started", iid, "stopped->running"))
             if rng.random() < 0.3 and self._instances:
-                iid = rng.choice(sorted(self._instances))
+                iid = rng.choice(self._by_rs[_ALL])
                 old = self._instances[iid].name
                 self._instances[iid].name = self._next_name(old.rsplit("-", 1)[0])
                 events.append(ChurnEvent("renamed", iid, f"{old}->{self._instances[iid].name}"))
-            for iid in _sample(rng, sorted(self._instances), rng.randint(0, 2)):
-                del self._instances[iid]
-                self._order = None
+            for iid in _sample(rng, self._by_rs[_ALL], rng.randint(0, 2)):
+                self._index_remove(self._instances.pop(iid))
                 self._maturing.discard(iid)
                 events.append(ChurnEvent("deleted", iid))
-            for bid in _sample(rng, sorted(self._buckets), rng.randint(1, 3)):
+            for bid in _sample(rng, self._bucket_ids, rng.randint(1, 3)):
                 b = self._buckets[bid]
                 grown = max(1024, int(b.size_bytes * rng.uniform(0.001, 0.05)))
                 b.size_bytes += grown
                 events.append(ChurnEvent("grown", bid, f"+{grown}"))
             if self._buckets and rng.random() < 0.3:
-                b = self._buckets[rng.choice(sorted(self._buckets))]
+                b = self._buckets[rng.choice(self._bucket_ids)]
                 b.access = "private" if b.access != "private" else "public"
                 events.append(ChurnEvent("access", b.id, b.access))
         return events
 
+    # -- indexes ---------------------------------------------------------------------
+
+    def _ids(self, key: FilterKey) -> list[str]:
+        """The sorted ids matching ``key``: a live index, never to be mutated or kept."""
+        region, status, tags = key
+        if not tags:
+            return self._by_rs.get((region, status), [])
+        ids = self._composite.get(key)
+        if ids is not None:
+            self._composite.move_to_end(key)
+            return ids
+        # Tags are rare on the page path (the crawler does not filter by them), so their
+        # index is built on first use from the region/status one; then kept current.
+        instances = self._instances
+        base = self._by_rs.get((region, status), [])
+        ids = [iid for iid in base if _matches(instances[iid], key)]
+        self._composite[key] = ids
+        if len(self._composite) > _COMPOSITE_CACHE:
+            self._composite.popitem(last=False)
+        return ids
+
+    def _index_add(self, inst: Instance) -> None:
+        iid = inst.id
+        for rs in _rs_keys(inst.region, inst.status):
+            insort(self._by_rs.setdefault(rs, []), iid)
+        for key, ids in self._composite.items():
+            if _matches(inst, key):
+                insort(ids, iid)
+
+    def _index_remove(self, inst: Instance) -> None:
+        iid = inst.id
+        for rs in _rs_keys(inst.region, inst.status):
+            _discard(self._by_rs[rs], iid)
+        for key, ids in self._composite.items():
+            if _matches(inst, key):
+                _discard(ids, iid)
+
+    def _set_status(self, inst: Instance, status: str) -> None:
+        """Change a status and move the instance between the indexes that depend on it."""
+        old = inst.status
+        if old == status:
+            return
+        iid, region = inst.id, inst.region
+        before = [key for key in self._composite if _matches(inst, key)]
+        for rs in ((None, old), (region, old)):
+            _discard(self._by_rs[rs], iid)
+        inst.status = status
+        for rs in ((None, status), (region, status)):
+            insort(self._by_rs.setdefault(rs, []), iid)
+        for key in before:
+            if not _matches(inst, key):
+                _discard(self._composite[key], iid)
+        for key, ids in self._composite.items():
+            if key not in before and _matches(inst, key):
+                insort(ids, iid)
+
     # -- helpers ---------------------------------------------------------------------
 
     def _settle(self) -> None:
+        if not self._maturing:
+            return
         now = self._clock.time()
         for iid in list(self._maturing):
             inst = self._instances[iid]
             if inst.ready_at is None or inst.ready_at <= now:
                 if inst.status == "pending":
-                    inst.status = "running"
+                    self._set_status(inst, "running")
                 inst.ready_at = None
                 self._maturing.discard(iid)
-
-    def _ids_by_status(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {s: [] for s in STATUSES}
-        for iid in sorted(self._instances):
-            out[self._instances[iid].status].append(iid)
-        return out
 
     def _new_instance_id(self) -> str:
         while True:
@@ -495,8 +598,95 @@ class Fleet:
         return f"{stem}-{n:02d}"
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bulk allocation (no cycles are made)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def filter_key(
+    region: str | None, status: str | None, tags: Mapping[str, str] | None
+) -> FilterKey:
+    """The canonical, hashable form of a filter set (tags sorted by key)."""
+    return (region, status, tuple(sorted(tags.items())) if tags else ())
+
+
+def _matches(inst: Instance, key: FilterKey) -> bool:
+    region, status, tags = key
+    return (
+        (region is None or inst.region == region)
+        and (status is None or inst.status == status)
+        and all(inst.tags.get(k) == v for k, v in tags)
+    )
+
+
+def _rs_keys(region: str, status: str) -> tuple[tuple[str | None, str | None], ...]:
+    return (_ALL, (region, None), (None, status), (region, status))
+
+
+def _discard(ids: list[str], iid: str) -> None:
+    at = bisect_left(ids, iid)
+    if at < len(ids) and ids[at] == iid:
+        del ids[at]
+
+
+def _build_indexes(
+    instances: Mapping[str, Instance],
+) -> dict[tuple[str | None, str | None], list[str]]:
+    """The region/status indexes over ``instances``: every list sorted by id."""
+    by_combo: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+    # Walk in creation order (the order in memory), sort the small lists, then merge:
+    # at a million instances this is several times faster than walking sorted ids.
+    for inst in instances.values():
+        by_combo[inst.region, inst.status].append(inst.id)
+    regions: defaultdict[str, list[list[str]]] = defaultdict(list)
+    statuses: defaultdict[str, list[list[str]]] = defaultdict(list)
+    by_rs: dict[tuple[str | None, str | None], list[str]] = {}
+    for (region, status), ids in by_combo.items():
+        ids.sort()
+        by_rs[(region, status)] = ids
+        regions[region].append(ids)
+        statuses[status].append(ids)
+    # Sorting concatenated sorted runs is a merge (timsort finds the runs).
+    for region, runs in regions.items():
+        by_rs[(region, None)] = sorted(chain.from_iterable(runs))
+    for status, runs in statuses.items():
+        by_rs[(None, status)] = sorted(chain.from_iterable(runs))
+    by_rs[_ALL] = sorted(chain.from_iterable(by_combo.values()))
+    return by_rs
+
+
+def _copy_instance(inst: Instance) -> Instance:
+    # Every field but tags is immutable, so a shallow copy with its own tags is a deep one.
+    return Instance(
+        id=inst.id,
+        name=inst.name,
+        status=inst.status,
+        region=inst.region,
+        cpu=inst.cpu,
+        memory_gb=inst.memory_gb,
+        plan=inst.plan,
+        tags=dict(inst.tags),
+        image_id=inst.image_id,
+        created_at=inst.created_at,
+        ssh_keys=inst.ssh_keys,
+        ready_at=inst.ready_at,
+    )
+
+
+def _copy_bucket(b: Bucket) -> Bucket:
+    return Bucket(b.id, b.region, b.size_bytes, b.access, b.created_at, dict(b.tags))
+
+
 def _sample(rng: random.Random, population: Sequence[str], k: int) -> list[str]:
-    return rng.sample(list(population), min(k, len(population)))
+    # Sampling the sequence itself draws exactly what sampling a copy of it would.
+    return rng.sample(population, min(k, len(population)))
 
 
 def _pick_env(rng: random.Random) -> str:
@@ -506,6 +696,7 @@ def _pick_env(rng: random.Random) -> str:
 
 
 def _random_instance(rng: random.Random, counters: dict[str, int], taken: set[str]) -> Instance:
+    """One seeded instance: the readable form of what :func:`_random_instances` draws."""
     while True:
         iid = "inst_" + "".join(rng.choices(_ID_ALPHABET, k=8))
         if iid not in taken:
@@ -523,7 +714,7 @@ def _random_instance(rng: random.Random, counters: dict[str, int], taken: set[st
         del tags["team"]
     elif roll < 0.05:
         del tags["env"]
-    chosen = rng.choices(tuple(PLAN_SHAPES), weights=(2, 4, 5, 1))[0]
+    chosen = rng.choices(tuple(PLAN_SHAPES), weights=_PLAN_WEIGHTS)[0]
     cpu, mem = PLAN_SHAPES[chosen]
     plan: str | None = chosen
     if rng.random() < 0.04:
@@ -531,7 +722,7 @@ def _random_instance(rng: random.Random, counters: dict[str, int], taken: set[st
         plan = None
         if rng.random() < 0.5:
             cpu, mem = rng.choice(_ODD_SHAPES)
-    status = rng.choices(STATUSES, weights=(85, 11, 4))[0]
+    status = rng.choices(STATUSES, weights=_STATUS_WEIGHTS)[0]
     return Instance(
         id=iid,
         name=f"{stem}-{counters[stem]:02d}",
@@ -544,6 +735,82 @@ def _random_instance(rng: random.Random, counters: dict[str, int], taken: set[st
         image_id=rng.choice(IMAGES),
         created_at=FLEET_EPOCH - rng.uniform(1, 730) * _DAY,
     )
+
+
+def _random_instances(rng: random.Random, count: int) -> tuple[list[Instance], dict[str, int]]:
+    """``count`` seeded instances and the name counters they leave.
+
+    Draws exactly what ``count`` calls of :func:`_random_instance` draw (the same calls
+    to ``random()`` and ``getrandbits()`` in the same order, as ``Random.choices``,
+    ``choice``, ``randint`` and ``uniform`` make them), inlined so that a million
+    instances take seconds. Identical tag sets share one dict, which nothing mutates.
+    """
+    rand, bits = rng.random, rng.getrandbits
+    alphabet, n_alpha = _ID_ALPHABET, float(len(_ID_ALPHABET))
+    env_names = [e for e, _ in _ENVS]
+    env_cum = list(accumulate(w for _, w in _ENVS))
+    env_total, env_hi = env_cum[-1] + 0.0, len(env_cum) - 1
+    plans = tuple(PLAN_SHAPES)
+    plan_cum = list(accumulate(_PLAN_WEIGHTS))
+    plan_total, plan_hi = plan_cum[-1] + 0.0, len(plan_cum) - 1
+    status_cum = list(accumulate(_STATUS_WEIGHTS))
+    status_total, status_hi = status_cum[-1] + 0.0, len(status_cum) - 1
+
+    def below(n: int) -> int:  # Random._randbelow_with_getrandbits
+        k = n.bit_length()
+        r = bits(k)
+        while r >= n:
+            r = bits(k)
+        return r
+
+    n_roles, n_teams, n_odd = len(_ROLES), len(_TEAMS), len(_ODD_SHAPES)
+    n_regions, n_images = len(REGIONS), len(IMAGES)
+    counters: dict[str, int] = {}
+    taken: set[str] = set()
+    shared_tags: dict[tuple[str, str, str | None, int], dict[str, str]] = {}
+    out: list[Instance] = []
+    append = out.append
+    for _ in range(count):
+        while True:
+            iid = "inst_" + "".join([alphabet[int(rand() * n_alpha)] for _ in range(8)])
+            if iid not in taken:
+                taken.add(iid)
+                break
+        env = env_names[bisect_right(env_cum, rand() * env_total, 0, env_hi)]
+        role = _ROLES[below(n_roles)]
+        stem = f"{env}-{role}"
+        number = counters[stem] = counters.get(stem, 0) + 1
+        team = _TEAMS[below(n_teams)]
+        cost_center = f"cc-{100 + below(900)}" if rand() < 0.1 else None
+        roll = rand()
+        missing = 1 if roll < 0.03 else 2 if roll < 0.05 else 0
+        tag_key = (team, env, cost_center, missing)
+        tags = shared_tags.get(tag_key)
+        if tags is None:
+            tags = {"team": team, "env": env}
+            if cost_center is not None:
+                tags["cost-center"] = cost_center
+            if missing == 1:
+                del tags["team"]
+            elif missing == 2:
+                del tags["env"]
+            shared_tags[tag_key] = tags
+        chosen = plans[bisect_right(plan_cum, rand() * plan_total, 0, plan_hi)]
+        cpu, mem = PLAN_SHAPES[chosen]
+        plan: str | None = chosen
+        if rand() < 0.04:
+            plan = None
+            if rand() < 0.5:
+                cpu, mem = _ODD_SHAPES[below(n_odd)]
+        status = STATUSES[bisect_right(status_cum, rand() * status_total, 0, status_hi)]
+        region = REGIONS[below(n_regions)]
+        image = IMAGES[below(n_images)]
+        created = FLEET_EPOCH - (1 + 729 * rand()) * _DAY
+        append(
+            Instance(iid, f"{stem}-{number:02d}", status, region, cpu, mem, plan, tags, image,
+                     created)
+        )
+    return out, counters
 
 
 def _random_buckets(rng: random.Random, count: int) -> list[Bucket]:
