@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -158,6 +159,13 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
+class _StopRequestedError(Exception):
+    """Raised by the signal handler while the fleet is being built."""
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; print the base URL and the key first. Exit code."""
     try:
@@ -168,8 +176,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
         return 2
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    # Signals that arrive between building the fleet and the event loop's handlers.
+    pending: list[int] = []
     try:
-        asyncio.run(_serve(config))
+        sim = _build(config, pending)
+        if sim is None:
+            return 0
+        asyncio.run(_serve(sim, pending))
     except OSError as exc:
         print(
             f"{_PROG}: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
@@ -177,15 +191,49 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        gc.unfreeze()
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     return 0
 
 
-async def _serve(config: SimulatorConfig) -> None:
+def _build(config: SimulatorConfig, pending: list[int]) -> Simulator | None:
+    """The simulator with its fleet, or None if SIGINT/SIGTERM came while building it.
+
+    Building a large fleet takes seconds of pure Python, when the event loop's signal
+    handlers could not run: a signal now aborts the build at once instead.
+    """
+
+    def abort(signum: int, frame: object) -> None:
+        raise _StopRequestedError
+
+    def note(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    try:
+        try:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, abort)
+            sim = Simulator(config)
+        finally:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, note)
+    except _StopRequestedError:
+        return None
+    # The fleet lives as long as the process: keep the collector from walking it again.
+    gc.freeze()
+    return sim
+
+
+async def _serve(sim: Simulator, pending: list[int]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    sim = Simulator(config)
+    if pending:
+        return
     await sim.start()
     try:
         sys.stdout.write(f"{sim.url}\n{sim.key}\n")

@@ -695,55 +695,14 @@ def _pick_env(rng: random.Random) -> str:
     return rng.choices(names, weights=weights)[0]
 
 
-def _random_instance(rng: random.Random, counters: dict[str, int], taken: set[str]) -> Instance:
-    """One seeded instance: the readable form of what :func:`_random_instances` draws."""
-    while True:
-        iid = "inst_" + "".join(rng.choices(_ID_ALPHABET, k=8))
-        if iid not in taken:
-            taken.add(iid)
-            break
-    env, role = _pick_env(rng), rng.choice(_ROLES)
-    stem = f"{env}-{role}"
-    counters[stem] = counters.get(stem, 0) + 1
-    tags = {"team": rng.choice(_TEAMS), "env": env}
-    if rng.random() < 0.1:
-        tags["cost-center"] = f"cc-{rng.randint(100, 999)}"
-    # A few records miss a tag, to exercise the client's handling of partial tags.
-    roll = rng.random()
-    if roll < 0.03:
-        del tags["team"]
-    elif roll < 0.05:
-        del tags["env"]
-    chosen = rng.choices(tuple(PLAN_SHAPES), weights=_PLAN_WEIGHTS)[0]
-    cpu, mem = PLAN_SHAPES[chosen]
-    plan: str | None = chosen
-    if rng.random() < 0.04:
-        # No plan field: the client must fall back to matching cpu/memory.
-        plan = None
-        if rng.random() < 0.5:
-            cpu, mem = rng.choice(_ODD_SHAPES)
-    status = rng.choices(STATUSES, weights=_STATUS_WEIGHTS)[0]
-    return Instance(
-        id=iid,
-        name=f"{stem}-{counters[stem]:02d}",
-        status=status,
-        region=rng.choice(REGIONS),
-        cpu=cpu,
-        memory_gb=mem,
-        plan=plan,
-        tags=tags,
-        image_id=rng.choice(IMAGES),
-        created_at=FLEET_EPOCH - rng.uniform(1, 730) * _DAY,
-    )
-
-
 def _random_instances(rng: random.Random, count: int) -> tuple[list[Instance], dict[str, int]]:
     """``count`` seeded instances and the name counters they leave.
 
-    Draws exactly what ``count`` calls of :func:`_random_instance` draw (the same calls
-    to ``random()`` and ``getrandbits()`` in the same order, as ``Random.choices``,
-    ``choice``, ``randint`` and ``uniform`` make them), inlined so that a million
-    instances take seconds. Identical tag sets share one dict, which nothing mutates.
+    Written as ``Random.choices``, ``choice``, ``randint`` and ``uniform`` calls per
+    instance this is readable but slow; here the same calls to ``random()`` and
+    ``getrandbits()`` are made in the same order, inlined, so that a million instances
+    take seconds and a seed gives the fleet it always gave (tests keep the readable
+    form as the reference). Identical tag sets share one dict, which nothing mutates.
     """
     rand, bits = rng.random, rng.getrandbits
     alphabet, n_alpha = _ID_ALPHABET, float(len(_ID_ALPHABET))

@@ -24,6 +24,10 @@ from .state import SimState
 
 log = logging.getLogger(__name__)
 
+# On stop, requests in flight get this long to finish (aiohttp's default is 60 s), so a
+# stop while busy, or while a SLOW fault sleeps, is prompt.
+SHUTDOWN_TIMEOUT = 1.0
+
 
 class Simulator:
     """One simulator: its state, its HTTP server, and helpers for tests."""
@@ -40,7 +44,12 @@ class Simulator:
 
     async def start(self) -> None:
         """Bind and serve; with port 0 the real port is read back from the socket."""
-        runner = web.AppRunner(build_app(self.state), handle_signals=False, access_log=None)
+        runner = web.AppRunner(
+            build_app(self.state),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.config.host, self.config.port)
