@@ -525,8 +525,12 @@ class Fleet:
         # Tags are rare on the page path (the crawler does not filter by them), so their
         # index is built on first use from the region/status one; then kept current.
         instances = self._instances
-        base = self._by_rs.get((region, status), [])
-        ids = [iid for iid in base if _matches(instances[iid], key)]
+        base = self._by_rs.get((region, status), [])  # matches region and status exactly
+        if len(tags) == 1:
+            ((name, value),) = tags
+            ids = [iid for iid in base if instances[iid].tags.get(name) == value]
+        else:
+            ids = [iid for iid in base if _matches(instances[iid], key)]
         self._composite[key] = ids
         if len(self._composite) > _COMPOSITE_CACHE:
             self._composite.popitem(last=False)
