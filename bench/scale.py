@@ -262,6 +262,7 @@ def crawl_child(url: str, key: str, db: str, per_minute: int, window: float) -> 
                                           clock=clock)
             wall = time.perf_counter() - started
             crawl_cpu = time.process_time() - cpu0
+        crawl_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         committed = time.perf_counter()
         if summary.status == "succeeded":
             store.commit(staged, summary)
@@ -270,7 +271,7 @@ def crawl_child(url: str, key: str, db: str, per_minute: int, window: float) -> 
         return {"status": summary.status, "error": str(summary.error or ""),
                 "instances": summary.instances, "requests": summary.requests,
                 "regions": len(regions), "wall": wall, "crawl_cpu": crawl_cpu,
-                "commit": commit}
+                "commit": commit, "crawl_peak_rss_mb": crawl_peak}
 
     result = asyncio.run(main())
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -313,14 +314,23 @@ def bench_crawl(n: int, buckets: int, per_minute: int, window: float, db: Path) 
                  f"{r['wall']:.1f}s / {ideal:.1f}s = {ratio:.2f}  goal <= 1.05: "
                  f"{verdict(ratio <= 1.05)}")
             line("commit", f"{r['commit']:.1f}s")
-            line("peak RSS, crawl + commit",
-                 f"{r['peak_rss_mb']:.0f} MB  goal <= 400 MB: {verdict(r['peak_rss_mb'] <= 400)}")
+            line("peak RSS, crawl + commit (before the commit)",
+                 f"{r['peak_rss_mb']:.0f} MB ({r['crawl_peak_rss_mb']:.0f} MB)  goal <= 400 MB: "
+                 f"{verdict(r['peak_rss_mb'] <= 400)}")
             line("crawler CPU (crawl; whole process with commit)",
                  f"{r['crawl_cpu']:.1f}s; {r['cpu']:.1f}s  goal <= 40 s: "
                  f"{verdict(r['cpu'] <= 40)}")
             line("simulator CPU during the child",
                  f"{r['sim_cpu']:.1f}s in {r['child_wall']:.1f}s "
                  f"({100 * r['sim_cpu'] / r['child_wall']:.0f}% of one core)")
+            # One chain's pages are sequential, so client and server CPU add up; chains in
+            # parallel overlap them (two cores). Below the budget's time, a host with
+            # those cores free would be budget-bound.
+            cpus = (r["crawl_cpu"], r["sim_cpu"])
+            floor = sum(cpus) if r["regions"] == 0 else max(cpus)
+            line("CPU floor of the crawl (crawler + simulator CPU)",
+                 f"{floor:.1f}s vs {ideal:.1f}s at the budget: "
+                 f"{'budget-bound' if floor < ideal else 'CPU-bound'} on an idle host")
 
 
 def bench_report(db: Path) -> None:
