@@ -241,9 +241,9 @@ def crawl_child(url: str, key: str, db: str, per_minute: int, window: float) -> 
 
     from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
     from nexus_audit.config import AccountConfig, Secret
-    from nexus_audit.crawl import crawl_account
-    from nexus_audit.store import Store
-    from nexus_audit.timeutil import SystemClock
+    from nexus_audit.crawl.crawler import crawl_account
+    from nexus_audit.domain.timeutil import SystemClock
+    from nexus_audit.history.store import Store
 
     async def main() -> dict[str, Any]:
         clock = SystemClock()
