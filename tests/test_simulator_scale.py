@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_audit.simulator import REGIONS, Fleet, ManualClock
-from nexus_audit.simulator.fleet import (
+from nexus_audit.simulator.synthetic import (
     _DAY,
     _ENVS,
     _ID_ALPHABET,
@@ -33,7 +33,7 @@ from nexus_audit.simulator.fleet import (
     PLAN_SHAPES,
     STATUSES,
     Instance,
-    _random_instances,
+    random_instances,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +193,7 @@ def test_fast_generator_draws_the_reference_fleet() -> None:
         counters: dict[str, int] = {}
         taken: set[str] = set()
         expected = [_reference_instance(ref_rng, counters, taken) for _ in range(3000)]
-        got, got_counters = _random_instances(fast_rng, 3000)
+        got, got_counters = random_instances(fast_rng, 3000)
         assert [i.to_json() for i in got] == [i.to_json() for i in expected]
         assert got_counters == counters
         # The stream is left where the reference leaves it (buckets are drawn next).

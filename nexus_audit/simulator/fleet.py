@@ -7,166 +7,54 @@ so the same seed always gives the same fleet and the same churn sequence.
 
 from __future__ import annotations
 
-import gc
 import random
-import string
 import threading
-from bisect import bisect_left, bisect_right, insort
-from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from itertools import accumulate, chain
-from types import MappingProxyType
+from bisect import bisect_right, insort
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from .clock import Clock, SystemClock
+from .index import ALL, FilterKey, build_indexes, discard, filter_key, matches, rs_keys
+from .synthetic import (
+    _ID_ALPHABET,
+    _ROLES,
+    _TEAMS,
+    FLEET_EPOCH,
+    IMAGES,
+    PLAN_SHAPES,
+    REGIONS,
+    STATUSES,
+    Bucket,
+    Instance,
+    copy_bucket,
+    copy_instance,
+    gc_paused,
+    iso_utc,
+    pick_env,
+    random_buckets,
+    random_instances,
+    tag_match,
+)
 
-PLAN_SHAPES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
-    {
-        # plan: (vCPU, memory in GB)
-        "nano": (1, 1),
-        "micro": (2, 2),
-        "standard": (4, 16),
-        "performance": (16, 64),
-    }
-)
-REGIONS: Final[tuple[str, ...]] = (
-    "us-east-1",
-    "us-west-2",
-    "us-central1",
-    "eu-west-1",
-    "eu-west-2",
-    "eu-central-1",
-    "ap-south-1",
-    "ap-northeast-1",
-)
-STATUSES: Final[tuple[str, ...]] = ("running", "stopped", "pending")
-IMAGES: Final[tuple[str, ...]] = (
-    "img_ubuntu2204_v3",
-    "img_ubuntu2404_v1",
-    "img_debian12_v2",
-    "img_rocky9_v1",
-)
-# Every seeded created_at lies before this instant, so a fleet does not depend on today.
-FLEET_EPOCH: Final[float] = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+__all__ = [
+    "FLEET_EPOCH",
+    "IMAGES",
+    "PLAN_SHAPES",
+    "REGIONS",
+    "STATUSES",
+    "Bucket",
+    "ChurnEvent",
+    "Fleet",
+    "Instance",
+    "filter_key",
+    "iso_utc",
+    "tag_match",
+]
 
-_ENVS: Final[tuple[tuple[str, float], ...]] = (
-    ("prod", 0.45),
-    ("staging", 0.25),
-    ("dev", 0.2),
-    ("test", 0.1),
-)
-_ROLES: Final[tuple[str, ...]] = (
-    "web",
-    "api",
-    "worker",
-    "db",
-    "cache",
-    "batch",
-    "ml",
-    "queue",
-    "search",
-    "gateway",
-)
-_TEAMS: Final[tuple[str, ...]] = (
-    "platform",
-    "payments",
-    "data",
-    "search",
-    "identity",
-    "growth",
-    "ml",
-)
-_BUCKET_PURPOSES: Final[tuple[str, ...]] = (
-    "assets",
-    "logs",
-    "backups",
-    "uploads",
-    "media",
-    "artifacts",
-    "reports",
-    "exports",
-    "datalake",
-    "static",
-)
-# A few shapes that match no plan, to exercise the per-vCPU/per-GB price fallback.
-_ODD_SHAPES: Final[tuple[tuple[int, int], ...]] = ((8, 32), (2, 8), (32, 128))
-_ID_ALPHABET: Final[str] = string.ascii_lowercase + string.digits
-_DAY: Final[float] = 86_400.0
-_PLAN_WEIGHTS: Final[tuple[int, ...]] = (2, 4, 5, 1)
-_STATUS_WEIGHTS: Final[tuple[int, ...]] = (85, 11, 4)
 # How many composite filter sets (tags with anything else) keep an index of their own.
 _COMPOSITE_CACHE: Final[int] = 64
-_ALL: Final[tuple[None, None]] = (None, None)
-
-#: A filter set: region, status, and tag pairs sorted by key.
-FilterKey = tuple[str | None, str | None, tuple[tuple[str, str], ...]]
-
-
-def iso_utc(ts: float) -> str:
-    """Format unix seconds as ``2024-01-15T08:32:00Z`` (the API's time format)."""
-    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(slots=True)
-class Instance:
-    """One compute instance. ``plan`` None means the API omits the field."""
-
-    id: str
-    name: str
-    status: str
-    region: str
-    cpu: int
-    memory_gb: int
-    plan: str | None
-    tags: dict[str, str]
-    image_id: str
-    created_at: float
-    ssh_keys: tuple[str, ...] = ()
-    # Set for instances created through the API or churn: pending until then.
-    ready_at: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The instance as the API returns it."""
-        out: dict[str, object] = {
-            "id": self.id,
-            "name": self.name,
-            "status": self.status,
-            "region": self.region,
-            "cpu": self.cpu,
-            "memory_gb": self.memory_gb,
-        }
-        if self.plan is not None:
-            out["plan"] = self.plan
-        out["tags"] = dict(self.tags)
-        out["image_id"] = self.image_id
-        out["created_at"] = iso_utc(self.created_at)
-        return out
-
-
-@dataclass(slots=True)
-class Bucket:
-    """One storage bucket."""
-
-    id: str
-    region: str
-    size_bytes: int
-    access: str
-    created_at: float
-    tags: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, object]:
-        """The bucket as the API returns it."""
-        return {
-            "id": self.id,
-            "region": self.region,
-            "size_bytes": self.size_bytes,
-            "access": self.access,
-            "created_at": iso_utc(self.created_at),
-            "tags": dict(self.tags),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +64,6 @@ class ChurnEvent:
     kind: str  # created|started|stopped|deleted|renamed|grown|access
     resource_id: str
     detail: str = ""
-
-
-def tag_match(tags: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
-    """True when every wanted ``key: value`` pair is present in ``tags``."""
-    return all(tags.get(k) == v for k, v in wanted.items())
 
 
 class Fleet:
@@ -223,7 +106,7 @@ class Fleet:
         self._maturing: set[str] = {
             i.id for i in self._instances.values() if i.ready_at is not None
         }
-        self._by_rs = _build_indexes(self._instances)
+        self._by_rs = build_indexes(self._instances)
         self._composite: OrderedDict[FilterKey, list[str]] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -240,9 +123,9 @@ class Fleet:
         """Build a realistic fleet; the same arguments always give the same fleet."""
         rng = random.Random(seed)
         # A million new objects would set off many collections that find no garbage.
-        with _gc_paused():
-            insts, counters = _random_instances(rng, instances)
-            bucket_list = _random_buckets(rng, buckets)
+        with gc_paused():
+            insts, counters = random_instances(rng, instances)
+            bucket_list = random_buckets(rng, buckets)
             return cls(
                 insts,
                 bucket_list,
@@ -265,7 +148,7 @@ class Fleet:
         with self._lock:
             self._settle()
             ids = self._ids(filter_key(region, status, tags))
-            return [_copy_instance(self._instances[iid]) for iid in ids]
+            return [copy_instance(self._instances[iid]) for iid in ids]
 
     def listing(
         self,
@@ -312,14 +195,14 @@ class Fleet:
     def instance_ids(self) -> list[str]:
         """All instance ids, sorted."""
         with self._lock:
-            return list(self._by_rs[_ALL])
+            return list(self._by_rs[ALL])
 
     def get_instance(self, instance_id: str) -> Instance | None:
         """A copy of one instance, or None."""
         with self._lock:
             self._settle()
             inst = self._instances.get(instance_id)
-            return _copy_instance(inst) if inst else None
+            return copy_instance(inst) if inst else None
 
     def add_instance(
         self,
@@ -365,7 +248,7 @@ class Fleet:
             if inst.ready_at is not None:
                 self._maturing.add(new_id)
             self._bump_counter(name)
-            return _copy_instance(inst)
+            return copy_instance(inst)
 
     def delete_instance(self, instance_id: str) -> Instance:
         """Remove an instance and return it; ``KeyError`` if there is none."""
@@ -395,7 +278,7 @@ class Fleet:
     def query_buckets(self) -> list[Bucket]:
         """All buckets as copies sorted by id."""
         with self._lock:
-            return [_copy_bucket(self._buckets[bid]) for bid in self._bucket_ids]
+            return [copy_bucket(self._buckets[bid]) for bid in self._bucket_ids]
 
     def page_buckets(self, *, after: str | None, limit: int) -> tuple[list[Bucket], bool, int]:
         """One keyset page of buckets, like :meth:`page_instances` (live objects)."""
@@ -411,7 +294,7 @@ class Fleet:
         """A copy of one bucket, or None."""
         with self._lock:
             b = self._buckets.get(bucket_id)
-            return _copy_bucket(b) if b else None
+            return copy_bucket(b) if b else None
 
     def add_bucket(
         self,
@@ -429,7 +312,7 @@ class Fleet:
             b = Bucket(bucket_id, region, size_bytes, access, self._clock.time(), dict(tags or {}))
             self._buckets[bucket_id] = b
             insort(self._bucket_ids, bucket_id)
-            return _copy_bucket(b)
+            return copy_bucket(b)
 
     def set_bucket_access(self, bucket_id: str, access: str) -> None:
         """Set a bucket's access (any non-empty string); ``KeyError`` if there is none."""
@@ -448,7 +331,7 @@ class Fleet:
         """Remove a bucket and return it; ``KeyError`` if there is none."""
         with self._lock:
             b = self._buckets.pop(bucket_id)
-            _discard(self._bucket_ids, bucket_id)
+            discard(self._bucket_ids, bucket_id)
             return b
 
     # -- churn -----------------------------------------------------------------------
@@ -471,7 +354,7 @@ class Fleet:
                     events.append(ChurnEvent("started", inst.id, "pending->running"))
             self._maturing.clear()
             for _ in range(rng.randint(0, 2)):
-                env, role = _pick_env(rng), rng.choice(_ROLES)
+                env, role = pick_env(rng), rng.choice(_ROLES)
                 plan = rng.choice(tuple(PLAN_SHAPES))
                 inst = self.add_instance(
                     name=self._next_name(f"{env}-{role}"),
@@ -492,11 +375,11 @@ class Fleet:
                 self._set_status(self._instances[iid], "running")
                 events.append(ChurnEvent("started", iid, "stopped->running"))
             if rng.random() < 0.3 and self._instances:
-                iid = rng.choice(self._by_rs[_ALL])
+                iid = rng.choice(self._by_rs[ALL])
                 old = self._instances[iid].name
                 self._instances[iid].name = self._next_name(old.rsplit("-", 1)[0])
                 events.append(ChurnEvent("renamed", iid, f"{old}->{self._instances[iid].name}"))
-            for iid in _sample(rng, self._by_rs[_ALL], rng.randint(0, 2)):
+            for iid in _sample(rng, self._by_rs[ALL], rng.randint(0, 2)):
                 self._index_remove(self._instances.pop(iid))
                 self._maturing.discard(iid)
                 events.append(ChurnEvent("deleted", iid))
@@ -530,7 +413,7 @@ class Fleet:
             ((name, value),) = tags
             ids = [iid for iid in base if instances[iid].tags.get(name) == value]
         else:
-            ids = [iid for iid in base if _matches(instances[iid], key)]
+            ids = [iid for iid in base if matches(instances[iid], key)]
         self._composite[key] = ids
         if len(self._composite) > _COMPOSITE_CACHE:
             self._composite.popitem(last=False)
@@ -538,19 +421,19 @@ class Fleet:
 
     def _index_add(self, inst: Instance) -> None:
         iid = inst.id
-        for rs in _rs_keys(inst.region, inst.status):
+        for rs in rs_keys(inst.region, inst.status):
             insort(self._by_rs.setdefault(rs, []), iid)
         for key, ids in self._composite.items():
-            if _matches(inst, key):
+            if matches(inst, key):
                 insort(ids, iid)
 
     def _index_remove(self, inst: Instance) -> None:
         iid = inst.id
-        for rs in _rs_keys(inst.region, inst.status):
-            _discard(self._by_rs[rs], iid)
+        for rs in rs_keys(inst.region, inst.status):
+            discard(self._by_rs[rs], iid)
         for key, ids in self._composite.items():
-            if _matches(inst, key):
-                _discard(ids, iid)
+            if matches(inst, key):
+                discard(ids, iid)
 
     def _set_status(self, inst: Instance, status: str) -> None:
         """Change a status and move the instance between the indexes that depend on it."""
@@ -558,17 +441,17 @@ class Fleet:
         if old == status:
             return
         iid, region = inst.id, inst.region
-        before = [key for key in self._composite if _matches(inst, key)]
+        before = [key for key in self._composite if matches(inst, key)]
         for rs in ((None, old), (region, old)):
-            _discard(self._by_rs[rs], iid)
+            discard(self._by_rs[rs], iid)
         inst.status = status
         for rs in ((None, status), (region, status)):
             insort(self._by_rs.setdefault(rs, []), iid)
         for key in before:
-            if not _matches(inst, key):
-                _discard(self._composite[key], iid)
+            if not matches(inst, key):
+                discard(self._composite[key], iid)
         for key, ids in self._composite.items():
-            if key not in before and _matches(inst, key):
+            if key not in before and matches(inst, key):
                 insort(ids, iid)
 
     # -- helpers ---------------------------------------------------------------------
@@ -602,200 +485,6 @@ class Fleet:
         return f"{stem}-{n:02d}"
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a bulk allocation (no cycles are made)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def filter_key(
-    region: str | None, status: str | None, tags: Mapping[str, str] | None
-) -> FilterKey:
-    """The canonical, hashable form of a filter set (tags sorted by key)."""
-    return (region, status, tuple(sorted(tags.items())) if tags else ())
-
-
-def _matches(inst: Instance, key: FilterKey) -> bool:
-    region, status, tags = key
-    return (
-        (region is None or inst.region == region)
-        and (status is None or inst.status == status)
-        and all(inst.tags.get(k) == v for k, v in tags)
-    )
-
-
-def _rs_keys(region: str, status: str) -> tuple[tuple[str | None, str | None], ...]:
-    return (_ALL, (region, None), (None, status), (region, status))
-
-
-def _discard(ids: list[str], iid: str) -> None:
-    at = bisect_left(ids, iid)
-    if at < len(ids) and ids[at] == iid:
-        del ids[at]
-
-
-def _build_indexes(
-    instances: Mapping[str, Instance],
-) -> dict[tuple[str | None, str | None], list[str]]:
-    """The region/status indexes over ``instances``: every list sorted by id."""
-    by_combo: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
-    # Walk in creation order (the order in memory), sort the small lists, then merge:
-    # at a million instances this is several times faster than walking sorted ids.
-    for inst in instances.values():
-        by_combo[inst.region, inst.status].append(inst.id)
-    regions: defaultdict[str, list[list[str]]] = defaultdict(list)
-    statuses: defaultdict[str, list[list[str]]] = defaultdict(list)
-    by_rs: dict[tuple[str | None, str | None], list[str]] = {}
-    for (region, status), ids in by_combo.items():
-        ids.sort()
-        by_rs[(region, status)] = ids
-        regions[region].append(ids)
-        statuses[status].append(ids)
-    # Sorting concatenated sorted runs is a merge (timsort finds the runs).
-    for region, runs in regions.items():
-        by_rs[(region, None)] = sorted(chain.from_iterable(runs))
-    for status, runs in statuses.items():
-        by_rs[(None, status)] = sorted(chain.from_iterable(runs))
-    by_rs[_ALL] = sorted(chain.from_iterable(by_combo.values()))
-    return by_rs
-
-
-def _copy_instance(inst: Instance) -> Instance:
-    # Every field but tags is immutable, so a shallow copy with its own tags is a deep one.
-    return Instance(
-        id=inst.id,
-        name=inst.name,
-        status=inst.status,
-        region=inst.region,
-        cpu=inst.cpu,
-        memory_gb=inst.memory_gb,
-        plan=inst.plan,
-        tags=dict(inst.tags),
-        image_id=inst.image_id,
-        created_at=inst.created_at,
-        ssh_keys=inst.ssh_keys,
-        ready_at=inst.ready_at,
-    )
-
-
-def _copy_bucket(b: Bucket) -> Bucket:
-    return Bucket(b.id, b.region, b.size_bytes, b.access, b.created_at, dict(b.tags))
-
-
 def _sample(rng: random.Random, population: Sequence[str], k: int) -> list[str]:
     # Sampling the sequence itself draws exactly what sampling a copy of it would.
     return rng.sample(population, min(k, len(population)))
-
-
-def _pick_env(rng: random.Random) -> str:
-    names = [e for e, _ in _ENVS]
-    weights = [w for _, w in _ENVS]
-    return rng.choices(names, weights=weights)[0]
-
-
-def _random_instances(rng: random.Random, count: int) -> tuple[list[Instance], dict[str, int]]:
-    """``count`` seeded instances and the name counters they leave.
-
-    Written as ``Random.choices``, ``choice``, ``randint`` and ``uniform`` calls per
-    instance this is readable but slow; here the same calls to ``random()`` and
-    ``getrandbits()`` are made in the same order, inlined, so that a million instances
-    take seconds and a seed gives the fleet it always gave (tests keep the readable
-    form as the reference). Identical tag sets share one dict, which nothing mutates.
-    """
-    rand, bits = rng.random, rng.getrandbits
-    alphabet, n_alpha = _ID_ALPHABET, float(len(_ID_ALPHABET))
-    env_names = [e for e, _ in _ENVS]
-    env_cum = list(accumulate(w for _, w in _ENVS))
-    env_total, env_hi = env_cum[-1] + 0.0, len(env_cum) - 1
-    plans = tuple(PLAN_SHAPES)
-    plan_cum = list(accumulate(_PLAN_WEIGHTS))
-    plan_total, plan_hi = plan_cum[-1] + 0.0, len(plan_cum) - 1
-    status_cum = list(accumulate(_STATUS_WEIGHTS))
-    status_total, status_hi = status_cum[-1] + 0.0, len(status_cum) - 1
-
-    def below(n: int) -> int:  # Random._randbelow_with_getrandbits
-        k = n.bit_length()
-        r = bits(k)
-        while r >= n:
-            r = bits(k)
-        return r
-
-    n_roles, n_teams, n_odd = len(_ROLES), len(_TEAMS), len(_ODD_SHAPES)
-    n_regions, n_images = len(REGIONS), len(IMAGES)
-    counters: dict[str, int] = {}
-    taken: set[str] = set()
-    shared_tags: dict[tuple[str, str, str | None, int], dict[str, str]] = {}
-    out: list[Instance] = []
-    append = out.append
-    for _ in range(count):
-        while True:
-            iid = "inst_" + "".join([alphabet[int(rand() * n_alpha)] for _ in range(8)])
-            if iid not in taken:
-                taken.add(iid)
-                break
-        env = env_names[bisect_right(env_cum, rand() * env_total, 0, env_hi)]
-        role = _ROLES[below(n_roles)]
-        stem = f"{env}-{role}"
-        number = counters[stem] = counters.get(stem, 0) + 1
-        team = _TEAMS[below(n_teams)]
-        cost_center = f"cc-{100 + below(900)}" if rand() < 0.1 else None
-        roll = rand()
-        missing = 1 if roll < 0.03 else 2 if roll < 0.05 else 0
-        tag_key = (team, env, cost_center, missing)
-        tags = shared_tags.get(tag_key)
-        if tags is None:
-            tags = {"team": team, "env": env}
-            if cost_center is not None:
-                tags["cost-center"] = cost_center
-            if missing == 1:
-                del tags["team"]
-            elif missing == 2:
-                del tags["env"]
-            shared_tags[tag_key] = tags
-        chosen = plans[bisect_right(plan_cum, rand() * plan_total, 0, plan_hi)]
-        cpu, mem = PLAN_SHAPES[chosen]
-        plan: str | None = chosen
-        if rand() < 0.04:
-            plan = None
-            if rand() < 0.5:
-                cpu, mem = _ODD_SHAPES[below(n_odd)]
-        status = STATUSES[bisect_right(status_cum, rand() * status_total, 0, status_hi)]
-        region = REGIONS[below(n_regions)]
-        image = IMAGES[below(n_images)]
-        created = FLEET_EPOCH - (1 + 729 * rand()) * _DAY
-        append(
-            Instance(iid, f"{stem}-{number:02d}", status, region, cpu, mem, plan, tags, image,
-                     created)
-        )
-    return out, counters
-
-
-def _random_buckets(rng: random.Random, count: int) -> list[Bucket]:
-    counters: dict[str, int] = {}
-    out: list[Bucket] = []
-    public_read_at = rng.randrange(count) if count else -1
-    for index in range(count):
-        env, purpose = _pick_env(rng), rng.choice(_BUCKET_PURPOSES)
-        stem = f"{env}-{purpose}"
-        counters[stem] = counters.get(stem, 0) + 1
-        access = "public" if rng.random() < 0.15 else "private"
-        if index == public_read_at:
-            access = "public-read"
-        out.append(
-            Bucket(
-                id=f"bk_{stem}-{counters[stem]:02d}",
-                region=rng.choice(REGIONS),
-                # Log-uniform from about a KB to a few TB.
-                size_bytes=int(10 ** rng.uniform(3, 12.6)),
-                access=access,
-                created_at=FLEET_EPOCH - rng.uniform(1, 1000) * _DAY,
-                tags={"team": rng.choice(_TEAMS), "env": env},
-            )
-        )
-    return out
