@@ -16,7 +16,8 @@ from nexus_audit.audit.report import Drift, Exposure, PublicBucket, Report
 from nexus_audit.errors import UsageError
 from nexus_audit.history.store import Store
 from nexus_audit.output import render as render_module
-from nexus_audit.output.render import CSV_COLUMNS, _wrap, render, render_chunks
+from nexus_audit.output.render import CSV_COLUMNS, render, render_chunks
+from nexus_audit.output.table import _wrap
 from tests.test_queries import T0
 from tests.test_report import build, rich_history
 
