@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from nexus_audit.simulator import ManualClock, Simulator, SimulatorThread
+from nexus_audit.simulator.clock import wall_seconds
 from tests.sim_fixtures import MakeSimulator
 
 REQUEST_ID = re.compile(r"req_[0-9a-f]{10}")
@@ -254,7 +255,7 @@ async def test_rate_limit_headers_on_every_response(
             assert all(h in r.headers for h in RATE_HEADERS), (method, target, r.status)
             assert REQUEST_ID.fullmatch(r.headers["X-Request-Id"])
             seen.append(int(r.headers["X-RateLimit-Remaining"]))
-            assert int(r.headers["X-RateLimit-Reset"]) > simulator.clock.time()
+            assert int(r.headers["X-RateLimit-Reset"]) > wall_seconds(simulator.clock)
     assert seen == list(range(999, 999 - len(calls), -1))
 
 

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_audit.simulator import REGIONS, Fleet, ManualClock
+from nexus_audit.simulator.clock import wall_seconds
 from nexus_audit.simulator.synthetic import (
     _DAY,
     _ENVS,
@@ -50,7 +51,7 @@ def _brute(
     fleet: Fleet, region: str | None, status: str | None, tags: Mapping[str, str] | None
 ) -> list[str]:
     """The matching ids by a full scan of the fleet's own records, no index."""
-    now = fleet._clock.time()  # the oracle reads the raw records
+    now = wall_seconds(fleet._clock)  # the oracle reads the raw records
     out = []
     for inst in fleet._instances.values():
         # A pending instance past its ready time is listed as running.

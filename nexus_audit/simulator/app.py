@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 from aiohttp import web
 
+from .clock import wall_seconds
 from .cursor import InvalidCursorError, Pager, filter_hash, make_page_with
 from .errors import UNAUTHORIZED_MESSAGE, ErrorCode, SimError, validation_error
 from .faults import BODY_FAULTS, Fault, FaultKind, mangle_body, mangle_payload
@@ -161,7 +162,7 @@ class _Api:
             if not admin:
                 self.state.request_log.append(
                     RequestRecord(
-                        time=self.state.clock.time(),
+                        time=wall_seconds(self.state.clock),
                         method=request.method,
                         path=request.path,
                         query=request.query_string,
@@ -175,7 +176,7 @@ class _Api:
         self, request: web.Request, handler: Handler, key_id: str
     ) -> web.StreamResponse:
         state = self.state
-        now = state.clock.time()
+        now = wall_seconds(state.clock)
         decision = state.limiter.peek(key_id, now)
         request[_RATE] = decision
         if decision.remaining <= 0:
@@ -324,7 +325,7 @@ class _Api:
                 fhash=filter_hash(kind, query.filters()),
                 cursor=query.cursor,
                 limit=query.limit,
-                now=self.state.clock.time(),
+                now=wall_seconds(self.state.clock),
             )
         except InvalidCursorError as exc:
             raise SimError(400, ErrorCode.INVALID_CURSOR, f"Invalid cursor: {exc}") from None
@@ -349,7 +350,7 @@ class _Api:
             data,
             metadata=metadata,
             content_type=request.content_type,
-            now=self.state.clock.time(),
+            now=wall_seconds(self.state.clock),
         )
         self.state.fleet.add_bucket_bytes(bucket, obj.size - replaced)
         response = self._json(
@@ -381,7 +382,7 @@ class _Api:
                 key,
                 metadata=parse_object_metadata(request.headers.get("X-Object-Metadata")),
                 content_type=request.content_type,
-                now=self.state.clock.time(),
+                now=wall_seconds(self.state.clock),
             )
             return self._json(
                 request, {"bucket": bucket, "key": key, "upload_id": upload.upload_id}
@@ -398,7 +399,7 @@ class _Api:
                 key,
                 listed,
                 objects=self.state.objects,
-                now=self.state.clock.time(),
+                now=wall_seconds(self.state.clock),
             )
             if not done.repeat:
                 self.state.fleet.add_bucket_bytes(bucket, done.obj.size - done.replaced)

@@ -1,25 +1,24 @@
-"""Time sources for the simulator: the wall clock and a manual clock for tests."""
+"""Time for the simulator: the exporter's one :class:`~nexus_audit.domain.timeutil.Clock`.
+
+The simulator reads wall time as unix seconds (:func:`wall_seconds`) from any such clock:
+the real one (:class:`~nexus_audit.domain.timeutil.SystemClock`), or :class:`ManualClock`,
+which moves only when a test tells it to and can be read from the simulator's own thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
-from typing import Protocol
+from datetime import UTC, datetime
+
+from nexus_audit.domain.timeutil import Clock, SystemClock
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "wall_seconds"]
 
 
-class Clock(Protocol):
-    """Anything with ``time()`` returning wall-clock seconds since the epoch."""
-
-    def time(self) -> float:
-        """Return the current wall time in seconds."""
-
-
-class SystemClock:
-    """The real wall clock (``time.time``)."""
-
-    def time(self) -> float:
-        """Return the current wall time in seconds."""
-        return time.time()
+def wall_seconds(clock: Clock) -> float:
+    """The clock's wall time in seconds since the epoch (what the API's headers carry)."""
+    return clock.now().timestamp()
 
 
 class ManualClock:
@@ -31,9 +30,22 @@ class ManualClock:
         self._lock = threading.Lock()
 
     def time(self) -> float:
-        """Return the current (manual) time in seconds."""
+        """The current (manual) time in seconds since the epoch."""
         with self._lock:
             return self._now
+
+    def now(self) -> datetime:
+        """The current (manual) wall time, timezone-aware UTC."""
+        return datetime.fromtimestamp(self.time(), UTC)
+
+    def monotonic(self) -> float:
+        """The same seconds: a manual clock never goes back."""
+        return self.time()
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance by ``seconds`` at once and yield to the loop."""
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward by ``seconds`` (never backwards)."""

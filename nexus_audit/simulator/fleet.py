@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, wall_seconds
 from .index import ALL, FilterKey, build_indexes, discard, filter_key, matches, rs_keys
 from .synthetic import (
     _ID_ALPHABET,
@@ -225,7 +225,7 @@ class Fleet:
             raise ValueError(f"unknown status {status!r}")
         shape = PLAN_SHAPES[plan] if plan else (cpu or 1, memory_gb or 1)
         with self._lock:
-            now = self._clock.time()
+            now = wall_seconds(self._clock)
             new_id = instance_id or self._new_instance_id()
             if new_id in self._instances:
                 raise ValueError(f"instance {new_id} already exists")
@@ -309,7 +309,8 @@ class Fleet:
         with self._lock:
             if bucket_id in self._buckets:
                 raise ValueError(f"bucket {bucket_id} already exists")
-            b = Bucket(bucket_id, region, size_bytes, access, self._clock.time(), dict(tags or {}))
+            b = Bucket(bucket_id, region, size_bytes, access, wall_seconds(self._clock),
+                       dict(tags or {}))
             self._buckets[bucket_id] = b
             insort(self._bucket_ids, bucket_id)
             return copy_bucket(b)
@@ -459,7 +460,7 @@ class Fleet:
     def _settle(self) -> None:
         if not self._maturing:
             return
-        now = self._clock.time()
+        now = wall_seconds(self._clock)
         for iid in list(self._maturing):
             inst = self._instances[iid]
             if inst.ready_at is None or inst.ready_at <= now:
