@@ -328,13 +328,6 @@ class Fleet:
             b = self._buckets[bucket_id]
             b.size_bytes = max(0, b.size_bytes + delta)
 
-    def delete_bucket(self, bucket_id: str) -> Bucket:
-        """Remove a bucket and return it; ``KeyError`` if there is none."""
-        with self._lock:
-            b = self._buckets.pop(bucket_id)
-            discard(self._bucket_ids, bucket_id)
-            return b
-
     # -- churn -----------------------------------------------------------------------
 
     def churn_step(self) -> list[ChurnEvent]:
