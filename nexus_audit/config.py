@@ -8,7 +8,9 @@ the setting, and never quotes a key.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -37,6 +39,12 @@ DEFAULT_BUCKET_INTERVAL: Final = timedelta(minutes=1)
 DEFAULT_STALE_AFTER: Final = timedelta(days=7)
 DEFAULT_PENDING_STALE_AFTER: Final = timedelta(hours=1)
 DEFAULT_ACCOUNT: Final = "default"
+#: Bytes allowed in one API answer: a page of 100 records is tens of KiB, a list of
+#: 100,000 buckets some 20 MiB; an endless or hostile body stops here.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+#: The longest wait the API's headers (Retry-After, X-RateLimit-Reset) may impose: two
+#: budget windows. Longer, the crawl fails RATE_LIMITED instead of stalling.
+DEFAULT_MAX_SERVER_WAIT: Final = timedelta(minutes=2)
 
 
 class Secret:
@@ -61,6 +69,55 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+_TOLERANCE_PART: Final = re.compile(r"(?P<n>[0-9]+)|(?P<p>[0-9]+(?:\.[0-9]+)?)%", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class TotalTolerance:
+    """How far a crawl's record count may be from totals the API agrees on (churn between
+    pages) before the crawl fails ``TOTAL_MISMATCH``: the larger of ``records`` and
+    ``percent`` % of the total. Written ``"10,1%"`` (either part may be left out)."""
+
+    records: int = 10
+    percent: float = 1.0
+
+    def records_for(self, total: int) -> int:
+        """Records the count may be off by for an API total of ``total``."""
+        return max(self.records, math.floor(total * self.percent / 100.0))
+
+    def allows(self, collected: int, total: int) -> bool:
+        """Whether ``collected`` is within the tolerance of ``total``."""
+        return abs(collected - total) <= self.records_for(total)
+
+    def __str__(self) -> str:
+        return f"{self.records},{self.percent:g}%"
+
+    @classmethod
+    def parse(cls, value: Any, setting: str = "total_tolerance") -> TotalTolerance:
+        """``"10,1%"``, ``"1%"``, ``"25"`` or ``25``; :class:`ConfigError` otherwise."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(records=value, percent=0.0)
+        text = value.strip() if isinstance(value, str) else ""
+        records: int | None = None
+        percent: float | None = None
+        for part in (p.strip() for p in text.split(",")):
+            match = _TOLERANCE_PART.fullmatch(part)
+            if match is None or (match["n"] and records is not None) or (
+                    match["p"] and percent is not None):
+                raise ConfigError(f"{setting}: expected records and/or a percentage like "
+                                  f"'10,1%', got {value!r}", parameter=setting)
+            if match["n"]:
+                records = int(match["n"])
+            else:
+                percent = float(match["p"])
+        if percent is not None and percent > 100:
+            raise ConfigError(f"{setting}: {percent:g}% is above 100%", parameter=setting)
+        return cls(records=records or 0, percent=percent or 0.0)
+
+
+DEFAULT_TOTAL_TOLERANCE: Final = TotalTolerance()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +157,12 @@ class Settings:
     pricing_file: Path | None = None
     policy_file: Path | None = None
     request_timeout: float = 30.0
+    #: How far a crawl's count may be from agreeing API totals (``TOTAL_MISMATCH`` past it).
+    total_tolerance: TotalTolerance = DEFAULT_TOTAL_TOLERANCE
+    #: Bytes allowed in one API answer (``RESPONSE_TOO_LARGE`` past it).
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    #: The longest wait the API's rate-limit headers may impose (``RATE_LIMITED`` past it).
+    max_server_wait: timedelta = DEFAULT_MAX_SERVER_WAIT
     per_instance_metrics: bool = False
     per_bucket_metrics: bool = True
     web: WebConfig = field(default_factory=WebConfig)
@@ -275,6 +338,7 @@ def load_toml(path: Path) -> dict[str, Any]:
 _TOP_KEYS: Final = frozenset({
     "db", "rate_budget", "api_url", "interval", "bucket_interval", "max_gap", "stale_after",
     "pending_stale_after", "pricing", "policy", "request_timeout", "accounts", "serve",
+    "total_tolerance", "max_response_bytes", "max_server_wait",
 })
 _ACCOUNT_KEYS: Final = frozenset({"name", "api_url", "api_key_file", "api_key_env", "rate_budget"})
 _SERVE_KEYS: Final = frozenset({
@@ -424,6 +488,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"request_timeout: expected positive seconds, got {timeout!r}")
     shard = (Shard.parse(env["NEXUS_AUDIT_SHARD"], parameter="NEXUS_AUDIT_SHARD")
              if env.get("NEXUS_AUDIT_SHARD", "").strip() else None)
+    max_server_wait = _duration(*setting("NEXUS_AUDIT_MAX_SERVER_WAIT", "max_server_wait",
+                                         "2m"))
+    if max_server_wait <= timedelta(0):
+        raise ConfigError("max_server_wait: must be longer than 0", parameter="max_server_wait")
     return Settings(
         shard=shard,
         accounts=tuple(accounts),
@@ -437,6 +505,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pricing_file=path_setting("NEXUS_AUDIT_PRICING", "pricing"),
         policy_file=path_setting("NEXUS_AUDIT_POLICY", "policy"),
         request_timeout=float(timeout),
+        total_tolerance=TotalTolerance.parse(*setting("NEXUS_AUDIT_TOTAL_TOLERANCE",
+                                                      "total_tolerance", "10,1%")),
+        max_response_bytes=_positive_int(*setting("NEXUS_AUDIT_MAX_RESPONSE_BYTES",
+                                                  "max_response_bytes",
+                                                  DEFAULT_MAX_RESPONSE_BYTES)),
+        max_server_wait=max_server_wait,
         per_instance_metrics=_bool(serve.get("per_instance_metrics", False),
                                    "serve.per_instance_metrics"),
         per_bucket_metrics=_bool(serve.get("per_bucket_metrics", True),

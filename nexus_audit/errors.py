@@ -104,8 +104,44 @@ class ProtocolError(ApiError):
     """CloudNexus answered 2xx with a body that breaks the documented format."""
 
 
+class ResponseTooLargeError(ProtocolError):
+    """An answer's body passed the byte cap per answer (an endless or hostile body)."""
+
+
 class CrawlError(NexusAuditError):
     """A crawl could not be completed; nothing of it becomes history."""
+
+    #: The failure code stored with the failed crawl (``crawls.error_code``).
+    code: str = "CRAWL"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        #: The answer (``X-Request-Id``) that showed the problem, to quote to support.
+        self.request_id = request_id
+
+
+class DuplicateConflictError(CrawlError):
+    """One crawl saw the same id twice with different contents."""
+
+    code = "DUPLICATE_CONFLICT"
+
+
+class TotalMismatchError(CrawlError):
+    """The records collected fall short of (or exceed) the total the API agreed on."""
+
+    code = "TOTAL_MISMATCH"
+
+
+class WalkTooLongError(CrawlError):
+    """A cursor chain ran past the pages its announced total allows."""
+
+    code = "WALK_TOO_LONG"
+
+
+class PageTooLargeError(CrawlError):
+    """A page held more items than the ``limit`` asked for."""
+
+    code = "PAGE_TOO_LARGE"
 
 
 class StoreError(NexusAuditError):

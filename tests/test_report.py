@@ -92,9 +92,12 @@ def test_rich_history_answers(rich: Report) -> None:
 
 
 def test_money_rounding() -> None:
-    """Money rounds to 6 decimals and never shows negative zero or NaN."""
+    """Money rounds to 6 decimals, never shows negative zero, and never turns a non-finite
+    amount into 0 (it raises: such an amount is a bug, not a cost of zero)."""
     assert money(1.23456789) == 1.234568
     assert str(money(-0.0000001)) == "0.0"
-    assert money(float("nan")) == 0.0
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="non-finite"):
+            money(bad)
     assert money(None) == 0.0
     assert PRICES.storage_hourly(10**9) == 1.0

@@ -26,6 +26,15 @@ and pages. The priority of a request is that of the task sending it
 (:func:`request_priority`, a context variable): it follows a crawl's concurrent page
 chains without threading a parameter through the crawler and the client.
 
+Waits the server asks for are capped (``max_wait``, the ``max_server_wait`` setting, by
+default two windows): an ``X-RateLimit-Reset`` further away than that (in milliseconds by
+mistake, or hours ahead) with nothing remaining makes :meth:`RateBudget.acquire` raise
+:class:`~nexus_audit.errors.RateLimitedError` naming the headers, for every priority, rather
+than wait; the key's state expires after the cap, so the next request tries again. Every
+wait of :data:`LONG_WAIT` seconds or more is logged with its cause. A 429's own wait is
+capped by the client the same way before it becomes a :meth:`RateBudget.hold`, so no
+job's hold keeps another's requests (the bucket poll's) waiting longer than the cap.
+
 The arithmetic (:meth:`RateBudget.delay`, :meth:`RateBudget.record_send`,
 :meth:`RateBudget.observe`) takes the current time as a plain value; only
 :meth:`RateBudget.acquire` reads the injected clock and sleeps on it.
@@ -46,6 +55,15 @@ from typing import Final, Literal
 
 from nexus_audit.config import AccountConfig
 from nexus_audit.domain.timeutil import Clock
+from nexus_audit.errors import RateLimitedError
+from nexus_audit.logs import get_logger
+
+log = get_logger(__name__)
+
+#: The default cap on a wait the server's headers ask for: two windows of a minute.
+DEFAULT_MAX_WAIT: Final = 120.0
+#: A wait at least this long is logged (with its cause).
+LONG_WAIT: Final = 5.0
 
 #: Jitter added after a server-side reset: a share of the window, capped at one second.
 RESET_JITTER_SHARE: Final = 0.02
@@ -111,6 +129,7 @@ class RateBudget:
         window: float = 60.0,
         rng: random.Random | None = None,
         reserve: int = 0,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         if per_minute < 1:
             raise ValueError("per_minute must be >= 1")
@@ -119,6 +138,12 @@ class RateBudget:
         self.per_minute = per_minute
         self.window = window
         self.capacity = window_capacity(per_minute, window)
+        if max_wait <= 0:
+            raise ValueError("max_wait must be > 0")
+        #: The longest wait the server's headers may impose (a 429's or a reset's).
+        self.max_wait = max_wait
+        #: Why the server's current reset is refused (too far away), if it is.
+        self._refused: str | None = None
         self._clock = clock
         self._rng = rng or random.Random()
         # Per priority: answer times of finished requests within the window (oldest
@@ -164,6 +189,7 @@ class RateBudget:
         if self._server_left is not None and now >= self._server_reset_at:
             # A new server window has begun: its budget is unknown until the next answer.
             self._server_left = None
+            self._refused = None
 
     def _held(self, priority: Priority) -> int:
         return self._inflight_by[priority] + len(self._finished[priority])
@@ -275,11 +301,38 @@ class RateBudget:
         self._server_left = estimate
         self._server_reset_epoch = reset_epoch
         jitter = self._rng.uniform(0.0, min(RESET_JITTER_CAP, RESET_JITTER_SHARE * self.window))
+        self._refused = None
+        if until_reset > self.max_wait:
+            # Never believed past the cap: acquire refuses while this count stops a request,
+            # and the state expires after the cap, so a later request asks the server again.
+            self._refused = (f"CloudNexus said X-RateLimit-Remaining: {remaining} with "
+                             f"X-RateLimit-Reset: {reset_epoch:.0f}, {until_reset:,.0f}s away, "
+                             f"past the {self.max_wait:g}s cap on a wait the server asks "
+                             "(max_server_wait); not waiting")
+            until_reset = self.max_wait
         self._server_reset_at = now + until_reset + jitter
 
     def hold(self, seconds: float, *, now: float) -> None:
-        """Send nothing on this key for ``seconds`` (after a 429: every caller waits)."""
-        self._hold_until = max(self._hold_until, now + max(0.0, seconds))
+        """Send nothing on this key for ``seconds`` (after a 429: every caller waits), at
+        most :attr:`max_wait` (the client refuses longer waits before they get here)."""
+        self._hold_until = max(self._hold_until, now + min(self.max_wait, max(0.0, seconds)))
+
+    def refusal(self, now: float, priority: Priority = "normal") -> str | None:
+        """Why a request of ``priority`` may not wait for the server's reset (it is past
+        :attr:`max_wait`), or None: it may be sent or wait within the cap."""
+        self._prune(now)
+        if self._refused is None or self._server_left is None:
+            return None
+        keep = max(0, self.reserve - self._held("high")) if priority == "normal" else 0
+        return self._refused if self._server_left <= keep else None
+
+    def _cause(self, now: float, wait: float) -> str:
+        """What a wait of ``wait`` seconds from ``now`` is for (for the log)."""
+        if self._hold_until - now >= wait - 1e-9:
+            return "429"
+        if self._server_left is not None and self._server_reset_at - now >= wait - 1e-9:
+            return "server_reset"
+        return "window"
 
     # -- the one method that waits -------------------------------------------------------
 
@@ -302,6 +355,16 @@ class RateBudget:
                             else self.delay(now, level))
                     if wait <= 0:
                         break
+                    refused = self.refusal(now, level)
+                    if refused is not None:
+                        log.warning("budget.refused", priority=level, reason=refused)
+                        raise RateLimitedError(refused, status=None)
+                    if wait != math.inf and wait >= LONG_WAIT:
+                        # A full window of our own is routine (info); the server's word is not.
+                        cause = self._cause(now, wait)
+                        (log.info if cause == "window" else log.warning)(
+                            "budget.long_wait", priority=level, seconds=round(wait, 3),
+                            cause=cause)
                     if wait == math.inf:
                         self._changed.clear()
                         await self._changed.wait()
@@ -347,13 +410,16 @@ def rates_in_force(accounts: Iterable[AccountConfig]) -> dict[str, int]:
 
 
 def shared_budgets(accounts: Iterable[AccountConfig], clock: Clock, *,
-                   window: float = 60.0) -> dict[str, RateBudget]:
+                   window: float = 60.0,
+                   max_wait: float = DEFAULT_MAX_WAIT) -> dict[str, RateBudget]:
     """One :class:`RateBudget` per key (and API URL) at :func:`rates_in_force`, mapped from
-    each account using it. ``window`` shortens the window for tests and benchmarks."""
+    each account using it. ``window`` shortens the window for tests and benchmarks;
+    ``max_wait`` caps a wait the server's headers ask for (``max_server_wait``)."""
     chosen = list(accounts)
     rates = rates_in_force(chosen)
     by_key: dict[tuple[str, str], RateBudget] = {}
     for account in chosen:
         by_key.setdefault(_key(account),
-                          RateBudget(rates[account.name], clock=clock, window=window))
+                          RateBudget(rates[account.name], clock=clock, window=window,
+                                     max_wait=max_wait))
     return {a.name: by_key[_key(a)] for a in chosen}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from nexus_audit.api.retry import (
     parse_int_header,
     parse_retry_after,
 )
-from nexus_audit.config import AccountConfig
+from nexus_audit.config import DEFAULT_MAX_RESPONSE_BYTES, AccountConfig
 from nexus_audit.domain.timeutil import Clock
 from nexus_audit.errors import (
     ApiError,
@@ -38,6 +39,7 @@ from nexus_audit.errors import (
     NotFoundError,
     ProtocolError,
     RateLimitedError,
+    ResponseTooLargeError,
     ServerError,
     TransportError,
 )
@@ -49,6 +51,14 @@ USER_AGENT: Final = "nexus-audit"
 #: Connections per host: enough for every region chain of a few accounts at once.
 CONNECTIONS_PER_HOST: Final = 32
 _MESSAGE_LIMIT: Final = 300
+#: The longest request id or API error code kept: real ones are short (``req_7f8a9b2c1d``).
+REQUEST_ID_LIMIT: Final = 128
+_CHUNK: Final = 64 * 1024
+#: A wait asked by the server at least this long is logged as a warning.
+LONG_WAIT: Final = 5.0
+#: Unicode categories never kept in stored text: controls, format characters (bidi
+#: overrides, zero-width), surrogates, private use and unassigned.
+_CONTROL: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 #: The slowest upload link we wait for (1 Mbit/s): a request with a body gets its transfer
 #: at this rate on top of the request timeout, so a 16 MiB part may take about 2 minutes
 #: more and a 100 MiB single PUT about 14 (aiohttp has no timeout on write progress, so a
@@ -64,6 +74,27 @@ def request_seconds(timeout: float, body_size: int) -> float:
     ``body_size / timeout`` (16 MiB in 30 s needs 4.5 Mbit/s), at every retry.
     """
     return timeout + body_size / UPLOAD_FLOOR_BYTES_PER_SECOND
+
+
+def clean_text(value: str, limit: int, secrets: tuple[str, ...] = ()) -> str:
+    """``value`` fit to store and print: each secret replaced by ``[REDACTED]``, control and
+    format characters (ESC, NUL, bidi overrides...) removed, white space (CR, LF, tabs
+    included) collapsed to single spaces, cut to ``limit`` characters (``…`` marks a cut).
+
+    Secrets are replaced before and after the removal: a control character inside an
+    echoed key must not hide it from the scrub.
+    """
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "[REDACTED]")
+        return text
+
+    value = scrub(value)
+    value = "".join(ch for ch in value
+                    if ch.isspace() or unicodedata.category(ch) not in _CONTROL)
+    value = scrub(" ".join(value.split()))
+    return value if len(value) <= limit else value[:limit - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -99,10 +130,12 @@ class ApiStats:
 
 
 class Reply(NamedTuple):
-    """A JSON object answer with its response headers (uploads verify the ``ETag``)."""
+    """A JSON object answer with its response headers (uploads verify the ``ETag``) and its
+    request id (``X-Request-Id``, cleaned by :func:`clean_text`: never the raw header)."""
 
     payload: dict[str, Any]
     headers: Mapping[str, str]
+    request_id: str | None = None
 
 
 def object_path(bucket: str, key: str) -> str:
@@ -166,6 +199,7 @@ class CloudNexusClient:
         clock: Clock,
         rng: random.Random | None = None,
         policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.account = account
         self.session = session
@@ -174,6 +208,8 @@ class CloudNexusClient:
         self.timeout = timeout
         self.clock = clock
         self.policy = policy
+        #: Bytes allowed in one answer; past it the request fails RESPONSE_TOO_LARGE.
+        self.max_response_bytes = max_response_bytes
         self._rng = rng or random.Random()
         self._base = account.api_url.rstrip("/")
         self._secret = account.api_key.reveal()
@@ -192,9 +228,43 @@ class CloudNexusClient:
         clone = CloudNexusClient(
             self.account, self.session, self.budget, stats=self.stats, timeout=self.timeout,
             clock=self.clock, rng=self._rng, policy=self.policy,
+            max_response_bytes=self.max_response_bytes,
         )
         clone._all_stats = (*self._all_stats, extra)
         return clone
+
+    def scrub(self, text: str, limit: int = _MESSAGE_LIMIT) -> str:
+        """``text`` with this client's key redacted and control characters removed, cut
+        to ``limit`` (:func:`clean_text`): for anything that came from the API."""
+        return clean_text(text, limit, (self._secret,))
+
+    def _request_id(self, headers: Mapping[str, str]) -> str | None:
+        value = headers.get("X-Request-Id")
+        return None if value is None else self.scrub(value, REQUEST_ID_LIMIT) or None
+
+    async def _read(self, response: aiohttp.ClientResponse, endpoint: str) -> bytes:
+        """The body, read in chunks: past :attr:`max_response_bytes` it is abandoned (the
+        connection closed) and :class:`ResponseTooLargeError` raised, so an endless body
+        costs at most the cap in memory."""
+        cap = self.max_response_bytes
+
+        def too_large(what: str) -> ResponseTooLargeError:
+            return ResponseTooLargeError(
+                f"CloudNexus sent an answer of {what}, past the {cap:,}-byte cap per answer "
+                "(max_response_bytes)", status=response.status, code="RESPONSE_TOO_LARGE",
+                endpoint=endpoint, request_id=self._request_id(response.headers))
+
+        length = response.content_length
+        if length is not None and length > cap:
+            raise too_large(f"{length:,} bytes (Content-Length)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise too_large(f"more than {cap:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     # -- public calls ------------------------------------------------------------------
 
@@ -289,9 +359,9 @@ class CloudNexusClient:
                     method, url, params=params, data=data, headers=send_headers,
                     timeout=timeout, allow_redirects=False,
                 ) as response:
-                    body = await response.read()
                     status = response.status
                     reply_headers = response.headers
+                    body = await self._read(response, endpoint)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self.budget.done()
                 self._count(endpoint, "error")
@@ -300,6 +370,11 @@ class CloudNexusClient:
                 what = (f"no answer within {round(seconds, 1):g}s" if timed_out
                         else f"connection failed ({type(exc).__name__})")
                 failure = TransportError(f"CloudNexus unreachable: {what}", endpoint=endpoint)
+            except ResponseTooLargeError as exc:
+                self.budget.done()
+                self._count(endpoint, str(exc.status))
+                self._log_error(exc)
+                raise
             except BaseException:
                 self.budget.done()
                 raise
@@ -316,16 +391,16 @@ class CloudNexusClient:
                         failure = TransportError(
                             f"CloudNexus sent an unreadable {status} body "
                             f"({len(body)} bytes, not JSON)", status=status, endpoint=endpoint,
-                            request_id=reply_headers.get("X-Request-Id"),
+                            request_id=self._request_id(reply_headers),
                         )
                     else:
                         if not isinstance(payload, dict):
                             raise ProtocolError(
                                 f"CloudNexus sent a JSON {type(payload).__name__}, "
                                 "expected an object", status=status, endpoint=endpoint,
-                                request_id=reply_headers.get("X-Request-Id"),
+                                request_id=self._request_id(reply_headers),
                             )
-                        return Reply(payload, reply_headers)
+                        return Reply(payload, reply_headers, self._request_id(reply_headers))
                 else:
                     failure = self._error(status, body, reply_headers, endpoint)
                     if verdict == "fatal":
@@ -333,19 +408,37 @@ class CloudNexusClient:
                         raise failure
                     if verdict == "rate_limited":
                         now = self.clock.now()
+                        retry_after = parse_retry_after(reply_headers.get("Retry-After"), now)
                         wait = self.policy.rate_limit_wait(
-                            retry_after=parse_retry_after(reply_headers.get("Retry-After"), now),
+                            retry_after=retry_after,
                             reset_epoch=reset, now_epoch=now.timestamp(), rng=self._rng,
                         )
                         limited += 1
                         limited_wait += wait
+                        cap = self.budget.max_wait
+                        if wait > cap:
+                            # An absurd wait (hours, or a Reset in milliseconds) fails now,
+                            # saying why, instead of holding every request on the key.
+                            header = ("Retry-After", reply_headers.get("Retry-After"))
+                            if retry_after is None:
+                                header = ("X-RateLimit-Reset",
+                                          reply_headers.get("X-RateLimit-Reset"))
+                            failure = RateLimitedError(
+                                f"CloudNexus answered 429 asking to wait {wait:,.0f}s "
+                                f"({header[0]}: {self.scrub(str(header[1]), 40)}), past the "
+                                f"{cap:g}s cap on a wait the server asks (max_server_wait)",
+                                status=status, code=failure.code,
+                                request_id=failure.request_id, endpoint=endpoint)
+                            self._log_error(failure)
+                            raise failure
                         if (limited > self.policy.max_rate_limited
                                 or limited_wait > self.policy.max_rate_limit_wait):
                             self._log_error(failure)
                             raise failure
                         self._count_retry(endpoint, "429")
-                        log.info("api.rate_limited", endpoint=endpoint, wait=round(wait, 3),
-                                 request_id=failure.request_id)
+                        (log.warning if wait >= LONG_WAIT else log.info)(
+                            "api.rate_limited", endpoint=endpoint, wait=round(wait, 3),
+                            request_id=failure.request_id)
                         # Every request on this key waits, not only this one.
                         self.budget.hold_for(wait)
                         continue
@@ -365,7 +458,7 @@ class CloudNexusClient:
     ) -> ApiError:
         code: str | None = None
         message: str | None = None
-        request_id: str | None = headers.get("X-Request-Id")
+        request_id = self._request_id(headers)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -375,14 +468,15 @@ class CloudNexusClient:
             code = error.get("code") if isinstance(error.get("code"), str) else None
             message = error.get("message") if isinstance(error.get("message"), str) else None
             if isinstance(error.get("request_id"), str):
-                request_id = error["request_id"]
+                request_id = self.scrub(error["request_id"], REQUEST_ID_LIMIT) or None
+        if code is not None:
+            code = self.scrub(code, REQUEST_ID_LIMIT) or None
         if message is None:
-            text = body.decode("utf-8", "replace").strip()
+            text = body[:4 * _MESSAGE_LIMIT].decode("utf-8", "replace").strip()
             message = text if text else None
         if message is not None:
-            message = " ".join(message.split())[:_MESSAGE_LIMIT]
-            if self._secret and self._secret in message:
-                message = message.replace(self._secret, "[REDACTED]")
+            # Scrubbed whole before the cut: a key cut in half would survive the scrub.
+            message = self.scrub(message, 4 * _MESSAGE_LIMIT)[:_MESSAGE_LIMIT] or None
         lead = _LEADS.get(status, f"CloudNexus answered HTTP {status}")
         text = f"{lead}: {message}" if message else lead
         return _error_class(status)(text, status=status, code=code, request_id=request_id,

@@ -8,18 +8,39 @@ A 2xx page of the wrong shape (no ``pagination`` where one is required, a list k
 not a list, a malformed ``pagination``) is re-read once with the same cursor: it costs
 one request and turns a glitch of one response into a complete walk. A second bad page
 raises :class:`~nexus_audit.errors.ProtocolError`.
+
+Hostile sizes: a paged answer with more items than the ``limit`` asked for fails the walk
+(:class:`~nexus_audit.errors.PageTooLargeError`), and so does a chain that runs past the
+pages its largest announced total allows, ``ceil(total / limit)`` plus a slack of
+:data:`PAGE_SLACK_SHARE` of that (at least :data:`PAGE_SLACK_MIN` pages) for churn
+(:class:`~nexus_audit.errors.WalkTooLongError`); a chain that announces no total at all may
+run to :data:`MAX_PAGES_WITHOUT_TOTAL`. Fresh cursors with empty pages stop there.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from nexus_audit.api.client import Reply
-from nexus_audit.errors import CrawlError, ProtocolError
+from nexus_audit.errors import CrawlError, PageTooLargeError, ProtocolError, WalkTooLongError
 
 PAGE_LIMIT: Final = 100
+#: Pages a walk may take beyond what its largest announced total needs: churn adds pages.
+PAGE_SLACK_SHARE: Final = 0.1
+PAGE_SLACK_MIN: Final = 10
+#: Pages allowed to a chain that never announces a total (a million records at 100).
+MAX_PAGES_WITHOUT_TOTAL: Final = 10_000
+
+
+def max_pages(total: int | None, limit: int) -> int:
+    """Pages a walk may take when the largest total it was told is ``total``."""
+    if total is None:
+        return MAX_PAGES_WITHOUT_TOTAL
+    need = math.ceil(total / limit)
+    return need + max(PAGE_SLACK_MIN, math.ceil(need * PAGE_SLACK_SHARE))
 
 
 class RepeatedCursorError(CrawlError):
@@ -107,6 +128,8 @@ class CursorWalk:
         self.last_total: int | None = None
         self.pages = 0
         self.items = 0
+        #: The largest ``pagination.total`` any page announced (bounds the pages).
+        self.max_total: int | None = None
         #: The request id of the last page's answer (``X-Request-Id``), if it had one.
         self.request_id: str | None = None
 
@@ -137,8 +160,16 @@ class CursorWalk:
                                 endpoint=self.endpoint, request_id=exc.request_id) from None
 
     def _parse(self, reply: Reply) -> Page:
-        return parse_page(reply.payload, self.list_key, paginated=self.paginated,
-                          request_id=reply.headers.get("X-Request-Id"))
+        page = parse_page(reply.payload, self.list_key, paginated=self.paginated,
+                          request_id=reply.request_id)
+        paged = page.next_cursor is not None or "pagination" in reply.payload
+        if paged and len(page.items) > self.limit:
+            # Not a shape glitch to re-read: a server that ignores the limit is hostile
+            # (a 50 MB page of one repeated id), so the walk fails at once.
+            raise PageTooLargeError(
+                f"{self.describe()}: CloudNexus sent {len(page.items):,} items in a page "
+                f"asked for at most {self.limit}", request_id=reply.request_id)
+        return page
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         seen: set[str] = set()
@@ -151,13 +182,22 @@ class CursorWalk:
             if self.pages == 1:
                 self.first_total = page.total
             self.last_total = page.total
+            if page.total is not None:
+                self.max_total = max(self.max_total or 0, page.total)
             yield page.items
             if page.next_cursor is None:
                 return
+            allowed = max_pages(self.max_total, self.limit)
+            if self.pages >= allowed:
+                raise WalkTooLongError(
+                    f"{self.describe()}: CloudNexus kept handing out cursors after {self.pages:,} "
+                    f"pages ({self.items:,} items), more than the {allowed:,} its total of "
+                    f"{self.max_total if self.max_total is not None else 'nothing'} allows; "
+                    "stopped", request_id=page.request_id)
             if page.next_cursor in seen:
                 raise RepeatedCursorError(
                     f"{self.describe()}: CloudNexus repeated a cursor after {self.pages} pages; "
-                    "stopped instead of looping"
+                    "stopped instead of looping", request_id=page.request_id,
                 )
             seen.add(page.next_cursor)
             cursor = page.next_cursor

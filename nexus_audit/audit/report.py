@@ -44,9 +44,16 @@ MONEY_DECIMALS: Final = 6
 
 
 def money(value: float | None) -> float:
-    """Round an amount for the report (6 decimals, no negative zero)."""
-    if value is None or not math.isfinite(value):
+    """Round an amount for the report (6 decimals, no negative zero).
+
+    A non-finite amount raises ``ValueError``: records with NaN or Infinity are refused at
+    the crawl, so one here is a bug, and a report must never show it as 0.
+    """
+    if value is None:
         return 0.0
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite amount {value!r} in the report (a bug: records with "
+                         "NaN or Infinity are refused at the crawl)")
     return round(value, MONEY_DECIMALS) + 0.0
 
 

@@ -13,9 +13,15 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from nexus_audit.api.budget import rates_in_force, shared_budgets
+from nexus_audit.api.budget import DEFAULT_MAX_WAIT, rates_in_force, shared_budgets
 from nexus_audit.api.client import ApiStats, CloudNexusClient, client_session
-from nexus_audit.config import AccountConfig, Settings
+from nexus_audit.config import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TOTAL_TOLERANCE,
+    AccountConfig,
+    Settings,
+    TotalTolerance,
+)
 from nexus_audit.crawl.crawler import CrawlStore, crawl_and_commit
 from nexus_audit.crawl.progress import CrawlProgress, ProgressReporter
 from nexus_audit.domain import escape
@@ -73,20 +79,27 @@ async def run_crawls(
     clock: Clock,
     stream: TextIO,
     tty: bool,
+    tolerance: TotalTolerance = DEFAULT_TOTAL_TOLERANCE,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    max_server_wait: float = DEFAULT_MAX_WAIT,
 ) -> list[CrawlSummary | NexusAuditError]:
-    """Crawl each account once, concurrently; a summary or the error that stopped it, each."""
-    budgets = shared_budgets(accounts, clock)
+    """Crawl each account once, concurrently; a summary or the error that stopped it, each.
+
+    ``tolerance``, ``max_response_bytes`` and ``max_server_wait`` are the settings of the
+    same names (see :class:`~nexus_audit.config.Settings`)."""
+    budgets = shared_budgets(accounts, clock, max_wait=max_server_wait)
     progresses = [CrawlProgress(account=a.name) for a in accounts]
     async with client_session() as session:
         clients = [CloudNexusClient(account, session, budgets[account.name], stats=ApiStats(),
-                                    timeout=request_timeout, clock=clock)
+                                    timeout=request_timeout, clock=clock,
+                                    max_response_bytes=max_response_bytes)
                    for account in accounts]
         reporter = ProgressReporter(progresses, stream=stream, clock=clock, tty=tty)
         reporter.start()
         try:
             results = await asyncio.gather(
                 *(crawl_and_commit(account, store, client=client, kinds=kinds, clock=clock,
-                                   progress=progress)
+                                   progress=progress, tolerance=tolerance)
                   for account, client, progress in zip(accounts, clients, progresses,
                                                        strict=True)),
                 return_exceptions=True,
@@ -112,7 +125,10 @@ def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     store.migrate()
     results = asyncio.run(run_crawls(accounts, store, kinds=kinds,
                                      request_timeout=settings.request_timeout, clock=SystemClock(),
-                                     stream=sys.stderr, tty=sys.stderr.isatty()))
+                                     stream=sys.stderr, tty=sys.stderr.isatty(),
+                                     tolerance=settings.total_tolerance,
+                                     max_response_bytes=settings.max_response_bytes,
+                                     max_server_wait=settings.max_server_wait.total_seconds()))
     rates = rates_in_force(accounts)
     failed = 0
     for account, result in zip(accounts, results, strict=True):

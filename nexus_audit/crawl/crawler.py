@@ -1,9 +1,25 @@
 """One crawl of one account: every instance and bucket, complete or failed, never half.
 
 Instances and buckets are walked concurrently. Records stream to a :class:`CrawlSink` in
-batches as pages arrive; only the set of ids seen stays in memory (an id seen twice is
-kept once). Any API error, invalid record or repeated cursor fails the crawl: a half-seen
+batches as pages arrive; only the ids seen stay in memory, each with a compact fingerprint
+(40 bits of the record's hash and the index of the answer it came in: one int, no record
+kept). Any API error, invalid record or repeated cursor fails the crawl: a half-seen
 fleet is worse than none, because history would read the missing half as "removed".
+
+**Duplicates.** An id seen again with the same contents is dropped (pages shift under
+churn). An id seen again with *different* contents fails the crawl with
+``DUPLICATE_CONFLICT``, naming the id and the request ids of both answers: picking either
+copy could hide an exposure. One exception, by design: the unfiltered fallback walk of the
+fan-out (below) runs after the region walks finished, so a record it sees changed is a
+later observation of a legitimate change, not a contradiction; its copy supersedes the
+region walk's, and the crawl says so (a ``crawl.superseded`` warning and a note stored in
+the crawl's ``total_mismatch``). Within one walk phase a conflict always fails.
+
+**Totals.** When the totals the API reported agree with each other (first and last page of
+a chain; or the probes of the fan-out) and the records collected are further from them
+than the tolerance (``total_tolerance``, default ``max(10 records, 1%)``), the crawl fails
+``TOTAL_MISMATCH`` and commits nothing: pages went missing. Within the tolerance (churn
+between pages), the crawl succeeds with a note.
 
 **Region fan-out.** One cursor chain is a sequence of round trips, so a slow API caps it
 far below the budget. Given the regions of the previous crawl (more than one), the crawl
@@ -26,9 +42,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Final, Generic, Protocol, TypeVar
 
-from nexus_audit.api.client import ApiStats, CloudNexusClient
-from nexus_audit.api.pagination import CursorWalk, RepeatedCursorError, fetch_total
-from nexus_audit.config import AccountConfig
+from nexus_audit.api.client import REQUEST_ID_LIMIT, ApiStats, CloudNexusClient
+from nexus_audit.api.pagination import CursorWalk, fetch_total
+from nexus_audit.config import DEFAULT_TOTAL_TOLERANCE, AccountConfig, TotalTolerance
 from nexus_audit.crawl.progress import CrawlProgress
 from nexus_audit.domain.model import (
     KINDS,
@@ -41,7 +57,15 @@ from nexus_audit.domain.model import (
     instance_from_api,
 )
 from nexus_audit.domain.timeutil import Clock
-from nexus_audit.errors import ApiError, NexusAuditError, StoreError
+from nexus_audit.errors import (
+    ApiError,
+    CrawlError,
+    DuplicateConflictError,
+    NexusAuditError,
+    RateLimitedError,
+    StoreError,
+    TotalMismatchError,
+)
 from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
@@ -52,6 +76,10 @@ BATCH_SIZE: Final = 1000
 #: The error code of a complete crawl the store refused to commit (recorded as failed).
 COMMIT_REFUSED: Final = "COMMIT_REFUSED"
 _SAMPLE: Final = 5
+#: Bits of a record's hash kept as its fingerprint; the answer's index goes above them.
+#: Two different copies of one id pass as the same with odds of 2**-40.
+_FP_BITS: Final = 40
+_FP_MASK: Final = (1 << _FP_BITS) - 1
 
 T = TypeVar("T")
 R = TypeVar("R", Instance, Bucket)
@@ -92,7 +120,8 @@ class CrawlStore(Protocol):
 
 
 class _Collector(Generic[R]):
-    """Validates raw items, drops ids already seen, and hands batches to the sink."""
+    """Validates raw items, drops identical repeats, fails on conflicting ones, and hands
+    batches to the sink."""
 
     def __init__(
         self,
@@ -110,34 +139,70 @@ class _Collector(Generic[R]):
         self._progress = progress
         self._batch_size = batch_size
         self._batch: list[R] = []
-        self.ids: set[str] = set()
+        #: id -> (answer index << _FP_BITS) | fingerprint: one int per id, not the record.
+        self._seen: dict[str, int] = {}
+        #: Per answer added: its request id and the walk phase it belongs to.
+        self._answers: list[tuple[str | None, int]] = []
+        #: The walk phase: 0 for the first walks, 1 for the fan-out's unfiltered fallback,
+        #: whose copies may supersede (not contradict) the earlier phase's.
+        self.phase = 0
         self.duplicates = 0
         self.duplicate_sample: list[str] = []
+        self.superseded = 0
+        self.superseded_sample: list[str] = []
 
     @property
     def count(self) -> int:
         """Unique records collected."""
-        return len(self.ids)
+        return len(self._seen)
 
-    def add(self, items: Sequence[object]) -> None:
-        """Take one page's raw items; :class:`InvalidRecordError` on the first bad one."""
+    def add(self, items: Sequence[object], request_id: str | None = None) -> None:
+        """Take one answer's raw items; :class:`InvalidRecordError` on the first bad one,
+        :class:`DuplicateConflictError` on an id seen before with other contents."""
+        answer = len(self._answers)
+        self._answers.append((request_id, self.phase))
+        tag = answer << _FP_BITS
+        seen = self._seen
         for item in items:
             try:
                 record = self._convert(item)
-            except InvalidRecordError:
+            except InvalidRecordError as exc:
                 self._client.count_invalid(self.kind)
+                exc.request_id = request_id  # the answer the item came in, for support
                 raise
-            if record.id in self.ids:
+            fingerprint = hash(record) & _FP_MASK
+            before = seen.get(record.id)
+            if before is None:
+                seen[record.id] = tag | fingerprint
+            elif before & _FP_MASK == fingerprint:
                 self.duplicates += 1
                 if len(self.duplicate_sample) < _SAMPLE:
                     self.duplicate_sample.append(record.id)
                 continue
-            self.ids.add(record.id)
+            else:
+                first_id, first_phase = self._answers[before >> _FP_BITS]
+                if first_phase == self.phase:
+                    raise DuplicateConflictError(
+                        f"{self.kind}: id {record.id!r:.80} came twice with different contents "
+                        f"(request ids {first_id or 'unknown'} and {request_id or 'unknown'}); "
+                        "neither copy was recorded", request_id=request_id)
+                # A later phase's copy: a change between walks (see the module docstring).
+                seen[record.id] = tag | fingerprint
+                self.superseded += 1
+                if len(self.superseded_sample) < _SAMPLE:
+                    self.superseded_sample.append(record.id)
             self._batch.append(record)
             if len(self._batch) >= self._batch_size:
                 self.flush()
         if self._progress is not None:
-            self._progress.records[self.kind] = len(self.ids)
+            self._progress.records[self.kind] = len(seen)
+
+    def superseded_note(self) -> str | None:
+        """The note a crawl stores when a later walk's copies replaced earlier ones."""
+        if not self.superseded:
+            return None
+        return (f"{self.kind}: {self.superseded} changed between the region walks and the "
+                "unfiltered walk; the unfiltered walk's (later) copies kept")
 
     def flush(self) -> None:
         """Hand the pending batch to the sink."""
@@ -173,28 +238,39 @@ def mismatch_note(kind: str, collected: int, first: int | None, last: int | None
     return f"{kind}: collected {collected}, API total {first} at the start and {last} at the end"
 
 
+def check_total(kind: str, collected: int, first: int | None, last: int | None,
+                tolerance: TotalTolerance) -> str | None:
+    """:func:`mismatch_note`, or :class:`TotalMismatchError` when both totals agree and
+    ``collected`` is further from them than ``tolerance`` allows (pages went missing)."""
+    note = mismatch_note(kind, collected, first, last)
+    if note is None or first is None or first != last or tolerance.allows(collected, first):
+        return note
+    raise TotalMismatchError(
+        f"{note}: the API's totals agree, and {abs(collected - first):,} records off is "
+        f"more than churn explains (total_tolerance {tolerance}: at most "
+        f"{tolerance.records_for(first):,}); nothing committed")
+
+
 async def _walk(walk: CursorWalk, collector: _Collector[Any],
                 progress: CrawlProgress | None, *, expect: bool) -> None:
     async for items in walk:
         if expect and progress is not None and walk.pages == 1:
             progress.expect(collector.kind, walk.first_total)
-        try:
-            collector.add(items)
-        except InvalidRecordError as exc:
-            exc.request_id = walk.request_id  # the answer the item came in, for support
-            raise
+        collector.add(items, walk.request_id)
 
 
 async def _single_instance_walk(client: CloudNexusClient, collector: _Collector[Instance],
-                                progress: CrawlProgress | None) -> str | None:
+                                progress: CrawlProgress | None,
+                                tolerance: TotalTolerance) -> str | None:
     walk = CursorWalk(client, "/instances", "instances")
     await _walk(walk, collector, progress, expect=True)
-    return mismatch_note("instances", collector.count, walk.first_total, walk.last_total)
+    return check_total("instances", collector.count, walk.first_total, walk.last_total,
+                       tolerance)
 
 
 async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
                    regions: Sequence[str], progress: CrawlProgress | None,
-                   account: str) -> str | None:
+                   account: str, tolerance: TotalTolerance) -> str | None:
     walks = [CursorWalk(client, "/instances", "instances", {"region": r}) for r in regions]
 
     async def probe() -> int:
@@ -209,40 +285,50 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
     firsts = [w.first_total for w in walks]
     lasts = [w.last_total for w in walks]
     if None not in firsts and sum(f or 0 for f in firsts) == start_total:
-        return mismatch_note("instances", collector.count, start_total, sum(x or 0 for x in lasts))
+        return check_total("instances", collector.count, start_total,
+                           sum(x or 0 for x in lasts), tolerance)
     end_total = await probe()
     if None not in lasts and sum(x or 0 for x in lasts) == end_total:
-        return mismatch_note("instances", collector.count, start_total, end_total)
+        return check_total("instances", collector.count, start_total, end_total, tolerance)
     log.warning("crawl.fanout_fallback", account=account, regions=list(regions),
                 region_total=sum(f or 0 for f in firsts), total=start_total,
                 total_at_end=end_total,
                 reason="instances outside the previous crawl's regions; walking unfiltered")
     fallback = CursorWalk(client, "/instances", "instances")
+    collector.phase = 1  # its copies may supersede the region walks' (module docstring)
     await _walk(fallback, collector, progress, expect=False)
-    return mismatch_note("instances", collector.count, fallback.first_total, fallback.last_total)
+    note = check_total("instances", collector.count, fallback.first_total,
+                       fallback.last_total, tolerance)
+    superseded = collector.superseded_note()
+    if superseded:
+        log.warning("crawl.superseded", account=account, superseded=collector.superseded,
+                    sample=collector.superseded_sample, detail=superseded)
+    return "; ".join(n for n in (note, superseded) if n) or None
 
 
 async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Instance],
                            regions: Sequence[str], progress: CrawlProgress | None,
-                           account: str) -> str | None:
+                           account: str, tolerance: TotalTolerance) -> str | None:
     if len(regions) > 1:
-        return await _fan_out(client, collector, regions, progress, account)
-    return await _single_instance_walk(client, collector, progress)
+        return await _fan_out(client, collector, regions, progress, account, tolerance)
+    return await _single_instance_walk(client, collector, progress, tolerance)
 
 
 async def _crawl_buckets(client: CloudNexusClient, collector: _Collector[Bucket],
-                         progress: CrawlProgress | None) -> str | None:
+                         progress: CrawlProgress | None, tolerance: TotalTolerance) -> str | None:
     # The reference shows /buckets unpaged; if an answer carries pagination, follow it.
     walk = CursorWalk(client, "/buckets", "buckets", paginated=False)
     await _walk(walk, collector, progress, expect=True)
-    return mismatch_note("buckets", collector.count, walk.first_total, walk.last_total)
+    return check_total("buckets", collector.count, walk.first_total, walk.last_total, tolerance)
 
 
 def _error_code(exc: BaseException) -> str:
     if isinstance(exc, ApiError) and exc.code:
         return exc.code
-    if isinstance(exc, RepeatedCursorError):
-        return RepeatedCursorError.code
+    if isinstance(exc, RateLimitedError):
+        return "RATE_LIMITED"
+    if isinstance(exc, CrawlError):
+        return exc.code
     if isinstance(exc, InvalidRecordError):
         return "INVALID_RECORD"
     if isinstance(exc, StoreError):
@@ -275,11 +361,13 @@ async def crawl_account(
     clock: Clock,
     progress: CrawlProgress | None = None,
     batch_size: int = BATCH_SIZE,
+    tolerance: TotalTolerance = DEFAULT_TOTAL_TOLERANCE,
 ) -> CrawlSummary:
     """Crawl ``kinds`` of one account into ``sink``; a succeeded or failed summary.
 
     Re-raises only cancellation. ``previous_regions`` (more than one) enables the
-    region fan-out described in this module's docstring.
+    region fan-out described in this module's docstring; ``tolerance`` bounds how far the
+    records collected may be from totals the API agrees on.
     """
     wanted = normalize_kinds(kinds)
     started_at = clock.now()
@@ -296,9 +384,10 @@ async def crawl_account(
                          batch_size)
     jobs: list[Awaitable[str | None]] = []
     if "instances" in wanted:
-        jobs.append(_crawl_instances(scoped, instances, regions, progress, account_name))
+        jobs.append(_crawl_instances(scoped, instances, regions, progress, account_name,
+                                     tolerance))
     if "buckets" in wanted:
-        jobs.append(_crawl_buckets(scoped, buckets, progress))
+        jobs.append(_crawl_buckets(scoped, buckets, progress, tolerance))
 
     failure: BaseException | None = None
     notes: list[str | None] = []
@@ -316,9 +405,14 @@ async def crawl_account(
         if collector.duplicates:
             log.warning("crawl.duplicates", account=account_name, kind=collector.kind,
                         duplicates=collector.duplicates, sample=collector.duplicate_sample)
-    mismatch = "; ".join(n for n in notes if n) or None
+    # Everything stored from here may hold API text: the key is scrubbed, control
+    # characters removed and lengths bounded (the client already did; this is the last
+    # line before the database, the Parquet export and stderr).
+    mismatch = scoped.scrub("; ".join(n for n in notes if n), 2000) or None
     if mismatch:
         log.warning("crawl.total_mismatch", account=account_name, detail=mismatch)
+    request_id = (failure.request_id
+                  if isinstance(failure, (ApiError, InvalidRecordError, CrawlError)) else None)
     summary = CrawlSummary(
         account=account_name,
         kinds=wanted,
@@ -330,10 +424,10 @@ async def crawl_account(
         requests=stats.total_requests,
         retries=stats.total_retries,
         total_mismatch=mismatch,
-        error=_one_line(failure) if failure is not None else None,
-        error_code=_error_code(failure) if failure is not None else None,
-        request_id=(failure.request_id
-                    if isinstance(failure, (ApiError, InvalidRecordError)) else None),
+        error=scoped.scrub(_one_line(failure), 1000) if failure is not None else None,
+        error_code=(scoped.scrub(_error_code(failure), 64)
+                    if failure is not None else None),
+        request_id=scoped.scrub(request_id, REQUEST_ID_LIMIT) if request_id else None,
         requests_by_endpoint=stats.by_endpoint(),
     )
     log.info(
@@ -354,6 +448,7 @@ async def crawl_and_commit(
     kinds: Sequence[Kind] = KINDS,
     clock: Clock,
     progress: CrawlProgress | None = None,
+    tolerance: TotalTolerance = DEFAULT_TOTAL_TOLERANCE,
 ) -> CrawlSummary:
     """Begin a staged crawl, crawl, then commit it, or record the failure (nothing else).
 
@@ -370,7 +465,8 @@ async def crawl_and_commit(
     staged = await asyncio.to_thread(store.begin_crawl, account.name, wanted, clock.now())
     try:
         summary = await crawl_account(client, account.name, staged, kinds=wanted,
-                                      previous_regions=previous, clock=clock, progress=progress)
+                                      previous_regions=previous, clock=clock, progress=progress,
+                                      tolerance=tolerance)
     except BaseException:
         await asyncio.to_thread(staged.discard)
         raise

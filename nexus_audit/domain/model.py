@@ -11,6 +11,7 @@ do not know in ``extra``: CloudNexus may add fields, and history must not lose t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,14 +82,36 @@ def _opt_str(item: Mapping[str, Any], key: str, ident: str) -> str | None:
     return value
 
 
-def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool) -> int | float:
+#: The largest value of each integral column: ``cpu`` is an INTEGER, ``size_bytes`` a
+#: BIGINT in the store; a larger count is no count CloudNexus could mean.
+INT32_MAX: Final = 2**31 - 1
+INT64_MAX: Final = 2**63 - 1
+
+
+def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
+            maximum: int | None = None) -> int | float:
     value = item.get(key)
-    # bool is an int in Python but never a count in JSON.
+    # bool is an int in Python but never a count in JSON. Python's json reads NaN and
+    # Infinity, which compare false with everything: ``NaN < 0`` would let one through.
     ok = isinstance(value, int) if integral else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        kind = "a non-negative integer" if integral else "a non-negative number"
-        raise InvalidRecordError(f"{ident}: field {key!r} must be {kind}, got {value!r}")
+    if (not ok or isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0
+            or (maximum is not None and value > maximum)):
+        kind = "a non-negative integer" if integral else "a finite non-negative number"
+        if maximum is not None:
+            kind += f" up to {maximum}"
+        raise InvalidRecordError(f"{ident}: field {key!r} must be {kind}, got {value!r:.40}")
     return value
+
+
+def _extra(extra: Mapping[str, Any], ident: str) -> str:
+    """The fields we do not model as canonical JSON; a non-finite number is invalid JSON."""
+    try:
+        return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError:
+        raise InvalidRecordError(
+            f"{ident}: a field holds a non-finite number (NaN or Infinity)") from None
 
 
 def _tags(item: Mapping[str, Any], ident: str) -> str:
@@ -120,12 +143,12 @@ def instance_from_api(item: object) -> Instance:
         name=_req_str(data, "name", ident),
         status=_req_str(data, "status", ident),
         region=_req_str(data, "region", ident),
-        cpu=int(_number(data, "cpu", ident, integral=True)),
+        cpu=int(_number(data, "cpu", ident, integral=True, maximum=INT32_MAX)),
         memory_gb=float(_number(data, "memory_gb", ident, integral=False)),
         plan=_opt_str(data, "plan", ident),
         tags=_tags(data, ident),
         created_at=_opt_str(data, "created_at", ident),
-        extra=canonical_json(extra),
+        extra=_extra(extra, ident),
     )
 
 
@@ -136,11 +159,11 @@ def bucket_from_api(item: object) -> Bucket:
     return Bucket(
         id=ident,
         region=_req_str(data, "region", ident),
-        size_bytes=int(_number(data, "size_bytes", ident, integral=True)),
+        size_bytes=int(_number(data, "size_bytes", ident, integral=True, maximum=INT64_MAX)),
         access=_req_str(data, "access", ident),
         created_at=_opt_str(data, "created_at", ident),
         tags=_tags(data, ident),
-        extra=canonical_json(extra),
+        extra=_extra(extra, ident),
     )
 
 

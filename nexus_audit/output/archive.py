@@ -103,11 +103,22 @@ class Target:
 
     @classmethod
     def parse(cls, text: str, *, parameter: str = "--upload") -> Target:
-        """``BUCKET/KEY`` (the key may hold more slashes); :class:`UsageError` otherwise."""
+        """``BUCKET/KEY`` (the key may hold more slashes); :class:`UsageError` otherwise.
+
+        Dot segments (``.``, ``..``) and empty parts are refused in the bucket and in every
+        part of the key: an HTTP client normalises ``/objects/../instances`` into
+        ``/instances``, so ``--upload ../instances`` would become ``PUT /v2/instances``.
+        """
         bucket, sep, key = text.strip().partition("/")
         if not sep or not bucket or not key or key.endswith("/"):
             raise UsageError(f"{parameter}: {text!r} is not BUCKET/KEY "
                              "(e.g. bk_evidence/audit/2026-11.json)", parameter=parameter)
+        for part in (bucket, *key.split("/")):
+            if part in {"", ".", ".."}:
+                what = "an empty part" if not part else f"the dot segment {part!r}"
+                raise UsageError(f"{parameter}: {text!r} has {what}; bucket and key parts "
+                                 "must be names (e.g. bk_evidence/audit/2026-11.json)",
+                                 parameter=parameter)
         return cls(bucket, key)
 
     def __str__(self) -> str:

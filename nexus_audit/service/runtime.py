@@ -141,7 +141,8 @@ class Service:
         self.names = tuple(a.name for a in settings.accounts)
         self.intervals: dict[Kind, timedelta] = {"instances": settings.interval,
                                                  "buckets": settings.bucket_interval}
-        self.budgets = shared_budgets(settings.accounts, clock, window=budget_window)
+        self.budgets = shared_budgets(settings.accounts, clock, window=budget_window,
+                                      max_wait=settings.max_server_wait.total_seconds())
         #: Requests the last bucket poll of each account took (at least the floor).
         self.poll_requests = dict.fromkeys(self.names, MIN_POLL_REQUESTS)
         starved = self.reserve_for_polls()
@@ -341,13 +342,15 @@ class Service:
         assert self._session is not None, "crawls run only while the service runs"
         client = CloudNexusClient(account, self._session, self.budgets[account.name],
                                   stats=self.api_stats[account.name],
-                                  timeout=self.settings.request_timeout, clock=self.clock)
+                                  timeout=self.settings.request_timeout, clock=self.clock,
+                                  max_response_bytes=self.settings.max_response_bytes)
         started = self.clock.monotonic()
         try:
             # Bucket polls are the urgent ones: they use the budget's reserve and go first.
             with request_priority("high" if kind == "buckets" else "normal"):
                 summary = await crawl_and_commit(account, self.store, client=client,
-                                                 kinds=(kind,), clock=self.clock)
+                                                 kinds=(kind,), clock=self.clock,
+                                                 tolerance=self.settings.total_tolerance)
         except StoreError as exc:
             # The crawl may have been complete, but it is not history and not even recorded
             # as failed: count it as failed, and show it in crawl_success and /readyz until
