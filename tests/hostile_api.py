@@ -10,12 +10,16 @@ body that may never end.
 
 - ``hostile_api``: factory, ``api = await hostile_api()`` starts one on a free loopback
   port; every server started is stopped after the test.
+- ``hostile_thread``: one serving from its own thread, for synchronous tests that run the
+  CLI (``main([...])`` or a ``nexus-audit`` subprocess) against it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +60,8 @@ def page(key: str, items: Sequence[Any], *, cursor: str | None, total: int | Non
     pagination: dict[str, Any] = {"next_cursor": cursor}
     if total is not None:
         pagination["total"] = total
-    extra = dict(headers or {})
-    if request_id is not None:
-        extra["X-Request-Id"] = request_id
+    extra = {} if request_id is None else {"X-Request-Id": request_id}
+    extra.update(headers or {})  # the test's headers win
     return Answer(payload={key: list(items), "pagination": pagination}, headers=extra)
 
 
@@ -97,7 +100,8 @@ class HostileApi:
               headers: Mapping[str, str] | None = None) -> None:
         """Serve ``pages`` as one cursor chain (cursor ``c1``, ``c2``...), whatever the
         filters. ``totals``: one per page, one for all, or None for the true count. Each
-        page's ``X-Request-Id`` is ``req-<key>-<n>`` (n from 0)."""
+        page's ``X-Request-Id`` is ``req-<key>-<n>`` (n from 0) unless ``headers`` set it.
+        A ``limit=1`` request (a probe for the total) gets the first item and total."""
         count = sum(len(p) for p in pages)
         per_page = (list(totals) if isinstance(totals, Sequence)
                     else [count if totals is None else totals] * len(pages))
@@ -161,6 +165,29 @@ class HostileApi:
             self._runner = None
 
 
+class HostileThread:
+    """A :class:`HostileApi` serving from its own event loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.api = HostileApi()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hostile-api",
+                                        daemon=True)
+
+    def start(self) -> HostileApi:
+        """Start serving; returns the server once its port is bound."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.api.start(), self._loop).result(10)
+        return self.api
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        asyncio.run_coroutine_threadsafe(self.api.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
 MakeHostile = Callable[[], Awaitable[HostileApi]]
 
 
@@ -178,3 +205,14 @@ async def hostile_api() -> AsyncIterator[MakeHostile]:
     yield factory
     for api in reversed(started):
         await api.stop()
+
+
+@pytest.fixture
+def hostile_thread() -> Iterator[HostileApi]:
+    """A hostile server in its own thread (for tests that run the CLI); stopped after."""
+    runner = HostileThread()
+    api = runner.start()
+    try:
+        yield api
+    finally:
+        runner.stop()

@@ -16,6 +16,7 @@ from nexus_audit.api.budget import (
     reserve_for,
 )
 from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.errors import RateLimitedError
 from tests.test_budget import max_in_any_window
 
 
@@ -195,3 +196,26 @@ async def test_without_the_reserve_a_saturating_crawl_delays_polls() -> None:
     """The control: with no reserve, polls queue behind the crawl's window for many seconds."""
     _, delays, _ = await simulate(0)
     assert max(delays) > 10.0
+
+
+async def test_a_crawls_server_wait_never_holds_the_poll_past_the_cap() -> None:
+    """A normal crawl's 429 asking for hours holds the key at most ``max_wait``; a reset
+    past the cap is refused (RATE_LIMITED, naming the header) for the high-priority poll
+    at once instead of a wait, and the key is tried again once the cap has passed."""
+    clock = FakeClock()
+    budget = RateBudget(600, clock=clock, reserve=20, max_wait=120.0)
+    with request_priority("normal"):
+        budget.hold_for(3 * 3600.0)
+    assert budget.delay(clock.monotonic(), "high") <= 120.0
+    clock.advance(120.0)
+    reset_ms = clock.now().timestamp() * 1000
+    budget.observe_headers(1000, 0, reset_ms)
+    start = clock.monotonic()
+    with pytest.raises(RateLimitedError, match=f"X-RateLimit-Reset: {reset_ms:.0f}"):
+        await budget.acquire("high")
+    with pytest.raises(RateLimitedError):
+        await budget.acquire("normal")
+    assert clock.monotonic() == start  # refused, not waited
+    clock.advance(121.0)
+    await budget.acquire("high")  # the refused window expired: ask the server again
+    assert budget.inflight == 1

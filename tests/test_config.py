@@ -10,6 +10,7 @@ from nexus_audit.config import (
     DEFAULT_RATE_BUDGET,
     PRODUCTION_API_URL,
     Secret,
+    TotalTolerance,
     load_settings,
     validate_listen,
 )
@@ -165,3 +166,32 @@ def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
     assert [a.rate_budget for a in settings.accounts] == [250, 100]
     assert settings.request_timeout == 30.0
     assert settings.pricing_file == tmp_path / "prices.toml"
+
+
+def test_crawl_limits_from_file_and_environment(tmp_path: Path) -> None:
+    """total_tolerance, max_response_bytes and max_server_wait have documented defaults,
+    come from the file or the environment (which wins), and bad values name the setting."""
+    defaults = load_settings({})
+    assert defaults.total_tolerance == TotalTolerance(records=10, percent=1.0)
+    assert defaults.total_tolerance.records_for(300) == 10
+    assert defaults.total_tolerance.records_for(100_000) == 1000
+    assert defaults.max_response_bytes == 64 * 1024 * 1024
+    assert defaults.max_server_wait.total_seconds() == 120
+    config = tmp_path / "c.toml"
+    config.write_text('total_tolerance = "2%"\nmax_response_bytes = 1048576\n'
+                      'max_server_wait = "5m"\n')
+    settings = load_settings({"NEXUS_AUDIT_CONFIG": str(config)})
+    assert settings.total_tolerance == TotalTolerance(records=0, percent=2.0)
+    assert settings.max_response_bytes == 1048576
+    assert settings.max_server_wait.total_seconds() == 300
+    env = {"NEXUS_AUDIT_CONFIG": str(config), "NEXUS_AUDIT_TOTAL_TOLERANCE": "25, 0.5%",
+           "NEXUS_AUDIT_MAX_SERVER_WAIT": "30s"}
+    overridden = load_settings(env)
+    assert overridden.total_tolerance == TotalTolerance(records=25, percent=0.5)
+    assert str(overridden.total_tolerance) == "25,0.5%"
+    assert overridden.max_server_wait.total_seconds() == 30
+    for bad in ("ten", "1%,2%", "-5", "150%", "\u0661%"):
+        with pytest.raises(ConfigError, match="NEXUS_AUDIT_TOTAL_TOLERANCE"):
+            load_settings({"NEXUS_AUDIT_TOTAL_TOLERANCE": bad})
+    with pytest.raises(ConfigError, match="NEXUS_AUDIT_MAX_RESPONSE_BYTES"):
+        load_settings({"NEXUS_AUDIT_MAX_RESPONSE_BYTES": "0"})
