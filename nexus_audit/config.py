@@ -8,9 +8,7 @@ the setting, and never quotes a key.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit
 
 from nexus_audit.domain.shards import Shard
 from nexus_audit.domain.timeutil import parse_duration
+from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.errors import ConfigError, UsageError
 
 PRODUCTION_API_URL: Final = "https://api.cloudnexus.io/v2"
@@ -69,55 +68,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-
-_TOLERANCE_PART: Final = re.compile(r"(?P<n>[0-9]+)|(?P<p>[0-9]+(?:\.[0-9]+)?)%", re.ASCII)
-
-
-@dataclass(frozen=True, slots=True)
-class TotalTolerance:
-    """How far a crawl's record count may be from totals the API agrees on (churn between
-    pages) before the crawl fails ``TOTAL_MISMATCH``: the larger of ``records`` and
-    ``percent`` % of the total. Written ``"10,1%"`` (either part may be left out)."""
-
-    records: int = 10
-    percent: float = 1.0
-
-    def records_for(self, total: int) -> int:
-        """Records the count may be off by for an API total of ``total``."""
-        return max(self.records, math.floor(total * self.percent / 100.0))
-
-    def allows(self, collected: int, total: int) -> bool:
-        """Whether ``collected`` is within the tolerance of ``total``."""
-        return abs(collected - total) <= self.records_for(total)
-
-    def __str__(self) -> str:
-        return f"{self.records},{self.percent:g}%"
-
-    @classmethod
-    def parse(cls, value: Any, setting: str = "total_tolerance") -> TotalTolerance:
-        """``"10,1%"``, ``"1%"``, ``"25"`` or ``25``; :class:`ConfigError` otherwise."""
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return cls(records=value, percent=0.0)
-        text = value.strip() if isinstance(value, str) else ""
-        records: int | None = None
-        percent: float | None = None
-        for part in (p.strip() for p in text.split(",")):
-            match = _TOLERANCE_PART.fullmatch(part)
-            if match is None or (match["n"] and records is not None) or (
-                    match["p"] and percent is not None):
-                raise ConfigError(f"{setting}: expected records and/or a percentage like "
-                                  f"'10,1%', got {value!r}", parameter=setting)
-            if match["n"]:
-                records = int(match["n"])
-            else:
-                percent = float(match["p"])
-        if percent is not None and percent > 100:
-            raise ConfigError(f"{setting}: {percent:g}% is above 100%", parameter=setting)
-        return cls(records=records or 0, percent=percent or 0.0)
-
-
-DEFAULT_TOTAL_TOLERANCE: Final = TotalTolerance()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,10 +10,10 @@ from nexus_audit.config import (
     DEFAULT_RATE_BUDGET,
     PRODUCTION_API_URL,
     Secret,
-    TotalTolerance,
     load_settings,
     validate_listen,
 )
+from nexus_audit.domain.tolerance import TotalTolerance
 from nexus_audit.errors import ConfigError, UsageError
 
 KEY = "nx_live_sk_configtest0001"

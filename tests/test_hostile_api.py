@@ -26,10 +26,11 @@ from structlog.testing import capture_logs
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.api.retry import RetryPolicy
 from nexus_audit.cli import main
-from nexus_audit.config import DEFAULT_TOTAL_TOLERANCE, AccountConfig, Secret, TotalTolerance
+from nexus_audit.config import AccountConfig, Secret
 from nexus_audit.crawl.crawler import crawl_and_commit
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import FakeClock, Window
+from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.history.parquet import export_history
 from nexus_audit.history.store import Store
 from tests.hostile_api import HOSTILE_KEY, Answer, HostileApi, MakeHostile, page

@@ -15,18 +15,13 @@ from typing import TextIO
 
 from nexus_audit.api.budget import DEFAULT_MAX_WAIT, rates_in_force, shared_budgets
 from nexus_audit.api.client import ApiStats, CloudNexusClient, client_session
-from nexus_audit.config import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_TOTAL_TOLERANCE,
-    AccountConfig,
-    Settings,
-    TotalTolerance,
-)
+from nexus_audit.config import DEFAULT_MAX_RESPONSE_BYTES, AccountConfig, Settings
 from nexus_audit.crawl.crawler import CrawlStore, crawl_and_commit
 from nexus_audit.crawl.progress import CrawlProgress, ProgressReporter
 from nexus_audit.domain import escape
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock
+from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.errors import NexusAuditError, UsageError
 from nexus_audit.logs import get_logger, redactor
 

@@ -44,7 +44,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from nexus_audit.api.client import REQUEST_ID_LIMIT, ApiStats, CloudNexusClient
 from nexus_audit.api.pagination import CursorWalk, fetch_total
-from nexus_audit.config import DEFAULT_TOTAL_TOLERANCE, AccountConfig, TotalTolerance
+from nexus_audit.config import AccountConfig
 from nexus_audit.crawl.progress import CrawlProgress
 from nexus_audit.domain.model import (
     KINDS,
@@ -57,6 +57,7 @@ from nexus_audit.domain.model import (
     instance_from_api,
 )
 from nexus_audit.domain.timeutil import Clock
+from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.errors import (
     ApiError,
     CrawlError,
