@@ -219,3 +219,5 @@ async def test_a_crawls_server_wait_never_holds_the_poll_past_the_cap() -> None:
     clock.advance(121.0)
     await budget.acquire("high")  # the refused window expired: ask the server again
     assert budget.inflight == 1
+    budget.observe_headers(1000, 7, clock.now().timestamp() + 30)  # a sane answer counts
+    assert budget.server_left == 6

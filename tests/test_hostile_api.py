@@ -293,6 +293,7 @@ async def test_long_retry_after_fails_rate_limited(hostile_api: MakeHostile,
     assert ok.status == "succeeded", ok.error
     assert any(e["event"] == "api.rate_limited" and e["log_level"] == "warning"
                for e in logs)
+    assert any(e["event"] == "budget.long_wait" and e["cause"] == "429" for e in logs)
 
 
 # -- hostile sizes ----------------------------------------------------------------------------

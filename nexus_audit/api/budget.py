@@ -310,6 +310,9 @@ class RateBudget:
                              f"past the {self.max_wait:g}s cap on a wait the server asks "
                              "(max_server_wait); not waiting")
             until_reset = self.max_wait
+            # Not kept as the window's reset either: a sane reset later (smaller than an
+            # epoch in milliseconds) must not pass for a late answer from an older window.
+            self._server_reset_epoch = None
         self._server_reset_at = now + until_reset + jitter
 
     def hold(self, seconds: float, *, now: float) -> None:
