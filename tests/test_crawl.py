@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 
 from nexus_audit.api import ApiStats, CloudNexusClient, RateBudget
 from nexus_audit.config import AccountConfig, Secret
-from nexus_audit.crawl.crawler import crawl_account, crawl_and_commit, mismatch_note
+from nexus_audit.crawl.crawler import _run_all, crawl_account, crawl_and_commit, mismatch_note
 from nexus_audit.crawl.progress import CrawlProgress
 from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.domain.timeutil import FakeClock
@@ -385,3 +386,23 @@ async def test_crawl_and_commit_discards_on_cancel(client: CloudNexusClient,
         await task
     assert store.staged.discarded
     assert "commit" not in store.calls
+
+
+async def test_every_failure_of_concurrent_walks_is_retrieved() -> None:
+    """When two walks fail together, the first failure is raised and the second is
+    retrieved too: asyncio logs no "Task exception was never retrieved" traceback."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+
+    async def fail(message: str) -> None:
+        raise ValueError(message)
+
+    try:
+        with pytest.raises(ValueError, match="first"):
+            await _run_all([fail("first"), fail("second")])
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []

@@ -227,6 +227,11 @@ async def _run_all(aws: Sequence[Awaitable[T]]) -> list[T]:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks:
+            # Only the first failure is raised; retrieving the others keeps asyncio from
+            # logging "Task exception was never retrieved" (a traceback on stderr).
+            if task.done() and not task.cancelled():
+                task.exception()
 
 
 def mismatch_note(kind: str, collected: int, first: int | None, last: int | None) -> str | None:
