@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from nexus_audit.api.retry import (
     parse_retry_after,
 )
 from nexus_audit.config import DEFAULT_MAX_RESPONSE_BYTES, AccountConfig
+from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import Clock
 from nexus_audit.errors import (
     ApiError,
@@ -56,9 +56,6 @@ REQUEST_ID_LIMIT: Final = 128
 _CHUNK: Final = 64 * 1024
 #: A wait asked by the server at least this long is logged as a warning.
 LONG_WAIT: Final = 5.0
-#: Unicode categories never kept in stored text: controls, format characters (bidi
-#: overrides, zero-width), surrogates, private use and unassigned.
-_CONTROL: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 #: The slowest upload link we wait for (1 Mbit/s): a request with a body gets its transfer
 #: at this rate on top of the request timeout, so a 16 MiB part may take about 2 minutes
 #: more and a 100 MiB single PUT about 14 (aiohttp has no timeout on write progress, so a
@@ -77,12 +74,14 @@ def request_seconds(timeout: float, body_size: int) -> float:
 
 
 def clean_text(value: str, limit: int, secrets: tuple[str, ...] = ()) -> str:
-    """``value`` fit to store and print: each secret replaced by ``[REDACTED]``, control and
-    format characters (ESC, NUL, bidi overrides...) removed, white space (CR, LF, tabs
-    included) collapsed to single spaces, cut to ``limit`` characters (``…`` marks a cut).
+    """``value`` fit to store and print: each secret replaced by ``[REDACTED]``, white space
+    (CR, LF, tabs included) collapsed to single spaces, every other control or format
+    character (ESC, NUL, C1, bidi overrides...) shown as an inert escape (``\\x1b``, the
+    terminal rule of :mod:`nexus_audit.domain.escape`), cut to ``limit`` characters
+    (``…`` marks a cut).
 
-    Secrets are replaced before and after the removal: a control character inside an
-    echoed key must not hide it from the scrub.
+    A key split by control characters is a key all the same: when the text without them
+    holds a secret, that text is kept (scrubbed) instead of the escaped one.
     """
     def scrub(text: str) -> str:
         for secret in secrets:
@@ -91,9 +90,10 @@ def clean_text(value: str, limit: int, secrets: tuple[str, ...] = ()) -> str:
         return text
 
     value = scrub(value)
-    value = "".join(ch for ch in value
-                    if ch.isspace() or unicodedata.category(ch) not in _CONTROL)
-    value = scrub(" ".join(value.split()))
+    bare = "".join(ch for ch in value if ch.isprintable() or ch.isspace())
+    if bare != value and any(secret and secret in bare for secret in secrets):
+        value = scrub(bare)
+    value = scrub(escape.terminal(" ".join(value.split())))
     return value if len(value) <= limit else value[:limit - 1] + "…"
 
 
