@@ -65,7 +65,8 @@ def snippet(name: str) -> str:
 def clickhouse_statements(sql: str, export: Path, window: Window) -> list[str]:
     """The ClickHouse block's statements, with the test's export directory and window."""
     assert sql.count("'DIR/") == 4, "one file('DIR/<table>/...') per table"
-    assert "'" not in str(export) and ";" not in str(export)
+    assert "'" not in str(export)
+    assert ";" not in str(export)
     sql = sql.replace("'DIR/", f"'{export}/")
     statements = [s.strip() for s in sql.split(";\n")]
     statements[-1] = statements[-1].removesuffix(";")
