@@ -50,8 +50,8 @@ M = timedelta(minutes=1)
 WINDOW = Window(T0 + 3 * H, T0 + 10 * H + 30 * M)
 HOURS = 13
 #: Every account name looks like a number, so that partition type inference, left on,
-#: turns every one of them into a number (007 -> 7, 1e3 -> 1000.0) and the answers'
-#: accounts no longer match: the blocks must keep them strings.
+#: turns every one of them into a number (Spark: 007 -> 7, 1e3 -> 1000; ClickHouse refuses
+#: the mix) and the answers' accounts no longer match: the blocks must keep them strings.
 MAIN, SPLIT, LATE, GONE = "007", "0042", "1e3", "12"
 ACCOUNTS = {MAIN, SPLIT, LATE, GONE}
 
