@@ -150,8 +150,7 @@ def _main(h: int) -> tuple[list[Instance], list[Bucket]]:
         # status at 4; memory and plan together at 8 (two drift rows for one change)
         _inst("i-batch", status="running" if h < 4 else "stopped",
               memory_gb=4.0 if h < 8 else 8.0, plan="micro" if h < 8 else "standard"),
-        # only a field drift does not compare changes: no drift row, a new version all
-        # the same
+        # a change of extra only (not a drift field): a new version, but no drift row
         _inst("i-extra", extra='{"x":1}' if h != 6 else '{"x":2}'),
         *([_inst("i-temp")] if 2 <= h <= 6 else []),               # removed at 7
         *([_inst("i-new", status="pending" if h == 6 else "running")] if h >= 6 else []),
