@@ -1,6 +1,6 @@
 """Pytest plugin: promtool and a real Prometheus on loopback (registered by tests/conftest.py).
 
-- ``promtool``: the path of Debian's promtool (skipped without it; under CI=true a failure).
+- ``promtool``: the path of Debian's promtool (skipped without it; under CI a failure).
 - ``start_prometheus(targets, rule_files)``: a Prometheus scraping ``targets`` every second,
   with its storage in ``tmp_path`` and its web listener on a free loopback port; stopped by
   pid when the test ends.
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.ci import skip_or_fail
 
 T = TypeVar("T")
 
@@ -184,10 +186,7 @@ def _prometheus_config(targets: Sequence[str], rule_files: Sequence[Path]) -> st
 
 def _missing(tool: str) -> None:
     """Skip without ``tool`` locally; under CI (which installs it) its absence is a failure."""
-    message = f"{tool} not installed (apt-get install --no-install-recommends prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail(f"{tool} not installed (apt-get install --no-install-recommends prometheus)")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@
   ``127.0.0.1:0`` with NEXUS_API_URL / NEXUS_API_KEY pointing at ``sim`` and the database
   in ``tmp_path``; the real port is read back from its ``serve.listening`` log event.
   Every process is stopped by its pid after the test.
-- ``promtool_path``: Debian's promtool; skipped when absent, unless under CI (``CI=true``),
+- ``promtool_path``: Debian's promtool; skipped when absent, except under CI (``tests.ci``),
   where its absence is a failure.
 """
 
@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import pytest
 
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
+from tests.ci import skip_or_fail
 
 T = TypeVar("T")
 START_TIMEOUT = 20.0
@@ -210,8 +211,6 @@ def promtool_path() -> str:
     """promtool's path; skip without it, except under CI where it must be installed."""
     path = shutil.which("promtool")
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing under CI (.ci/run installs Debian's prometheus)")
-        pytest.skip("promtool is not installed (apt-get install --no-install-recommends "
-                    "prometheus)")
+        skip_or_fail("promtool is not installed (apt-get install --no-install-recommends "
+                     "prometheus)")
     return path

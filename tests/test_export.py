@@ -19,6 +19,7 @@ from nexus_audit.errors import NoDataError
 from nexus_audit.history import parquet as export_module
 from nexus_audit.history.parquet import ExportError, ParquetHistory, export_history
 from nexus_audit.history.store import Store
+from tests.ci import skip_or_fail
 from tests.test_queries import PRICES, T0
 from tests.test_store import bucket, crawl, inst
 
@@ -173,12 +174,38 @@ def test_failed_export_leaves_the_old_one(store: Store, tmp_path: Path) -> None:
 
 def test_without_atomic_exchange(store: Store, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where renameat2 is missing, replacing by two renames still ends in the new export."""
+    """Where renameat2 is missing, replacing by two renames still ends in the new export:
+    every partition the second export rewrote holds its new file only, the old ones gone."""
     out = tmp_path / "lake"
     export_history(store, out, WINDOW)
-    monkeypatch.setattr(export_module, "_exchange", lambda a, b: False)
-    export_history(store, out, WINDOW)
-    assert report_json(ParquetHistory(out)) == report_json(store)
+    before = tree(out)
+    # More history, so the second export differs: i-keep stops on day 10, which closes a
+    # version first seen on day 0 and rewrites that old partition too.
+    for k in range(40, 44):
+        crawl(store, T0 + k * STEP, instances=[inst("i-keep", plan="standard",
+                                                    status="stopped")], buckets=[])
+    exchanged: list[tuple[Path, Path]] = []
+
+    def no_exchange(a: Path, b: Path) -> bool:
+        exchanged.append((a, b))
+        return False
+
+    monkeypatch.setattr(export_module, "_exchange", no_exchange)
+    later = Window(T0 + 8 * D, T0 + 11 * D)
+    result = export_history(store, out, later)
+    after = tree(out)
+    assert exchanged, "the fallback was never asked to replace a partition"
+    assert report_json(ParquetHistory(out), later) == report_json(store, later)
+    replaced = {str(dest.relative_to(out)) for _, dest in exchanged}
+    assert "instance_versions/account=acme/date=2026-03-01" in replaced
+    for partition in replaced:
+        old = {k for k in before if k.startswith(partition + "/")}
+        new = {k for k in after if k.startswith(partition + "/")}
+        assert old, partition
+        assert new, partition
+        assert not old & new, f"{partition}: an old file survived the replacement"
+        assert len(new) == 1, partition  # one file per partition, the new one
+    assert sum(result.partitions.values()) >= len(replaced)
     assert not list(out.glob(".export-tmp-*"))
 
 
@@ -242,6 +269,6 @@ def test_exchange_swaps_directories(tmp_path: Path) -> None:
     (a / "new.parquet").write_bytes(b"new")
     (b / "old.parquet").write_bytes(b"old")
     if not export_module._exchange(a, b):
-        pytest.skip("this kernel or file system has no RENAME_EXCHANGE")
+        skip_or_fail("this kernel or file system has no RENAME_EXCHANGE")
     assert [p.name for p in b.iterdir()] == ["new.parquet"]
     assert [p.name for p in a.iterdir()] == ["old.parquet"]

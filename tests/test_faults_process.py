@@ -33,6 +33,7 @@ from nexus_audit.domain.model import CrawlSummary, Instance
 from nexus_audit.errors import StoreError
 from nexus_audit.history.store import Store
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
+from tests.ci import skip_or_fail
 from tests.serve_fixtures import wait_until
 from tests.test_store_processes import check_consistent, start_writer
 
@@ -146,15 +147,13 @@ def test_sigkill_of_the_crawl_command_never_leaves_a_partial_crawl(tmp_path: Pat
 @contextlib.contextmanager
 def small_filesystem(where: Path, size: str = "8m") -> Iterator[Path]:
     """A size-limited tmpfs mounted at ``where`` (unmounted after); skipped where mounting is
-    impossible, except under CI (``CI=true``), where that is a failure."""
+    impossible, except under CI (``tests.ci``), where that is a failure."""
     where.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                              str(where)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         message = f"cannot mount a small tmpfs ({result.stderr.strip() or 'not root?'})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     try:
         yield where
     finally:

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_audit.history.store import Store
 from nexus_audit.simulator import FaultKind, SimulatorThread
+from tests.ci import skip_or_fail
 from tests.serve_fixtures import ServeProcess, StartServe, wait_until
 
 CHANGE_TIMEOUT = 20.0
@@ -245,7 +246,7 @@ def test_tls_serves_https_only(serve_sim: SimulatorThread, start_serve: StartSer
     """With a certificate and key configured, the endpoints answer over HTTPS (TLS 1.2+)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("the openssl binary is not installed")
+        skip_or_fail("the openssl binary is not installed")
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],

@@ -31,6 +31,7 @@ from nexus_audit.service.web import (
     make_ssl_context,
     parse_report_query,
 )
+from tests.ci import skip_or_fail
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -262,7 +263,7 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 made with the openssl CLI."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("the openssl binary is not installed")
+        skip_or_fail("the openssl binary is not installed")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
