@@ -81,20 +81,45 @@ def test_never_more_than_capacity_in_any_window(per_minute: int,
     gaps=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=120),
 )
 def test_instant_answers_use_the_whole_budget(per_minute: int, gaps: list[float]) -> None:
-    """With instant answers a send waits only until the oldest in the window expires."""
+    """With instant answers a send waits exactly until the oldest in the window expires,
+    and goes at once (no wait) whenever the last window holds fewer than the budget."""
     budget = RateBudget(per_minute, clock=FakeClock())
     now = 0.0
     sent: list[float] = []
     for gap in gaps:
         now += gap
         wait = budget.delay(now)
-        if wait > 0:
-            assert len(sent) >= per_minute
+        in_window = [t for t in sent if t > now - 60.0]
+        if len(in_window) < per_minute:
+            assert wait == 0.0, (now, in_window)  # a free slot: no wait at all
+        else:
+            # Full: wait until the oldest send of the window is a whole window old.
+            assert wait > 0
             assert now + wait == pytest.approx(sent[-per_minute] + 60.0)
         now += wait
         budget.record_send(now)
         budget.record_done(now)
         sent.append(now)
+    assert len(sent) == len(gaps)
+
+
+@settings(max_examples=20, deadline=None)
+@given(per_minute=st.integers(min_value=1, max_value=30),
+       extra=st.integers(min_value=1, max_value=40))
+def test_a_burst_past_the_budget_waits_for_the_window(per_minute: int, extra: int) -> None:
+    """A burst of more sends than the budget at one instant: the first ``per_minute`` go
+    at once, every later one waits for the send one budget earlier to leave the window."""
+    budget = RateBudget(per_minute, clock=FakeClock())
+    sent: list[float] = []
+    for _ in range(per_minute + extra):
+        wait = budget.delay(0.0 if not sent else sent[-1])
+        now = (sent[-1] if sent else 0.0) + wait
+        budget.record_send(now)
+        budget.record_done(now)
+        sent.append(now)
+    assert sent[:per_minute] == [0.0] * per_minute
+    for i in range(per_minute, len(sent)):
+        assert sent[i] == pytest.approx(sent[i - per_minute] + 60.0)
 
 
 def test_slots_held_by_requests_in_flight_wait_for_an_answer() -> None:
