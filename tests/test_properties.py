@@ -166,12 +166,16 @@ def test_drift_applied_to_the_old_snapshot_gives_the_new_one(
 
 # -- pagination under churn through the real crawler ---------------------------------------
 
-#: Creates and deletes done per example (the last test checks the churn really happened).
-CHURNED: list[int] = []
-ops = st.lists(st.lists(st.one_of(
-    st.tuples(st.just("create"), st.sampled_from(REGIONS)),
-    st.tuples(st.just("delete"), st.integers(min_value=0, max_value=10**6))),
-    max_size=6), max_size=12)
+#: Per example: creates and deletes done, and pages requested after the first of them
+#: (the last test checks the churn really happens mid-walk).
+CHURNED: list[tuple[int, int]] = []
+_op = st.one_of(st.tuples(st.just("create"), st.sampled_from(REGIONS)),
+                st.tuples(st.just("delete"), st.integers(min_value=0, max_value=10**6)))
+# Operations after each answer; the first answer always brings at least one, so every
+# example churns while pages are still to come (the fleets below span several pages).
+ops = st.tuples(st.lists(_op, min_size=1, max_size=6),
+                st.lists(st.lists(_op, max_size=6), max_size=11)).map(
+    lambda first_rest: [first_rest[0], *first_rest[1]])
 
 
 async def _crawl_under_churn(size: int, page_ops: list[list[tuple[str, Any]]],
@@ -184,6 +188,14 @@ async def _crawl_under_churn(size: int, page_ops: list[list[tuple[str, Any]]],
         created: set[str] = set()
         pages = iter(page_ops)
         serial = iter(range(10**6))
+
+        later_pages = 0  # continuation pages requested after the first operation
+
+        async def count_pages(session: aiohttp.ClientSession, ctx: Any,
+                              params: aiohttp.TraceRequestStartParams) -> None:
+            nonlocal later_pages
+            if (created or deleted) and "cursor" in params.url.query:
+                later_pages += 1
 
         async def churn(session: aiohttp.ClientSession, ctx: Any,
                         params: aiohttp.TraceRequestEndParams) -> None:
@@ -199,6 +211,7 @@ async def _crawl_under_churn(size: int, page_ops: list[list[tuple[str, Any]]],
 
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(churn)
+        trace.on_request_start.append(count_pages)
         async with aiohttp.ClientSession(trace_configs=[trace]) as session:
             account = AccountConfig(name="sim", api_url=sim.url, api_key=Secret(sim.key))
             client = CloudNexusClient(account, session, RateBudget(60_000, clock=SystemClock()),
@@ -222,19 +235,23 @@ async def _crawl_under_churn(size: int, page_ops: list[list[tuple[str, Any]]],
         assert not [e for e in logs if e["event"] == "crawl.duplicates"]  # none seen twice
         assert before - deleted <= set(seen)  # every instance there throughout, collected
         assert set(seen) <= before | created  # and nothing that never existed
-        CHURNED.append(len(created) + len(deleted))
+        CHURNED.append((len(created) + len(deleted), later_pages))
+        # The fleet really changed while the walk still had pages to fetch.
+        assert len(created) + len(deleted) >= 1
+        assert later_pages >= 1
     finally:
         await sim.stop()
 
 
 @SLOW
-@given(size=st.integers(min_value=0, max_value=450), page_ops=ops, fan_out=st.booleans())
+@given(size=st.integers(min_value=250, max_value=450), page_ops=ops, fan_out=st.booleans())
 def test_crawl_under_random_creates_and_deletes_returns_the_stable_fleet_once(
         size: int, page_ops: list[list[tuple[str, Any]]], fan_out: bool) -> None:
-    """A random fleet, with instances created and deleted between the crawler's pages
-    (single chain or region fan-out): every instance that existed throughout is returned
-    exactly once, and nothing that never existed."""
-    asyncio.run(_crawl_under_churn(size, page_ops, fan_out))
+    """A random fleet of several pages, with instances created and deleted between the
+    crawler's pages (single chain or region fan-out, where each region's chain spans
+    pages too): every instance that existed throughout is returned exactly once, and
+    nothing that never existed."""
+    asyncio.run(_crawl_under_churn(4 * size if fan_out else size, page_ops, fan_out))
 
 
 def test_the_churn_property_really_churns() -> None:
@@ -243,5 +260,6 @@ def test_the_churn_property_really_churns() -> None:
     CHURNED.clear()
     script = [[("create", REGIONS[0]), ("delete", 7)]] * 4
     asyncio.run(_crawl_under_churn(450, script, fan_out=False))
-    asyncio.run(_crawl_under_churn(450, script, fan_out=True))
-    assert CHURNED == [8, 8]
+    asyncio.run(_crawl_under_churn(1800, script, fan_out=True))
+    assert [done for done, _ in CHURNED] == [8, 8]
+    assert all(pages >= 1 for _, pages in CHURNED)

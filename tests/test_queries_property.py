@@ -1,76 +1,133 @@
-"""Property: cost accrual equals a brute-force hour-by-hour sum on random small histories."""
+"""Property: cost accrual and coverage equal a brute-force minute-by-minute sum on random
+small histories of instances and buckets, with crawls and windows at any minute."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus_audit.domain.model import Instance
+from nexus_audit.domain.model import Bucket, Instance, Kind
+from nexus_audit.errors import NoDataError
 from nexus_audit.history.store import Store
-from tests.test_queries import PRICES, T0, H, report
-from tests.test_store import crawl, inst
+from tests.test_queries import PRICES, T0, report
+from tests.test_store import bucket, crawl, inst
 
+M = timedelta(minutes=1)
 IDS = ("i-1", "i-2", "i-3")
+BUCKET_IDS = ("b-1", "b-2")
 Snap = tuple[str, str, int, str]  # id, status, plan index, region
+BucketSnap = tuple[str, int, str]  # id, size in units of 10^8 bytes, access
 PLANS = (("micro", 2, 2.0), (None, 4, 16.0), (None, 1, 3.0))  # 1.00, 2.00, 1.25 per hour
+#: Which kinds a crawl covers (buckets are often polled alone).
+COVERS: dict[str, tuple[Kind, ...]] = {"both": ("instances", "buckets"),
+                                       "instances": ("instances",), "buckets": ("buckets",)}
 
 snapshot = st.lists(
-    st.tuples(st.sampled_from(IDS), st.sampled_from(("running", "stopped", "pending")),
+    st.tuples(st.sampled_from(IDS), st.sampled_from(("running", "running", "stopped", "pending")),
               st.sampled_from(range(len(PLANS))), st.sampled_from(("eu-1", "us-1"))),
-    max_size=3, unique_by=lambda t: t[0])
+    min_size=1, max_size=3, unique_by=lambda t: t[0])
+buckets = st.lists(
+    st.tuples(st.sampled_from(BUCKET_IDS), st.integers(min_value=0, max_value=40),
+              st.sampled_from(("private", "public-read"))),
+    min_size=1, max_size=2, unique_by=lambda t: t[0])
+# (minutes after the previous crawl, failed, kinds covered, instances, buckets)
 history = st.lists(
-    st.tuples(st.integers(min_value=1, max_value=5), st.booleans(), snapshot),
-    min_size=1, max_size=8)
+    st.tuples(st.integers(min_value=1, max_value=300), st.sampled_from((False, False, True)),
+              st.sampled_from(tuple(COVERS)), snapshot, buckets),
+    min_size=2, max_size=8)
+
+Crawl = tuple[int, bool, tuple[Kind, ...], list[Instance], list[Bucket]]
 
 
-def brute_force(crawls: list[tuple[int, bool, list[Instance]]], max_gap: int,
-                since: int, until: int) -> float:
-    """For each hour of the window, charge what the observation holding then shows."""
-    good = [(t, records) for t, failed, records in crawls if not failed]
-    total = 0.0
-    for hour in range(since, until):
-        holding = None
-        for index, (t, records) in enumerate(good):
-            t_next = good[index + 1][0] if index + 1 < len(good) else None
-            end = min(t + max_gap, t_next if t_next is not None else 10**9)
-            if t <= hour < end:
-                holding = records
-        for record in holding or ():
+def holding(crawls: list[Crawl], kind: Kind, max_gap: int, minute: int) -> Crawl | None:
+    """The successful crawl of ``kind`` whose observation holds at ``minute``, if any."""
+    good = [c for c in crawls if not c[1] and kind in c[2]]
+    for index, c in enumerate(good):
+        t_next = good[index + 1][0] if index + 1 < len(good) else None
+        end = min(c[0] + max_gap, t_next if t_next is not None else 10**9)
+        if c[0] <= minute < end:
+            return c
+    return None
+
+
+def brute_force(crawls: list[Crawl], max_gap: int, since: int,
+                until: int) -> tuple[float, float, float]:
+    """Compute and storage cost and covered seconds (summed over the kinds crawled before
+    ``until``), charged minute by minute from what the observation holding then shows."""
+    compute = storage = covered = 0.0
+    for minute in range(since, until):
+        held = holding(crawls, "instances", max_gap, minute)
+        for record in held[3] if held else ():
             if record.status == "running":
-                total += PRICES.instance_hourly(record.plan, record.cpu, record.memory_gb)
-    return total
+                compute += PRICES.instance_hourly(record.plan, record.cpu,
+                                                  record.memory_gb) / 60
+        covered += 60.0 if held else 0.0
+        held = holding(crawls, "buckets", max_gap, minute)
+        for b in held[4] if held else ():
+            storage += PRICES.storage_hourly(b.size_bytes) / 60
+        covered += 60.0 if held else 0.0
+    return compute, storage, covered
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=history, max_gap=st.integers(min_value=1, max_value=4),
-       since=st.integers(min_value=0, max_value=10), length=st.integers(min_value=1, max_value=30))
-def test_accrual_matches_brute_force(history: list[tuple[int, bool, list[Snap]]],
-                                     max_gap: int, since: int, length: int) -> None:
-    """SQL accrual over versions and cumulative coverage equals the hour-by-hour sum."""
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty database, copied for each example (migrating takes longer than
+    the example's own crawls)."""
+    path = tmp_path_factory.mktemp("template") / "empty.duckdb"
+    store = Store(path)
+    store.migrate()
+    store.close()
+    return path
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(history=history, max_gap=st.integers(min_value=30, max_value=240),
+       anchor=st.integers(min_value=0, max_value=7), before=st.integers(min_value=-30,
+                                                                         max_value=400),
+       length=st.integers(min_value=1, max_value=1800))
+def test_accrual_matches_brute_force(history: list[tuple[int, bool, str, list[Snap],
+                                                         list[BucketSnap]]],
+                                     max_gap: int, anchor: int, before: int, length: int,
+                                     empty_db: Path) -> None:
+    """SQL accrual of compute and storage over versions and cumulative coverage equals the
+    minute-by-minute sum, part hours included; a window without a crawl is NoDataError."""
     with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(empty_db, Path(tmp) / "h.duckdb")
         store = Store(Path(tmp) / "h.duckdb")
-        store.migrate()
-        crawls: list[tuple[int, bool, list[Instance]]] = []
+        crawls: list[Crawl] = []
         t = 0
-        for step, failed, snap in history:
+        for step, failed, covers, snap, sizes in history:
             t += step
+            kinds = COVERS[covers]
             records = [inst(i, status=s, plan=PLANS[p][0], cpu=PLANS[p][1],
                             memory_gb=PLANS[p][2], region=r) for i, s, p, r in snap]
-            crawl(store, T0 + t * H, instances=records, failed=failed)
-            crawls.append((t, failed, records))
+            found = [bucket(b, size=n * 10**8, access=a) for b, n, a in sizes]
+            crawl(store, T0 + t * M, failed=failed,
+                  instances=records if "instances" in kinds else None,
+                  buckets=found if "buckets" in kinds else None)
+            crawls.append((t, failed, kinds, records, found))
+        # The window starts ``before`` minutes before one of the crawls (after it when
+        # negative), so most windows hold a crawl and some hold none.
+        since = max(0, crawls[anchor % len(crawls)][0] - before)
         until = since + length
-        expected = brute_force(crawls, max_gap, since, until)
-        has_crawl = any(since <= c[0] < until for c in crawls)
-        if not has_crawl:
-            return  # a window without crawls is NoDataError, tested elsewhere
-        r = report(store, T0 + since * H, T0 + until * H, max_gap=max_gap * H)
-        assert abs(r.cost.accrued.compute - expected) < 1e-6
-        assert r.cost.accrued.storage == 0.0
-        assert r.crawls.coverage.covered_seconds <= length * 3600 + 1e-6
-        assert timedelta(seconds=sum((g.end - g.start).total_seconds()
-                                     for g in r.crawls.coverage.gaps)) == timedelta(
-            seconds=length * 3600 - r.crawls.coverage.covered_seconds)
+        if not any(since <= c[0] < until for c in crawls):
+            with pytest.raises(NoDataError, match="no crawls between"):
+                report(store, T0 + since * M, T0 + until * M, max_gap=max_gap * M)
+            return
+        r = report(store, T0 + since * M, T0 + until * M, max_gap=max_gap * M)
+        compute, storage, covered = brute_force(crawls, max_gap, since, until)
+        assert r.cost.accrued.compute == pytest.approx(compute, abs=1e-6)
+        assert r.cost.accrued.storage == pytest.approx(storage, abs=1e-6)
+        assert r.cost.accrued.total == pytest.approx(compute + storage, abs=1e-5)
+        assert r.crawls.coverage.covered_seconds == pytest.approx(covered, abs=1e-3)
+        streams = {k for c in crawls if c[0] < until for k in c[2]}
+        assert r.crawls.coverage.window_seconds == length * 60 * len(streams)
+        gaps = sum((g.end - g.start).total_seconds() for g in r.crawls.coverage.gaps)
+        assert gaps == pytest.approx(length * 60 * len(streams) - covered, abs=1e-3)
