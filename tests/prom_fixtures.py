@@ -35,6 +35,15 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+#: Panels and query targets each dashboard ships (rows excluded): the per-panel checks
+#: assert these counts first, so a dashboard that lost its panels cannot pass them empty.
+#: Adding or removing a panel changes this table in the same commit.
+PANEL_COUNTS: dict[str, tuple[int, int]] = {
+    "cost": (10, 10),
+    "exporter-health": (9, 15),
+    "fleet-inventory": (13, 14),
+    "security": (10, 10),
+}
 
 _LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
 

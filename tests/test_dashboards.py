@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prom_fixtures import DASHBOARDS, dashboard_targets, iter_panels, load_dashboards
+from tests.prom_fixtures import (
+    DASHBOARDS,
+    PANEL_COUNTS,
+    dashboard_targets,
+    iter_panels,
+    load_dashboards,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -105,6 +111,29 @@ def datasource_refs(node: Any) -> list[Any]:
 DASHBOARD_IDS = [path.stem for path in DASHBOARDS]
 
 
+def panels_of(name: str) -> list[dict[str, Any]]:
+    """The dashboard's panels, after checking it has exactly the expected number."""
+    panels = list(iter_panels(load_dashboards()[name]))
+    assert len(panels) == PANEL_COUNTS[name][0], f"{name}: {len(panels)} panels"
+    return panels
+
+
+def targets_of(name: str) -> list[tuple[str, str]]:
+    """The dashboard's (panel title, expression) pairs, after checking their number."""
+    targets = dashboard_targets(load_dashboards()[name])
+    assert len(targets) == PANEL_COUNTS[name][1], f"{name}: {len(targets)} targets"
+    return targets
+
+
+def test_every_dashboard_has_its_panels() -> None:
+    """Each shipped dashboard has the panels and queries the table above lists, no more,
+    no fewer, and the table names exactly the shipped dashboards."""
+    assert set(PANEL_COUNTS) == set(DASHBOARD_IDS)
+    for name in DASHBOARD_IDS:
+        assert panels_of(name)
+        assert targets_of(name)
+
+
 def test_the_four_dashboards_exist() -> None:
     """Fleet inventory, Cost, Security and Exporter health are shipped, each valid JSON."""
     boards = load_dashboards().values()
@@ -124,8 +153,7 @@ def test_dashboard_uids_are_unique() -> None:
 @pytest.mark.parametrize("name", DASHBOARD_IDS)
 def test_panel_ids_are_unique_and_every_panel_has_a_query(name: str) -> None:
     """Panel ids are unique, and every panel has at least one target with an expression."""
-    board = load_dashboards()[name]
-    panels = list(iter_panels(board))
+    panels = panels_of(name)
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids)), f"duplicate panel ids in {name}"
     for panel in panels:
@@ -141,7 +169,7 @@ def test_panel_ids_are_unique_and_every_panel_has_a_query(name: str) -> None:
 def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
     """Every panel lies inside Grafana's 24-column grid and no two panels overlap."""
     cells: dict[tuple[int, int], str] = {}
-    for panel in iter_panels(load_dashboards()[name]):
+    for panel in panels_of(name):
         pos = panel["gridPos"]
         assert min(pos["w"], pos["h"], pos["x"] + 1) > 0
         assert pos["x"] + pos["w"] <= 24
@@ -156,7 +184,9 @@ def test_every_datasource_reference_resolves(name: str) -> None:
     """Every datasource reference names the provisioned Prometheus (or Grafana's own)."""
     uids = provisioned_datasource_uids()
     assert uids
-    for ref in datasource_refs(load_dashboards()[name]):
+    refs = datasource_refs(load_dashboards()[name])
+    assert len(refs) >= PANEL_COUNTS[name][0]  # at least one per panel
+    for ref in refs:
         assert isinstance(ref, dict), f"{name}: datasource by name, not by uid: {ref!r}"
         if ref.get("type") == "grafana":
             continue
@@ -180,7 +210,7 @@ def test_account_and_region_variables(name: str) -> None:
 @pytest.mark.parametrize("name", DASHBOARD_IDS)
 def test_queries_use_only_contract_metrics_and_labels(name: str) -> None:
     """Every query reads contract metrics only, with their labels, and none off by default."""
-    for title, expr in dashboard_targets(load_dashboards()[name]):
+    for title, expr in targets_of(name):
         used = metrics_in(expr)
         assert used, f"{title!r} reads no nexus metric: {expr}"
         unknown = used - CONTRACT.keys()
@@ -195,7 +225,7 @@ def test_queries_use_only_contract_metrics_and_labels(name: str) -> None:
 @pytest.mark.parametrize("name", DASHBOARD_IDS)
 def test_queries_follow_the_account_and_region_variables(name: str) -> None:
     """A metric with an account (region) label is filtered by $account ($region)."""
-    for title, expr in dashboard_targets(load_dashboards()[name]):
+    for title, expr in targets_of(name):
         for metric, body in _SELECTOR.findall(expr) + [(m, "") for m in _bare(expr)]:
             if "account" in CONTRACT[metric]:
                 assert 'account=~"$account"' in body, f"{title!r}: {metric} ignores $account"
