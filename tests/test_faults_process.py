@@ -34,8 +34,9 @@ from nexus_audit.errors import StoreError
 from nexus_audit.history.store import Store
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
 from tests.ci import skip_or_fail
+from tests.procio import LineReader
 from tests.serve_fixtures import wait_until
-from tests.test_store_processes import check_consistent, start_writer
+from tests.test_store_processes import check_consistent, check_kill, kill_writer, start_writer
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -65,29 +66,41 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_sigkill_anywhere_from_process_start_keeps_exactly_the_committed_crawls(
         tmp_path: Path) -> None:
-    """A writer killed at a random moment from its very start (creating and migrating the
-    file, staging, committing), twelve times: the file always opens, history is exactly
-    the crawls that committed, none doubled, and writing resumes."""
+    """A writer killed at a random moment, twelve times: half the kills at any moment from
+    its very start (creating and migrating the file, staging, committing), half after its
+    first commit. The file always opens, history is exactly the crawls that committed
+    (every one the writer reported, at most one more), none doubled, and writing resumes."""
     path = tmp_path / "killed-early.duckdb"
     rng = random.Random(7)
     committed = 0
-    for _ in range(12):
+    before_file = after_commit = 0
+    for attempt in range(12):
         writer = start_writer(path, crawls=1000, n=2000)
+        assert writer.stdout is not None
+        lines = LineReader(writer.stdout, name="writer")
+        printed: list[int] = []
         try:
-            time.sleep(rng.uniform(0.05, 1.2))  # anywhere: start-up, migration, a commit
-            os.kill(writer.pid, signal.SIGKILL)
+            if attempt % 2:
+                # After a commit: the writer reports it, then dies at a random point later.
+                printed.append(int(lines.next_line(timeout=60, what="a first commit")))
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:
+                time.sleep(rng.uniform(0.05, 1.2))  # anywhere: start-up, migration, a commit
         finally:
-            if writer.poll() is None:
-                os.kill(writer.pid, signal.SIGKILL)
-            writer.communicate(timeout=30)
+            printed += kill_writer(writer, lines)
         assert writer.returncode == -signal.SIGKILL
         if not path.exists():
+            assert not printed
+            before_file += 1
             continue  # killed before it created the file: nothing to check yet
         store = Store(path)
         store.migrate()  # a file killed mid-migration must still upgrade cleanly
-        count = check_consistent(store, 2000)
-        assert count >= committed
+        count = check_kill(store, 2000, committed, printed)
+        after_commit += bool(printed)
         committed = count
+    # The floor: the kills after a commit really happened (the odd attempts, at least).
+    assert after_commit >= 6
+    assert before_file + after_commit <= 12
     writer = start_writer(path, crawls=1, n=2000)
     _, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err

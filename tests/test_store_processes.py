@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -9,12 +10,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
+from nexus_audit.domain.model import CrawlSummary, Instance
 from nexus_audit.history.store import Store
+from tests.procio import LineReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +52,29 @@ def start_writer(path: Path, crawls: int, n: int) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(crawls), str(n)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def kill_writer(writer: subprocess.Popen[str], printed: LineReader[str]) -> list[int]:
+    """SIGKILL the writer (by pid) if it still runs, reap it, and return every crawl id it
+    printed, i.e. every crawl whose commit had returned before the kill."""
+    if writer.poll() is None:
+        os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(30)
+    lines = printed.rest(timeout=30)
+    for stream in (writer.stdout, writer.stderr):
+        if stream is not None:
+            stream.close()
+    return [int(line) for line in lines]
+
+
+def check_kill(store: Store, n: int, committed: int, printed: list[int]) -> int:
+    """After a kill: history is consistent and holds exactly the crawls committed before
+    it, i.e. every crawl the writer printed (a returned commit is durable) and at most the
+    one whose commit the kill interrupted. Returns the new count."""
+    count = check_consistent(store, n)
+    assert count >= max([committed, *printed])
+    assert count <= max([committed, *printed]) + 1
+    return count
 
 
 def check_consistent(store: Store, n: int) -> int:
@@ -108,29 +134,25 @@ def test_reports_while_a_writer_commits(tmp_path: Path) -> None:
 
 def test_sigkill_mid_commit_leaves_committed_history(tmp_path: Path) -> None:
     """SIGKILL at random points of a commit loop, ten times: the file reopens, history is
-    exactly the committed crawls (none half-applied, none doubled), and writing resumes."""
+    exactly the committed crawls (every one the writer reported, none half-applied, none
+    doubled), and writing resumes."""
     path = tmp_path / "killed.duckdb"
     rng = random.Random(4)
     committed = 0
     for _ in range(10):
         writer = start_writer(path, crawls=1000, n=3000)
+        assert writer.stdout is not None
+        lines = LineReader(writer.stdout, name="writer")
         try:
-            deadline = time.monotonic() + 30
-            printed: list[str] = []
-            assert writer.stdout is not None
             # wait until the writer has committed at least once, then kill at a random point
-            while not printed and time.monotonic() < deadline:
-                line = writer.stdout.readline()
-                if line:
-                    printed.append(line.strip())
+            first = int(lines.next_line(timeout=60, what="the writer's first commit"))
             time.sleep(rng.uniform(0.0, 0.3))  # a random point in the commit loop
-            writer.send_signal(signal.SIGKILL)
         finally:
-            if writer.poll() is None:
-                writer.kill()
-            writer.communicate(timeout=30)
+            rest = kill_writer(writer, lines)
         assert writer.returncode == -signal.SIGKILL
-        count = check_consistent(Store(path), 3000)
+        printed = [first, *rest]
+        assert printed[0] == committed + 1
+        count = check_kill(Store(path), 3000, committed, printed)
         assert count > committed
         committed = count
     store = Store(path)
@@ -141,44 +163,85 @@ def test_sigkill_mid_commit_leaves_committed_history(tmp_path: Path) -> None:
     assert check_consistent(store, 3000) == committed + 1
 
 
-@pytest.mark.parametrize("readers", [2])
-def test_same_process_reads_and_commit_serialize(tmp_path: Path, readers: int) -> None:
-    """Within one process, threads reading while another commits all succeed."""
-    import threading
+READERS = 2
 
-    from nexus_audit.domain.model import CrawlSummary, Instance
 
+def test_same_process_reads_and_commit_serialize(tmp_path: Path) -> None:
+    """Within one process, threads reading while another commits all succeed and see whole
+    generations: each reader reads between every two commits (it sees all 20), and reads
+    really overlap commits (begun before a commit ended, ended after it began: counted)."""
     path = tmp_path / "threads.duckdb"
     store = Store(path)
     store.migrate()
     errors: list[BaseException] = []
     done = threading.Event()
+    changed = threading.Condition()
+    ticks = itertools.count()  # one order for every read's and commit's start and end
+    # (reader, tick at start, tick at end, generation seen)
+    reads: list[tuple[int, int, int, int]] = []
+    commits: list[tuple[int, int]] = []
 
-    def read_loop() -> None:
+    def tick() -> int:
+        with changed:
+            return next(ticks)
+
+    def read_loop(reader: int) -> None:
         try:
             while not done.is_set():
-                store.latest()
+                began = tick()
+                states = store.latest()
+                ended = tick()
+                names = {i.name for s in states for i in s.instances}
+                seen = {s.last_crawl["instances"].crawl_id for s in states} or {0}
+                assert len(seen) == 1, seen
+                (generation,) = seen
+                # One whole generation: the 100 instances of one commit, never a mix.
+                assert names == ({f"gen-{generation}"} if generation else set()), names
+                assert sum(len(s.instances) for s in states) == (100 if generation else 0)
+                with changed:
+                    reads.append((reader, began, ended, generation))
+                    changed.notify_all()
         except BaseException as exc:  # collected and re-raised by the test
             errors.append(exc)
+            with changed:
+                changed.notify_all()
 
-    threads = [threading.Thread(target=read_loop) for _ in range(readers)]
+    def read_since(moment: int) -> bool:
+        """Each reader has finished a read begun after ``moment`` (or one failed)."""
+        return bool(errors) or all(any(r == reader and began > moment
+                                       for r, began, _, _ in reads)
+                                   for reader in range(READERS))
+
+    threads = [threading.Thread(target=read_loop, args=(r,)) for r in range(READERS)]
     for thread in threads:
         thread.start()
     try:
-        from datetime import UTC, datetime, timedelta
-
         base = datetime(2026, 1, 1, tzinfo=UTC)
+        last_end = -1
         for k in range(1, 21):
+            with changed:
+                assert changed.wait_for(lambda: read_since(last_end),  # noqa: B023
+                                        timeout=30), "the readers stopped reading"
             at = base + timedelta(minutes=k)
             staged = store.begin_crawl("acme", ["instances"], at)
             staged.add_instances([Instance(f"i-{i}", f"gen-{k}", "running", "eu-1", 2, 2.0,
                                            None, "{}", None, "{}") for i in range(100)])
+            began = tick()
             store.commit(staged, CrawlSummary(account="acme", kinds=("instances",),
                                               started_at=at, finished_at=at,
                                               status="succeeded"))
+            last_end = tick()
+            commits.append((began, last_end))
+        with changed:
+            assert changed.wait_for(lambda: read_since(last_end), timeout=30)
     finally:
         done.set()
         for thread in threads:
             thread.join(timeout=30)
     assert errors == []
     assert check_consistent(store, 100) == 20
+    for reader in range(READERS):  # a read between every two commits: every generation
+        assert {g for r, _, _, g in reads if r == reader} >= set(range(1, 21))
+    overlapping = [read for read in reads
+                   if any(read[1] < c_end and read[2] > c_begin for c_begin, c_end in commits)]
+    assert len(overlapping) >= 1, f"no read overlapped any of {len(commits)} commits"
