@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 from pathlib import Path
 
@@ -27,6 +26,9 @@ from tests.ci import skip_or_fail
 from tests.serve_fixtures import ServeProcess, StartServe, wait_until
 
 CHANGE_TIMEOUT = 20.0
+#: The backstop of a held API answer: tests release it as soon as they are done, and it
+#: stays below the client's 30 s request timeout (a held answer is never retried).
+HOLD = 25.0
 
 
 def samples(serve: ServeProcess, headers: dict[str, str] | None = None
@@ -101,22 +103,30 @@ def test_bad_report_parameters_are_400_naming_the_parameter(
         assert body["error"]["parameter"] == parameter
 
 
+def instance_crawls_finished(serve: ServeProcess) -> int:
+    """How many instance crawls the process has logged as finished."""
+    return len([e for e in serve.events_named("crawl.finished") if e["kinds"] == ["instances"]])
+
+
 def test_report_answers_while_a_crawl_runs(
         serve_sim: SimulatorThread, start_serve: StartServe) -> None:
-    """/report is served while an instance crawl hangs on a slow API answer."""
+    """/report is served while an instance crawl is held on an API answer (until the test
+    releases it; the crawl then finishes)."""
     serve = start_serve(serve_sim)
     serve.wait_ready()
-    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=3)
-    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
-               what="an instance crawl to reach the slow answer")
-    finished_before = len([e for e in serve.events_named("crawl.finished")
-                           if e["kinds"] == ["instances"]])
-    status, report = serve.get_json("/report?since=1h")
-    assert status == 200
-    assert report["inventory"]["instances"]["total"] == 120
-    finished_after = len([e for e in serve.events_named("crawl.finished")
-                          if e["kinds"] == ["instances"]])
-    assert finished_after == finished_before, "the slow crawl was still running"
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=HOLD)
+    try:
+        wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+                   what="an instance crawl to reach the held answer")
+        finished_before = instance_crawls_finished(serve)
+        status, report = serve.get_json("/report?since=1h")
+        assert status == 200
+        assert report["inventory"]["instances"]["total"] == 120
+        assert instance_crawls_finished(serve) == finished_before, "the held crawl finished"
+    finally:
+        slow.release()
+    wait_until(lambda: True if instance_crawls_finished(serve) > finished_before else None,
+               timeout=CHANGE_TIMEOUT, what="the released crawl to finish")
 
 
 def is_json(line: str) -> bool:
@@ -136,15 +146,17 @@ def crawl_rows(db: Path) -> list[tuple[int, list[str], str]]:
 
 def test_sigterm_during_a_crawl_abandons_it_and_commits_nothing_of_it(
         serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
-    """SIGTERM with a crawl stuck past the grace: exit 0, the crawl leaves no trace."""
+    """SIGTERM with a crawl held past the grace: exit 0, the crawl leaves no trace."""
     serve = start_serve(serve_sim, env={"NEXUS_AUDIT_SHUTDOWN_GRACE": "1s"})
     serve.wait_ready()
-    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=4)
-    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
-               what="an instance crawl to reach the slow answer")
-    started = time.monotonic()
-    assert serve.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 10
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=HOLD)
+    try:
+        wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+                   what="an instance crawl to reach the held answer")
+        # The answer stays held until after the exit: the crawl cannot finish in time.
+        assert serve.stop(signal.SIGTERM) == 0
+    finally:
+        slow.release()
     assert serve.events_named("crawl.abandoned")
     logged = [e for e in serve.events_named("crawl.finished") if e["status"] == "succeeded"]
     rows = crawl_rows(tmp_path / "serve.duckdb")
@@ -161,18 +173,26 @@ def test_sigterm_during_a_crawl_abandons_it_and_commits_nothing_of_it(
 
 def test_sigterm_lets_a_crawl_in_progress_finish_within_the_grace(
         serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
-    """SIGINT while a crawl waits 2s on the API: it finishes and commits, then exit 0."""
+    """SIGINT while a crawl waits on the API: the answer comes only after the process
+    logged that it is stopping, the crawl finishes and commits, then exit 0."""
     serve = start_serve(serve_sim, env={"NEXUS_AUDIT_SHUTDOWN_GRACE": "20s"})
     serve.wait_ready()
-    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=2)
-    wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
-               what="an instance crawl to reach the slow answer")
-    assert serve.stop(signal.SIGINT) == 0
+    slow = serve_sim.faults.script(FaultKind.SLOW, path="/v2/instances", seconds=HOLD)
+    try:
+        wait_until(lambda: True if slow.fired else None, timeout=CHANGE_TIMEOUT,
+                   what="an instance crawl to reach the held answer")
+        os.kill(serve.proc.pid, signal.SIGINT)
+        wait_until(lambda: True if serve.events_named("serve.stopping") else None,
+                   timeout=CHANGE_TIMEOUT, what="serve to begin stopping")
+    finally:
+        slow.release()
+    assert serve.proc.wait(CHANGE_TIMEOUT) == 0
+    assert serve.stop() == 0  # already exited: releases the pipe
     assert not serve.events_named("crawl.abandoned")
     events = serve.events
     stopping = next(i for i, e in enumerate(events) if e.get("event") == "serve.stopping")
     assert any(e.get("event") == "crawl.finished" and e["kinds"] == ["instances"]
-               for e in events[stopping:]), "the slow crawl finished after the signal"
+               for e in events[stopping:]), "the held crawl finished after the signal"
     instance_rows = [r for r in crawl_rows(tmp_path / "serve.duckdb") if r[1] == ["instances"]]
     logged = [e for e in events if e.get("event") == "crawl.finished"
               and e["kinds"] == ["instances"]]

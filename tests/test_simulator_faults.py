@@ -101,6 +101,25 @@ async def test_slow_response_trips_client_timeout(
             pass
 
 
+async def test_a_slow_fault_holds_until_released(
+    simulator: Simulator, sim_session: aiohttp.ClientSession
+) -> None:
+    """A scripted slow answer (600 s) is held until the test releases it, then answered
+    normally; once released, its later answers are not held at all."""
+    slow = simulator.faults.script("slow", path="/v2/buckets", seconds=600, times=2)
+    held = asyncio.create_task(_get(sim_session, f"{simulator.url}/buckets"))
+    async with asyncio.timeout(10):
+        # ``fired`` is a plain counter (no event to await): poll until the request arrives.
+        while not slow.fired:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    assert not held.done()
+    slow.release()
+    async with asyncio.timeout(10):  # far less than the 600 s the fault would hold
+        assert (await held)[0] == 200
+        assert (await _get(sim_session, f"{simulator.url}/buckets"))[0] == 200
+    assert slow.exhausted
+
+
 async def test_truncated_and_invalid_json(
     simulator: Simulator, sim_session: aiohttp.ClientSession
 ) -> None:

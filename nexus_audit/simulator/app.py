@@ -216,7 +216,10 @@ class _Api:
                 request.transport.abort()
             raise _InjectedResetError
         if kind is FaultKind.SLOW:
-            await asyncio.sleep(fault.seconds)
+            if fault.released is None:
+                await asyncio.sleep(fault.seconds)
+            else:
+                await fault.released.wait(fault.seconds)
             return
         if kind in BODY_FAULTS:
             request[_FAULT] = fault

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -40,6 +42,44 @@ BODY_FAULTS = frozenset(
 )
 
 
+class Release:
+    """A switch thrown once from any thread, which coroutines on any loop can wait for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def set(self) -> None:
+        """Throw the switch: every waiter wakes up now, later ones do not wait."""
+        with self._lock:
+            self._set = True
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(event.set)
+
+    def is_set(self) -> bool:
+        """True once :meth:`set` was called."""
+        with self._lock:
+            return self._set
+
+    async def wait(self, seconds: float) -> None:
+        """Return once the switch is thrown, or after ``seconds``."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self._set:
+                return
+            self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter[1].wait(), seconds)
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     """A fault chosen for one request."""
@@ -47,6 +87,8 @@ class Fault:
     kind: FaultKind
     seconds: float = 0.0  # for SLOW
     retry_after: int = 1  # for HTTP_429
+    #: For a scripted SLOW: set to end the wait before ``seconds`` are up.
+    released: Release | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -54,7 +96,10 @@ class ScriptedFault:
     """A fault that hits ``times`` matching requests after letting ``after`` pass.
 
     ``path`` None matches every API path; a path ending in ``*`` is a prefix.
-    ``method`` None matches every method.
+    ``method`` None matches every method. A SLOW one holds its answers for ``seconds``
+    or until :meth:`release` (from any thread), whichever comes first: a test holds a
+    request for as long as it needs with a generous ``seconds`` as the backstop, instead
+    of racing a fixed window.
     """
 
     kind: FaultKind
@@ -66,6 +111,11 @@ class ScriptedFault:
     retry_after: int = 1
     seen: int = 0
     fired: int = 0
+    released: Release = field(default_factory=Release, compare=False)
+
+    def release(self) -> None:
+        """End the wait of the SLOW answers held now, and let later ones go at once."""
+        self.released.set()
 
     def matches(self, method: str, path: str) -> bool:
         """True when this script applies to ``method path``."""
@@ -190,7 +240,8 @@ class FaultInjector:
             if due is not None:
                 due.fired += 1
                 self._scripts = [x for x in self._scripts if not x.exhausted]
-                return Fault(due.kind, seconds=due.seconds, retry_after=due.retry_after)
+                return Fault(due.kind, seconds=due.seconds, retry_after=due.retry_after,
+                             released=due.released)
             return self._random_fault()
 
     def _random_fault(self) -> Fault | None:
