@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nexus_audit.simulator.cli import add_arguments, config_from_args
+from tests.procio import LineReader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,8 +99,10 @@ def test_subprocess_prints_url_and_key_and_stops_on_sigterm() -> None:
     )
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        key = proc.stdout.readline().strip()
+        lines = LineReader(proc.stdout, name="simulate")
+        # A simulator that never prints fails here after the timeout; it cannot hang the run.
+        url = lines.next_line(timeout=20, what="the base URL").strip()
+        key = lines.next_line(timeout=20, what="the API key").strip()
         assert url.startswith("http://127.0.0.1:")
         assert url.endswith("/v2")
         assert key.startswith("nx_test_sk_")
@@ -108,10 +111,11 @@ def test_subprocess_prints_url_and_key_and_stops_on_sigterm() -> None:
         )
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (local http)
             assert json.load(resp)["pagination"]["total"] == 30
-        proc.send_signal(signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-        out, err = proc.communicate(timeout=5)
-        assert out == ""
+        assert lines.rest(timeout=5) == []  # nothing printed after the two lines
+        assert proc.stderr is not None
+        err = proc.stderr.read()
         assert "Traceback" not in err
     finally:
         if proc.poll() is None:
