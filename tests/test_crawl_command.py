@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +21,12 @@ from nexus_audit.commands.crawl import (
     parse_kinds,
 )
 from nexus_audit.config import AccountConfig, Secret, Settings, load_settings
-from nexus_audit.crawl.progress import CrawlProgress, format_progress, time_left
+from nexus_audit.crawl.progress import (
+    CrawlProgress,
+    ProgressReporter,
+    format_progress,
+    time_left,
+)
 from nexus_audit.domain.model import CrawlSummary
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, UsageError
@@ -133,3 +141,82 @@ def test_progress_line_shows_records_requests_budget_and_time_left() -> None:
     assert line == "prod: 2,500/10,000 records, 0 requests, budget 25%, ~30s left"
     assert time_left(0, 100, 5.0) is None
     assert time_left(100, 100, 5.0) == 0.0
+
+
+class _NoJitter(random.Random):
+    """An rng whose jitter is always the smallest: exact countdowns in tests."""
+
+    def uniform(self, a: float, b: float) -> float:
+        """The lower bound."""
+        return a
+
+
+def _bound_progress(budget: RateBudget, clock: FakeClock) -> CrawlProgress:
+    """A crawl 10 s in, 400 of 1,000 records collected, on ``budget``."""
+    progress = CrawlProgress(account="prod", budget=budget, started=clock.monotonic() - 10.0)
+    progress.records["instances"] = 400
+    progress.expect("instances", 1000)
+    return progress
+
+
+def test_progress_line_counts_down_while_the_budget_window_binds() -> None:
+    """With the window's budget spent, the line says the rate limit holds the crawl and
+    counts down to the next free slot instead of estimating; once free, the estimate is
+    back."""
+    clock = FakeClock()
+    budget = RateBudget(4, clock=clock)
+    for _ in range(4):
+        budget.record_send(clock.monotonic())
+        budget.record_done(clock.monotonic())
+    progress = _bound_progress(budget, clock)
+    prefix = "prod: 400/1,000 records, 0 requests, budget 100%, "
+    assert format_progress([progress], clock.monotonic()) == (
+        prefix + "rate limit reached, next request in 60s")
+    clock.advance(35.5)
+    assert format_progress([progress], clock.monotonic()) == (
+        prefix + "rate limit reached, next request in 25s")
+    clock.advance(24.0)  # half a second to go: the pacing between requests, not shown
+    assert format_progress([progress], clock.monotonic()).endswith(", budget 100%, ~104s left")
+    clock.advance(0.5)
+    assert format_progress([progress], clock.monotonic()) == (
+        "prod: 400/1,000 records, 0 requests, budget 0%, ~105s left")
+
+
+def test_progress_line_counts_down_to_the_servers_reset() -> None:
+    """With the server's remaining count at zero (another tool spends the key), the line
+    counts down to the server's reset even though this crawl's own budget is barely used;
+    with every slot in flight it says it waits for answers."""
+    clock = FakeClock()
+    budget = RateBudget(1000, clock=clock, rng=_NoJitter())
+    progress = _bound_progress(budget, clock)
+    budget.observe(1000, 0, reset_epoch=clock.now().timestamp() + 42, now=clock.monotonic(),
+                   now_epoch=clock.now().timestamp())
+    assert format_progress([progress], clock.monotonic()) == (
+        "prod: 400/1,000 records, 0 requests, budget 0%, rate limit reached, next request "
+        "in 42s")
+    clock.advance(42)
+    full = RateBudget(2, clock=clock)
+    full.record_send(clock.monotonic())
+    full.record_send(clock.monotonic())
+    assert format_progress([_bound_progress(full, clock)], clock.monotonic()).endswith(
+        ", budget 100%, rate limit reached, waiting for answers in flight")
+
+
+async def test_the_terminal_line_counts_down() -> None:
+    """The reporter's redrawn terminal line, on a fake clock, counts the wait down second
+    by second."""
+    clock = FakeClock()
+    budget = RateBudget(1, clock=clock)
+    budget.record_send(clock.monotonic())
+    budget.record_done(clock.monotonic())
+    stream = io.StringIO()
+    reporter = ProgressReporter([_bound_progress(budget, clock)], stream=stream, clock=clock,
+                                tty=True, interval=1.0)
+    reporter.start()
+    for _ in range(5):
+        await asyncio.sleep(0)  # each turn the reporter sleeps 1 s of fake time and redraws
+    await reporter.stop()
+    lines = [line for line in stream.getvalue().split("\r\x1b[K") if line]
+    waits = [int(line.rsplit(" in ", 1)[1].removesuffix("s")) for line in lines]
+    assert len(waits) >= 3
+    assert waits == list(range(59, 59 - len(waits), -1))

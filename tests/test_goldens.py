@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 
 from nexus_audit import __version__
-from nexus_audit.commands.serve import Service
+from nexus_audit.audit.report import Report
 from nexus_audit.config import AccountConfig, Secret, Settings
-from nexus_audit.policy import parse_policy
-from nexus_audit.render import render
-from nexus_audit.report import Report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock
+from nexus_audit.domain.policy import parse_policy
+from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.history.store import Store
+from nexus_audit.output.render import render
+from nexus_audit.service.runtime import Service
 from tests.test_findings import report_with
 from tests.test_queries import PRICES, T0, H
 from tests.test_report import build, rich_history

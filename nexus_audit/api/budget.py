@@ -253,6 +253,14 @@ class RateBudget:
         self._prune(now)
         return self._held("normal") + self._held("high")
 
+    def next_slot(self, now: float) -> float | None:
+        """While the budget binds, the monotonic time a normal request may go next (the
+        window's next free slot, a hold after a 429 or the server's reset, whichever is
+        last); ``math.inf`` while only an answer in flight can free a slot; None when a
+        request may go at ``now``."""
+        wait = self.delay(now)
+        return None if wait <= 0 else now + wait
+
     @property
     def inflight(self) -> int:
         """Requests sent and not yet answered."""

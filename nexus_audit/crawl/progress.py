@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Final, TextIO
 
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats
@@ -20,6 +21,10 @@ from nexus_audit.domain.timeutil import Clock
 from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
+
+#: A wait for the rate budget this long or longer is shown instead of the time left
+#: (shorter ones are the budget's normal pacing between requests).
+SHOW_WAIT_FROM: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -55,8 +60,21 @@ def time_left(collected: int, expected: int, elapsed: float) -> float | None:
     return (expected - collected) * elapsed / collected
 
 
+def budget_wait(budget: RateBudget, now: float) -> str | None:
+    """What the line says while the budget binds for :data:`SHOW_WAIT_FROM` or longer:
+    the countdown to the next request (its window's free slot or the server's reset);
+    None while requests flow."""
+    at = budget.next_slot(now)
+    if at is None or at - now < SHOW_WAIT_FROM:
+        return None
+    if at == math.inf:
+        return "rate limit reached, waiting for answers in flight"
+    return f"rate limit reached, next request in {math.ceil(at - now)}s"
+
+
 def format_progress(progresses: Sequence[CrawlProgress], now: float) -> str:
-    """One line for all running crawls: records, requests, budget in use, time left."""
+    """One line for all running crawls: records, requests, budget in use, time left (or,
+    while the rate budget holds the crawl back, the countdown to its next request)."""
     parts = []
     for p in progresses:
         collected = sum(p.records.values())
@@ -67,8 +85,12 @@ def format_progress(progresses: Sequence[CrawlProgress], now: float) -> str:
         text += f" records, {p.stats.total_requests} requests"
         if p.budget is not None:
             text += f", budget {round(100 * p.budget.in_window(now) / p.budget.capacity)}%"
+        waiting = budget_wait(p.budget, now) if p.budget is not None else None
         if p.finished:
             text += ", done"
+        elif waiting is not None:
+            # The estimate from the rate so far would be wrong now: say what it waits for.
+            text += f", {waiting}"
         elif p.started is not None and expected:
             left = time_left(collected, expected, now - p.started)
             if left is not None:
