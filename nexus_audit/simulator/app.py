@@ -216,10 +216,7 @@ class _Api:
                 request.transport.abort()
             raise _InjectedResetError
         if kind is FaultKind.SLOW:
-            if fault.released is None:
-                await asyncio.sleep(fault.seconds)
-            else:
-                await fault.released.wait(fault.seconds)
+            await fault.hold()
             return
         if kind in BODY_FAULTS:
             request[_FAULT] = fault

@@ -90,6 +90,13 @@ class Fault:
     #: For a scripted SLOW: set to end the wait before ``seconds`` are up.
     released: Release | None = field(default=None, compare=False)
 
+    async def hold(self) -> None:
+        """A SLOW fault's wait: ``seconds``, or less once its script is released."""
+        if self.released is None:
+            await asyncio.sleep(self.seconds)
+        else:
+            await self.released.wait(self.seconds)
+
 
 @dataclass(slots=True)
 class ScriptedFault:
