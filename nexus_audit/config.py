@@ -44,6 +44,9 @@ DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 #: The longest wait the API's headers (Retry-After, X-RateLimit-Reset) may impose: two
 #: budget windows. Longer, the crawl fails RATE_LIMITED instead of stalling.
 DEFAULT_MAX_SERVER_WAIT: Final = timedelta(minutes=2)
+#: Reports ``serve`` computes at once by default: one per core (each is mostly one DuckDB
+#: query at a time), at least 1 and at most 4, so reports leave the crawls a share.
+DEFAULT_REPORT_CONCURRENCY: Final = max(1, min(4, os.cpu_count() or 1))
 
 
 class Secret:
@@ -115,6 +118,8 @@ class Settings:
     max_server_wait: timedelta = DEFAULT_MAX_SERVER_WAIT
     per_instance_metrics: bool = False
     per_bucket_metrics: bool = True
+    #: Reports ``serve`` computes at once; more are refused (503 with Retry-After).
+    report_concurrency: int = DEFAULT_REPORT_CONCURRENCY
     web: WebConfig = field(default_factory=WebConfig)
     #: This replica's share of the accounts (``--shard i/n``); None: every account.
     shard: Shard | None = None
@@ -294,6 +299,7 @@ _ACCOUNT_KEYS: Final = frozenset({"name", "api_url", "api_key_file", "api_key_en
 _SERVE_KEYS: Final = frozenset({
     "listen", "per_instance_metrics", "per_bucket_metrics", "bearer_token_file",
     "basic_auth_user", "basic_auth_password_file", "tls_cert_file", "tls_key_file",
+    "report_concurrency",
 })
 
 
@@ -465,5 +471,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                    "serve.per_instance_metrics"),
         per_bucket_metrics=_bool(serve.get("per_bucket_metrics", True),
                                  "serve.per_bucket_metrics"),
+        report_concurrency=_positive_int(*setting(
+            "NEXUS_AUDIT_REPORT_CONCURRENCY", "report_concurrency", DEFAULT_REPORT_CONCURRENCY,
+            serve, "serve."), maximum=64),
         web=web,
     )

@@ -335,6 +335,9 @@ async def test_report_endpoint_answers_400_and_leaves_the_database_alone(
 class _NoMetrics:
     """An exposition that is never asked for (only /report is exercised)."""
 
+    def cached(self, accept: str, *, gzip: bool = False) -> tuple[bytes, str] | None:
+        raise AssertionError("not scraped in this test")
+
     def render(self, accept: str) -> tuple[bytes, str]:
         raise AssertionError("not scraped in this test")
 

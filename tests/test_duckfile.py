@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from nexus_audit.domain.model import CrawlSummary
@@ -352,3 +353,97 @@ def test_views_answer_the_same_before_and_after_compaction(
     with held.read() as con:
         assert con.execute("SELECT count(*) FROM instance_log WHERE until_crawl IS NULL"
                            ).fetchone() == open_rows
+
+
+# -- copies for long reads and cancelling them ---------------------------------------------
+
+
+def copy_crawl_ids(store: Store) -> list[int]:
+    """Every committed crawl id, read through a copy."""
+    with store.read(copy=True) as con:
+        return [r[0] for r in con.execute("SELECT crawl_id FROM crawls ORDER BY 1").fetchall()]
+
+
+def test_a_commit_does_not_wait_for_a_long_read_of_a_copy(store: Store) -> None:
+    """While a long read holds its copy open, a commit goes through (it would wait for a
+    read of the file itself); the running read keeps seeing what it started with, and the
+    next read sees the new crawl; the old copy is deleted once its reader is done."""
+    first = burst(store, 1)
+    inside = threading.Event()
+    finish = threading.Event()
+    seen: list[list[int]] = []
+
+    def long_read() -> None:
+        with store.read(copy=True) as con:
+            inside.set()
+            finish.wait(30)
+            seen.append([r[0] for r in con.execute("SELECT crawl_id FROM crawls").fetchall()])
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    try:
+        assert inside.wait(30)
+        copies = list(store.path.parent.glob(f".{store.path.name}.copies-*/*.duckdb"))
+        assert len(copies) == 1
+        committed = threading.Thread(target=burst, args=(store, 1), kwargs={"start": 1})
+        committed.start()
+        committed.join(30)  # a bound for failure only: it returns at once when it works
+        assert not committed.is_alive(), "the commit waited for the long read"
+        assert copy_crawl_ids(store) == [*first, first[0] + 1]
+    finally:
+        finish.set()
+        reader.join(30)
+    assert seen == [first]
+    assert not copies[0].exists()  # retired: deleted when its last reader finished
+    duckfile.drop_copies()
+    assert not list(store.path.parent.glob(f".{store.path.name}.copies-*"))
+
+
+def test_an_unchanged_file_is_not_copied_again(store: Store) -> None:
+    """Reads of an unchanged file share one copy; a commit makes the next read copy anew."""
+    burst(store, 1)
+    with store.read(copy=True) as a, store.read(copy=True) as b:
+        assert a.execute("SELECT current_database()").fetchone() == \
+            b.execute("SELECT current_database()").fetchone()
+    with store.read(copy=True) as c:
+        before = c.execute("SELECT current_database()").fetchone()
+    burst(store, 1, start=1)
+    with store.read(copy=True) as d:
+        assert d.execute("SELECT current_database()").fetchone() != before
+    duckfile.drop_copies()
+
+
+def test_a_cancelled_read_is_interrupted(store: Store) -> None:
+    """A query running on a copy under ``cancellable`` stops with DuckDB's interrupt once
+    cancelled, even when the cancel comes before the query starts (it is repeated)."""
+    burst(store, 1)
+    cancel = duckfile.Cancel()
+    inside = threading.Event()
+    outcome: list[BaseException] = []
+
+    def slow_read() -> None:
+        try:
+            with duckfile.cancellable(cancel), store.read(copy=True) as con:
+                inside.set()
+                # Minutes of work unless interrupted.
+                con.execute("SELECT sum(a * b) FROM range(1000000) t(a), range(1000000) u(b)"
+                            ).fetchall()
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            cancel.finished()
+
+    reader = threading.Thread(target=slow_read)
+    reader.start()
+    assert inside.wait(30)
+    cancel.cancel()
+    reader.join(60)  # a bound for failure only
+    assert not reader.is_alive(), "the read was not interrupted"
+    assert len(outcome) == 1
+    # The store's reads translate DuckDB's interrupt into its own error.
+    assert isinstance(outcome[0], StoreError), outcome
+    assert "nterrupt" in str(outcome[0])
+    with pytest.raises(duckdb.InterruptException), duckdb.connect() as con, \
+            cancel.bound(con):
+        pass  # refused once cancelled
+    duckfile.drop_copies()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -324,3 +325,31 @@ def test_promtool_accepts_the_exposition(promtool_path: str) -> None:
     assert result.stdout.strip() == b""
     assert result.stderr.strip() == b""
 
+
+
+def test_cached_scrapes_need_no_render_and_gzip_is_one_stream() -> None:
+    """After an install the default format is served from the cache (gzip: one stream of
+    the same bytes, live part included); a format first asked for needs one render, and
+    every later install renders it ahead."""
+    holder = SnapshotHolder()
+    stats = CrawlStats(["prod"])
+    exporter = make_exporter(holder, stats)
+    assert exporter.install(build_snapshot([PROD], generation=1))
+    plain = exporter.cached("")
+    zipped = exporter.cached("", gzip=True)
+    assert plain is not None
+    assert zipped is not None
+    assert gzip.decompress(zipped[0]) == plain[0]
+    stats.record("prod", ["instances"], "succeeded", 1.0)
+    moved = exporter.cached("", gzip=True)
+    assert moved is not None
+    assert gzip.decompress(moved[0]) == exporter.render("")[0] != plain[0]
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    assert exporter.cached(openmetrics) is None
+    rendered = exporter.render(openmetrics)
+    assert exporter.cached(openmetrics) == rendered
+    assert exporter.install(build_snapshot([PROD, NEW], generation=2))
+    ahead = exporter.cached(openmetrics)
+    assert ahead is not None
+    assert ahead[0] != rendered[0]
+    assert ahead[0].count(b"# EOF") == 1

@@ -8,8 +8,12 @@ import json
 import shutil
 import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from gzip import compress as gzip_compress
+from gzip import decompress as gzip_decompress
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,13 @@ from structlog.testing import capture_logs
 
 from nexus_audit.config import Secret, WebConfig
 from nexus_audit.domain.timeutil import FakeClock
-from nexus_audit.errors import ConfigError, NoDataError, UsageError
+from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
+from nexus_audit.history.duckfile import Cancel
 from nexus_audit.service.web import (
     AuthPolicy,
     Readiness,
     ReportQuery,
+    ReportRunner,
     build_app,
     make_runner,
     make_ssl_context,
@@ -42,9 +48,13 @@ class FakeExposition:
     def __init__(self) -> None:
         self.accepts: list[str] = []
 
-    def render(self, accept: str) -> tuple[bytes, str]:
+    def cached(self, accept: str, *, gzip: bool = False) -> tuple[bytes, str] | None:
         self.accepts.append(accept)
-        return b"nexus_up 1\n", "text/plain; version=0.0.4; charset=utf-8"
+        body = b"nexus_up 1\n"
+        return (gzip_compress(body) if gzip else body), "text/plain; version=0.0.4; charset=utf-8"
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        raise AssertionError("everything is cached: never rendered in a worker thread")
 
 
 class FakeReports:
@@ -55,7 +65,7 @@ class FakeReports:
     def __init__(self) -> None:
         self.queries: list[ReportQuery] = []
 
-    def report(self, query: ReportQuery) -> Mapping[str, Any]:
+    def report(self, query: ReportQuery, cancel: Cancel) -> Mapping[str, Any]:
         self.queries.append(query)
         if query.account == "empty":
             raise NoDataError("no crawls of empty in the window")
@@ -326,32 +336,30 @@ async def test_app_serves_over_tls(tmp_path: Path) -> None:
 
 async def test_identical_concurrent_reports_share_one_computation() -> None:
     """Two identical report queries in flight share one build; a different one gets its own."""
-    import threading
-
-    from nexus_audit.service.web import _shared_report
-
     gate = threading.Event()
 
     class Blocking(FakeReports):
-        def report(self, query: ReportQuery) -> Mapping[str, Any]:
+        def report(self, query: ReportQuery, cancel: Cancel) -> Mapping[str, Any]:
             gate.wait(5)
-            return super().report(query)
+            return super().report(query, cancel)
 
     reports = Blocking()
-    app = build_app(exposition=FakeExposition(), reports=reports,
-                    readiness=lambda: Readiness(True), auth=AuthPolicy(), clock=FakeClock(NOW))
+    runner = ReportRunner(reports, slots=2)
     query = parse_report_query({"since": "7d"}, accounts=("prod",), now=NOW)
-    first = _shared_report(app, query, ("7d", "", "", ""))
-    second = _shared_report(app, query, ("7d", "", "", ""))
-    other = _shared_report(app, query, ("8d", "", "", ""))
-    assert first is second
-    assert other is not first
-    gate.set()
-    assert await first == await second
-    assert json.loads(await other)["accounts"] == ["prod"]
-    assert len(reports.queries) == 2
-    assert _shared_report(app, query, ("7d", "", "", "")) is not first  # finished: not reused
-    await _shared_report(app, query, ("7d", "", "", ""))
+    try:
+        first = asyncio.ensure_future(runner.get(("7d", "", "", ""), query))
+        second = asyncio.ensure_future(runner.get(("7d", "", "", ""), query))
+        other = asyncio.ensure_future(runner.get(("8d", "", "", ""), query))
+        await asyncio.sleep(0)  # each has started or joined its computation
+        assert runner.running == 2
+        gate.set()
+        assert await first == await second
+        assert json.loads(await other)["accounts"] == ["prod"]
+        assert len(reports.queries) == 2
+        await runner.get(("7d", "", "", ""), query)  # finished: computed again
+        assert len(reports.queries) == 3
+    finally:
+        runner.close()
 
 
 async def raw_exchange(port: int, request: bytes, *, wait: float = 10.0) -> bytes:
@@ -414,3 +422,142 @@ async def test_a_half_sent_request_is_closed_within_the_header_timeout() -> None
     assert 0.4 <= elapsed < 3.0, elapsed
     assert whole.startswith(b"HTTP/1.1 200 ")
 
+
+# -- the report bound, cancellation, and /metrics beside busy reports -----------------------
+
+
+class GatedReports(FakeReports):
+    """Reports that block until ``gate`` is set or they are cancelled; ``entered`` is set
+    as each starts, ``cancelled`` as one sees its cancel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.cancelled = threading.Event()
+
+    def report(self, query: ReportQuery, cancel: Cancel) -> Mapping[str, Any]:
+        self.entered.set()
+        while not self.gate.is_set():
+            if cancel.wait(0.01):
+                self.cancelled.set()
+                raise StoreError("interrupted")
+        return super().report(query, cancel)
+
+
+async def event_set(event: threading.Event) -> bool:
+    """Wait for a thread's ``event`` without blocking the loop or using its default
+    executor (a thread of its own; False after 30 s, a bound for failure only)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def watch() -> None:
+        loop.call_soon_threadsafe(done.set_result, event.wait(30))
+
+    threading.Thread(target=watch, daemon=True).start()
+    return await done
+
+
+async def gated_client(reports: GatedReports, *, slots: int,
+                       exposition: Any = None) -> TestClient[Any, Any]:
+    """A test client (handler cancellation on, as in serve) over ``reports``."""
+    app = build_app(exposition=exposition or FakeExposition(), reports=reports,
+                    readiness=lambda: Readiness(True), auth=AuthPolicy(), clock=FakeClock(NOW),
+                    report_concurrency=slots)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+async def test_a_report_beyond_the_bound_is_503_with_retry_after() -> None:
+    """With every report slot busy, a distinct report is refused at once with 503
+    REPORTS_BUSY, a Retry-After and a JSON error body; an identical one shares the running
+    computation; once the slot is free, the refused one is answered."""
+    reports = GatedReports()
+    client = await gated_client(reports, slots=1)
+    try:
+        first = asyncio.ensure_future(client.get("/report", params={"since": "7d"}))
+        assert await event_set(reports.entered)
+        same = asyncio.ensure_future(client.get("/report", params={"since": "7d"}))
+        refused = await client.get("/report", params={"since": "8d"})
+        assert refused.status == 503
+        assert int(refused.headers["Retry-After"]) >= 1
+        error = (await refused.json())["error"]
+        assert error["code"] == "REPORTS_BUSY"
+        assert "report_concurrency" in error["message"]
+        reports.gate.set()
+        assert (await first).status == 200
+        assert (await same).status == 200
+        assert len(reports.queries) == 1  # the identical request shared the computation
+        again = await client.get("/report", params={"since": "8d"})
+        assert again.status == 200
+    finally:
+        reports.gate.set()
+        await client.close()
+
+
+async def test_a_report_whose_client_left_is_cancelled_and_frees_its_slot() -> None:
+    """When the only client waiting for a report hangs up, the computation is cancelled
+    (its source sees the cancel) and its slot serves the next distinct report."""
+    reports = GatedReports()
+    client = await gated_client(reports, slots=1)
+    try:
+        async with aiohttp.ClientSession() as session:
+            leaving = asyncio.ensure_future(
+                session.get(client.make_url("/report"), params={"since": "7d"}))
+            assert await event_set(reports.entered)
+            leaving.cancel()  # the client hangs up
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+        assert await event_set(reports.cancelled)
+        reports.gate.set()
+        answered = await client.get("/report", params={"since": "8d"})
+        assert answered.status == 200
+        assert len(reports.queries) == 1  # the cancelled one never finished
+    finally:
+        reports.gate.set()
+        await client.close()
+
+
+class LoopOnlyExposition(FakeExposition):
+    """Cached bytes; rendering in a worker thread blocks until ``released``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        self.released.wait(30)
+        raise AssertionError("rendered in a worker thread")
+
+
+async def test_metrics_answer_while_every_report_slot_and_worker_thread_is_busy() -> None:
+    """/metrics answers (gzip too) while every report slot is busy and the loop's default
+    executor is blocked: scrapes need neither."""
+    loop = asyncio.get_running_loop()
+    default = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(default)
+    blocked = threading.Event()
+    reports = GatedReports()
+    exposition = LoopOnlyExposition()
+    client = await gated_client(reports, slots=1, exposition=exposition)
+    try:
+        busy = loop.run_in_executor(None, blocked.wait, 30)  # the only default worker
+        report = asyncio.ensure_future(client.get("/report", params={"since": "7d"}))
+        assert await event_set(reports.entered)
+        bound = aiohttp.ClientTimeout(total=30)  # a bound for failure only
+        scrape = await client.get("/metrics", timeout=bound)
+        assert scrape.status == 200
+        assert await scrape.read() == b"nexus_up 1\n"
+        zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"},
+                                  auto_decompress=False, timeout=bound)
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert gzip_decompress(await zipped.read()) == b"nexus_up 1\n"
+        assert not report.done()
+    finally:
+        reports.gate.set()
+        blocked.set()
+        exposition.released.set()
+        await busy
+        await report
+        await client.close()

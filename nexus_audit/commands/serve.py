@@ -18,6 +18,7 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import SystemClock, parse_duration
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.history.store import Store
+from nexus_audit.report_workers import ReportWorkers
 from nexus_audit.service.runtime import Service
 from nexus_audit.service.scheduler import DEFAULT_SHUTDOWN_GRACE
 from nexus_audit.service.web import make_ssl_context
@@ -71,5 +72,5 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     # cover what matters (crawl.skipped, crawl.crashed), so keep its chatter out.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     service = Service(settings, store, pricing, clock=SystemClock(), grace=grace,
-                      policy=policy)
+                      policy=policy, workers=ReportWorkers())
     return asyncio.run(service.run(ssl_context))

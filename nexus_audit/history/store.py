@@ -373,18 +373,21 @@ class Store:
     # -- reading -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def read(self, *, copy: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection whose default catalog is the history database.
 
         Retries while a commit (this process's or another's) holds the file, up to
         ``lock_timeout``. A missing file or an empty database raises :class:`NoDataError`
         (the file is never created); a newer schema :class:`SchemaTooNewError`. The
         connection has the ``is_exposed(access)`` macro the queries use
-        (:func:`nexus_audit.domain.exposure.install`).
+        (:func:`nexus_audit.domain.exposure.install`). ``copy``: read a copy of the file
+        as it is now, so no commit waits for this read (for long reads; see
+        :func:`duckfile.reading_copy`).
         """
         self._open(read_only=True)
-        with duckfile.reading(self.path, timeout=self.lock_timeout,
-                              clock=self.clock) as (cursor, alias), \
+        opener = duckfile.reading_copy if copy else duckfile.reading
+        with opener(self.path, timeout=self.lock_timeout,
+                    clock=self.clock) as (cursor, alias), \
                 translated(lambda exc: f"cannot read {self.path}: {exc}"):
             # Everything read on this connection, by any caller, fails as a StoreError.
             version = self._schema_version(cursor, alias)
@@ -398,6 +401,20 @@ class Store:
             cursor.execute(f"USE {alias}")
             exposure.install(cursor)
             yield cursor
+
+    @contextlib.contextmanager
+    def copy_for_reading(self) -> Iterator[Path]:
+        """The path of a copy of the file as it is now, kept while inside (for a read in
+        another process; see :func:`duckfile.holding_copy`). ``NoDataError`` when the
+        file does not exist."""
+        self._open(read_only=True)
+        with duckfile.holding_copy(self.path, timeout=self.lock_timeout,
+                                   clock=self.clock) as copy:
+            yield copy
+
+    def copied(self) -> CopiedHistory:
+        """This history read through copies (``read(copy=True)``), for ``build_report``."""
+        return CopiedHistory(self)
 
     def previous_regions(self, account: str) -> list[str]:
         """Instance regions seen by the account's latest successful instance crawl."""
@@ -420,6 +437,23 @@ class Store:
         """
         with self.read() as con:
             return read_latest(con, frozenset(kinds))
+
+
+class CopiedHistory:
+    """A :class:`Store` whose reads go to a copy of the file (see ``Store.read``): a long
+    read through it never keeps a commit waiting."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def path(self) -> Path:
+        """The database file, for error messages."""
+        return self.store.path
+
+    def read(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A read-only connection on a copy of the history as it is now."""
+        return self.store.read(copy=True)
 
 
 

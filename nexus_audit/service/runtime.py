@@ -47,7 +47,6 @@ from nexus_audit.api.budget import (
 )
 from nexus_audit.api.client import client_session
 from nexus_audit.audit.findings import current_counts, evaluate_history
-from nexus_audit.audit.report import build_report
 from nexus_audit.audit.stale import Streak, current_streaks, is_stale
 from nexus_audit.config import AccountConfig, Settings, validate_listen
 from nexus_audit.crawl.crawler import COMMIT_REFUSED, crawl_and_commit
@@ -56,6 +55,7 @@ from nexus_audit.domain.policy import RULES, Policy, load_configured
 from nexus_audit.domain.pricing import Pricing, load_pricing
 from nexus_audit.domain.timeutil import Clock, Window, format_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError
+from nexus_audit.history.duckfile import Cancel
 from nexus_audit.history.store import AccountState, Store
 from nexus_audit.logs import get_logger
 from nexus_audit.metrics import (
@@ -71,6 +71,15 @@ from nexus_audit.metrics import (
     Snapshot,
     SnapshotHolder,
     build_snapshot,
+)
+from nexus_audit.report_workers import (
+    ReportArgs,
+    ReportWorkers,
+    StreakArgs,
+    report_dict,
+    report_json,
+    streaks_from_json,
+    streaks_json,
 )
 from nexus_audit.service.scheduler import (
     CrawlScheduler,
@@ -88,14 +97,18 @@ from nexus_audit.service.web import (
 log = get_logger(__name__)
 
 class StoreReports:
-    """The /report source: ``build_report`` over the store, called in a worker thread."""
+    """The /report source: ``build_report`` over copies of the store (so a report never
+    keeps a commit waiting; see :func:`nexus_audit.history.duckfile.reading_copy`), called
+    in a report slot's thread; with ``workers``, computed in a worker process (so it never
+    holds this process's GIL; see :mod:`nexus_audit.report_workers`)."""
 
     def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, *, workers: ReportWorkers | None = None) -> None:
         self._store = store
         self._settings = settings
         self._clock = clock
         self._judged = (pricing, policy)
+        self._workers = workers
 
     def use(self, pricing: Pricing, policy: Policy | None) -> None:
         """Judge later reports by ``pricing`` and ``policy`` (swapped as one, for a report
@@ -107,13 +120,12 @@ class StoreReports:
         """The configured account names."""
         return tuple(a.name for a in self._settings.accounts)
 
-    def report(self, query: ReportQuery) -> Mapping[str, Any]:
-        """The report JSON for ``query``."""
+    def args(self, query: ReportQuery) -> ReportArgs:
+        """The report's arguments for ``query`` under the settings, pricing and policy."""
         s = self._settings
         pricing, policy = self._judged
-        report = build_report(
-            self._store,
-            query.window,
+        return ReportArgs(
+            window=query.window,
             accounts=(query.account,) if query.account else self.accounts,
             stale_after=query.stale_after or s.stale_after,
             pending_stale_after=s.pending_stale_after,
@@ -122,16 +134,35 @@ class StoreReports:
             now=self._clock.now(),
             policy=policy,
         )
-        data: Mapping[str, Any] = report.to_json_dict()
-        return data
+
+    def report(self, query: ReportQuery,
+               cancel: Cancel | None = None) -> Mapping[str, Any] | bytes:
+        """The report JSON for ``query`` (bytes when a worker made it). Interrupted by
+        ``cancel``: in a worker through it, here by the ``duckfile.cancellable`` the
+        caller bound (the reads take it from there)."""
+        args = self.args(query)
+        if self._workers is None:
+            return report_dict(self._store.copied(), args)
+        with self._store.copy_for_reading() as copy:
+            return self._workers.run(report_json, (str(copy), args), cancel or Cancel())
+
+    def close(self) -> None:
+        """Stop the report workers, if any."""
+        if self._workers is not None:
+            self._workers.close()
 
 
 class Service:
-    """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler."""
+    """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler.
+
+    ``workers``: compute reports, and the snapshot rebuild's stale-instance read, in
+    worker processes (:mod:`nexus_audit.report_workers`), as ``serve`` does; tests mostly
+    leave them out to stay in one process.
+    """
 
     def __init__(self, settings: Settings, store: Store, pricing: Pricing, *,
                  clock: Clock, grace: float, policy: Policy | None = None,
-                 budget_window: float = 60.0) -> None:
+                 budget_window: float = 60.0, workers: ReportWorkers | None = None) -> None:
         self.settings = settings
         self.store = store
         self.pricing = pricing
@@ -165,7 +196,12 @@ class Service:
                              ApiCollector(self.api_stats, self.budgets),
                              BuildInfoCollector(__version__)],
         )
-        self.reports = StoreReports(store, settings, pricing, clock, policy)
+        #: Worker processes for reports (``serve`` only).
+        self.workers = workers
+        #: The rebuild's own worker, at serve's priority: metrics wait for it, and report
+        #: workers (niced) must not slow it down.
+        self.rebuild_worker = ReportWorkers(niceness=0) if workers is not None else None
+        self.reports = StoreReports(store, settings, pricing, clock, policy, workers=workers)
         self._generation = 0
         self._last: Snapshot | None = None
         # Every instance not running as of the last instance crawl, with the start of its
@@ -250,9 +286,22 @@ class Service:
         # The window only has to hold the oldest latest instance crawl.
         since = min(seen) - timedelta(seconds=1)
         gap_instances, gap_buckets = self.settings.max_gaps()
+        accounts = [s.account for s in states if s.instances_as_of is not None]
+        until = max(self.clock.now(), since + timedelta(seconds=2))
+        if self.rebuild_worker is not None:
+            # Up to a second of Python over a long history: in a worker, off this
+            # process's GIL (the event loop), over a copy taken now (the commit is in it).
+            args = StreakArgs(accounts=tuple(accounts), since=since, until=until,
+                              max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
+                              pricing=self.pricing)
+            try:
+                with self.store.copy_for_reading() as copy:
+                    return streaks_from_json(self.rebuild_worker.run(
+                        streaks_json, (str(copy), args), Cancel()))
+            except NoDataError:
+                return []
         return current_streaks(
-            self.store, [s.account for s in states if s.instances_as_of is not None],
-            since=since, until=max(self.clock.now(), since + timedelta(seconds=2)),
+            self.store, accounts, since=since, until=until,
             max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
             pricing=self.pricing)
 
@@ -429,7 +478,7 @@ class Service:
         """The web application over this service."""
         return build_app(exposition=self.exporter, reports=self.reports,
                          readiness=self.readiness, auth=AuthPolicy.from_web(self.settings.web),
-                         clock=self.clock)
+                         clock=self.clock, report_concurrency=self.settings.report_concurrency)
 
     async def run(self, ssl_context: ssl.SSLContext | None) -> int:
         """Serve until SIGTERM or SIGINT, then shut down cleanly; the exit code."""
@@ -480,6 +529,9 @@ class Service:
                              grace_seconds=self.grace)
             finally:
                 await runner.cleanup()
+                self.reports.close()
+                if self.rebuild_worker is not None:
+                    self.rebuild_worker.close()
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
         log.info("serve.stopped")

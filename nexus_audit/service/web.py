@@ -4,6 +4,14 @@ The app is built from injected parts so tests run it with fakes: something that 
 the exposition (:class:`Exposition`), something that builds reports
 (:class:`ReportSource`), a readiness probe, an :class:`AuthPolicy` and a clock.
 
+``/metrics`` is served on the event loop from the exposition's cache (worker threads are
+shared with commits and snapshot rebuilds; a scrape queued behind them took seconds).
+Reports run on a thread pool of their own (:class:`ReportRunner`), at most
+``report_concurrency`` distinct reports at once; another distinct one gets 503
+``REPORTS_BUSY`` with ``Retry-After``, while a request identical to one in flight shares
+its computation. When every client waiting for a report has hung up, its DuckDB query is
+interrupted and its slot freed.
+
 Guarding follows Prometheus' exporter web configuration: optional bearer token or basic
 auth (compared in constant time), optional TLS (1.2 or later). ``/healthz`` stays open so
 liveness probes need no credentials; it reveals nothing but "ok".
@@ -16,8 +24,11 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,9 +37,10 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 from multidict import MultiMapping
 
-from nexus_audit.config import WebConfig
+from nexus_audit.config import DEFAULT_REPORT_CONCURRENCY, WebConfig
 from nexus_audit.domain.timeutil import Clock, Window, parse_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
+from nexus_audit.history.duckfile import Cancel, cancellable
 from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
@@ -47,8 +59,13 @@ JSON_DUMPS: Final = json.dumps
 class Exposition(Protocol):
     """Renders the metrics for one scrape."""
 
+    def cached(self, accept: str, *, gzip: bool = False) -> tuple[bytes, str] | None:
+        """The body (gzip-encoded when ``gzip``) and its content type for the scrape's
+        ``Accept`` header if cheap to make (called on the event loop); else None."""
+
     def render(self, accept: str) -> tuple[bytes, str]:
-        """The body and its content type for the scrape's ``Accept`` header."""
+        """The body and its content type for the scrape's ``Accept`` header (called in a
+        worker thread when :meth:`cached` gave None)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,14 +78,19 @@ class ReportQuery:
 
 
 class ReportSource(Protocol):
-    """Builds the report JSON; called in a worker thread."""
+    """Builds the report JSON; called in a report worker thread."""
 
     @property
     def accounts(self) -> tuple[str, ...]:
         """The configured account names (an unknown ``account`` is a 400)."""
 
-    def report(self, query: ReportQuery) -> Mapping[str, Any]:
-        """The report JSON for ``query``; ``NoDataError`` when there is nothing to report."""
+    def report(self, query: ReportQuery, cancel: Cancel) -> Mapping[str, Any] | bytes:
+        """The report JSON for ``query`` (or its bytes, already encoded); ``NoDataError``
+        when there is nothing to report.
+
+        Runs inside ``duckfile.cancellable(cancel)``: DuckDB reads are interrupted when
+        nobody waits for the report any more; other work should stop soon after
+        ``cancel.cancelled`` (by raising)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +247,10 @@ def parse_report_query(
 # -- the application -----------------------------------------------------------------------
 
 _EXPOSITION: Final = web.AppKey("exposition", Exposition)
-_REPORTS: Final = web.AppKey("reports", ReportSource)
 ReadinessProbe = Callable[[], Readiness]
 _READINESS: Final[web.AppKey[ReadinessProbe]] = web.AppKey("readiness")
 _CLOCK: Final = web.AppKey("clock", Clock)
-_INFLIGHT: Final[web.AppKey[dict[tuple[str, ...], asyncio.Future[bytes]]]] = \
-    web.AppKey("inflight")
+_RUNNER: Final[web.AppKey[ReportRunner]] = web.AppKey("reports_runner")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -274,49 +294,143 @@ def _auth_middleware(policy: AuthPolicy) -> Any:
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
     exposition = request.app[_EXPOSITION]
-    body, content_type = await asyncio.to_thread(exposition.render,
-                                                 request.headers.get("Accept", ""))
+    accept = request.headers.get("Accept", "")
+    gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    cached = exposition.cached(accept, gzip=gzip)
+    if cached is not None:
+        # The common case, on the loop: no worker thread, which commits may all be using.
+        body, content_type = cached
+        headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+    # A format not rendered for this snapshot yet: once per snapshot and format.
+    body, content_type = await asyncio.to_thread(exposition.render, accept)
     response = web.Response(body=body, headers={"Content-Type": content_type})
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    if gzip:
         response.enable_compression(web.ContentCoding.gzip)
     return response
 
 
-def _report_json(source: ReportSource, query: ReportQuery) -> bytes:
-    """Build and encode one report (in a worker thread: reports run to megabytes)."""
-    return JSON_DUMPS(source.report(query)).encode()
+@dataclass(eq=False, slots=True)
+class _Computation:
+    """One report being computed, and how many requests wait for it."""
+
+    future: asyncio.Future[bytes]
+    cancel: Cancel
+    waiters: int = 0
+    #: Whether it still holds a report slot (until it ends, or is cancelled).
+    holds_slot: bool = True
 
 
-def _shared_report(app: web.Application, query: ReportQuery,
-                   key: tuple[str, ...]) -> asyncio.Future[bytes]:
-    """The report JSON for ``key``: one computation per identical query in flight.
+class ReportRunner:
+    """Computes reports on a thread pool of its own, at most ``slots`` at once.
 
-    Concurrent identical requests (dashboards refreshing together) share one computation
-    instead of queueing on the store one after another; each finished report is fresh.
+    Never the loop's default executor: commits and snapshot rebuilds use that one, and
+    reports queued there delayed them. Identical concurrent requests share one
+    computation; a distinct request while every slot is busy is refused (503 with
+    ``Retry-After``: the last report's duration, rounded up) rather than queued, so a
+    burst of clients cannot pile up work nobody may still wait for. When the last
+    request waiting for a computation goes (its client hung up), the computation is
+    cancelled: its DuckDB query interrupted and its slot freed at once (the interrupted
+    work ends within moments; a new report may wait that long for a pool thread).
     """
-    inflight = app[_INFLIGHT]
-    future = inflight.get(key)
-    if future is None:
-        future = asyncio.ensure_future(asyncio.to_thread(_report_json, app[_REPORTS], query))
-        inflight[key] = future
 
-        def forget(done: asyncio.Future[bytes]) -> None:
-            inflight.pop(key, None)
-            if not done.cancelled():
-                done.exception()  # retrieved here, so no waiter left behind warns
+    def __init__(self, source: ReportSource, *, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"report slots must be at least 1, got {slots}")
+        self.source = source
+        self.slots = slots
+        self._executor = ThreadPoolExecutor(max_workers=slots,
+                                            thread_name_prefix="nexus-audit-report")
+        self._inflight: dict[tuple[str, ...], _Computation] = {}
+        self._running = 0
+        self._seconds = 1.0  # the last report's duration, for Retry-After
 
-        future.add_done_callback(forget)
-    return future
+    @property
+    def running(self) -> int:
+        """The slots in use: computations neither finished nor cancelled."""
+        return self._running
+
+    def _free_slot(self, computation: _Computation) -> None:
+        if computation.holds_slot:
+            computation.holds_slot = False
+            self._running -= 1
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the last report's duration (1 to 60)."""
+        return max(1, min(60, math.ceil(self._seconds)))
+
+    async def get(self, key: tuple[str, ...], query: ReportQuery) -> bytes:
+        """The report JSON for ``query`` (``key`` names identical queries)."""
+        computation = self._inflight.get(key)
+        if computation is None:
+            if self._running >= self.slots:
+                raise HttpError(
+                    503, "REPORTS_BUSY",
+                    f"{self.slots} report(s) are being computed, the most at once "
+                    "(serve.report_concurrency); retry later", headers={
+                        "Retry-After": str(self.retry_after())})
+            computation = self._start(key, query)
+        computation.waiters += 1
+        try:
+            # shield: one client hanging up does not cancel the others' report.
+            return await asyncio.shield(computation.future)
+        finally:
+            computation.waiters -= 1
+            if computation.waiters == 0 and not computation.future.done():
+                # Everyone asking for it left: stop it rather than finish it for nobody.
+                if self._inflight.get(key) is computation:
+                    del self._inflight[key]
+                computation.cancel.cancel()
+                self._free_slot(computation)
+                log.info("report.cancelled", since=key[0], until=key[1], account=key[2],
+                         reason="every client waiting for it hung up")
+
+    def _start(self, key: tuple[str, ...], query: ReportQuery) -> _Computation:
+        cancel = Cancel()
+        started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._compute, query, cancel)
+        computation = _Computation(future, cancel)
+        self._inflight[key] = computation
+        self._running += 1
+
+        def done(finished: asyncio.Future[bytes]) -> None:
+            self._free_slot(computation)
+            if self._inflight.get(key) is computation:
+                del self._inflight[key]
+            # Retrieved here, so a computation nobody waits for any more never warns.
+            if not finished.cancelled() and finished.exception() is None:
+                self._seconds = time.monotonic() - started
+
+        future.add_done_callback(done)
+        return computation
+
+    def _compute(self, query: ReportQuery, cancel: Cancel) -> bytes:
+        """Build and encode one report (in a report thread: reports run to megabytes)."""
+        try:
+            with cancellable(cancel):
+                report = self.source.report(query, cancel)
+            return report if isinstance(report, bytes) else JSON_DUMPS(report).encode()
+        finally:
+            cancel.finished()
+
+    def close(self) -> None:
+        """Cancel every computation and let the pool's threads go."""
+        for computation in list(self._inflight.values()):
+            computation.cancel.cancel()
+        self._inflight.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _report(request: web.Request) -> web.StreamResponse:
-    source = request.app[_REPORTS]
+    runner = request.app[_RUNNER]
     try:
-        query = parse_report_query(request.query, accounts=source.accounts,
+        query = parse_report_query(request.query, accounts=runner.source.accounts,
                                    now=request.app[_CLOCK].now())
         key = tuple((request.query.get(name) or "").strip() for name in REPORT_PARAMETERS)
-        # shield: a client that hangs up does not cancel the others' report.
-        body = await asyncio.shield(_shared_report(request.app, query, key))
+        body = await runner.get(key, query)
     except UsageError as exc:
         raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
     except NoDataError as exc:
@@ -349,8 +463,10 @@ def make_runner(app: web.Application, *,
     never cut. Its default on a runner is an hour, which let a half-sent request hold a
     connection that long; ``header_timeout`` bounds it.
     """
+    # handler_cancellation: a client hanging up cancels its handler, so a report nobody
+    # waits for any more is interrupted (see ReportRunner).
     return web.AppRunner(app, access_log=None, handle_signals=False,
-                         keepalive_timeout=header_timeout)
+                         keepalive_timeout=header_timeout, handler_cancellation=True)
 
 
 def build_app(
@@ -360,14 +476,24 @@ def build_app(
     readiness: Callable[[], Readiness],
     auth: AuthPolicy,
     clock: Clock,
+    report_concurrency: int = DEFAULT_REPORT_CONCURRENCY,
 ) -> web.Application:
-    """The ``serve`` web application; every path but /healthz is guarded by ``auth``."""
+    """The ``serve`` web application; every path but /healthz is guarded by ``auth``.
+
+    At most ``report_concurrency`` distinct reports are computed at once (see
+    :class:`ReportRunner`). Run it with ``handler_cancellation=True`` (as aiohttp's test
+    server does), so a client hanging up cancels its handler and so its report.
+    """
     app = web.Application(middlewares=[_error_middleware(), _auth_middleware(auth)])
     app[_EXPOSITION] = exposition
-    app[_REPORTS] = reports
     app[_READINESS] = readiness
     app[_CLOCK] = clock
-    app[_INFLIGHT] = {}
+    runner = app[_RUNNER] = ReportRunner(reports, slots=report_concurrency)
+
+    async def close_reports(_: web.Application) -> None:
+        runner.close()
+
+    app.on_cleanup.append(close_reports)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/report", _report)
     app.router.add_get("/healthz", _healthz)

@@ -1,0 +1,282 @@
+"""Report work in processes of its own, so it never holds the ``serve`` process's GIL.
+
+A report over a long history is mostly Python holding the GIL: DuckDB hands over rows as
+Python objects (one C call per result), the report folds them into dataclasses, and the
+JSON encoder writes megabytes in one C call. In a thread of ``serve`` that starved the
+event loop: with 20 clients asking for 60-day reports, every step of the loop (a scrape,
+a bucket poll's request) waited 100-400 ms for the GIL, and bucket polls missed their
+turns. Measured with the load benchmark (``bench/load.py --mode distinct``): report
+threads alone, even one at a time and with a shorter switch interval, kept ``/metrics``
+p99 at 150-550 ms.
+
+So ``serve`` computes each report in a worker process (one per report slot, started on
+first use, at a lower CPU priority: reports are the work that may wait) reading a copy of
+the database (:func:`nexus_audit.duckfile.holding_copy`); the service's thread only waits
+for the bytes. A job is a module-level function and its arguments (so a spawned worker
+can import it; the jobs here import no more than the report needs), run inside
+:func:`nexus_audit.duckfile.cancellable`: cancelling the job interrupts its DuckDB query
+in the worker; a worker that does not come back within :data:`KILL_AFTER` of a cancel, or
+dies, is killed and replaced by the next job.
+
+Our errors come back as themselves (``NoDataError``, ``StoreError``, ``UsageError``: their
+message, not their traceback); anything else as :class:`WorkerError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+from nexus_audit.audit.report import build_report
+from nexus_audit.audit.stale import Streak, current_streaks
+from nexus_audit.domain.policy import Policy
+from nexus_audit.domain.pricing import Pricing
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.errors import NexusAuditError, NoDataError, StoreError, UsageError
+from nexus_audit.history.duckfile import Cancel, cancellable
+from nexus_audit.history.protocol import History
+from nexus_audit.history.store import Store
+from nexus_audit.logs import get_logger
+
+log = get_logger(__name__)
+
+#: How much lower a worker's CPU priority is than serve's (``nice``): the crawls, bucket
+#: polls and scrapes come first on a busy machine.
+NICENESS: Final = 10
+#: Seconds a worker may take to stop after a cancel before it is killed.
+KILL_AFTER: Final = 10.0
+#: How often the waiting thread looks whether its job was cancelled.
+_POLL: Final = 0.05
+
+Job = Callable[..., bytes]
+
+
+class WorkerError(Exception):
+    """A report worker failed (a bug, or the process died)."""
+
+
+# -- the jobs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportArgs:
+    """What :func:`build_report` needs besides the history (picklable: it goes to a
+    report worker process)."""
+
+    window: Window
+    accounts: tuple[str, ...]
+    stale_after: timedelta
+    pending_stale_after: timedelta
+    max_gap_instances: timedelta
+    max_gap_buckets: timedelta
+    pricing: Pricing
+    now: datetime
+    policy: Policy | None
+
+
+def report_dict(history: History, args: ReportArgs) -> Mapping[str, Any]:
+    """The report JSON (as a dict) over ``history``."""
+    report = build_report(
+        history, args.window, accounts=args.accounts, stale_after=args.stale_after,
+        pending_stale_after=args.pending_stale_after,
+        max_gap_instances=args.max_gap_instances, max_gap_buckets=args.max_gap_buckets,
+        pricing=args.pricing, now=args.now, policy=args.policy)
+    data: Mapping[str, Any] = report.to_json_dict()
+    return data
+
+
+def report_json(copy: str, args: ReportArgs) -> bytes:
+    """A report worker's job: the report JSON, encoded, over the database copy at ``copy``."""
+    return json.dumps(report_dict(Store(copy), args)).encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreakArgs:
+    """What :func:`current_streaks` needs besides the history (picklable)."""
+
+    accounts: tuple[str, ...]
+    since: datetime
+    until: datetime
+    max_gap_instances: timedelta
+    max_gap_buckets: timedelta
+    pricing: Pricing
+
+
+def streaks_json(copy: str, args: StreakArgs) -> bytes:
+    """A worker's job: :func:`current_streaks` over the copy at ``copy``, as JSON."""
+    streaks = current_streaks(
+        Store(copy), args.accounts, since=args.since, until=args.until,
+        max_gap_instances=args.max_gap_instances, max_gap_buckets=args.max_gap_buckets,
+        pricing=args.pricing)
+    return json.dumps([[s.account, s.id, s.status, s.since.isoformat()]
+                       for s in streaks]).encode()
+
+
+def streaks_from_json(body: bytes) -> list[Streak]:
+    """The streaks :func:`streaks_json` encoded."""
+    return [Streak(account=a, id=i, status=status, since=datetime.fromisoformat(since))
+            for a, i, status, since in json.loads(body)]
+
+
+# -- in the worker process ------------------------------------------------------------------
+
+
+def _run(conn: Connection, send_lock: threading.Lock, job: Job, args: tuple[Any, ...],
+         cancel: Cancel) -> None:
+    try:
+        with cancellable(cancel):
+            reply: tuple[Any, ...] = ("ok", job(*args))
+    except UsageError as exc:
+        reply = ("usage", str(exc), exc.parameter)
+    except NoDataError as exc:
+        reply = ("nodata", str(exc))
+    except StoreError as exc:
+        reply = ("store", str(exc))
+    except NexusAuditError as exc:
+        reply = ("store", str(exc))
+    except Exception as exc:
+        reply = ("error", f"{type(exc).__name__}: {exc}")
+    finally:
+        cancel.finished()
+    with send_lock:
+        conn.send(reply)
+
+
+def _serve(conn: Connection, niceness: int) -> None:
+    """A worker's main loop: run each job in a thread, while listening for its cancel."""
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
+    send_lock = threading.Lock()
+    current: Cancel | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # serve is gone
+        if message[0] == "job":
+            current = Cancel()
+            threading.Thread(target=_run, args=(conn, send_lock, message[1], message[2],
+                                                current), daemon=True).start()
+        elif message[0] == "cancel" and current is not None:
+            current.cancel()
+
+
+# -- in serve -------------------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker process and serve's end of its pipe."""
+
+    def __init__(self, niceness: int) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, niceness), daemon=True,
+                                       name="nexus-audit-report-worker")
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        """Kill the process (by its own handle) and close the pipe."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+            self.process.join(5)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+class ReportWorkers:
+    """Runs jobs in worker processes, one job per worker at a time.
+
+    :meth:`run` blocks (call it in a thread); at most as many run at once as threads call
+    it (``serve`` calls it from its report slots' threads). Workers run ``niceness``
+    lower in CPU priority than serve (:data:`NICENESS` by default; 0 for work serve waits
+    for, like its snapshot rebuild).
+    """
+
+    def __init__(self, *, niceness: int = NICENESS) -> None:
+        self._niceness = niceness
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._closed = False
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            if self._closed:
+                raise WorkerError("the report workers are shut down")
+            if self._idle:
+                return self._idle.pop()
+        worker = _Worker(self._niceness)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        self._discard(worker)
+
+    def _discard(self, worker: _Worker) -> None:
+        with self._lock:
+            self._all.discard(worker)
+        worker.kill()
+
+    def run(self, job: Job, args: tuple[Any, ...], cancel: Cancel) -> bytes:
+        """``job(*args)`` in a worker; cancelling ``cancel`` interrupts it there."""
+        worker = self._take()
+        try:
+            worker.conn.send(("job", job, args))
+            cancelled_at: float | None = None
+            while not worker.conn.poll(_POLL):
+                if not worker.process.is_alive():
+                    raise WorkerError("the report worker died")
+                if cancel.cancelled:
+                    if cancelled_at is None:
+                        cancelled_at = time.monotonic()
+                        worker.conn.send(("cancel",))
+                    elif time.monotonic() - cancelled_at > KILL_AFTER:
+                        raise WorkerError(f"the report worker did not stop within "
+                                          f"{KILL_AFTER:g}s of a cancel")
+            reply = worker.conn.recv()
+        except (WorkerError, EOFError, OSError) as exc:
+            self._discard(worker)
+            if isinstance(exc, WorkerError):
+                raise
+            raise WorkerError(f"the report worker failed: {exc}") from None
+        except BaseException:
+            self._discard(worker)
+            raise
+        self._give_back(worker)
+        kind = reply[0]
+        if kind == "ok":
+            body: bytes = reply[1]
+            return body
+        if kind == "usage":
+            raise UsageError(reply[1], parameter=reply[2])
+        if kind == "nodata":
+            raise NoDataError(reply[1])
+        if kind == "store":
+            raise StoreError(reply[1])
+        raise WorkerError(reply[1])
+
+    def close(self) -> None:
+        """Stop every worker (a job still running is killed)."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for worker in workers:
+            worker.kill()

@@ -1,0 +1,148 @@
+"""Report workers: reports computed in processes of their own over a database copy, and
+cancelled there (their DuckDB query interrupted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from nexus_audit.config import AccountConfig, Secret, Settings
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import FakeClock, Window
+from nexus_audit.errors import NoDataError, StoreError
+from nexus_audit.history import duckfile
+from nexus_audit.history.store import Store
+from nexus_audit.report_workers import ReportWorkers
+from nexus_audit.service.runtime import Service, StoreReports
+from nexus_audit.service.web import ReportQuery
+from tests.test_store import T0, bucket, crawl, inst
+
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[ReportWorkers]:
+    """A pool of report workers shared by this module's tests (starting one takes a
+    second), stopped after them."""
+    pool = ReportWorkers()
+    yield pool
+    pool.close()
+    duckfile.drop_copies()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """Two hourly crawls of account ``acme``."""
+    s = Store(tmp_path / "history.duckdb", lock_timeout=5.0)
+    s.migrate()
+    crawl(s, T0, instances=[inst("i-1")], buckets=[bucket("b-1")])
+    crawl(s, T0 + HOUR, instances=[inst("i-1"), inst("i-2")], buckets=[bucket("b-1")])
+    s.close()
+    return s
+
+
+def pid(copy: str) -> bytes:
+    """A job: the worker's process id."""
+    return str(os.getpid()).encode()
+
+
+def slow_query(copy: str, started: str) -> bytes:
+    """A job: a query over the copy that takes minutes unless interrupted; touches
+    ``started`` first."""
+    with Store(copy).read() as con:
+        Path(started).touch()
+        try:
+            con.execute("SELECT sum(a * b) FROM range(1000000) t(a), range(1000000) u(b), "
+                        "crawls").fetchall()
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot read {copy}: {exc}") from None
+    return b"finished"
+
+
+def test_a_worker_report_equals_the_one_made_in_process(store: Store,
+                                                        workers: ReportWorkers) -> None:
+    """The same query gives the same report JSON from a worker process as in process;
+    an unknown account is a NoDataError from both."""
+    settings = Settings(accounts=(AccountConfig(name="acme", api_key=Secret("k")),),
+                        db_path=store.path)
+    clock = FakeClock(T0 + 2 * HOUR)
+    query = ReportQuery(window=Window(T0 - HOUR, T0 + 2 * HOUR))
+    here = StoreReports(store, settings, load_pricing(None), clock)
+    there = StoreReports(store, settings, load_pricing(None), clock, workers=workers)
+    made = there.report(query)
+    assert isinstance(made, bytes)
+    assert json.loads(made) == json.loads(json.dumps(here.report(query)))
+    assert json.loads(made)["inventory"]["instances"]["total"] == 2
+    with pytest.raises(NoDataError):
+        there.report(ReportQuery(window=query.window, account="nobody"))
+
+
+def test_a_cancelled_job_is_interrupted_in_its_worker(store: Store, workers: ReportWorkers,
+                                                       tmp_path: Path) -> None:
+    """Cancelling a running job interrupts its DuckDB query in the worker (a StoreError
+    comes back at once instead of minutes later) and the worker serves the next job."""
+    started = tmp_path / "started"
+    cancel = duckfile.Cancel()
+    outcome: list[BaseException | bytes] = []
+    first_pid = workers.run(pid, ("",), duckfile.Cancel())
+
+    def run() -> None:
+        try:
+            with store.copy_for_reading() as copy:
+                outcome.append(workers.run(slow_query, (str(copy), str(started)), cancel))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    wait_for_file(started)
+    cancel.cancel()
+    runner.join(60)  # a bound for failure only: it returns as soon as the query stops
+    assert not runner.is_alive(), "the worker's query was not interrupted"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], StoreError), outcome
+    assert "nterrupt" in str(outcome[0])
+    assert workers.run(pid, ("",), duckfile.Cancel()) == first_pid  # the same worker, reused
+
+
+def wait_for_file(path: Path) -> None:
+    """Block until another process creates ``path`` (at most a minute)."""
+    event = threading.Event()
+    for _ in range(1200):
+        if path.exists():
+            return
+        event.wait(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_the_rebuild_reads_stale_instances_through_a_worker_alike(
+        tmp_path: Path, workers: ReportWorkers) -> None:
+    """The snapshot rebuild's stale candidates are the same from a worker process as in
+    process (stopped instances, with the start of their streak)."""
+    db = tmp_path / "history.duckdb"
+    s = Store(db, lock_timeout=5.0)
+    s.migrate()
+    crawl(s, T0, instances=[inst("i-1", status="stopped"), inst("i-2")])
+    crawl(s, T0 + HOUR, instances=[inst("i-1", status="stopped"), inst("i-2", status="pending")])
+    s.close()
+    settings = Settings(accounts=(AccountConfig(name="acme", api_key=Secret("k")),), db_path=db)
+    clock = FakeClock(T0 + 2 * HOUR)
+    here = Service(settings, Store(db), load_pricing(None), clock=clock, grace=1)
+    there = Service(settings, Store(db), load_pricing(None), clock=clock, grace=1,
+                    workers=workers)
+    states = here.store.latest()
+    expected = here.stale_candidates(states)
+    assert sorted((x.status, x.since) for x in expected) == [("pending", T0 + HOUR),
+                                                             ("stopped", T0)]
+    try:
+        assert there.stale_candidates(states) == expected
+    finally:
+        assert there.rebuild_worker is not None
+        there.rebuild_worker.close()
