@@ -11,10 +11,10 @@ p99 at 150-550 ms.
 
 So ``serve`` computes each report in a worker process (one per report slot, started on
 first use, at a lower CPU priority: reports are the work that may wait) reading a copy of
-the database (:func:`nexus_audit.duckfile.holding_copy`); the service's thread only waits
+the database (:func:`nexus_audit.history.copies.holding_copy`); the service's thread only waits
 for the bytes. A job is a module-level function and its arguments (so a spawned worker
 can import it; the jobs here import no more than the report needs), run inside
-:func:`nexus_audit.duckfile.cancellable`: cancelling the job interrupts its DuckDB query
+:func:`nexus_audit.history.cancel.cancellable`: cancelling the job interrupts its DuckDB query
 in the worker; a worker that does not come back within :data:`KILL_AFTER` of a cancel, or
 dies, is killed and replaced by the next job.
 
@@ -42,7 +42,7 @@ from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NexusAuditError, NoDataError, StoreError, UsageError
-from nexus_audit.history.duckfile import Cancel, cancellable
+from nexus_audit.history.cancel import Cancel, cancellable
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
 from nexus_audit.logs import get_logger

@@ -27,7 +27,7 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import UsageError
 from nexus_audit.history.store import Store
-from nexus_audit.service.runtime import StoreReports
+from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.web import AuthPolicy, Readiness, build_app, parse_report_query
 from tests.test_store import crawl, inst
 

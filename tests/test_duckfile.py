@@ -22,7 +22,8 @@ import pytest
 
 from nexus_audit.domain.model import CrawlSummary
 from nexus_audit.errors import StoreError
-from nexus_audit.history import duckfile
+from nexus_audit.history import cancel as cancel_mod
+from nexus_audit.history import copies, duckfile
 from nexus_audit.history.store import Store
 from tests.test_store import T0, bucket, crawl, inst
 
@@ -226,7 +227,8 @@ def test_migrate_lets_go_first(store: Store) -> None:
 BURST_AND_EXIT = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from nexus_audit.history import duckfile
+    from nexus_audit.history import cancel as cancel_mod
+from nexus_audit.history import copies, duckfile
     from nexus_audit.domain.model import CrawlSummary, Instance
     from nexus_audit.history.store import Store
 
@@ -395,7 +397,7 @@ def test_a_commit_does_not_wait_for_a_long_read_of_a_copy(store: Store) -> None:
         reader.join(30)
     assert seen == [first]
     assert not copies[0].exists()  # retired: deleted when its last reader finished
-    duckfile.drop_copies()
+    copies.drop_copies()
     assert not list(store.path.parent.glob(f".{store.path.name}.copies-*"))
 
 
@@ -410,20 +412,20 @@ def test_an_unchanged_file_is_not_copied_again(store: Store) -> None:
     burst(store, 1, start=1)
     with store.read(copy=True) as d:
         assert d.execute("SELECT current_database()").fetchone() != before
-    duckfile.drop_copies()
+    copies.drop_copies()
 
 
 def test_a_cancelled_read_is_interrupted(store: Store) -> None:
     """A query running on a copy under ``cancellable`` stops with DuckDB's interrupt once
     cancelled, even when the cancel comes before the query starts (it is repeated)."""
     burst(store, 1)
-    cancel = duckfile.Cancel()
+    cancel = cancel_mod.Cancel()
     inside = threading.Event()
     outcome: list[BaseException] = []
 
     def slow_read() -> None:
         try:
-            with duckfile.cancellable(cancel), store.read(copy=True) as con:
+            with cancel_mod.cancellable(cancel), store.read(copy=True) as con:
                 inside.set()
                 # Minutes of work unless interrupted.
                 con.execute("SELECT sum(a * b) FROM range(1000000) t(a), range(1000000) u(b)"
@@ -446,4 +448,4 @@ def test_a_cancelled_read_is_interrupted(store: Store) -> None:
     with pytest.raises(duckdb.InterruptException), duckdb.connect() as con, \
             cancel.bound(con):
         pass  # refused once cancelled
-    duckfile.drop_copies()
+    copies.drop_copies()

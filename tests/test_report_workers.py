@@ -17,10 +17,12 @@ from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FakeClock, Window
 from nexus_audit.errors import NoDataError, StoreError
-from nexus_audit.history import duckfile
+from nexus_audit.history import cancel as cancel_mod
+from nexus_audit.history import copies
 from nexus_audit.history.store import Store
 from nexus_audit.report_workers import ReportWorkers
-from nexus_audit.service.runtime import Service, StoreReports
+from nexus_audit.service.reports import StoreReports
+from nexus_audit.service.runtime import Service
 from nexus_audit.service.web import ReportQuery
 from tests.test_store import T0, bucket, crawl, inst
 
@@ -34,7 +36,7 @@ def workers() -> Iterator[ReportWorkers]:
     pool = ReportWorkers()
     yield pool
     pool.close()
-    duckfile.drop_copies()
+    copies.drop_copies()
 
 
 @pytest.fixture
@@ -89,9 +91,9 @@ def test_a_cancelled_job_is_interrupted_in_its_worker(store: Store, workers: Rep
     """Cancelling a running job interrupts its DuckDB query in the worker (a StoreError
     comes back at once instead of minutes later) and the worker serves the next job."""
     started = tmp_path / "started"
-    cancel = duckfile.Cancel()
+    cancel = cancel_mod.Cancel()
     outcome: list[BaseException | bytes] = []
-    first_pid = workers.run(pid, ("",), duckfile.Cancel())
+    first_pid = workers.run(pid, ("",), cancel_mod.Cancel())
 
     def run() -> None:
         try:
@@ -109,7 +111,7 @@ def test_a_cancelled_job_is_interrupted_in_its_worker(store: Store, workers: Rep
     assert len(outcome) == 1
     assert isinstance(outcome[0], StoreError), outcome
     assert "nterrupt" in str(outcome[0])
-    assert workers.run(pid, ("",), duckfile.Cancel()) == first_pid  # the same worker, reused
+    assert workers.run(pid, ("",), cancel_mod.Cancel()) == first_pid  # the same worker, reused
 
 
 def wait_for_file(path: Path) -> None:

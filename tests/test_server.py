@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from nexus_audit.config import Secret, WebConfig
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
-from nexus_audit.history.duckfile import Cancel
+from nexus_audit.history.cancel import Cancel
 from nexus_audit.service.web import (
     AuthPolicy,
     Readiness,

@@ -30,7 +30,7 @@ DuckDB's lock on a file is a POSIX record lock, which a process loses as soon as
 header check runs only right before attaching, under the path lock (and a copy, below,
 opens the file before attaching it and closes it after detaching).
 
-Long reads (``serve``'s reports) read a copy (:func:`reading_copy`), never the file. A
+Long reads (``serve``'s reports) read a copy (``copies.reading_copy``), never the file. A
 read of the file holds the path lock from start to end, so a commit waits for it; 20
 clients asking for reports over 60 days of history queued commits (and bucket polls) for
 tens of seconds. Measured alternatives: readers checking a waiting writer between queries
@@ -48,19 +48,15 @@ lock is held only for that). Each long read sees every crawl committed before it
 An old copy is detached and deleted when its last reader finishes; copies live in a
 directory next to the database (``.<db name>.copies-*``), removed at exit.
 
-A long read can be cancelled (:class:`Cancel`, bound with :func:`cancellable`): the DuckDB
-connection it reads through is interrupted.
+The copies are :mod:`nexus_audit.history.copies`' business. A long read can be cancelled
+(:mod:`nexus_audit.history.cancel`): the DuckDB connection it reads through is interrupted.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import contextvars
-import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -73,6 +69,7 @@ import duckdb
 
 from nexus_audit.domain.timeutil import Clock
 from nexus_audit.errors import StoreError
+from nexus_audit.history.cancel import interruptible
 from nexus_audit.logs import get_logger
 
 #: A commit finishing within this long of the previous one on the same file keeps it held;
@@ -88,10 +85,6 @@ YIELD_AT_MOST: Final = 1.0
 
 _LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _DUCKDB_MAGIC: Final = b"DUCK"
-
-#: How often a cancelled read's connection is interrupted again: an interrupt that comes
-#: between two queries is lost, so it is repeated until the read has ended.
-INTERRUPT_EVERY: Final = 0.05
 
 _hub_lock = threading.Lock()
 _hub: duckdb.DuckDBPyConnection | None = None
@@ -322,7 +315,6 @@ def _at_exit() -> None:
     global _closing
     _closing = True
     release_all()
-    drop_copies()
 
 
 
@@ -363,13 +355,13 @@ def reading(path: Path, *, timeout: float, clock: Clock,
         if hold is not None:
             cursor = hub_cursor()
             try:
-                with _interruptible(cursor):
+                with interruptible(cursor):
                     yield cursor, hold.alias
             finally:
                 cursor.close()
             return
         with _attached(path, read_only=True, timeout=timeout, clock=clock) as attached, \
-                _interruptible(attached[0]):
+                interruptible(attached[0]):
             yield attached
 
 
@@ -451,274 +443,3 @@ def _yield_to_waiters(path: Path) -> None:
     deadline = time.monotonic() + YIELD_AT_MOST
     while someone_waits(path) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-# ---------------------------------------------------------------------------------------
-# Cancelling a read.
-
-
-class Cancel:
-    """Asks a read running in another thread to stop: interrupts the DuckDB connections
-    bound to it (:func:`cancellable`), now and whichever are bound later.
-
-    An interrupt reaches only a query that is running: :meth:`cancel` repeats it every
-    :data:`INTERRUPT_EVERY` seconds (in a timer thread) until :meth:`finished` is called.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._event = threading.Event()
-        self._finished = False
-        self._connections: set[duckdb.DuckDBPyConnection] = set()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called."""
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until cancelled (or ``timeout`` seconds); whether it was cancelled."""
-        return self._event.wait(timeout)
-
-    def cancel(self) -> None:
-        """Interrupt the bound connections, again and again until :meth:`finished`."""
-        self._event.set()
-        self._interrupt()
-
-    def finished(self) -> None:
-        """The read has ended (however): stop interrupting."""
-        with self._lock:
-            self._finished = True
-
-    def _interrupt(self) -> None:
-        with self._lock:
-            if self._finished:
-                return
-            for connection in self._connections:
-                with contextlib.suppress(duckdb.Error):
-                    connection.interrupt()
-            timer = threading.Timer(INTERRUPT_EVERY, self._interrupt)
-            timer.name = "nexus-audit-interrupt"
-            timer.daemon = True
-            timer.start()
-
-    @contextlib.contextmanager
-    def bound(self, connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
-        """Interrupt ``connection`` on :meth:`cancel` while inside; refuses to start
-        (``duckdb.InterruptException``) once cancelled."""
-        with self._lock:
-            if self._event.is_set():
-                raise duckdb.InterruptException("INTERRUPT Error: the read was cancelled")
-            self._connections.add(connection)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._connections.discard(connection)
-
-
-_cancel: contextvars.ContextVar[Cancel | None] = contextvars.ContextVar(
-    "nexus_audit_cancel", default=None)
-
-
-@contextlib.contextmanager
-def cancellable(cancel: Cancel) -> Iterator[None]:
-    """Reads started inside (in this thread or context) are interrupted by ``cancel``."""
-    token = _cancel.set(cancel)
-    try:
-        yield
-    finally:
-        _cancel.reset(token)
-
-
-@contextlib.contextmanager
-def _interruptible(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    cancel = _cancel.get()
-    if cancel is None:
-        yield
-        return
-    with cancel.bound(cursor):
-        yield
-
-
-# ---------------------------------------------------------------------------------------
-# Copies for long reads.
-
-
-@dataclass(slots=True, eq=False)
-class _Copy:
-    """A read-only attached copy of a database file, shared by the reads using it."""
-
-    path: Path
-    alias: str
-    #: The source file's (inode, size, modification time) when it was copied.
-    stamp: tuple[int, int, int]
-    users: int = 0
-    retired: bool = False
-
-
-_copies_lock = threading.Lock()
-#: Source path -> its newest copy.
-_copies: dict[str, _Copy] = {}
-#: Source path -> the directory holding its copies.
-_copy_dirs: dict[str, Path] = {}
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _copy_bytes(source: int, target: int) -> None:
-    """Copy the whole file open as ``source`` into ``target`` (descriptors, not paths:
-    closing a descriptor of an attached file would drop this process's lock on it)."""
-    offset = 0
-    while True:
-        sent = os.sendfile(target, source, offset, 1 << 30)
-        if sent == 0:
-            return
-        offset += sent
-
-
-def _make_copy(path: Path, *, timeout: float, clock: Clock) -> _Copy:
-    """Copy ``path`` (whole, with its write-ahead log if any) and attach the copy read-only.
-
-    Call under the path lock, while this process holds ``path`` nowhere.
-    """
-    key = str(path)
-    with _copies_lock:
-        directory = _copy_dirs.get(key)
-        if directory is None:
-            directory = _copy_dirs[key] = Path(tempfile.mkdtemp(
-                prefix=f".{path.name}.copies-", dir=path.parent))
-    target = directory / (uuid.uuid4().hex[:12] + ".duckdb")
-    try:
-        # Opened before the read-only attach and closed after its detach, so closing it
-        # drops no lock; the attach keeps other processes' commits out meanwhile.
-        with path.open("rb") as source, \
-                _attached(path, read_only=True, timeout=timeout, clock=clock):
-            stamp = _stamp(path)
-            with target.open("wb") as out:
-                _copy_bytes(source.fileno(), out.fileno())
-            wal = path.with_name(path.name + ".wal")
-            if wal.exists():  # left by a writer that was killed; replayed on attach
-                shutil.copyfile(wal, target.with_name(target.name + ".wal"))
-        cursor = hub_cursor()
-        alias = "copy_" + uuid.uuid4().hex[:12]
-        try:
-            cursor.execute(f"ATTACH {sql_literal(str(target))} AS {alias} (READ_ONLY)")
-        finally:
-            cursor.close()
-    except duckdb.Error as exc:
-        _remove_copy_files(target)
-        raise StoreError(f"cannot copy {path} for reading: {exc}") from None
-    except OSError as exc:
-        _remove_copy_files(target)
-        raise StoreError(f"cannot copy {path} for reading into {directory}: "
-                         f"{exc.strerror or exc}") from None
-    except BaseException:
-        _remove_copy_files(target)
-        raise
-    return _Copy(target, alias, stamp)
-
-
-def _remove_copy_files(target: Path) -> None:
-    for file in (target, target.with_name(target.name + ".wal")):
-        with contextlib.suppress(OSError):
-            file.unlink(missing_ok=True)
-
-
-def _drop(copy: _Copy) -> None:
-    """Detach a copy nobody reads any more and delete its files."""
-    cursor = hub_cursor()
-    try:
-        with contextlib.suppress(duckdb.Error):
-            cursor.execute(f"DETACH {copy.alias}")
-    finally:
-        with contextlib.suppress(duckdb.Error):
-            cursor.close()
-    _remove_copy_files(copy.path)
-
-
-def _current_copy(path: Path, *, timeout: float, clock: Clock) -> _Copy:
-    """The newest copy of ``path``, made now if the file changed since; one use counted."""
-    key = str(path)
-    with path_lock(path):
-        # A held file is whole only after the writer lets go (its commits are in the log).
-        release(path)
-        stamp = _stamp(path)
-        with _copies_lock:
-            current = _copies.get(key)
-            if current is not None and current.stamp == stamp:
-                current.users += 1
-                return current
-        fresh = _make_copy(path, timeout=timeout, clock=clock)
-        with _copies_lock:
-            old = _copies.get(key)
-            _copies[key] = fresh
-            fresh.users += 1
-            drop = old is not None and old.users == 0
-            if old is not None:
-                old.retired = True
-    if drop and old is not None:
-        _drop(old)
-    return fresh
-
-
-def _done_with(copy: _Copy) -> None:
-    with _copies_lock:
-        copy.users -= 1
-        drop = copy.retired and copy.users == 0
-    if drop:
-        _drop(copy)
-
-
-@contextlib.contextmanager
-def reading_copy(path: Path, *, timeout: float, clock: Clock,
-                 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """``(cursor, alias)`` on a read-only copy of ``path`` as it is now (see the module
-    docstring): for long reads, which must never keep a commit waiting. The cursor is
-    interrupted by the :class:`Cancel` of an enclosing :func:`cancellable`."""
-    copy = _current_copy(path, timeout=timeout, clock=clock)
-    try:
-        cursor = hub_cursor()
-        try:
-            with _interruptible(cursor):
-                yield cursor, copy.alias
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                cursor.close()
-    finally:
-        _done_with(copy)
-
-
-@contextlib.contextmanager
-def holding_copy(path: Path, *, timeout: float, clock: Clock) -> Iterator[Path]:
-    """The path of a copy of ``path`` as it is now, kept until the block ends: for a read
-    in another process (``serve``'s report workers), which attaches it itself."""
-    copy = _current_copy(path, timeout=timeout, clock=clock)
-    try:
-        yield copy.path
-    finally:
-        _done_with(copy)
-
-
-def drop_copies() -> None:
-    """Detach and delete every copy nobody reads (at exit: every copy) and their
-    directories once empty."""
-    with _copies_lock:
-        idle = [(key, copy) for key, copy in _copies.items() if copy.users == 0]
-        for key, copy in idle:
-            del _copies[key]
-            copy.retired = True
-        directories = list(_copy_dirs.items())
-    for _, copy in idle:
-        _drop(copy)
-    for key, directory in directories:
-        with contextlib.suppress(OSError):
-            directory.rmdir()  # only when empty: a copy still read stays
-            with _copies_lock:
-                _copy_dirs.pop(key, None)

@@ -65,7 +65,7 @@ from nexus_audit.domain import exposure
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
-from nexus_audit.history import duckfile
+from nexus_audit.history import copies, duckfile
 from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import MIGRATIONS, SCHEMA_VERSION
@@ -382,10 +382,10 @@ class Store:
         connection has the ``is_exposed(access)`` macro the queries use
         (:func:`nexus_audit.domain.exposure.install`). ``copy``: read a copy of the file
         as it is now, so no commit waits for this read (for long reads; see
-        :func:`duckfile.reading_copy`).
+        :func:`copies.reading_copy`).
         """
         self._open(read_only=True)
-        opener = duckfile.reading_copy if copy else duckfile.reading
+        opener = copies.reading_copy if copy else duckfile.reading
         with opener(self.path, timeout=self.lock_timeout,
                     clock=self.clock) as (cursor, alias), \
                 translated(lambda exc: f"cannot read {self.path}: {exc}"):
@@ -405,10 +405,10 @@ class Store:
     @contextlib.contextmanager
     def copy_for_reading(self) -> Iterator[Path]:
         """The path of a copy of the file as it is now, kept while inside (for a read in
-        another process; see :func:`duckfile.holding_copy`). ``NoDataError`` when the
+        another process; see :func:`copies.holding_copy`). ``NoDataError`` when the
         file does not exist."""
         self._open(read_only=True)
-        with duckfile.holding_copy(self.path, timeout=self.lock_timeout,
+        with copies.holding_copy(self.path, timeout=self.lock_timeout,
                                    clock=self.clock) as copy:
             yield copy
 

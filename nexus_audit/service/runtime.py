@@ -32,7 +32,6 @@ import threading
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -55,7 +54,7 @@ from nexus_audit.domain.policy import RULES, Policy, load_configured
 from nexus_audit.domain.pricing import Pricing, load_pricing
 from nexus_audit.domain.timeutil import Clock, Window, format_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError
-from nexus_audit.history.duckfile import Cancel
+from nexus_audit.history.cancel import Cancel
 from nexus_audit.history.store import AccountState, Store
 from nexus_audit.logs import get_logger
 from nexus_audit.metrics import (
@@ -73,14 +72,12 @@ from nexus_audit.metrics import (
     build_snapshot,
 )
 from nexus_audit.report_workers import (
-    ReportArgs,
     ReportWorkers,
     StreakArgs,
-    report_dict,
-    report_json,
     streaks_from_json,
     streaks_json,
 )
+from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.scheduler import (
     CrawlScheduler,
     job_specs,
@@ -89,68 +86,11 @@ from nexus_audit.service.scheduler import (
 from nexus_audit.service.web import (
     AuthPolicy,
     Readiness,
-    ReportQuery,
     build_app,
     make_runner,
 )
 
 log = get_logger(__name__)
-
-class StoreReports:
-    """The /report source: ``build_report`` over copies of the store (so a report never
-    keeps a commit waiting; see :func:`nexus_audit.history.duckfile.reading_copy`), called
-    in a report slot's thread; with ``workers``, computed in a worker process (so it never
-    holds this process's GIL; see :mod:`nexus_audit.report_workers`)."""
-
-    def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
-                 policy: Policy | None = None, *, workers: ReportWorkers | None = None) -> None:
-        self._store = store
-        self._settings = settings
-        self._clock = clock
-        self._judged = (pricing, policy)
-        self._workers = workers
-
-    def use(self, pricing: Pricing, policy: Policy | None) -> None:
-        """Judge later reports by ``pricing`` and ``policy`` (swapped as one, for a report
-        running in another thread)."""
-        self._judged = (pricing, policy)
-
-    @property
-    def accounts(self) -> tuple[str, ...]:
-        """The configured account names."""
-        return tuple(a.name for a in self._settings.accounts)
-
-    def args(self, query: ReportQuery) -> ReportArgs:
-        """The report's arguments for ``query`` under the settings, pricing and policy."""
-        s = self._settings
-        pricing, policy = self._judged
-        return ReportArgs(
-            window=query.window,
-            accounts=(query.account,) if query.account else self.accounts,
-            stale_after=query.stale_after or s.stale_after,
-            pending_stale_after=s.pending_stale_after,
-            max_gap_instances=s.max_gaps()[0], max_gap_buckets=s.max_gaps()[1],
-            pricing=pricing,
-            now=self._clock.now(),
-            policy=policy,
-        )
-
-    def report(self, query: ReportQuery,
-               cancel: Cancel | None = None) -> Mapping[str, Any] | bytes:
-        """The report JSON for ``query`` (bytes when a worker made it). Interrupted by
-        ``cancel``: in a worker through it, here by the ``duckfile.cancellable`` the
-        caller bound (the reads take it from there)."""
-        args = self.args(query)
-        if self._workers is None:
-            return report_dict(self._store.copied(), args)
-        with self._store.copy_for_reading() as copy:
-            return self._workers.run(report_json, (str(copy), args), cancel or Cancel())
-
-    def close(self) -> None:
-        """Stop the report workers, if any."""
-        if self._workers is not None:
-            self._workers.close()
-
 
 class Service:
     """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler.

@@ -40,7 +40,7 @@ from multidict import MultiMapping
 from nexus_audit.config import DEFAULT_REPORT_CONCURRENCY, WebConfig
 from nexus_audit.domain.timeutil import Clock, Window, parse_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
-from nexus_audit.history.duckfile import Cancel, cancellable
+from nexus_audit.history.cancel import Cancel, cancellable
 from nexus_audit.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,7 +88,7 @@ class ReportSource(Protocol):
         """The report JSON for ``query`` (or its bytes, already encoded); ``NoDataError``
         when there is nothing to report.
 
-        Runs inside ``duckfile.cancellable(cancel)``: DuckDB reads are interrupted when
+        Runs inside ``cancel.cancellable(cancel)``: DuckDB reads are interrupted when
         nobody waits for the report any more; other work should stop soon after
         ``cancel.cancelled`` (by raising)."""
 
@@ -300,9 +300,8 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     if cached is not None:
         # The common case, on the loop: no worker thread, which commits may all be using.
         body, content_type = cached
-        headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
-        if gzip:
-            headers["Content-Encoding"] = "gzip"
+        headers = {"Content-Type": content_type, "Vary": "Accept-Encoding",
+                   **({"Content-Encoding": "gzip"} if gzip else {})}
         return web.Response(body=body, headers=headers)
     # A format not rendered for this snapshot yet: once per snapshot and format.
     body, content_type = await asyncio.to_thread(exposition.render, accept)
@@ -351,7 +350,6 @@ class ReportRunner:
     def running(self) -> int:
         """The slots in use: computations neither finished nor cancelled."""
         return self._running
-
     def _free_slot(self, computation: _Computation) -> None:
         if computation.holds_slot:
             computation.holds_slot = False
