@@ -227,8 +227,7 @@ def test_migrate_lets_go_first(store: Store) -> None:
 BURST_AND_EXIT = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from nexus_audit.history import cancel as cancel_mod
-from nexus_audit.history import copies, duckfile
+    from nexus_audit.history import duckfile
     from nexus_audit.domain.model import CrawlSummary, Instance
     from nexus_audit.history.store import Store
 
@@ -385,8 +384,8 @@ def test_a_commit_does_not_wait_for_a_long_read_of_a_copy(store: Store) -> None:
     reader.start()
     try:
         assert inside.wait(30)
-        copies = list(store.path.parent.glob(f".{store.path.name}.copies-*/*.duckdb"))
-        assert len(copies) == 1
+        made = list(store.path.parent.glob(f".{store.path.name}.copies-*/*.duckdb"))
+        assert len(made) == 1
         committed = threading.Thread(target=burst, args=(store, 1), kwargs={"start": 1})
         committed.start()
         committed.join(30)  # a bound for failure only: it returns at once when it works
@@ -396,7 +395,7 @@ def test_a_commit_does_not_wait_for_a_long_read_of_a_copy(store: Store) -> None:
         finish.set()
         reader.join(30)
     assert seen == [first]
-    assert not copies[0].exists()  # retired: deleted when its last reader finished
+    assert not made[0].exists()  # retired: deleted when its last reader finished
     copies.drop_copies()
     assert not list(store.path.parent.glob(f".{store.path.name}.copies-*"))
 
