@@ -165,6 +165,9 @@ async def client(session: aiohttp.ClientSession, base: str, index: int, stop_at:
         try:
             async with session.get(base + path) as response:
                 body = await response.read()
+                if response.status in (429, 503) and "Retry-After" in response.headers:
+                    stats[name].refused += 1  # the report bound at work, not an error
+                    continue
                 if response.status != 200:
                     stats[name].errors.append(f"{path}: HTTP {response.status} {body[:200]!r}")
                     continue
