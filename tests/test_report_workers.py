@@ -20,10 +20,10 @@ from nexus_audit.errors import NoDataError, StoreError
 from nexus_audit.history import cancel as cancel_mod
 from nexus_audit.history import copies
 from nexus_audit.history.store import Store
-from nexus_audit.report_workers import ReportWorkers
 from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.runtime import Service
 from nexus_audit.service.web import ReportQuery
+from nexus_audit.service.workers import ReportWorkers
 from tests.test_store import T0, bucket, crawl, inst
 
 HOUR = timedelta(hours=1)

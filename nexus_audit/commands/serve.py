@@ -18,10 +18,10 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import SystemClock, parse_duration
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.history.store import Store
-from nexus_audit.report_workers import ReportWorkers
 from nexus_audit.service.runtime import Service
 from nexus_audit.service.scheduler import DEFAULT_SHUTDOWN_GRACE
 from nexus_audit.service.web import make_ssl_context
+from nexus_audit.service.workers import ReportWorkers
 
 GRACE_VARIABLE: Final = "NEXUS_AUDIT_SHUTDOWN_GRACE"
 

@@ -12,15 +12,15 @@ from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Clock
 from nexus_audit.history.cancel import Cancel
 from nexus_audit.history.store import Store
-from nexus_audit.report_workers import ReportArgs, ReportWorkers, report_dict, report_json
 from nexus_audit.service.web import ReportQuery
+from nexus_audit.service.workers import ReportArgs, ReportWorkers, report_dict, report_json
 
 
 class StoreReports:
     """The /report source: ``build_report`` over copies of the store (so a report never
     keeps a commit waiting; see :func:`nexus_audit.history.copies.reading_copy`), called
     in a report slot's thread; with ``workers``, computed in a worker process (so it never
-    holds this process's GIL; see :mod:`nexus_audit.report_workers`)."""
+    holds this process's GIL; see :mod:`nexus_audit.service.workers`)."""
 
     def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
                  policy: Policy | None = None, *, workers: ReportWorkers | None = None) -> None:

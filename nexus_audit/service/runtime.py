@@ -71,12 +71,6 @@ from nexus_audit.metrics import (
     SnapshotHolder,
     build_snapshot,
 )
-from nexus_audit.report_workers import (
-    ReportWorkers,
-    StreakArgs,
-    streaks_from_json,
-    streaks_json,
-)
 from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.scheduler import (
     CrawlScheduler,
@@ -89,6 +83,12 @@ from nexus_audit.service.web import (
     build_app,
     make_runner,
 )
+from nexus_audit.service.workers import (
+    ReportWorkers,
+    StreakArgs,
+    streaks_from_json,
+    streaks_json,
+)
 
 log = get_logger(__name__)
 
@@ -96,7 +96,7 @@ class Service:
     """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler.
 
     ``workers``: compute reports, and the snapshot rebuild's stale-instance read, in
-    worker processes (:mod:`nexus_audit.report_workers`), as ``serve`` does; tests mostly
+    worker processes (:mod:`nexus_audit.service.workers`), as ``serve`` does; tests mostly
     leave them out to stay in one process.
     """
 
