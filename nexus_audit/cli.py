@@ -71,6 +71,18 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return export_command(args, settings)
 
 
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.verify import verify_command
+
+    return verify_command(args, settings)
+
+
+def _cmd_verify_bundle(args: argparse.Namespace, settings: Settings) -> int:
+    from nexus_audit.commands.verify_bundle import verify_bundle_command
+
+    return verify_bundle_command(args, settings)
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from nexus_audit.commands.serve import serve_command
 
@@ -128,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--retention", default="400d", metavar="DURATION",
                         help="retention recorded in the uploaded object's metadata "
                         "(default 400d)")
+    report.add_argument("--bundle", metavar="FILE.tar.gz",
+                        help="also write an evidence bundle: the report (this format and "
+                        "JSON), the manifests of its crawls, the pricing and policy files, "
+                        "SHA256SUMS and VERIFY.md")
+    report.add_argument("--sign-key", metavar="FILE",
+                        help="sign the bundle's SHA256SUMS with this Ed25519 private key "
+                        "(PEM, unencrypted); read from the file only, never logged")
     report.set_defaults(handler=_cmd_report)
 
     export = sub.add_parser("export", help="history of a window as hive-partitioned Parquet")
@@ -141,6 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--account", metavar="NAME", type=_account_name,
                         help="only this account")
     export.set_defaults(handler=_cmd_export)
+
+    verify = sub.add_parser(
+        "verify", help="recompute the evidence chain from the stored history (read-only)")
+    verify.add_argument("--since", metavar="T",
+                        help="check only crawls that finished since T (a duration back or an "
+                        "ISO 8601 time); the chain's links are always checked whole")
+    verify.add_argument("--account", metavar="NAME", type=_account_name,
+                        help="check only this account's crawls")
+    verify.add_argument("--expect-head", metavar="HASH",
+                        help="a chain head cited earlier (a report's evidence.chain_head) "
+                        "that the chain must still hold")
+    verify.add_argument("--export", metavar="DIR",
+                        help="verify a Parquet export (`nexus-audit export`) instead of the "
+                        "database: the crawls since --since, from the exported rows alone")
+    verify.set_defaults(handler=_cmd_verify)
+
+    verify_bundle = sub.add_parser(
+        "verify-bundle", help="check an evidence bundle offline (no database, no network)")
+    verify_bundle.add_argument("bundle", metavar="FILE.tar.gz")
+    verify_bundle.add_argument("--public-key", metavar="FILE",
+                               help="the Ed25519 public key (PEM) the bundle must be signed "
+                               "with; without it, a signature is checked against the key the "
+                               "bundle carries")
+    verify_bundle.set_defaults(handler=_cmd_verify_bundle)
 
     serve = sub.add_parser("serve", help="scheduled crawls plus /metrics, /report, /healthz")
     serve.add_argument("--listen", metavar="HOST:PORT",

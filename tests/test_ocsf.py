@@ -215,3 +215,15 @@ def test_report_format_ocsf_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert {e["finding_info"]["types"][0] for e in events} == {"bucket.public",
                                                                "instance.region"}
     assert {e["metadata"]["product"]["version"] for e in events} == {__version__}
+
+
+def test_events_cite_the_chain_head(rich_findings: tuple[Finding, ...]) -> None:
+    """With the report's chain head, every event carries it in metadata.labels and in
+    unmapped, and still satisfies the class definition."""
+    head = "ab" * 32
+    for line in render_ocsf(rich_findings, product_version="9.9.9",
+                            chain_head=head).splitlines():
+        e = json.loads(line)
+        assert violations(e) == [], e
+        assert e["metadata"]["labels"] == [f"nexus-audit-chain-head:{head}"]
+        assert e["unmapped"]["nexus_audit"]["chain_head"] == head

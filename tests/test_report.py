@@ -62,7 +62,11 @@ def test_report_json_has_the_contract_keys(rich: Report) -> None:
     """Top-level and nested keys are exactly those DESIGN.md promises (plus coverage)."""
     d = rich.to_json_dict()
     assert list(d) == ["generated_at", "window", "accounts", "crawls", "inventory", "cost",
-                       "drift", "public_buckets", "exposures", "stale_instances", "pricing"]
+                       "drift", "public_buckets", "exposures", "stale_instances", "pricing",
+                       "evidence"]
+    assert set(d["evidence"]) == {"chain_head", "crawls"}
+    assert all(set(c) == {"crawl_id", "account", "finished_at", "manifest"}
+               for c in d["evidence"]["crawls"])
     assert set(d["crawls"]) == {"count", "succeeded", "failed", "last_success", "coverage",
                                 "clock_skews"}
     assert set(d["cost"]) == {"currency", "accrued", "run_rate_hourly"}

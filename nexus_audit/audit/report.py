@@ -36,6 +36,7 @@ from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.errors import NoDataError, UsageError
+from nexus_audit.history.evidence import Evidence, read_evidence
 from nexus_audit.history.protocol import History
 from nexus_audit.history.readers import resolve_accounts
 from nexus_audit.history.sql import bind, create_temp, load_query
@@ -217,6 +218,9 @@ class Report:
     pricing: dict[str, str] = field(default_factory=dict)
     #: Policy findings (``nexus_audit.audit.findings``); ``None`` when no policy is configured.
     findings: tuple[Finding, ...] | None = None
+    #: What the report cites of the evidence chain (the chain head as of the window's end
+    #: and the manifests of the crawls it used).
+    evidence: Evidence | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded)."""
@@ -275,6 +279,8 @@ class Report:
                                  "account": s.account} for s in self.stale_instances],
             "pricing": dict(self.pricing),
         }
+        if self.evidence is not None:
+            data["evidence"] = self.evidence.to_json_dict()
         if self.findings is not None:
             data["findings"] = [f.to_json_dict() for f in self.findings]
         return data
@@ -331,6 +337,7 @@ def build_report(
     # The history's read() turns DuckDB's errors into StoreError.
     with store.read() as con:
         report = _build(con, window, accounts, values, pricing, now)
+        report = replace(report, evidence=read_evidence(con, report.accounts, window))
         if policy is not None:
             report = replace(report, findings=evaluate(con, policy, window, report.accounts))
         return report

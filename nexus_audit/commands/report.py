@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from nexus_audit.audit.report import build_report
@@ -23,7 +24,9 @@ from nexus_audit.history.exports import ParquetHistory
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
 from nexus_audit.output.archive import UploadRequest
+from nexus_audit.output.bundle import SigningKey
 from nexus_audit.output.render import render_chunks, require_policy
+from nexus_audit.output.report_bundle import write_report_bundle
 
 
 def report_command(args: argparse.Namespace, settings: Settings, *,
@@ -33,6 +36,15 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     now = clock.now()
     window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
     upload = UploadRequest.from_args(args)  # flags checked before any work
+    bundle = Path(args.bundle) if getattr(args, "bundle", None) else None
+    if getattr(args, "sign_key", None) and bundle is None:
+        raise UsageError("--sign-key signs an evidence bundle: give --bundle FILE.tar.gz too",
+                         parameter="sign-key")
+    if bundle is not None and len(getattr(args, "from_export", None) or ()) > 1:
+        # Each shard's database has its own chain: one bundle cites one chain.
+        raise UsageError("--bundle: give one --from-export (each shard has its own evidence "
+                         "chain; bundle each shard's report apart)", parameter="bundle")
+    key = SigningKey.load(Path(args.sign_key)) if getattr(args, "sign_key", None) else None
     stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
                    if args.stale_after else settings.stale_after)
     gap_instances, gap_buckets = settings.max_gaps()
@@ -57,8 +69,17 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     written: list[str] = []
     for chunk in render_chunks(report, args.format):
         sink.write(escape.terminal(chunk, keep_newlines=True) if tty else chunk)
-        if upload is not None:
+        if upload is not None or bundle is not None:
             written.append(chunk)
+    if bundle is None:
+        if upload is not None:
+            upload.run(settings, "".join(written).encode("utf-8"), report, clock=clock)
+        return 0
+    data = write_report_bundle(bundle, history, report, {args.format: "".join(written)},
+                               settings=settings, key=key)
+    if key is not None:
+        sys.stderr.write(f"nexus-audit: bundle {bundle} signed; public key "
+                         f"{key.public_id()}\n")
     if upload is not None:
-        upload.run(settings, "".join(written).encode("utf-8"), report, clock=clock)
+        upload.run(settings, data, report, clock=clock)
     return 0

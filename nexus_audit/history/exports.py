@@ -154,9 +154,13 @@ class ParquetHistory:
             "WHERE table_name = $t ORDER BY column_index", {"t": table}).fetchall()
 
         def select(k: int, path: Path) -> str:
+            # A column the files lack (an export written before it existed, such as the
+            # evidence chain's manifest columns of crawls) reads as NULL.
+            present = {r[0] for r in con.execute(
+                f"DESCRIBE SELECT * FROM {parquet_glob(path, table)}").fetchall()}
             cols = []
             for name, kind in columns:
-                value = f'CAST("{name}" AS {kind})'
+                value = f'CAST({chr(34) + name + chr(34) if name in present else "NULL"} AS {kind})'
                 if k and name in _ID_COLUMNS[table]:
                     value = f"{value} + {k * ID_SPAN}"
                 cols.append(f'{value} AS "{name}"')

@@ -6,6 +6,12 @@ store's tables ``crawls``, ``instance_versions``, ``bucket_versions`` and ``buck
 the path only; ``date`` is the UTC day of the crawl (``finished_at``) for ``crawls``, and of
 the crawl that first observed the row (``first_crawl``) for the version tables.
 
+``crawls`` carries each crawl's evidence-chain manifest (``manifest_seq``,
+``manifest_hash``, ``manifest``), so an export is checked against the chain: each
+manifest hashes to its hash and follows the one before, the chain head a report cites is
+among them, and ``verify_history(ParquetHistory(DIR).read(), since=<the window's start>)``
+recomputes the crawls of the window from the exported rows alone.
+
 **Partitions are complete.** A written partition holds every row of its table, account and
 day as the database knows them at export time. Rows are never deleted from history, so
 replacing a partition with a newer export of it is always right, and exports of

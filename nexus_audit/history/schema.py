@@ -127,5 +127,22 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             detected_by_crawl BIGINT NOT NULL,
             detected_at TIMESTAMPTZ NOT NULL)""",
     )),
+    # v5: the evidence chain (nexus_audit/history/chain.py): each crawl's manifest in its
+    # own row, written by the INSERT that records the crawl (no statement more a commit);
+    # a database that held history before the chain gets a genesis in meta. The view
+    # lists the chain in order (seq 0: the genesis).
+    (5, (
+        "ALTER TABLE crawls ADD COLUMN manifest_seq BIGINT",
+        "ALTER TABLE crawls ADD COLUMN manifest_hash VARCHAR",
+        "ALTER TABLE crawls ADD COLUMN manifest VARCHAR",
+        """CREATE VIEW manifests AS
+            SELECT manifest_seq AS seq, crawl_id, manifest_hash AS hash, manifest AS body
+            FROM crawls WHERE manifest IS NOT NULL
+            UNION ALL
+            SELECT 0, NULL, sha256(value), value FROM meta WHERE key = 'chain_genesis'""",
+    )),
 )
+#: The migration that starts the evidence chain (a database migrated across it gets a
+#: genesis manifest over the history it already holds).
+CHAIN_MIGRATION: Final = 5
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -66,9 +66,11 @@ from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.history import copies, duckfile
+from nexus_audit.history.chain import ViewState
 from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
-from nexus_audit.history.schema import MIGRATIONS, SCHEMA_VERSION
+from nexus_audit.history.schema import CHAIN_MIGRATION, MIGRATIONS, SCHEMA_VERSION
+from nexus_audit.history.sealing import HEAD, Plan, seal, write_genesis
 from nexus_audit.history.staging import Fingerprints, StagedCrawl
 from nexus_audit.history.writes import (
     APPEND,
@@ -112,6 +114,9 @@ class Store:
         self.lock_timeout = lock_timeout
         self.clock = clock
         self._snapshots: dict[tuple[str, Kind], Fingerprints] = {}
+        #: Per (account, version view): its state sum as of this Store's last commit of it
+        #: (the evidence chain's, see :mod:`nexus_audit.history.sealing`).
+        self._states: dict[tuple[str, str], ViewState] = {}
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -189,6 +194,8 @@ class Store:
                     for _version, statements in pending:
                         for statement in statements:
                             cursor.execute(statement)
+                    if current is not None and current < CHAIN_MIGRATION <= target:
+                        write_genesis(cursor)  # the history held before the chain began
                     cursor.execute(
                         "INSERT OR REPLACE INTO meta VALUES ('schema_version', $v)",
                         {"v": str(pending[-1][0])})
@@ -258,14 +265,24 @@ class Store:
                             staged.table(kind)
                 end = summary.finished_at
                 ahead = [t for t in (tail.any_end[k] for k in kinds) if t is not None and t > end]
+                plans: dict[Kind, Plan | None] = {}
                 with transaction(cursor):
                     skews = (redate(commit, account, kinds, end, crawl_id, self.clock.now())
                              if ahead else [])
-                    self._insert_crawl(commit, summary, kinds, crawl_id)
+                    # History first, then the crawl's row with its manifest over it.
                     if staged is not None:
                         for kind in kinds:
-                            self._advance(commit, staged, kind, crawl_id, diff=diff[kind])
+                            plans[kind] = self._advance(commit, staged, kind, crawl_id,
+                                                        diff=diff[kind])
+                    row = self._crawl_row(summary, kinds, crawl_id)
+                    sealed = seal(commit, row, account=account, kinds=kinds,
+                                  succeeded=staged is not None, plans=plans,
+                                  previous=latest, memory=self._states, corrections=skews)
+                    cursor.execute(parsed(commit, INSERT_CRAWL.replace("@h@", alias)),
+                                   {**row, **sealed.params()})
                 memo[LAST_ID] = crawl_id
+                memo[HEAD] = (sealed.seq, sealed.hash, crawl_id)
+                sealed.remember(self._states)
                 for kind in KINDS:
                     if kind not in kinds and any(kind in s.kinds for s in skews):
                         memo.pop((account, kind), None)  # re-dated: ask the database
@@ -331,10 +348,9 @@ class Store:
         return tail
 
     @staticmethod
-    def _insert_crawl(commit: duckfile.Commit, summary: CrawlSummary,
-                      kinds: list[Kind], crawl_id: int) -> None:
-        """Insert the crawl's row."""
-        commit.cursor.execute(parsed(commit, INSERT_CRAWL.replace("@h@", commit.alias)), {
+    def _crawl_row(summary: CrawlSummary, kinds: list[Kind], crawl_id: int) -> dict[str, Any]:
+        """The crawl's row, as :data:`INSERT_CRAWL`'s parameters."""
+        return {
             "c": crawl_id, "account": summary.account, "kinds": kinds,
             "started_at": summary.started_at, "finished_at": summary.finished_at,
             "status": summary.status, "instances": summary.instances,
@@ -344,12 +360,13 @@ class Store:
             "request_id": summary.request_id,
             "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
                               sort_keys=True),
-        })
+        }
 
     @staticmethod
     def _advance(commit: duckfile.Commit, staged: StagedCrawl, kind: Kind, crawl_id: int, *,
-                 diff: bool) -> None:
-        """Apply one kind of a successful crawl: from the differences, or set-based in full."""
+                 diff: bool) -> Plan | None:
+        """Apply one kind of a successful crawl: from the differences (returned, for the
+        evidence chain), or set-based in full (None)."""
         cursor, h = commit.cursor, commit.alias
         params: dict[str, object] = {"a": staged.account, "c": crawl_id}
         base = staged.base(kind)
@@ -359,7 +376,7 @@ class Store:
                 if records or removed:
                     cursor.execute(parsed(commit, APPEND[view].replace("@h@", h)),
                                    {**params, **append_params(view, records, removed)})
-            return
+            return plan
         new = staged.table(kind)
         if not staged.unique(kind):
             # A crawl that saw an id twice (pages shifting under churn) keeps the record it
@@ -369,6 +386,7 @@ class Store:
             new = "new_rows"
         for statement in APPLY[kind]:
             cursor.execute(statement.replace("@h@", h).replace("@new@", new), params)
+        return None
 
     # -- reading -----------------------------------------------------------------------
 

@@ -289,9 +289,10 @@ def redate(commit: duckfile.Commit, account: str, kinds: Sequence[Kind], end: da
 INSERT_CRAWL: Final = """
     INSERT INTO @h@.crawls (crawl_id, account, kinds, started_at, finished_at, status,
         instances, buckets, requests, retries, total_mismatch, error, error_code, request_id,
-        requests_by_endpoint)
+        requests_by_endpoint, manifest_seq, manifest_hash, manifest)
     VALUES ($c, $account, $kinds, $started_at, $finished_at, $status, $instances, $buckets,
-        $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe)"""
+        $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe,
+        $manifest_seq, $manifest_hash, $manifest)"""
 
 
 def parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:

@@ -58,6 +58,8 @@ CONTENT_TYPES: Final[Mapping[str, str]] = {
     "markdown": "text/markdown",
     "csv": "text/csv",
     "table": "text/plain",
+    # An evidence bundle (`report --bundle FILE --upload BUCKET/KEY`): a gzip tar archive.
+    "bundle": "application/gzip",
 }
 CATEGORY: Final = "audit-report"
 DEFAULT_RETENTION: Final = "400d"
@@ -428,7 +430,8 @@ class UploadRequest:
         retention = parse_retention(getattr(args, "retention", None) or DEFAULT_RETENTION)
         if not getattr(args, "upload", None):
             return None
-        return cls(target=Target.parse(args.upload), retention=retention, fmt=args.format,
+        fmt = "bundle" if getattr(args, "bundle", None) else args.format
+        return cls(target=Target.parse(args.upload), retention=retention, fmt=fmt,
                    account=getattr(args, "account", None))
 
     def run(self, settings: Settings, body: bytes, report: Report, *,

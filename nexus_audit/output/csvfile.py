@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from nexus_audit.audit.report import Report
 from nexus_audit.domain import escape
+from nexus_audit.output import citation
 from nexus_audit.output.cells import fmt_value
 
 CSV_COLUMNS: Final = ("section", "account", "kind", "id", "name", "status", "region",
@@ -76,6 +77,8 @@ def render_csv(report: Report) -> str:
     row("pricing", metric="name", value=d["pricing"].get("name"))
     row("pricing", metric="as_of", value=d["pricing"].get("as_of"))
     row("pricing", metric="digest", value=d["pricing"].get("digest"))
+    for cells in citation.csv_rows(d):
+        row("evidence", **cells)
     for f in d.get("findings", ()):
         exc = f["exception"] or {}
         row("finding", account=f["account"], kind=f["kind"], id=f["resource"],

@@ -8,6 +8,7 @@ from typing import Any
 from nexus_audit.audit.report import Report
 from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import isoformat
+from nexus_audit.output import citation
 from nexus_audit.output.cells import fmt_money, fmt_value
 
 
@@ -30,7 +31,9 @@ def render_markdown(report: Report) -> str:
            f"- Generated: {d['generated_at']}",
            f"- Prices: {_md_cell(report.pricing.get('name'))} as of "
            f"{_md_cell(report.pricing.get('as_of'))}, "
-           f"sha256 `{_md_cell(report.pricing.get('digest'))}`", "",
+           f"sha256 `{_md_cell(report.pricing.get('digest'))}`",
+           f"- Evidence: chain head `{citation.chain_head(report.evidence)}` "
+           "(check with `nexus-audit verify`)", "",
            "## Crawls and coverage", "",
            f"- Crawls: {c.count} ({c.succeeded} succeeded, {c.failed} failed)",
            f"- Last success: {isoformat(c.last_success) or 'never'}",

@@ -30,7 +30,9 @@ status), so security data lakes and SIEMs take them as they are. Fields used:
 - ``metadata``: ``version`` "1.1.0", ``profiles`` ["cloud"], ``product`` {``name``
   "nexus-audit", ``vendor_name`` "nexus-audit", ``version``};
 - ``unmapped.nexus_audit``: the report's own ``status`` (open, accepted, expired),
-  ``current`` and ``exception``, which OCSF has no field for.
+  ``current`` and ``exception``, which OCSF has no field for, and ``chain_head``: the
+  evidence chain's head the report cites (``nexus-audit verify``), also in
+  ``metadata.labels`` as ``nexus-audit-chain-head:<hash>`` for tools that drop ``unmapped``.
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ def _status_detail(finding: Finding) -> str:
     return f"{finding.detail}; exception {who} expired at {isoformat(exc.expires)}"
 
 
-def event(finding: Finding, *, product_version: str) -> dict[str, Any]:
-    """The OCSF Compliance Finding event of one finding."""
+def event(finding: Finding, *, product_version: str,
+          chain_head: str | None = None) -> dict[str, Any]:
+    """The OCSF Compliance Finding event of one finding (``chain_head``: the evidence
+    chain's head the report cites, if any)."""
     activity = ACTIVITY_CREATE if finding.current else ACTIVITY_CLOSE
     if finding.status == "accepted":
         status = STATUS_SUPPRESSED
@@ -136,19 +140,23 @@ def event(finding: Finding, *, product_version: str) -> dict[str, Any]:
             "version": OCSF_VERSION,
             "profiles": ["cloud"],
             "product": {"name": PRODUCT, "vendor_name": VENDOR, "version": product_version},
+            **({"labels": [f"nexus-audit-chain-head:{chain_head}"]} if chain_head else {}),
         },
         "unmapped": {"nexus_audit": {
             "status": finding.status,
             "current": finding.current,
             "exception": finding.exception.to_json_dict() if finding.exception else None,
+            **({"chain_head": chain_head} if chain_head else {}),
         }},
     }
 
 
-def render_ocsf(findings: Iterable[Finding], *, product_version: str) -> str:
+def render_ocsf(findings: Iterable[Finding], *, product_version: str,
+                chain_head: str | None = None) -> str:
     """One compact JSON event per line (JSON lines); empty when there is no finding. No
     event holds a raw line separator or C1 control (:func:`nexus_audit.domain.escape.json_text`),
     so readers that split on any Unicode line break still see one event per line."""
-    return "".join(escape.json_text(json.dumps(event(f, product_version=product_version),
+    return "".join(escape.json_text(json.dumps(event(f, product_version=product_version,
+                                                     chain_head=chain_head),
                                                ensure_ascii=False, separators=(",", ":")))
                    + "\n" for f in findings)

@@ -62,7 +62,8 @@ def render_ocsf_report(report: Report) -> str:
     """The report's findings as OCSF Compliance Finding events, one JSON line each."""
     require_policy("ocsf", report.findings)
     assert report.findings is not None  # checked just above
-    return render_ocsf(report.findings, product_version=__version__)
+    return render_ocsf(report.findings, product_version=__version__,
+                       chain_head=report.evidence.chain_head if report.evidence else None)
 
 
 #: About how many characters of JSON :func:`render_chunks` hands over at a time.

@@ -12,6 +12,7 @@ from nexus_audit.audit.findings import summary
 from nexus_audit.audit.report import Report
 from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import isoformat
+from nexus_audit.output import citation
 from nexus_audit.output.cells import fmt_money, fmt_since, fmt_size, fmt_value
 
 _T = TypeVar("_T")
@@ -151,7 +152,8 @@ def render_table(report: Report, *, max_rows: int = TABLE_ROWS) -> str:
            *_indented(f"accounts: {', '.join(report.accounts)}", 10),
            *_indented(f"prices: {report.pricing.get('name')} as of "
                       f"{report.pricing.get('as_of')} "
-                      f"(sha256 {report.pricing.get('digest', '')[:12]})", 8)]
+                      f"(sha256 {report.pricing.get('digest', '')[:12]})", 8),
+           *_indented(f"evidence: chain head {citation.chain_head(report.evidence)}", 10)]
     out += _section("Crawls and coverage")
     out += _pairs([("crawls", f"{c.count} ({c.succeeded} succeeded, {c.failed} failed)"),
                    ("last success", isoformat(c.last_success) or "never"),

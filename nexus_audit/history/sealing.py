@@ -1,0 +1,214 @@
+"""Sealing a commit into the evidence chain: the crawl's manifest, written in the commit's
+own transaction (see :mod:`nexus_audit.history.chain` for the encoding).
+
+A successful crawl's state sums are updated from the rows the commit appends when the
+Store still remembers the previous sums (:class:`~nexus_audit.history.chain.ViewState`):
+a few hashes per changed record, nothing per unchanged one. Otherwise (a Store's first
+commit of an account, another writer in between, a set-based commit) they are computed
+from the account's current rows, read back inside the transaction.
+"""
+
+# S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
+# every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import duckdb
+
+from nexus_audit.domain.model import Kind
+from nexus_audit.history import duckfile
+from nexus_audit.history.chain import (
+    CRAWL_COLUMNS,
+    KIND_VIEWS,
+    LOG_COLUMNS,
+    SKEW_COLUMNS,
+    VIEW_COLUMNS,
+    StateSum,
+    ViewState,
+    correction,
+    crawl_row,
+    element,
+    genesis,
+    manifest,
+)
+from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
+
+#: The memo key of the chain's head (seq, hash) while this process holds the file.
+HEAD: Final = "chain_head"
+#: Per view, the positions of its columns in a staged record of its kind.
+_POSITIONS: Final[Mapping[str, tuple[int, ...]]] = {
+    "instance_versions": tuple(INSTANCE_COLUMNS.index(c) for c in VIEW_COLUMNS[
+        "instance_versions"]),
+    "bucket_versions": tuple(BUCKET_COLUMNS.index(c) for c in VIEW_COLUMNS["bucket_versions"]),
+    "bucket_sizes": tuple(BUCKET_COLUMNS.index(c) for c in VIEW_COLUMNS["bucket_sizes"]),
+}
+#: The chain's head: the latest crawl's manifest, else the genesis.
+_HEAD_SQL: Final = """
+    SELECT * FROM (SELECT manifest_seq, manifest_hash, crawl_id FROM @h@.crawls
+                   WHERE manifest IS NOT NULL ORDER BY crawl_id DESC LIMIT 1)
+    UNION ALL
+    SELECT 0, sha256(value), NULL FROM @h@.meta WHERE key = 'chain_genesis'
+    ORDER BY 1 DESC LIMIT 1"""
+#: A view's current rows of one account, as the line lists them.
+CURRENT: Final = {view: f"SELECT {', '.join(cols)} FROM @h@.{view} "
+                        "WHERE account = $a AND until_crawl IS NULL"
+                  for view, cols in VIEW_COLUMNS.items()}
+
+#: INSERT_CRAWL's parameter of each crawl column where the names differ.
+_PARAMS: Final = {"crawl_id": "c", "requests_by_endpoint": "rbe"}
+#: Per version view, what a diff commit appends: the records that became versions and the
+#: ids marked removed.
+Plan = Mapping[str, tuple[Sequence[Record], Sequence[str]]]
+
+
+@dataclass(slots=True)
+class Sealed:
+    """A crawl's manifest (to be inserted with its row), and what the Store remembers once
+    the commit is through."""
+
+    seq: int
+    hash: str
+    text: str
+    crawl_id: int
+    #: Per (account, view): the state after the commit.
+    states: dict[tuple[str, str], ViewState] = field(default_factory=dict)
+    #: Per (account, view), for states updated in place: id -> new element (None: gone).
+    changes: dict[tuple[str, str], dict[str, bytes | None]] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        """The manifest's columns, as :data:`~nexus_audit.history.writes.INSERT_CRAWL`'s
+        parameters."""
+        return {"manifest_seq": self.seq, "manifest_hash": self.hash, "manifest": self.text}
+
+    def remember(self, memo: dict[tuple[str, str], ViewState]) -> None:
+        """Apply the commit's states to the Store's memory (after the transaction)."""
+        for key, state in self.states.items():
+            for ident, new in self.changes.get(key, {}).items():
+                if new is None:
+                    state.elements.pop(ident, None)
+                else:
+                    state.elements[ident] = new
+            memo[key] = state
+
+
+def head(commit: duckfile.Commit) -> tuple[int, str | None, int | None]:
+    """The chain's last (seq, hash, crawl id); (0, None, None) before the first manifest."""
+    known: tuple[int, str | None, int | None] | None = commit.memo.get(HEAD)
+    if known is None:
+        row = commit.cursor.execute(_HEAD_SQL.replace("@h@", commit.alias)).fetchone()
+        known = ((int(row[0]), str(row[1]), None if row[2] is None else int(row[2]))
+                 if row else (0, None, None))
+        commit.memo[HEAD] = known
+    return known
+
+
+def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int) -> ViewState:
+    """The view's state read back from the database (inside the commit's transaction)."""
+    rows = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias),
+                                 {"a": account}).fetchall()
+    elements = {str(row[0]): element(account, view, row) for row in rows}
+    total = StateSum()
+    for digest in elements.values():
+        total.add(digest)
+    return ViewState(crawl_id, elements, total)
+
+
+def _incremental(account: str, view: str, old: ViewState, crawl_id: int,
+                 records: Sequence[Record], removed: Sequence[str],
+                 ) -> tuple[ViewState, dict[str, bytes | None]] | None:
+    """The state after appending ``records`` and removal markers for ``removed``, from the
+    previous state; None when they do not fit it (then the state is read back in full)."""
+    total = old.total.copy()
+    changes: dict[str, bytes | None] = {}
+    positions = _POSITIONS[view]
+    for record in records:
+        values = [record[i] for i in positions]
+        ident = str(values[0])
+        if ident in changes:
+            return None  # an id twice: not a diff this state can follow
+        before = old.elements.get(ident)
+        if before is not None:
+            total.remove(before)
+        new = element(account, view, values)
+        total.add(new)
+        changes[ident] = new
+    for ident in removed:
+        before = old.elements.get(ident)
+        if before is None or ident in changes:
+            return None
+        total.remove(before)
+        changes[ident] = None
+    return ViewState(crawl_id, old.elements, total), changes
+
+
+def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
+         kinds: Sequence[Kind], succeeded: bool, plans: Mapping[Kind, Plan | None],
+         previous: Mapping[Kind, int | None],
+         memory: Mapping[tuple[str, str], ViewState],
+         corrections: Sequence[Any] = ()) -> Sealed:
+    """The manifest of a crawl (``values``: :data:`INSERT_CRAWL`'s parameters).
+
+    ``plans``: per kind, what a diff commit appended (None: set-based); ``previous``: per
+    kind, the account's successful crawl the commit followed; ``memory``: the Store's
+    states; ``corrections``: the clock corrections (``ClockSkew``) the commit made. Call
+    inside the commit's transaction, after the crawl's history is written (a set-based
+    commit's state is read back).
+    """
+    crawl_id = int(values["c"])
+    seq, prev, prev_crawl = head(commit)
+    seq += 1
+    sealed = Sealed(seq, "", "", crawl_id)
+    state: dict[str, StateSum] | None = None
+    if succeeded:
+        state = {}
+        for kind in kinds:
+            plan = plans.get(kind)
+            for view in KIND_VIEWS[kind]:
+                key = (account, view)
+                old = memory.get(key)
+                found = None
+                if plan is not None and old is not None and old.crawl_id == previous.get(kind):
+                    records, removed = plan.get(view, ((), ()))
+                    found = _incremental(account, view, old, crawl_id, records, removed)
+                if found is None:
+                    new = _full(commit, account, view, crawl_id)
+                else:
+                    new, sealed.changes[key] = found
+                sealed.states[key] = new
+                state[view] = new.total
+    columns = {c: values[_PARAMS.get(c, c)] for c in CRAWL_COLUMNS}
+    made = sorted((correction({c: getattr(skew, c) for c in SKEW_COLUMNS})
+                   for skew in corrections), key=lambda c: c["crawl_id"])
+    text = manifest(seq=seq, prev=prev, prev_crawl=prev_crawl, crawl=crawl_row(columns),
+                    state=state, corrections=made)
+    sealed.hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    sealed.text = text
+    return sealed
+
+
+def write_genesis(cursor: duckdb.DuckDBPyConnection) -> None:
+    """Seal the history a database already holds (the default catalog) as the chain's
+    genesis, if it holds any and the chain is empty. Inside the migration's transaction."""
+    has_manifests = cursor.execute("SELECT count(*) FROM manifests").fetchone()
+    if has_manifests and has_manifests[0]:
+        return
+    last = cursor.execute("SELECT max(crawl_id) FROM crawls").fetchone()
+    if not last or last[0] is None:
+        return
+    through = int(last[0])
+    columns = ", ".join(CRAWL_COLUMNS)
+    relation = cursor.execute(f"SELECT {columns} FROM crawls WHERE crawl_id <= $t",
+                              {"t": through})
+    crawls = [dict(zip(CRAWL_COLUMNS, row, strict=True)) for row in relation.fetchall()]
+    logs = {table: cursor.execute(
+                f"SELECT {', '.join(cols)} FROM {table} WHERE first_crawl <= $t",
+                {"t": through}).fetchall()
+            for table, cols in LOG_COLUMNS.items()}
+    text = genesis(through_crawl=through, crawls=crawls, logs=logs)
+    cursor.execute("INSERT INTO meta VALUES ('chain_genesis', $body)", {"body": text})

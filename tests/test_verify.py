@@ -1,0 +1,269 @@
+"""The evidence chain: sealed at commit, recomputed by ``verify``, broken by any edit."""
+
+# S608: the tampering SQL is built from this file's own constants and crawl ids.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from nexus_audit.cli import main
+from nexus_audit.history.chain import StateSum, element, row_line
+from nexus_audit.history.store import Store
+from nexus_audit.history.verify import ChainBrokenError, Verified, verify_history
+from tests.test_store import T0, bucket, crawl, inst
+
+HOUR = timedelta(hours=1)
+
+
+def build_history(path: Path) -> dict[str, int]:
+    """Two accounts, both kinds, changes, removals, a failed crawl and a second writer;
+    returns the crawl ids by name."""
+    store = Store(path, lock_timeout=5.0)
+    store.migrate()
+    ids: dict[str, int] = {}
+    fleet = [inst("i-1"), inst("i-2", status="stopped"), inst("i-3", memory_gb=4)]
+    ids["first"] = crawl(store, T0, instances=fleet,
+                         buckets=[bucket("b-1"), bucket("b-2", access="public-read")])
+    ids["beta"] = crawl(store, T0 + HOUR / 2, instances=[inst("i-9")], account="beta")
+    # The same Store: the diff path (a status change, a removal, a new id, a size change).
+    fleet = [inst("i-1", status="stopped"), inst("i-3", memory_gb=4), inst("i-4")]
+    ids["changed"] = crawl(store, T0 + HOUR, instances=fleet,
+                           buckets=[bucket("b-1", size=2 * 10**9), bucket("b-2")])
+    ids["failed"] = crawl(store, T0 + 2 * HOUR, instances=fleet, failed=True)
+    ids["buckets"] = crawl(store, T0 + 3 * HOUR, buckets=[bucket("b-1", size=3 * 10**9)])
+    store.close()
+    # Another writer (no memory of the sums: they are read back in full).
+    other = Store(path, lock_timeout=5.0)
+    ids["other"] = crawl(other, T0 + 4 * HOUR, instances=[*fleet, inst("i-5")],
+                         buckets=[bucket("b-1", size=3 * 10**9), bucket("b-3")])
+    ids["last"] = crawl(other, T0 + 5 * HOUR, instances=[*fleet, inst("i-5", region="eu-2")],
+                        buckets=[bucket("b-3")])
+    other.close()
+    return ids
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A database with a varied history, let go of."""
+    path = tmp_path / "history.duckdb"
+    return path, build_history(path)
+
+
+def verify(path: Path, **kwargs: object) -> Verified:
+    """verify_history on a read-only connection of the store."""
+    with Store(path).read() as con:
+        return verify_history(con, **kwargs)  # type: ignore[arg-type]
+
+
+def tamper(path: Path, sql: str) -> None:
+    """Run ``sql`` on the database with plain DuckDB, as someone with write access could."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(sql)
+    finally:
+        con.close()
+
+
+def test_untouched_history_verifies(history: tuple[Path, dict[str, int]]) -> None:
+    """Every crawl (diffed, set-based, failed, another writer's) verifies, and the head is
+    the last manifest's hash."""
+    path, ids = history
+    result = verify(path)
+    assert result.crawls == len(ids)
+    with Store(path).read() as con:
+        rows = con.execute("SELECT seq, crawl_id, hash, body FROM manifests ORDER BY seq"
+                           ).fetchall()
+    assert [r[1] for r in rows] == sorted(ids.values())
+    assert [r[0] for r in rows] == list(range(1, len(ids) + 1))
+    assert result.head == rows[-1][2]
+    assert not result.genesis
+    for _seq, _crawl, digest, body in rows:
+        assert hashlib.sha256(body.encode()).hexdigest() == digest
+    failed = json.loads(rows[[r[1] for r in rows].index(ids["failed"])][3])
+    assert "state" not in failed
+    assert failed["crawl"]["status"] == "failed"
+
+
+def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:
+    """A manifest's state sum is recomputable from the README's recipe alone."""
+    path, ids = history
+    with Store(path).read() as con:
+        body = json.loads(con.execute("SELECT body FROM manifests WHERE crawl_id = $c",
+                                      {"c": ids["changed"]}).fetchone()[0])
+        rows = con.execute(
+            "SELECT id, name, status, region, cpu, memory_gb, plan, tags, created_at, extra "
+            "FROM instance_versions WHERE account = 'acme' AND first_crawl <= $c "
+            "AND coalesce(until_crawl > $c, true)", {"c": ids["changed"]}).fetchall()
+    total = 0
+    for row in rows:
+        line = json.dumps(["acme", *row], separators=(",", ":"), ensure_ascii=False)
+        assert line == row_line("acme", "instance_versions", row)
+        seed = hashlib.sha256(line.encode()).digest()
+        total += int.from_bytes(hashlib.shake_256(seed).digest(256), "big")
+    expected = hashlib.sha256((total % 2**2048).to_bytes(256, "big")).hexdigest()
+    assert body["state"]["instance_versions"] == {"rows": 3, "sum": expected}
+    summed = StateSum()
+    for row in rows:
+        summed.add(element("acme", "instance_versions", row))
+    assert summed.as_json()["sum"] == expected
+
+
+#: (name, SQL with {crawl ids}, the crawl verify must name)
+TAMPERING = [
+    ("edit instance_log", "UPDATE instance_log SET status = 'running' "
+     "WHERE id = 'i-1' AND first_crawl = {changed}", "changed"),
+    ("delete instance_log", "DELETE FROM instance_log WHERE id = 'i-4'", "changed"),
+    ("insert instance_log", "INSERT INTO instance_log (account, id, name, status, region, cpu, "
+     "memory_gb, plan, tags, created_at, extra, first_crawl, until_crawl, removed) VALUES "
+     "('acme', 'i-x', 'x', 'running', 'eu-1', 2, 2.0, 'micro', '{{}}', NULL, '{{}}', "
+     "{buckets}, NULL, false)", "buckets"),
+    ("reopen a closed version", "UPDATE instance_log SET until_crawl = NULL "
+     "WHERE id = 'i-2' AND removed IS NOT TRUE", "changed"),
+    ("edit bucket_log", "UPDATE bucket_log SET access = 'private' WHERE id = 'b-2' "
+     "AND first_crawl = {first}", "first"),
+    ("delete bucket_log", "DELETE FROM bucket_log WHERE id = 'b-3'", "other"),
+    ("insert bucket_log", "INSERT INTO bucket_log (account, id, region, access, created_at, "
+     "tags, extra, first_crawl, until_crawl, removed) VALUES ('acme', 'b-x', 'eu-1', "
+     "'public-read', NULL, '{{}}', '{{}}', {other}, NULL, false)", "other"),
+    ("edit bucket_size_log", "UPDATE bucket_size_log SET size_bytes = 1 "
+     "WHERE id = 'b-1' AND first_crawl = {changed}", "changed"),
+    ("delete bucket_size_log", "DELETE FROM bucket_size_log WHERE id = 'b-1' "
+     "AND first_crawl = {buckets}", "buckets"),
+    ("insert bucket_size_log", "INSERT INTO bucket_size_log (account, id, size_bytes, "
+     "first_crawl, until_crawl, removed) VALUES ('acme', 'b-2', 5, {buckets}, NULL, false)",
+     "buckets"),
+    ("edit crawls", "UPDATE crawls SET requests = requests + 1 WHERE crawl_id = {failed}",
+     "failed"),
+    ("edit crawl status", "UPDATE crawls SET status = 'succeeded', error = NULL "
+     "WHERE crawl_id = {failed}", "failed"),
+    ("delete crawls", "DELETE FROM crawls WHERE crawl_id = {beta}", "beta"),
+    ("insert crawls", "INSERT INTO crawls (crawl_id, account, kinds, started_at, finished_at, "
+     "status, instances, buckets, requests, retries) VALUES (100, 'acme', ['instances'], "
+     "'2026-03-01 09:00Z', '2026-03-01 09:01Z', 'succeeded', 0, 0, 1, 0)", None),
+    ("delete a manifest", "UPDATE crawls SET manifest = NULL WHERE crawl_id = {buckets}",
+     "buckets"),
+    ("reorder the chain", "UPDATE crawls SET manifest_seq = CASE manifest_seq WHEN 2 THEN 3 "
+     "ELSE 2 END WHERE manifest_seq IN (2, 3)", "beta"),
+    ("edit a manifest", "UPDATE crawls SET manifest = replace(manifest, '\"requests\":3', "
+     "'\"requests\":4') WHERE crawl_id = {other}", "other"),
+]
+
+
+@pytest.mark.parametrize(("sql", "named"), [(t[1], t[2]) for t in TAMPERING],
+                         ids=[t[0] for t in TAMPERING])
+def test_tampering_names_the_crawl(history: tuple[Path, dict[str, int]], sql: str,
+                                   named: str | None) -> None:
+    """An edited, deleted or inserted row in any log table, in crawls or in the chain
+    makes verify fail naming the first crawl whose history no longer matches."""
+    path, ids = history
+    tamper(path, sql.format(**ids))
+    with pytest.raises(ChainBrokenError) as caught:
+        verify(path)
+    expected = 100 if named is None else ids[named]
+    assert caught.value.crawl_id == expected, str(caught.value)
+    assert f"at crawl {expected}:" in str(caught.value)
+
+
+def test_a_cut_tail_shows_against_a_cited_head(history: tuple[Path, dict[str, int]]) -> None:
+    """Removing the latest crawls leaves a shorter chain that verifies on its own; the head a
+    report cited earlier (``--expect-head``) is then missing, and verify fails."""
+    path, ids = history
+    head = verify(path).head
+    assert head is not None
+    assert verify(path, expect_head=head).crawls == len(ids)
+    tamper(path, "; ".join(f"DELETE FROM {table} WHERE first_crawl = {ids['last']}"
+                           for table in ("instance_log", "bucket_log", "bucket_size_log"))
+           + f"; DELETE FROM crawls WHERE crawl_id = {ids['last']}")
+    assert verify(path).head != head
+    with pytest.raises(ChainBrokenError, match="holds no manifest"):
+        verify(path, expect_head=head)
+
+
+def test_scope_limits_the_state_checks(history: tuple[Path, dict[str, int]]) -> None:
+    """--account and --since check only the crawls they name (the links always whole)."""
+    path, ids = history
+    assert verify(path, account="beta").crawls == 1
+    assert verify(path, since=T0 + 3 * HOUR).crawls == 3
+    tamper(path, "UPDATE instance_log SET name = 'evil' WHERE id = 'i-9'")
+    assert verify(path, account="acme").crawls == len(ids) - 1
+    with pytest.raises(ChainBrokenError):
+        verify(path, account="beta")
+
+
+def test_genesis_seals_history_from_before_the_chain(tmp_path: Path) -> None:
+    """A database migrated into the chain gets a genesis over what it held; the crawls after
+    chain onto it, and an edit of the older history names the genesis."""
+    path = tmp_path / "history.duckdb"
+    build_history(path)
+    # What schema 3 looked like: the same tables without the chain.
+    tamper(path, "DROP VIEW manifests; ALTER TABLE crawls DROP COLUMN manifest; "
+                 "ALTER TABLE crawls DROP COLUMN manifest_seq; "
+                 "ALTER TABLE crawls DROP COLUMN manifest_hash; "
+                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store = Store(path)
+    store.migrate()
+    last = crawl(store, T0 + 9 * HOUR, instances=[inst("i-1")], buckets=[bucket("b-1")])
+    store.close()
+    result = verify(path)
+    assert result.genesis
+    assert result.crawls == 1
+    with Store(path).read() as con:
+        genesis = json.loads(con.execute("SELECT body FROM manifests WHERE seq = 0"
+                                         ).fetchone()[0])
+        assert genesis["genesis"]["through_crawl"] == last - 1
+        assert genesis["genesis"]["crawls"]["rows"] == last - 1
+    tamper(path, "UPDATE instance_log SET name = 'evil' WHERE id = 'i-9'")
+    with pytest.raises(ChainBrokenError, match="at the genesis") as caught:
+        verify(path)
+    assert caught.value.crawl_id is None
+
+
+def test_verify_command(history: tuple[Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``nexus-audit verify`` prints the count and head (exit 0), or one line naming the
+    crawl (exit 1); an unknown account is a usage error (exit 2)."""
+    path, ids = history
+    monkeypatch.setenv("NEXUS_AUDIT_DB", str(path))
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    head = verify(path).head
+    assert out == f"{len(ids)} crawls verified, chain head {head}\n"
+    assert main(["verify", "--account", "nobody"]) == 2
+    assert "nobody" in capsys.readouterr().err
+    tamper(path, f"DELETE FROM instance_log WHERE first_crawl = {ids['beta']}")
+    assert main(["verify", "--since", "2026-03-01T00:00:00Z"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"crawl {ids['beta']}" in err
+    assert "Traceback" not in err
+
+
+def test_a_parquet_export_verifies_against_the_chain(
+        history: tuple[Path, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An export carries the manifests: its window's crawls verify from the exported rows
+    alone, with the database's chain head; an edited exported row fails."""
+    path, _ids = history
+    monkeypatch.setenv("NEXUS_AUDIT_DB", str(path))
+    window = ["--since", "2026-03-01T02:00:00Z", "--until", "2026-03-02T00:00:00Z"]
+    assert main(["export", *window, "--to", str(tmp_path / "exp")]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--export", str(tmp_path / "exp"), "--since", window[1]]) == 0
+    assert capsys.readouterr().out == f"4 crawls verified, chain head {verify(path).head}\n"
+    assert main(["verify", "--export", str(tmp_path / "exp")]) == 2
+    capsys.readouterr()
+    part = next((tmp_path / "exp" / "bucket_sizes").glob("*/*/*.parquet"))
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * REPLACE (size_bytes + 1 AS size_bytes) FROM '{part}') "
+                f"TO '{part}.new' (FORMAT parquet)")
+    con.close()
+    Path(f"{part}.new").replace(part)
+    assert main(["verify", "--export", str(tmp_path / "exp"), "--since", window[1]]) == 1
+    assert "crawl" in capsys.readouterr().err
