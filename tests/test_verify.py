@@ -267,3 +267,41 @@ def test_a_parquet_export_verifies_against_the_chain(
     Path(f"{part}.new").replace(part)
     assert main(["verify", "--export", str(tmp_path / "exp"), "--since", window[1]]) == 1
     assert "crawl" in capsys.readouterr().err
+
+
+def test_clock_corrections_stay_verifiable(tmp_path: Path) -> None:
+    """A crawl that re-dates earlier ones (the clock stepped back) lists the corrections in
+    its manifest; verify takes the committed times back from clock_skews, and an edited,
+    removed or inserted correction names the crawl that made it."""
+    path = tmp_path / "history.duckdb"
+    store = Store(path, lock_timeout=5.0)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1")])
+    crawl(store, T0 + HOUR, instances=[inst("i-1")], buckets=[bucket("b-1")])
+    stepped = crawl(store, T0 + HOUR / 2, instances=[inst("i-1"), inst("i-2")])
+    store.close()
+    with Store(path).read() as con:
+        skews = con.execute("SELECT crawl_id FROM clock_skews").fetchall()
+        body = json.loads(con.execute("SELECT body FROM manifests WHERE crawl_id = $c",
+                                      {"c": stepped}).fetchone()[0])
+    assert skews
+    assert [c["crawl_id"] for c in body["corrections"]] == sorted(r[0] for r in skews)
+    assert verify(path).crawls == 3
+    redated = skews[0][0]
+    # The first crawl that no longer matches: the re-dated one (its committed times can no
+    # longer be restored) or the one a forged correction names.
+    for sql, named in (("UPDATE clock_skews SET recorded_finished_at = recorded_finished_at "
+                        "+ INTERVAL 1 SECOND", redated),
+                       ("DELETE FROM clock_skews", redated),
+                       ("INSERT INTO clock_skews SELECT * REPLACE (1 AS crawl_id) "
+                        "FROM clock_skews", 1),
+                       ("UPDATE clock_skews SET detected_at = detected_at", None)):
+        copy = tmp_path / "copy.duckdb"
+        copy.write_bytes(path.read_bytes())
+        tamper(copy, sql)
+        if named is None:  # touches nothing the chain vouches for
+            verify(copy)
+            continue
+        with pytest.raises(ChainBrokenError) as caught:
+            verify(copy)
+        assert caught.value.crawl_id == named, str(caught.value)
