@@ -202,11 +202,11 @@ def test_genesis_seals_history_from_before_the_chain(tmp_path: Path) -> None:
     chain onto it, and an edit of the older history names the genesis."""
     path = tmp_path / "history.duckdb"
     build_history(path)
-    # What schema 3 looked like: the same tables without the chain.
+    # What schema 4 looked like: the same tables without the chain.
     tamper(path, "DROP VIEW manifests; ALTER TABLE crawls DROP COLUMN manifest; "
                  "ALTER TABLE crawls DROP COLUMN manifest_seq; "
                  "ALTER TABLE crawls DROP COLUMN manifest_hash; "
-                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+                 "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     store = Store(path)
     store.migrate()
     last = crawl(store, T0 + 9 * HOUR, instances=[inst("i-1")], buckets=[bucket("b-1")])

@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 
 from nexus_audit.domain.timeutil import Window, isoformat
+from nexus_audit.history.exports import ID_SPAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,8 @@ class CitedCrawl:
 class Evidence:
     """The chain as a report cites it."""
 
-    #: The hash of the last manifest sealed before the window's end (None: no chain).
+    #: The hash of the last manifest sealed before the window's end (None: no chain, or
+    #: exports of several databases, each with a chain of its own).
     chain_head: str | None
     #: Its place in the chain.
     head_seq: int | None
@@ -72,6 +74,12 @@ def read_evidence(con: duckdb.DuckDBPyConnection, accounts: Sequence[str],
                                                "since": window.since,
                                                "until": window.until}).fetchall())
     head = con.execute(_HEAD, {"until": window.until}).fetchone()
+    several = con.execute("SELECT max(crawl_id) >= $span FROM crawls",
+                          {"span": ID_SPAN}).fetchone()
+    if several and several[0]:
+        # A set of exports from several databases (shards): each has a chain of its own,
+        # so there is no one head; the manifests cited still stand, one per crawl.
+        head = None
     return Evidence(chain_head=str(head[1]) if head else None,
                     head_seq=int(head[0]) if head else None, crawls=cited)
 
