@@ -34,6 +34,11 @@ touches a staging database. If another process (or Store) committed in between, 
 snapshot is stale: the records skipped as unchanged are staged from the history as the
 snapshot's crawl saw it, and the full set-based comparison runs instead.
 
+Evidence: each commit seals its crawl into a hash chain in the same transaction (the
+manifest rides in the crawl's own row; see :mod:`nexus_audit.history.sealing`), and a
+Store remembers each account's state sums next to its snapshots, so a commit hashes only
+the rows it changes.
+
 Observation time: a crawl observes the fleet at its ``finished_at``, and crawls of one
 account and kind are ordered by crawl id (the order they were committed). A clock that
 stepped back shows as a crawl finishing before crawls already committed for its account
