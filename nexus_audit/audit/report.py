@@ -32,6 +32,7 @@ from typing import Any, Final
 import duckdb
 
 from nexus_audit.audit.findings import Finding, evaluate
+from nexus_audit.audit.series import Series, build_series
 from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window, isoformat
@@ -221,6 +222,9 @@ class Report:
     #: What the report cites of the evidence chain (the chain head as of the window's end
     #: and the manifests of the crawls it used).
     evidence: Evidence | None = None
+    #: Daily series for the HTML report's charts (``nexus_audit.audit.series``); ``None``
+    #: unless asked for, so the JSON has no ``series`` key by default.
+    series: Series | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded)."""
@@ -283,6 +287,8 @@ class Report:
             data["evidence"] = self.evidence.to_json_dict()
         if self.findings is not None:
             data["findings"] = [f.to_json_dict() for f in self.findings]
+        if self.series is not None:
+            data["series"] = self.series.to_json_dict()
         return data
 
 
@@ -325,10 +331,12 @@ def build_report(
     pricing: Pricing,
     now: datetime,
     policy: Policy | None = None,
+    series: bool = False,
 ) -> Report:
     """Answer every audit question over ``window`` (all accounts, or those named).
 
-    With a ``policy``, the report carries its findings (``nexus_audit.audit.findings``).
+    With a ``policy``, the report carries its findings (``nexus_audit.audit.findings``);
+    with ``series``, the daily series its charts draw (``nexus_audit.audit.series``).
     """
     values = query_values(window, stale_after=stale_after,
                           pending_stale_after=pending_stale_after,
@@ -340,6 +348,8 @@ def build_report(
         report = replace(report, evidence=read_evidence(con, report.accounts, window))
         if policy is not None:
             report = replace(report, findings=evaluate(con, policy, window, report.accounts))
+        if series:
+            report = replace(report, series=build_series(con, window, values))
         return report
 
 
