@@ -16,7 +16,7 @@ series=True)``, ``report --format html``), so the JSON report stays as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any, Final
 
 import duckdb
