@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 30d)")
     report.add_argument("--until", help="window end: a duration back or an ISO time (default now)")
     report.add_argument("--format", default="table",
-                        choices=["table", "json", "markdown", "csv", "ocsf"],
+                        choices=["table", "json", "markdown", "csv", "ocsf", "html"],
                         help="output format (default: table); ocsf: the policy findings as "
-                             "OCSF Compliance Finding events, JSON lines")
+                             "OCSF Compliance Finding events, JSON lines; html: one "
+                             "self-contained page with charts")
     report.add_argument("--account", metavar="NAME", type=_account_name,
                         help="only this account")
     report.add_argument("--from-export", metavar="DIR", action="append", dest="from_export",

@@ -59,7 +59,7 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
             history, window, accounts=[args.account] if args.account else None,
             stale_after=stale_after, pending_stale_after=settings.pending_stale_after,
             max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
-            pricing=pricing, now=now, policy=policy)
+            pricing=pricing, now=now, policy=policy, series=args.format == "html")
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
     sink = out or sys.stdout

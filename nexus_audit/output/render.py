@@ -22,9 +22,10 @@ from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.output.csvfile import CSV_COLUMNS, CSV_FINDING_COLUMNS, render_csv
 from nexus_audit.output.markdown import render_markdown
 from nexus_audit.output.ocsf import render_ocsf
+from nexus_audit.output.html_report import render_html_chunks
 from nexus_audit.output.table import TABLE_ROWS, render_table
 
-FORMATS: Final = ("table", "json", "markdown", "csv", "ocsf")
+FORMATS: Final = ("table", "json", "markdown", "csv", "ocsf", "html")
 
 
 def render(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> str:
@@ -43,6 +44,9 @@ def render_chunks(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> It
         "markdown": lambda r: (render_markdown(r),),
         "csv": lambda r: (render_csv(r),),
         "ocsf": lambda r: (render_ocsf_report(r),),
+        # One self-contained page with charts (nexus_audit.html_report); its charts need
+        # the report built with series=True.
+        "html": render_html_chunks,
     }
     if fmt not in renderers:
         raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",

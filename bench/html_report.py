@@ -1,0 +1,81 @@
+"""Benchmark the HTML report over a year of history (not a test).
+
+Builds the report with its daily series (``build_report(..., series=True)``) over the
+database ``bench/history.py --db FILE`` leaves, renders it to HTML, and prints the time
+of each step and the page's size against the goals (render < 2 s, page < 5 MB).
+
+    .venv/bin/python bench/history.py --db /tmp/year.duckdb   # once: a year of history
+    .venv/bin/python bench/html_report.py /tmp/year.duckdb [--days 365] [--out report.html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from nexus_audit.audit.report import build_report
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.history.store import Store
+from nexus_audit.output.html_report import render_html
+
+GOAL_SECONDS = 2.0
+GOAL_BYTES = 5_000_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("db", type=Path, help="a database bench/history.py made (--db)")
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--out", type=Path, help="also write the page here")
+    args = parser.parse_args(argv)
+    store = Store(args.db)
+    with store.read() as con:
+        row = con.execute("SELECT max(finished_at) FROM crawls").fetchone()
+    if not row or row[0] is None:
+        parser.error(f"{args.db}: no crawls")
+    end = row[0] + timedelta(seconds=1)
+    window = Window(end - timedelta(days=args.days), end)
+    pricing = load_pricing()
+    timings: dict[str, list[float]] = {"report": [], "series": [], "html": []}
+    page = ""
+    for _ in range(3):
+        t0 = time.perf_counter()
+        build_report(store, window, stale_after=timedelta(days=7),
+                     pending_stale_after=timedelta(hours=1),
+                     max_gap_instances=timedelta(hours=2),
+                     max_gap_buckets=timedelta(hours=2), pricing=pricing, now=end)
+        t1 = time.perf_counter()
+        report = build_report(store, window, stale_after=timedelta(days=7),
+                              pending_stale_after=timedelta(hours=1),
+                              max_gap_instances=timedelta(hours=2),
+                              max_gap_buckets=timedelta(hours=2), pricing=pricing, now=end,
+                              series=True)
+        t2 = time.perf_counter()
+        page = render_html(report)
+        t3 = time.perf_counter()
+        timings["report"].append(t1 - t0)
+        timings["series"].append(t2 - t1)
+        timings["html"].append(t3 - t2)
+    size = len(page.encode("utf-8"))
+    best = {k: min(v) for k, v in timings.items()}
+    total = best["series"] + best["html"]
+    print(f"{args.days} days: {len(report.drift):,} drift rows, {len(report.exposures):,} "
+          f"exposures, {len(report.series.cost) if report.series else 0} days")
+    print(f"build_report: {best['report'] * 1000:.0f} ms without the series, "
+          f"{best['series'] * 1000:.0f} ms with them (best of 3)")
+    print(f"rendering the HTML: {best['html'] * 1000:.0f} ms "
+          f"({best['html'] / GOAL_SECONDS:.2f}x the {GOAL_SECONDS:.0f} s goal); report with "
+          f"series and HTML together: {total:.2f} s ({total / GOAL_SECONDS:.2f}x)")
+    print(f"page: {size / 1e6:.2f} MB ({size / GOAL_BYTES:.2f}x the 5 MB goal)")
+    if args.out:
+        args.out.write_text(page, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
