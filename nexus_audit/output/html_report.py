@@ -441,3 +441,10 @@ def render_html_chunks(report: Report) -> Iterator[str]:
         "csp": content_security_policy(stylesheet()),
     }
     return template.generate(context)
+
+
+def render_index() -> str:
+    """``serve``'s landing page: links to what it answers."""
+    template = environment().get_template("index.html.j2")
+    return template.render(version=__version__, css=Markup(stylesheet()),  # noqa: S704
+                           csp=content_security_policy(stylesheet()))

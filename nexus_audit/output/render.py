@@ -20,9 +20,9 @@ from nexus_audit.audit.report import Report
 from nexus_audit.domain import escape
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.output.csvfile import CSV_COLUMNS, CSV_FINDING_COLUMNS, render_csv
+from nexus_audit.output.html_report import render_html_chunks
 from nexus_audit.output.markdown import render_markdown
 from nexus_audit.output.ocsf import render_ocsf
-from nexus_audit.output.html_report import render_html_chunks
 from nexus_audit.output.table import TABLE_ROWS, render_table
 
 FORMATS: Final = ("table", "json", "markdown", "csv", "ocsf", "html")

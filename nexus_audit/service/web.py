@@ -1,4 +1,5 @@
-"""The HTTP side of ``serve``: /metrics, /report, /healthz, /readyz, guarded.
+"""The HTTP side of ``serve``: /metrics, /report, /healthz, /readyz, guarded; ``/`` (a
+landing page) and /report.html (the HTML report) for people.
 
 The app is built from injected parts so tests run it with fakes: something that renders
 the exposition (:class:`Exposition`), something that builds reports
@@ -42,6 +43,7 @@ from nexus_audit.domain.timeutil import Clock, Window, parse_duration
 from nexus_audit.errors import ConfigError, NoDataError, StoreError, UsageError
 from nexus_audit.history.cancel import Cancel, cancellable
 from nexus_audit.logs import get_logger
+from nexus_audit.output.html_report import content_security_policy, render_index, stylesheet
 
 log = get_logger(__name__)
 
@@ -91,6 +93,9 @@ class ReportSource(Protocol):
         Runs inside ``cancel.cancellable(cancel)``: DuckDB reads are interrupted when
         nobody waits for the report any more; other work should stop soon after
         ``cancel.cancelled`` (by raising)."""
+
+    def report_html(self, query: ReportQuery) -> str:
+        """The same report as one HTML page (``nexus_audit.output.html_report``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +444,43 @@ async def _report(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, content_type="application/json")
 
 
+def _html_response(request: web.Request, page: str) -> web.Response:
+    """A page of ours: its CSP also as a header (a second line of defence behind the
+    escaping: nothing loads, no script runs), compressed for clients that take gzip (a
+    year's report is megabytes of text)."""
+    response = web.Response(text=page, content_type="text/html", charset="utf-8", headers={
+        "Content-Security-Policy": content_security_policy(stylesheet()),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    })
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    """The landing page: what this service answers, with links (as exporters have)."""
+    return _html_response(request, render_index())
+
+
+async def _report_html(request: web.Request) -> web.StreamResponse:
+    """The HTML report: /report's parameters, rules and errors, as a page."""
+    source = request.app[_REPORTS]
+    try:
+        query = parse_report_query(request.query, accounts=source.accounts,
+                                   now=request.app[_CLOCK].now())
+        # shield: a client that hangs up does not cancel the worker half-way.
+        page = await asyncio.shield(asyncio.to_thread(source.report_html, query))
+    except UsageError as exc:
+        raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
+    except NoDataError as exc:
+        raise HttpError(404, "NO_DATA", str(exc)) from None
+    except StoreError as exc:
+        log.warning("report.store_unavailable", error=str(exc))
+        raise HttpError(503, "STORE_UNAVAILABLE", str(exc)) from None
+    return _html_response(request, page)
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok\n")
 
@@ -496,4 +538,6 @@ def build_app(
     app.router.add_get("/report", _report)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/", _index)
+    app.router.add_get("/report.html", _report_html)
     return app
