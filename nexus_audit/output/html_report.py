@@ -38,6 +38,7 @@ from markupsafe import Markup
 from nexus_audit import __version__
 from nexus_audit.audit.findings import summary
 from nexus_audit.audit.report import Report
+from nexus_audit.audit.report import money as report_money
 from nexus_audit.audit.series import CHANGES, Series, window_days
 from nexus_audit.domain.timeutil import isoformat
 
@@ -368,7 +369,9 @@ def environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("nexus_audit.output", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, finalize=visible,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(money=money, size=size, iso=isoformat, value=_value)
+    # exact: money as the report JSON has it (6 decimals), for <data value>.
+    env.filters.update(money=money, exact=report_money, size=size, iso=isoformat,
+                       value=_value)
     return env
 
 
