@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("db", type=Path, help="a database bench/history.py made (--db)")
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--out", type=Path, help="also write the page here")
+    parser.add_argument("--chromium", type=Path, metavar="PATH",
+                        help="also open the page in this headless Chromium (e.g. "
+                             "/usr/bin/chromium) and print its first contentful paint")
     args = parser.parse_args(argv)
     store = Store(args.db)
     with store.read() as con:
@@ -74,7 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"page: {size / 1e6:.2f} MB ({size / GOAL_BYTES:.2f}x the 5 MB goal)")
     if args.out:
         args.out.write_text(page, encoding="utf-8")
+    if args.chromium:
+        print(f"first contentful paint in Chromium: {first_paint(args.chromium, page):.0f} ms "
+              "(goal < 2000 ms)")
     return 0
+
+
+def first_paint(chromium: Path, page: str) -> float:
+    """Milliseconds to the page's first contentful paint in headless Chromium."""
+    # Imported here: a test dependency, needed only with --chromium.
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        path = Path(tmp) / "report.html"
+        path.write_text(page, encoding="utf-8")
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        tab = browser.new_page(viewport={"width": 1200, "height": 900})
+        tab.goto(path.as_uri())
+        paint = float(tab.evaluate("""() => new Promise(done => new PerformanceObserver(
+            (list, obs) => { const e = list.getEntries()
+                .find(e => e.name === 'first-contentful-paint');
+              if (e) { obs.disconnect(); done(e.startTime); } })
+            .observe({type: 'paint', buffered: true}))"""))
+        browser.close()
+        return paint
 
 
 if __name__ == "__main__":

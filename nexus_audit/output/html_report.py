@@ -33,7 +33,7 @@ from importlib import resources
 from typing import Any, Final
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from nexus_audit import __version__
 from nexus_audit.audit.findings import summary
@@ -105,6 +105,20 @@ def visible(value: Any) -> Any:
         else:
             out.append(ch)
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _escaped(text: str) -> Markup:
+    return escape(visible(text))
+
+
+def safe_text(value: Any) -> Any:
+    """The environment's ``finalize``: a string made :func:`visible` and escaped (cached:
+    a year's drift table prints the same kinds, changes, fields and ids thousands of
+    times); Markup and other values pass on to autoescape as they are."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _escaped(value)
+    return value
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -364,10 +378,10 @@ def charts(report: Report, series: Series) -> dict[str, Chart]:
 @functools.cache
 def environment() -> jinja2.Environment:
     """The templates' environment: autoescape on for every template, unknown names an
-    error, every printed value through :func:`visible`."""
+    error, every printed value through :func:`safe_text` (:func:`visible`, escaped)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("nexus_audit.output", "templates"),
-        autoescape=True, undefined=jinja2.StrictUndefined, finalize=visible,
+        autoescape=True, undefined=jinja2.StrictUndefined, finalize=safe_text,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     # exact: money as the report JSON has it (6 decimals), for <data value>.
     env.filters.update(money=money, exact=report_money, size=size, iso=isoformat,
@@ -404,8 +418,11 @@ def drift_groups(drift: Sequence[Any]) -> list[tuple[str, int, list[tuple[str, l
     were observed: ``(day, rows in the day, [(HH:MM:SS, rows), ...])``. The table prints a
     moment once for all its rows (a rowspan), which keeps a year's page small."""
     days: list[tuple[str, int, list[tuple[str, list[Any]]]]] = []
+    stamps: dict[datetime, str] = {}  # rows of one crawl share its time: format it once
     for row in drift:
-        stamp = isoformat(row.observed_at) or ""
+        stamp = stamps.get(row.observed_at)
+        if stamp is None:
+            stamp = stamps[row.observed_at] = isoformat(row.observed_at) or ""
         day, moment = stamp[:10], stamp[11:19]
         if not days or days[-1][0] != day:
             days.append((day, 0, []))
