@@ -8,10 +8,12 @@ parser recovers, as an html5lib parse would.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -140,3 +142,16 @@ def test_store_history_is_hostile(hostile: Report) -> None:
     text = json.dumps(hostile.to_json_dict(), ensure_ascii=False)
     for value in HOSTILE:
         assert json.dumps(value, ensure_ascii=False)[1:-1] in text
+
+
+def test_templates_ship_in_the_wheel() -> None:
+    """Every file under nexus_audit/templates/ matches a package-data pattern, so the
+    installed package (the container's ``pip install .``) can render the page."""
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["nexus_audit"]
+    files = [p.relative_to(root / "nexus_audit").as_posix()
+             for p in (root / "nexus_audit" / "templates").iterdir()]
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
