@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -231,6 +232,15 @@ def test_report_file_in_chromium(browser: Browser, page_file: Path,
     # The page as a reader first sees it (README's docs/html-report.png is a copy).
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=ARTIFACTS / "file-top.png")
+    # Printed (to PDF, as a reviewer attaches it): A4 pages, each section on a page of
+    # its own, no navigation.
+    pdf = page.pdf(prefer_css_page_size=True, print_background=True)
+    (ARTIFACTS / "report.pdf").write_bytes(pdf)
+    boxes = re.findall(rb"/MediaBox\s*\[0 0 ([\d.]+) ([\d.]+)\]", pdf)
+    assert len(boxes) >= len(SECTIONS) - 1  # the header shares the first page
+    assert {(round(float(w)), round(float(h))) for w, h in boxes} == {(595, 842)}
+    page.emulate_media(media="print")
+    assert not page.locator("nav").is_visible()
     page.close()
 
 
