@@ -9,11 +9,11 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from nexus_audit.model import Bucket, CrawlSummary, Instance, Kind
-from nexus_audit.pricing import load_pricing
-from nexus_audit.report import Report, build_report
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.audit.report import Report, build_report
+from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.history.store import Store
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 DAYS = 14

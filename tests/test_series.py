@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.model import Bucket, Instance
-from nexus_audit.report import Report, build_report
-from nexus_audit.series import window_days
-from nexus_audit.store import Store
-from nexus_audit.timeutil import Window
+from nexus_audit.audit.report import Report, build_report
+from nexus_audit.audit.series import window_days
+from nexus_audit.domain.model import Bucket, Instance
+from nexus_audit.domain.timeutil import Window
+from nexus_audit.history.store import Store
 from tests.test_queries import PRICES, H
 from tests.test_store import bucket, crawl, inst
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import NoDataError, StoreError
-from nexus_audit.server import AuthPolicy, Readiness, ReportQuery, build_app
-from nexus_audit.timeutil import FakeClock
+from nexus_audit.service.web import AuthPolicy, Readiness, ReportQuery, build_app
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

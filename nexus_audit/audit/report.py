@@ -288,7 +288,7 @@ class Report:
         if self.findings is not None:
             data["findings"] = [f.to_json_dict() for f in self.findings]
         if self.series is not None:
-            data["series"] = self.series.to_json_dict()
+            data["series"] = self.series.to_json_dict(money)
         return data
 
 

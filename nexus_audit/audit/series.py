@@ -15,6 +15,7 @@ series=True)``, ``report --format html``), so the JSON report stays as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Any, Final
@@ -77,10 +78,10 @@ class Series:
     buckets: tuple[BucketsDay, ...]
     drift: tuple[DriftDay, ...]
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The report JSON's ``series`` value (days as ``YYYY-MM-DD``, money rounded)."""
-        from nexus_audit.audit.report import money  # report imports this module
-
+    def to_json_dict(self, money: Callable[[float], float]) -> dict[str, Any]:
+        """The report JSON's ``series`` value (days as ``YYYY-MM-DD``), amounts rounded by
+        ``money``: the report's own rounding (``nexus_audit.audit.report.money``), passed
+        in because the report imports this module."""
         return {
             "cost": [{"day": d.day.isoformat(), "compute": money(d.compute),
                       "storage": money(d.storage)} for d in self.cost],
