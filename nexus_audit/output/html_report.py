@@ -9,8 +9,9 @@ The markup comes from Jinja2 templates (``nexus_audit/output/templates/``) with 
 every value from the API is untrusted text. Before escaping, :func:`visible` turns control,
 format (bidi overrides) and surrogate characters into ``\\uXXXX`` text, so an id holding
 them reads as what it is and the page stays valid HTML. The charts are Jinja2 macros of
-SVG elements over geometry computed here (no chart library draws SVG without a script and
-an external stylesheet or script to fetch; see README, "HTML report").
+SVG elements over geometry computed here, not a chart library's output: pygal, the
+maintained library that draws SVG on the server, writes ``<script>`` tags by default (one
+loading its tooltips from a CDN) and has no timeline chart for the exposures.
 
 Colours are the Okabe-Ito palette, distinguishable with the common colour-vision
 deficiencies; each series also has a legend entry and each mark a ``<title>`` with its
