@@ -6,10 +6,10 @@ lays it out on A4). The sections are the table report's, never shortened; the ch
 the report's daily series (:mod:`nexus_audit.audit.series`) and its exposures.
 
 The markup comes from Jinja2 templates (``nexus_audit/output/templates/``) with autoescape on:
-every value from the API is untrusted text. Before escaping, :func:`visible` turns control,
-format (bidi overrides) and surrogate characters into ``\\uXXXX`` text, so an id holding
-them reads as what it is and the page stays valid HTML. The charts are Jinja2 macros of
-SVG elements over geometry computed here, not a chart library's output: pygal, the
+every value from the API is untrusted text. Before escaping, :func:`visible` writes control,
+format (bidi overrides) and other hidden characters as escapes, as the terminal table does,
+so an id holding them reads as what it is and the page stays valid HTML. The charts are
+Jinja2 macros of SVG elements over geometry computed here, not a chart library's output: pygal, the
 maintained library that draws SVG on the server, writes ``<script>`` tags by default (one
 loading its tooltips from a CDN) and has no timeline chart for the exposures.
 
@@ -25,8 +25,6 @@ import functools
 import hashlib
 import json
 import math
-import re
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -41,6 +39,7 @@ from nexus_audit.audit.findings import summary
 from nexus_audit.audit.report import Report
 from nexus_audit.audit.report import money as report_money
 from nexus_audit.audit.series import CHANGES, Series, window_days
+from nexus_audit.domain.escape import terminal
 from nexus_audit.domain.timeutil import isoformat
 
 #: Okabe & Ito (2008), "Color Universal Design": eight colours told apart with protanopia,
@@ -76,36 +75,16 @@ HALF: Final = 440.0
 
 # -- untrusted text -------------------------------------------------------------------------
 
-def _hidden(ch: str) -> bool:
-    """Characters that would not read as themselves: controls, format characters (bidi
-    overrides, zero widths), surrogates, private use, and Unicode's noncharacters (which
-    HTML also forbids)."""
-    code = ord(ch)
-    if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
-        return True
-    return unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co"}
-
-
-_SUSPECT: Final = re.compile(r"[^ -~]")  # any character outside printable ASCII
-
-
 def visible(value: Any) -> Any:
-    """``value`` with each hidden character written ``\\uXXXX`` (a backslash itself as
-    ``\\\\``, so the text reads back unambiguously); other values unchanged. Markup (our own
-    escaped fragments) passes as it is."""
+    """``value`` with every character that would not read as itself (controls, format
+    characters such as bidi overrides, surrogates, private-use, unassigned and
+    noncharacter code points, odd spaces) written as an escape (``\\x1b``, ``\\u202e``):
+    the terminal's rule (:func:`nexus_audit.domain.escape.terminal`), so the page and
+    the table show an odd id the same way, and the page stays valid HTML. Other values
+    and Markup (our own escaped fragments) pass as they are."""
     if not isinstance(value, str) or isinstance(value, Markup):
         return value
-    if "\\" not in value and not _SUSPECT.search(value):
-        return value  # the common case: printable ASCII
-    out = []
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif _hidden(ch):
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return terminal(value)
 
 
 @functools.lru_cache(maxsize=1 << 16)

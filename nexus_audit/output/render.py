@@ -44,9 +44,7 @@ def render_chunks(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> It
         "markdown": lambda r: (render_markdown(r),),
         "csv": lambda r: (render_csv(r),),
         "ocsf": lambda r: (render_ocsf_report(r),),
-        # One self-contained page with charts (nexus_audit.html_report); its charts need
-        # the report built with series=True.
-        "html": render_html_chunks,
+        "html": render_html_chunks,  # charts need build_report(..., series=True)
     }
     if fmt not in renderers:
         raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",
