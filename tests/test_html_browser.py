@@ -31,7 +31,7 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FakeClock, isoformat
 from nexus_audit.history.store import Store
 from nexus_audit.output.html_report import money, render_html, size, visible
-from nexus_audit.service.runtime import StoreReports
+from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.web import AuthPolicy, Readiness, build_app
 from tests.html_fixtures import HOSTILE, UNTIL, WINDOW, make_history, report
 

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import NoDataError, StoreError
+from nexus_audit.history.cancel import Cancel
 from nexus_audit.service.web import AuthPolicy, Readiness, ReportQuery, build_app
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -29,16 +30,16 @@ class Pages:
     def __init__(self) -> None:
         self.queries: list[ReportQuery] = []
 
-    def report(self, query: ReportQuery) -> Mapping[str, Any]:
+    def report(self, query: ReportQuery, cancel: Cancel) -> Mapping[str, Any]:
         raise AssertionError("/report.html must not build the JSON")
 
-    def report_html(self, query: ReportQuery) -> str:
+    def report_html(self, query: ReportQuery, cancel: Cancel) -> bytes:
         self.queries.append(query)
         if query.account == "empty":
             raise NoDataError("no crawls of empty in the window")
         if query.account == "down":
             raise StoreError("cannot read /data/history.duckdb: locked")
-        return "<!DOCTYPE html><title>r</title>" + "x" * 5000
+        return ("<!DOCTYPE html><title>r</title>" + "x" * 5000).encode()
 
 
 async def _client(pages: Pages, auth: AuthPolicy | None = None) -> TestClient[Any, Any]:

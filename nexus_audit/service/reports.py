@@ -1,5 +1,5 @@
-"""Where ``serve``'s reports come from: :class:`StoreReports`, the /report source over
-the store (in a report slot's thread, or a worker process)."""
+"""Where ``serve``'s reports come from: :class:`StoreReports`, the source of ``/report``
+and ``/report.html`` over the store (in a report slot's thread, or a worker process)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from nexus_audit.domain.timeutil import Clock
 from nexus_audit.history.cancel import Cancel
 from nexus_audit.history.store import Store
 from nexus_audit.service.web import ReportQuery
-from nexus_audit.service.workers import ReportArgs, ReportWorkers, report_dict, report_json
+from nexus_audit.service.workers import (
+    ReportArgs,
+    ReportWorkers,
+    report_dict,
+    report_html,
+    report_json,
+    report_page,
+)
 
 
 class StoreReports:
@@ -65,6 +72,15 @@ class StoreReports:
             return report_dict(self._store.copied(), args)
         with self._store.copy_for_reading() as copy:
             return self._workers.run(report_json, (str(copy), args), cancel or Cancel())
+
+    def report_html(self, query: ReportQuery, cancel: Cancel | None = None) -> bytes:
+        """The HTML report for ``query`` (the same report with its daily series), UTF-8,
+        computed like :meth:`report`."""
+        args = self.args(query)
+        if self._workers is None:
+            return report_page(self._store.copied(), args)
+        with self._store.copy_for_reading() as copy:
+            return self._workers.run(report_html, (str(copy), args), cancel or Cancel())
 
     def close(self) -> None:
         """Stop the report workers, if any."""

@@ -46,6 +46,7 @@ from nexus_audit.history.cancel import Cancel, cancellable
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
 from nexus_audit.logs import get_logger
+from nexus_audit.output.html_report import render_html
 
 log = get_logger(__name__)
 
@@ -97,6 +98,21 @@ def report_dict(history: History, args: ReportArgs) -> Mapping[str, Any]:
 def report_json(copy: str, args: ReportArgs) -> bytes:
     """A report worker's job: the report JSON, encoded, over the database copy at ``copy``."""
     return json.dumps(report_dict(Store(copy), args)).encode()
+
+
+def report_page(history: History, args: ReportArgs) -> bytes:
+    """The HTML report (with its daily series) over ``history``, UTF-8."""
+    report = build_report(
+        history, args.window, accounts=args.accounts, stale_after=args.stale_after,
+        pending_stale_after=args.pending_stale_after,
+        max_gap_instances=args.max_gap_instances, max_gap_buckets=args.max_gap_buckets,
+        pricing=args.pricing, now=args.now, policy=args.policy, series=True)
+    return render_html(report).encode("utf-8")
+
+
+def report_html(copy: str, args: ReportArgs) -> bytes:
+    """A report worker's job: the HTML report over the database copy at ``copy``."""
+    return report_page(Store(copy), args)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
