@@ -80,6 +80,7 @@ def test_banner_lists_what_to_open_and_what_to_run() -> None:
                   interval=timedelta(seconds=30), sim=config, api_url="http://127.0.0.1:5/v2")
     assert "http://127.0.0.1:9747/metrics" in text
     assert "http://127.0.0.1:9747/report?since=1h" in text
+    assert "http://127.0.0.1:9747/report.html?since=1h" in text
     assert "NEXUS_AUDIT_DB='/tmp/my demo.duckdb' nexus-audit report --since 1h\n" in text
     assert "every 30s" in text
     assert "Ctrl-C" in text
