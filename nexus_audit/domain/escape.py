@@ -89,6 +89,6 @@ _JSON_EXTRA: Final = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 def json_text(encoded: str) -> str:
     """JSON text (from ``json.dumps``/``iterencode``) with DEL, C1 controls, U+2028 and
-    U+2029 written as ``\\uXXXX`` escapes: the same JSON value, safe for line-based and
+    U+2029 written as ``\\u2028``-style escapes: the same JSON value, safe for line-based and
     terminal readers. Outside strings JSON is ASCII, so replacing anywhere is exact."""
     return _JSON_EXTRA.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
