@@ -476,3 +476,22 @@ def test_upload_target_with_dot_segments_is_refused(cli_env: HostileApi, target:
     assert err.count("\n") == 1
     assert err.startswith("nexus-audit: error: --upload:")
     assert cli_env.requests == []
+
+
+async def test_absurd_total_does_not_lift_the_page_cap(hostile_api: MakeHostile,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty pages with fresh cursors under an absurd ``pagination.total`` (10**18) still
+    stop at the ceiling a chain without a total gets (WALK_TOO_LONG), never run on."""
+    from nexus_audit.api import pagination
+    monkeypatch.setattr(pagination, "MAX_PAGES_WITHOUT_TOTAL", 25)
+    api = await hostile_api()
+
+    def empty(query: Mapping[str, str]) -> Answer:
+        n = int(query.get("cursor", "c0")[1:])
+        return page("instances", [], cursor=f"c{n + 1}", total=10**18, request_id=f"req-{n}")
+
+    api.on("/instances", empty)
+    summary, store = await asyncio.wait_for(crawl(api, tmp_path, kinds=("instances",)), 30)
+    assert "25 pages" in assert_failed(summary, store, "WALK_TOO_LONG")
+    assert len(api.requests) == 25

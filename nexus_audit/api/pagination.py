@@ -13,8 +13,9 @@ Hostile sizes: a paged answer with more items than the ``limit`` asked for fails
 (:class:`~nexus_audit.errors.PageTooLargeError`), and so does a chain that runs past the
 pages its largest announced total allows, ``ceil(total / limit)`` plus a slack of
 :data:`PAGE_SLACK_SHARE` of that (at least :data:`PAGE_SLACK_MIN` pages) for churn
-(:class:`~nexus_audit.errors.WalkTooLongError`); a chain that announces no total at all may
-run to :data:`MAX_PAGES_WITHOUT_TOTAL`. Fresh cursors with empty pages stop there.
+(:class:`~nexus_audit.errors.WalkTooLongError`); no chain, whatever total it announces
+(none, or an absurd one), runs past :data:`MAX_PAGES_WITHOUT_TOTAL`.
+Fresh cursors with empty pages stop there.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def max_pages(total: int | None, limit: int) -> int:
     if total is None:
         return MAX_PAGES_WITHOUT_TOTAL
     need = math.ceil(total / limit)
-    return need + max(PAGE_SLACK_MIN, math.ceil(need * PAGE_SLACK_SHARE))
+    # An absurd total (10**18) must not lift the bound: no chain runs past the ceiling
+    # a chain without a total gets, whatever it announces.
+    return min(MAX_PAGES_WITHOUT_TOTAL,
+               need + max(PAGE_SLACK_MIN, math.ceil(need * PAGE_SLACK_SHARE)))
 
 
 class RepeatedCursorError(CrawlError):
