@@ -495,3 +495,23 @@ async def test_absurd_total_does_not_lift_the_page_cap(hostile_api: MakeHostile,
     summary, store = await asyncio.wait_for(crawl(api, tmp_path, kinds=("instances",)), 30)
     assert "25 pages" in assert_failed(summary, store, "WALK_TOO_LONG")
     assert len(api.requests) == 25
+
+
+# -- output injection through the report ---------------------------------------------------
+
+
+def test_markdown_inventory_line_escapes_status_and_region(
+        cli_env: HostileApi, capsys: pytest.CaptureFixture[str]) -> None:
+    """An instance status and region carrying raw HTML reach the Markdown report's
+    inventory line escaped (no live ``<img onerror>``), like every table cell."""
+    cli_env.pages("/instances", "instances",
+                  [[inst(1, status="<img src=x onerror=alert(1)>", region="<b>r</b>")]])
+    cli_env.pages("/buckets", "buckets", [[bkt("bkt-1")]])
+    assert main(["crawl"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--since", "1h", "--format", "markdown"]) == 0
+    out, _ = capsys.readouterr()
+    [line] = [ln for ln in out.splitlines() if ln.startswith("- Instances:")]
+    assert "<img" not in line, line
+    assert "<b>" not in line, line
+    assert "&lt;img src=x onerror=alert(1)&gt;" in line

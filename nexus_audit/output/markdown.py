@@ -52,8 +52,9 @@ def render_markdown(report: Report) -> str:
     inv = d["inventory"]
     out += ["## Inventory", "",
             f"- Instances: {inv['instances']['total']}"
-            f" (by status: {fmt_value(inv['instances']['by_status'])};"
-            f" by region: {fmt_value(inv['instances']['by_region'])})",
+            # Statuses and regions are API text: escaped like every table cell.
+            f" (by status: {_md_cell(inv['instances']['by_status'])};"
+            f" by region: {_md_cell(inv['instances']['by_region'])})",
             f"- Buckets: {inv['buckets']['total']} ({inv['buckets']['size_bytes']} bytes)", "",
             f"## Cost ({report.cost.currency})", ""]
     acc, rate = report.cost.accrued, report.cost.run_rate_hourly
