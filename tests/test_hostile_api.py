@@ -217,6 +217,27 @@ async def test_churn_within_the_tolerance_keeps_the_note(hostile_api: MakeHostil
     assert strict.error_code == "TOTAL_MISMATCH"
 
 
+
+@pytest.mark.parametrize(("totals", "kind"), [
+    ([300, None], "instances"),   # the last page leaves its total out
+    ([None, 300], "instances"),   # the first page does
+    ([300, 290], "instances"),    # they differ, and both are far above what came
+    ([300, None], "buckets"),
+])
+async def test_truncation_with_one_total_or_two_close_ones_fails(
+        hostile_api: MakeHostile, tmp_path: Path, totals: list[int | None],
+        kind: Kind) -> None:
+    """100 records served where the API announced about 300 fails TOTAL_MISMATCH even when
+    one page leaves ``pagination.total`` out or the two totals differ a little: churn
+    between 300 and 290 cannot explain 100."""
+    api = await hostile_api()
+    item = inst if kind == "instances" else (lambda n: bkt(f"bkt-{n}"))
+    api.pages(f"/{kind}", kind, [[item(n) for n in range(100)], []], totals=totals)
+    summary, store = await crawl(api, tmp_path, kinds=(kind,))
+    error = assert_failed(summary, store, "TOTAL_MISMATCH")
+    assert "collected 100" in error
+
+
 # -- non-finite and out-of-range numbers -------------------------------------------------------
 
 

@@ -15,10 +15,11 @@ later observation of a legitimate change, not a contradiction; its copy supersed
 region walk's, and the crawl says so (a ``crawl.superseded`` warning and a note stored in
 the crawl's ``total_mismatch``). Within one walk phase a conflict always fails.
 
-**Totals.** When the totals the API reported agree with each other (first and last page of
-a chain; or the probes of the fan-out) and the records collected are further from them
-than the tolerance (``total_tolerance``, default ``max(10 records, 1%)``), the crawl fails
-``TOTAL_MISMATCH`` and commits nothing: pages went missing. Within the tolerance (churn
+**Totals.** When the records collected lie further outside the totals the API reported
+(first and last page of a chain, or the probes of the fan-out; one alone when the other is
+left out; any count between two that differ is churn) than the tolerance
+(``total_tolerance``, default ``max(10 records, 1%)``), the crawl fails ``TOTAL_MISMATCH``
+and commits nothing: pages went missing. Within the tolerance (churn
 between pages), the crawl succeeds with a note.
 
 **Region fan-out.** One cursor chain is a sequence of round trips, so a slow API caps it
@@ -246,15 +247,22 @@ def mismatch_note(kind: str, collected: int, first: int | None, last: int | None
 
 def check_total(kind: str, collected: int, first: int | None, last: int | None,
                 tolerance: TotalTolerance) -> str | None:
-    """:func:`mismatch_note`, or :class:`TotalMismatchError` when both totals agree and
-    ``collected`` is further from them than ``tolerance`` allows (pages went missing)."""
+    """:func:`mismatch_note`, or :class:`TotalMismatchError` when ``collected`` lies
+    further outside the totals the API reported than ``tolerance`` allows (pages went
+    missing). One total (the other left out) is checked alone; two that differ allow any
+    count between them (churn during the walk), and the tolerance beyond."""
     note = mismatch_note(kind, collected, first, last)
-    if note is None or first is None or first != last or tolerance.allows(collected, first):
+    known = [t for t in (first, last) if t is not None]
+    if note is None or not known:
+        return note
+    low, high = min(known), max(known)
+    nearest = low if collected < low else high
+    if low <= collected <= high or tolerance.allows(collected, nearest):
         return note
     raise TotalMismatchError(
-        f"{note}: the API's totals agree, and {abs(collected - first):,} records off is "
-        f"more than churn explains (total_tolerance {tolerance}: at most "
-        f"{tolerance.records_for(first):,}); nothing committed")
+        f"{note}: {abs(collected - nearest):,} records off the API's total is more than "
+        f"churn explains (total_tolerance {tolerance}: at most "
+        f"{tolerance.records_for(nearest):,}); nothing committed")
 
 
 async def _walk(walk: CursorWalk, collector: _Collector[Any],
@@ -291,8 +299,9 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
     firsts = [w.first_total for w in walks]
     lasts = [w.last_total for w in walks]
     if None not in firsts and sum(f or 0 for f in firsts) == start_total:
-        return check_total("instances", collector.count, start_total,
-                           sum(x or 0 for x in lasts), tolerance)
+        # A region's last page without a total makes the end total unknown, not lower.
+        end = None if None in lasts else sum(x or 0 for x in lasts)
+        return check_total("instances", collector.count, start_total, end, tolerance)
     end_total = await probe()
     if None not in lasts and sum(x or 0 for x in lasts) == end_total:
         return check_total("instances", collector.count, start_total, end_total, tolerance)
