@@ -536,3 +536,27 @@ def test_markdown_inventory_line_escapes_status_and_region(
     assert "<img" not in line, line
     assert "<b>" not in line, line
     assert "&lt;img src=x onerror=alert(1)&gt;" in line
+
+
+# -- bad input on the command line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [
+    ["--since", "0001-01-01T00:00:00+23:59"],
+    ["--since", "1h", "--until", "9999-12-31T23:59:59-23:59"],
+    ["--since", "0001-01-01T00:00:00Z"],
+    ["--since", "0001-01-02T00:00:00Z", "--stale-after", "5200w"],
+])
+def test_report_window_out_of_datetime_range_is_one_line(
+        cli_env: HostileApi, flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A window end whose UTC form falls outside Python's dates is a one-line error
+    (exit 1 or 2), never an OverflowError traceback."""
+    cli_env.pages("/instances", "instances", [[inst(1)]])
+    cli_env.pages("/buckets", "buckets", [[bkt("bkt-1")]])
+    assert main(["crawl"]) == 0
+    capsys.readouterr()
+    assert main(["report", *flags]) in (0, 1, 2)
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "OverflowError" not in err
+    assert err.count("\n") <= 1, err

@@ -80,7 +80,11 @@ def parse_time(text: str, now: datetime, *, parameter: str = "time") -> datetime
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+23:59 is before year 1 in UTC
+        raise UsageError(f"{parameter}: {text!r} is outside the dates this tool can handle",
+                         parameter=parameter) from None
 
 
 def isoformat(moment: datetime | None) -> str | None:
