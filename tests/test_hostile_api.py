@@ -560,3 +560,21 @@ def test_report_window_out_of_datetime_range_is_one_line(
     assert "Traceback" not in err
     assert "OverflowError" not in err
     assert err.count("\n") <= 1, err
+
+
+async def test_key_echoed_in_records_is_never_stored(hostile_api: MakeHostile,
+                                                     tmp_path: Path) -> None:
+    """An API echoing the key inside records (a name, a tag, an unmodelled field, a
+    bucket id) gets it redacted before anything is stored: no inventory row holds it."""
+    api = await hostile_api()
+    api.pages("/instances", "instances",
+              [[inst(1, name=f"n-{HOSTILE_KEY}", tags={"k": HOSTILE_KEY}, note=HOSTILE_KEY)]])
+    api.pages("/buckets", "buckets", [[bkt(f"b-{HOSTILE_KEY}", "public")]])
+    summary, store = await crawl(api, tmp_path)
+    assert summary.status == "succeeded", summary.error
+    with store.read() as con:
+        rows = (con.execute("SELECT * FROM instance_versions").fetchall()
+                + con.execute("SELECT * FROM bucket_versions").fetchall())
+    assert len(rows) == 2
+    assert [r for r in rows if HOSTILE_KEY in str(r)] == []
+    assert any("[REDACTED]" in str(r) for r in rows)

@@ -238,6 +238,13 @@ class CloudNexusClient:
         to ``limit`` (:func:`clean_text`): for anything that came from the API."""
         return clean_text(text, limit, (self._secret,))
 
+    def redact(self, text: str) -> str:
+        """``text`` with this client's key replaced by ``[REDACTED]``, nothing else changed:
+        for API values stored as they came (records), where :meth:`scrub` would alter them."""
+        if self._secret and self._secret in text:
+            return text.replace(self._secret, "[REDACTED]")
+        return text
+
     def _request_id(self, headers: Mapping[str, str]) -> str | None:
         value = headers.get("X-Request-Id")
         return None if value is None else self.scrub(value, REQUEST_ID_LIMIT) or None

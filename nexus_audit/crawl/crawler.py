@@ -172,6 +172,13 @@ class _Collector(Generic[R]):
                 self._client.count_invalid(self.kind)
                 exc.request_id = request_id  # the answer the item came in, for support
                 raise
+            # An API echoing the key inside a record must not get it into the history.
+            leaked: dict[str, Any] = {
+                name: self._client.redact(value)
+                for name, value in zip(record._fields, record, strict=True)
+                if isinstance(value, str) and self._client.redact(value) is not value}
+            if leaked:
+                record = record._replace(**leaked)
             fingerprint = hash(record) & _FP_MASK
             before = seen.get(record.id)
             if before is None:
