@@ -578,3 +578,18 @@ async def test_key_echoed_in_records_is_never_stored(hostile_api: MakeHostile,
     assert len(rows) == 2
     assert [r for r in rows if HOSTILE_KEY in str(r)] == []
     assert any("[REDACTED]" in str(r) for r in rows)
+
+
+async def test_deeply_nested_body_fails_closed(hostile_api: MakeHostile,
+                                               tmp_path: Path) -> None:
+    """A 2xx body nested deeper than Python's parser recurses (a JSON bomb of brackets)
+    fails the crawl with a named code and is recorded, never a RecursionError escaping."""
+    api = await hostile_api()
+    depth = 200_000
+    api.script("/instances", [Answer(body=b'{"instances":' + b"[" * depth + b"]" * depth
+                                     + b',"pagination":{"next_cursor":null}}')])
+    summary, store = await crawl(api, tmp_path, kinds=("instances",))
+    assert summary.status == "failed"
+    assert summary.error_code is not None
+    [(status, code, _, _, _)] = crawl_rows(store)
+    assert (status, code) == ("failed", summary.error_code)

@@ -393,7 +393,7 @@ class CloudNexusClient:
                 if verdict == "ok":
                     try:
                         payload = json.loads(body)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # nested past the parser's depth
                         reason = "invalid_json"
                         failure = TransportError(
                             f"CloudNexus sent an unreadable {status} body "
@@ -468,7 +468,7 @@ class CloudNexusClient:
         request_id = self._request_id(headers)
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             payload = None
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict):
