@@ -593,3 +593,20 @@ async def test_deeply_nested_body_fails_closed(hostile_api: MakeHostile,
     assert summary.error_code is not None
     [(status, code, _, _, _)] = crawl_rows(store)
     assert (status, code) == ("failed", summary.error_code)
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1" + "0" * 400},
+    {"X-RateLimit-Remaining": "-" + "9" * 400, "X-RateLimit-Reset": "1" + "0" * 400},
+    {"X-RateLimit-Limit": "9" * 400, "X-RateLimit-Remaining": "9" * 400},
+])
+async def test_absurd_rate_limit_headers_never_crash(hostile_api: MakeHostile,
+                                                     tmp_path: Path,
+                                                     headers: dict[str, str]) -> None:
+    """Rate-limit headers with 400-digit numbers either are ignored or fail the crawl
+    with a named code; they never escape as an OverflowError."""
+    api = await hostile_api()
+    api.pages("/instances", "instances", [[inst(1)]], headers=headers)
+    summary, store = await asyncio.wait_for(crawl(api, tmp_path, kinds=("instances",)), 30)
+    assert summary.status == "succeeded" or summary.error_code == "RATE_LIMITED", summary
+    assert len(crawl_rows(store)) == 1

@@ -97,14 +97,21 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, seconds)
 
 
+#: The largest magnitude an integer header may have (a signed 64-bit integer): beyond it
+#: the value is no count or time any API means, and would overflow a float later.
+HEADER_INT_MAX: Final = 2**63 - 1
+
+
 def parse_int_header(value: str | None) -> int | None:
-    """An integer header (``X-RateLimit-*``), or None if absent or malformed."""
+    """An integer header (``X-RateLimit-*``), or None if absent, malformed or beyond
+    :data:`HEADER_INT_MAX` either way."""
     if value is None:
         return None
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except ValueError:
         try:
-            return int(float(value.strip()))
+            number = int(float(value.strip()))
         except (ValueError, OverflowError):
             return None
+    return number if abs(number) <= HEADER_INT_MAX else None
