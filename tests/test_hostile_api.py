@@ -610,3 +610,18 @@ async def test_absurd_rate_limit_headers_never_crash(hostile_api: MakeHostile,
     summary, store = await asyncio.wait_for(crawl(api, tmp_path, kinds=("instances",)), 30)
     assert summary.status == "succeeded" or summary.error_code == "RATE_LIMITED", summary
     assert len(crawl_rows(store)) == 1
+
+
+async def test_repeated_key_with_other_value_in_a_record_fails(hostile_api: MakeHostile,
+                                                               tmp_path: Path) -> None:
+    """A bucket object naming ``access`` twice (``public-read``, then ``private``) is a
+    contradiction, like a conflicting duplicate id: the crawl fails PROTOCOL and
+    commits nothing, instead of Python's parser silently keeping the last value."""
+    api = await hostile_api()
+    api.script("/buckets", [Answer(body=(
+        b'{"buckets":[{"id":"bkt-1","region":"eu-west-1","size_bytes":10,'
+        b'"access":"public-read","access":"private"}]}'),
+        headers={"X-Request-Id": "req-dup"})])
+    summary, store = await crawl(api, tmp_path, kinds=("buckets",))
+    error = assert_failed(summary, store, "PROTOCOL")
+    assert "'access'" in error

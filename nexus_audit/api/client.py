@@ -97,6 +97,26 @@ def clean_text(value: str, limit: int, secrets: tuple[str, ...] = ()) -> str:
     return value if len(value) <= limit else value[:limit - 1] + "…"
 
 
+class _RepeatedKeyError(ValueError):
+    """A JSON object named one key twice with different values."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a key repeated with another value is a contradiction
+    (``"access": "public-read"`` then ``"private"``) that Python would settle silently by
+    keeping the last; other parsers keep the first. Identical repeats are harmless."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise _RepeatedKeyError(key)
+        out[key] = value
+    return out
+
+
 @dataclass(slots=True)
 class ApiStats:
     """Plain counters of API traffic, read by the metrics collector and crawl summaries."""
@@ -392,7 +412,14 @@ class CloudNexusClient:
                 verdict = classify(status)
                 if verdict == "ok":
                     try:
-                        payload = json.loads(body)
+                        payload = json.loads(body, object_pairs_hook=_one_value_per_key)
+                    except _RepeatedKeyError as exc:
+                        failure = ProtocolError(
+                            f"CloudNexus sent an object naming {exc.key!r:.80} twice with "
+                            "different values; neither was recorded", status=status,
+                            endpoint=endpoint, request_id=self._request_id(reply_headers))
+                        self._log_error(failure)
+                        raise failure from None
                     except (ValueError, RecursionError):  # nested past the parser's depth
                         reason = "invalid_json"
                         failure = TransportError(
