@@ -625,3 +625,20 @@ async def test_repeated_key_with_other_value_in_a_record_fails(hostile_api: Make
     summary, store = await crawl(api, tmp_path, kinds=("buckets",))
     error = assert_failed(summary, store, "PROTOCOL")
     assert "'access'" in error
+
+
+async def test_a_region_per_instance_does_not_multiply_the_requests(
+        hostile_api: MakeHostile, tmp_path: Path) -> None:
+    """An API that gives each of 300 instances its own region does not make the next
+    crawl walk 300 region chains (300 requests at the budget's rate instead of 3)."""
+    api = await hostile_api()
+    fleet = [inst(n, region=f"r-{n}") for n in range(300)]
+    api.pages("/instances", "instances", [fleet[:100], fleet[100:200], fleet[200:]])
+    first, store = await crawl(api, tmp_path, kinds=("instances",))
+    assert first.status == "succeeded", first.error
+    api.requests.clear()
+    second, _ = await crawl(api, tmp_path, kinds=("instances",), store=store,
+                            clock=FakeClock(first.finished_at + timedelta(hours=1)))
+    assert second.status == "succeeded", second.error
+    assert second.instances == 300
+    assert len(api.requests) <= 10, len(api.requests)

@@ -23,9 +23,10 @@ and commits nothing: pages went missing. Within the tolerance (churn
 between pages), the crawl succeeds with a note.
 
 **Region fan-out.** One cursor chain is a sequence of round trips, so a slow API caps it
-far below the budget. Given the regions of the previous crawl (more than one), the crawl
-walks one region-filtered chain per region concurrently, plus one unfiltered ``limit=1``
-request for the total, and proves completeness:
+far below the budget. Given the regions of the previous crawl (more than one, at most
+:data:`MAX_FANOUT_REGIONS`), the crawl walks one region-filtered chain per region
+concurrently, plus one unfiltered ``limit=1`` request for the total, and proves
+completeness:
 
 1. complete if the per-region totals of the chains' *first* pages add up to the
    unfiltered total read at the start (read concurrently with those first pages);
@@ -80,6 +81,9 @@ COMMIT_REFUSED: Final = "COMMIT_REFUSED"
 _SAMPLE: Final = 5
 #: Bits of a record's hash kept as its fingerprint; the answer's index goes above them.
 #: Two different copies of one id pass as the same with odds of 2**-40.
+#: The most regions the fan-out walks concurrently; more (no cloud has that many) fall
+#: back to the single unfiltered chain.
+MAX_FANOUT_REGIONS: Final = 64
 _FP_BITS: Final = 40
 _FP_MASK: Final = (1 << _FP_BITS) - 1
 
@@ -331,6 +335,12 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
 async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Instance],
                            regions: Sequence[str], progress: CrawlProgress | None,
                            account: str, tolerance: TotalTolerance) -> str | None:
+    if len(regions) > MAX_FANOUT_REGIONS:
+        # An API naming a region per instance would turn one chain into a request per
+        # instance (and a task each): walk the one unfiltered chain instead.
+        log.warning("crawl.fanout_skipped", account=account, regions=len(regions),
+                    max_regions=MAX_FANOUT_REGIONS)
+        return await _single_instance_walk(client, collector, progress, tolerance)
     if len(regions) > 1:
         return await _fan_out(client, collector, regions, progress, account, tolerance)
     return await _single_instance_walk(client, collector, progress, tolerance)
