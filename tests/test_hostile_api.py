@@ -642,3 +642,17 @@ async def test_a_region_per_instance_does_not_multiply_the_requests(
     assert second.status == "succeeded", second.error
     assert second.instances == 300
     assert len(api.requests) <= 10, len(api.requests)
+
+
+def test_invalid_record_message_is_bounded_at_the_source() -> None:
+    """A wrong-typed field holding megabytes (a list of a million numbers as ``name``)
+    gives an INVALID_RECORD message of bounded length, so cleaning it for the store and
+    the log never walks megabytes character by character."""
+    from nexus_audit.domain.model import InvalidRecordError, bucket_from_api, instance_from_api
+    huge = list(range(1_000_000))
+    for convert, item in ((instance_from_api, inst(1, name=huge)),
+                          (instance_from_api, inst(1, plan=huge)),
+                          (bucket_from_api, {**bkt("b"), "access": huge})):
+        with pytest.raises(InvalidRecordError) as caught:
+            convert(item)
+        assert len(str(caught.value)) < 400

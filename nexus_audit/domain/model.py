@@ -70,7 +70,7 @@ def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
     value = item.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidRecordError(
-            f"{ident}: field {key!r} must be a non-empty string, got {value!r}"
+            f"{ident:.120}: field {key!r} must be a non-empty string, got {value!r:.80}"
         )
     return value
 
@@ -78,7 +78,7 @@ def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
 def _opt_str(item: Mapping[str, Any], key: str, ident: str) -> str | None:
     value = item.get(key)
     if value is not None and not isinstance(value, str):
-        raise InvalidRecordError(f"{ident}: field {key!r} must be a string, got {value!r}")
+        raise InvalidRecordError(f"{ident:.120}: field {key!r} must be a string, got {value!r:.80}")
     return value
 
 
@@ -100,7 +100,7 @@ def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
         kind = "a non-negative integer" if integral else "a finite non-negative number"
         if maximum is not None:
             kind += f" up to {maximum}"
-        raise InvalidRecordError(f"{ident}: field {key!r} must be {kind}, got {value!r:.40}")
+        raise InvalidRecordError(f"{ident:.120}: field {key!r} must be {kind}, got {value!r:.40}")
     return value
 
 
@@ -111,7 +111,7 @@ def _extra(extra: Mapping[str, Any], ident: str) -> str:
                           allow_nan=False)
     except ValueError:
         raise InvalidRecordError(
-            f"{ident}: a field holds a non-finite number (NaN or Infinity)") from None
+            f"{ident:.120}: a field holds a non-finite number (NaN or Infinity)") from None
 
 
 def _tags(item: Mapping[str, Any], ident: str) -> str:
@@ -121,7 +121,7 @@ def _tags(item: Mapping[str, Any], ident: str) -> str:
     if not isinstance(tags, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
-        raise InvalidRecordError(f"{ident}: field 'tags' must map strings to strings")
+        raise InvalidRecordError(f"{ident:.120}: field 'tags' must map strings to strings")
     return canonical_json(tags)
 
 
