@@ -20,6 +20,7 @@ from urllib.parse import quote
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from nexus_audit.api import untrusted
 from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.retry import (
     DEFAULT_RETRY_POLICY,
@@ -95,26 +96,6 @@ def clean_text(value: str, limit: int, secrets: tuple[str, ...] = ()) -> str:
         value = scrub(bare)
     value = scrub(escape.terminal(" ".join(value.split())))
     return value if len(value) <= limit else value[:limit - 1] + "…"
-
-
-class _RepeatedKeyError(ValueError):
-    """A JSON object named one key twice with different values."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``' object hook: a key repeated with another value is a contradiction
-    (``"access": "public-read"`` then ``"private"``) that Python would settle silently by
-    keeping the last; other parsers keep the first. Identical repeats are harmless."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out and out[key] != value:
-            raise _RepeatedKeyError(key)
-        out[key] = value
-    return out
 
 
 @dataclass(slots=True)
@@ -257,13 +238,6 @@ class CloudNexusClient:
         """``text`` with this client's key redacted and control characters removed, cut
         to ``limit`` (:func:`clean_text`): for anything that came from the API."""
         return clean_text(text, limit, (self._secret,))
-
-    def redact(self, text: str) -> str:
-        """``text`` with this client's key replaced by ``[REDACTED]``, nothing else changed:
-        for API values stored as they came (records), where :meth:`scrub` would alter them."""
-        if self._secret and self._secret in text:
-            return text.replace(self._secret, "[REDACTED]")
-        return text
 
     def _request_id(self, headers: Mapping[str, str]) -> str | None:
         value = headers.get("X-Request-Id")
@@ -412,12 +386,12 @@ class CloudNexusClient:
                 verdict = classify(status)
                 if verdict == "ok":
                     try:
-                        payload = json.loads(body, object_pairs_hook=_one_value_per_key)
-                    except _RepeatedKeyError as exc:
+                        payload = untrusted.loads(body)
+                    except untrusted.RepeatedKeyError as exc:
                         failure = ProtocolError(
-                            f"CloudNexus sent an object naming {exc.key!r:.80} twice with "
-                            "different values; neither was recorded", status=status,
-                            endpoint=endpoint, request_id=self._request_id(reply_headers))
+                            f"CloudNexus named {exc.key!r:.80} twice in one object, with "
+                            "different values", status=status, endpoint=endpoint,
+                            request_id=self._request_id(reply_headers))
                         self._log_error(failure)
                         raise failure from None
                     except (ValueError, RecursionError):  # nested past the parser's depth

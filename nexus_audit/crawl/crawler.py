@@ -15,18 +15,16 @@ later observation of a legitimate change, not a contradiction; its copy supersed
 region walk's, and the crawl says so (a ``crawl.superseded`` warning and a note stored in
 the crawl's ``total_mismatch``). Within one walk phase a conflict always fails.
 
-**Totals.** When the records collected lie further outside the totals the API reported
-(first and last page of a chain, or the probes of the fan-out; one alone when the other is
-left out; any count between two that differ is churn) than the tolerance
-(``total_tolerance``, default ``max(10 records, 1%)``), the crawl fails ``TOTAL_MISMATCH``
-and commits nothing: pages went missing. Within the tolerance (churn
+**Totals.** When the records collected lie outside the totals the API reported (first and
+last page of a chain, or the fan-out's probes; one if the other is left out) by more than
+the tolerance (``total_tolerance``, default ``max(10 records, 1%)``), the crawl fails
+``TOTAL_MISMATCH`` and commits nothing: pages went missing. Within the tolerance (churn
 between pages), the crawl succeeds with a note.
 
 **Region fan-out.** One cursor chain is a sequence of round trips, so a slow API caps it
-far below the budget. Given the regions of the previous crawl (more than one, at most
-:data:`MAX_FANOUT_REGIONS`), the crawl walks one region-filtered chain per region
-concurrently, plus one unfiltered ``limit=1`` request for the total, and proves
-completeness:
+far below the budget. Given the regions of the previous crawl (2 to 64), the crawl
+walks one region-filtered chain per region concurrently, plus one unfiltered ``limit=1``
+request for the total, and proves completeness:
 
 1. complete if the per-region totals of the chains' *first* pages add up to the
    unfiltered total read at the start (read concurrently with those first pages);
@@ -46,6 +44,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 from nexus_audit.api.client import REQUEST_ID_LIMIT, ApiStats, CloudNexusClient
 from nexus_audit.api.pagination import CursorWalk, fetch_total
+from nexus_audit.api.untrusted import redact_fields
 from nexus_audit.config import AccountConfig
 from nexus_audit.crawl.progress import CrawlProgress
 from nexus_audit.domain.model import (
@@ -81,9 +80,7 @@ COMMIT_REFUSED: Final = "COMMIT_REFUSED"
 _SAMPLE: Final = 5
 #: Bits of a record's hash kept as its fingerprint; the answer's index goes above them.
 #: Two different copies of one id pass as the same with odds of 2**-40.
-#: The most regions the fan-out walks concurrently; more (no cloud has that many) fall
-#: back to the single unfiltered chain.
-MAX_FANOUT_REGIONS: Final = 64
+MAX_FANOUT_REGIONS: Final = 64  #: more regions (no cloud has so many) walk one chain
 _FP_BITS: Final = 40
 _FP_MASK: Final = (1 << _FP_BITS) - 1
 
@@ -142,6 +139,7 @@ class _Collector(Generic[R]):
         self._convert: Callable[[object], R] = convert
         self._emit: Callable[[Sequence[R]], None] = emit
         self._client = client
+        self._secret = client.account.api_key.reveal()
         self._progress = progress
         self._batch_size = batch_size
         self._batch: list[R] = []
@@ -176,13 +174,7 @@ class _Collector(Generic[R]):
                 self._client.count_invalid(self.kind)
                 exc.request_id = request_id  # the answer the item came in, for support
                 raise
-            # An API echoing the key inside a record must not get it into the history.
-            leaked: dict[str, Any] = {
-                name: self._client.redact(value)
-                for name, value in zip(record._fields, record, strict=True)
-                if isinstance(value, str) and self._client.redact(value) is not value}
-            if leaked:
-                record = record._replace(**leaked)
+            record = redact_fields(record, self._secret)
             fingerprint = hash(record) & _FP_MASK
             before = seen.get(record.id)
             if before is None:
@@ -258,17 +250,11 @@ def mismatch_note(kind: str, collected: int, first: int | None, last: int | None
 
 def check_total(kind: str, collected: int, first: int | None, last: int | None,
                 tolerance: TotalTolerance) -> str | None:
-    """:func:`mismatch_note`, or :class:`TotalMismatchError` when ``collected`` lies
-    further outside the totals the API reported than ``tolerance`` allows (pages went
-    missing). One total (the other left out) is checked alone; two that differ allow any
-    count between them (churn during the walk), and the tolerance beyond."""
+    """:func:`mismatch_note`, or :class:`TotalMismatchError` when ``collected`` is further
+    from the totals than ``tolerance`` allows (:meth:`TotalTolerance.breach`)."""
     note = mismatch_note(kind, collected, first, last)
-    known = [t for t in (first, last) if t is not None]
-    if note is None or not known:
-        return note
-    low, high = min(known), max(known)
-    nearest = low if collected < low else high
-    if low <= collected <= high or tolerance.allows(collected, nearest):
+    nearest = tolerance.breach(collected, first, last)
+    if note is None or nearest is None:
         return note
     raise TotalMismatchError(
         f"{note}: {abs(collected - nearest):,} records off the API's total is more than "
@@ -310,9 +296,8 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
     firsts = [w.first_total for w in walks]
     lasts = [w.last_total for w in walks]
     if None not in firsts and sum(f or 0 for f in firsts) == start_total:
-        # A region's last page without a total makes the end total unknown, not lower.
-        end = None if None in lasts else sum(x or 0 for x in lasts)
-        return check_total("instances", collector.count, start_total, end, tolerance)
+        return check_total("instances", collector.count, start_total,  # None: unknown
+                           None if None in lasts else sum(x or 0 for x in lasts), tolerance)
     end_total = await probe()
     if None not in lasts and sum(x or 0 for x in lasts) == end_total:
         return check_total("instances", collector.count, start_total, end_total, tolerance)
@@ -335,13 +320,7 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
 async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Instance],
                            regions: Sequence[str], progress: CrawlProgress | None,
                            account: str, tolerance: TotalTolerance) -> str | None:
-    if len(regions) > MAX_FANOUT_REGIONS:
-        # An API naming a region per instance would turn one chain into a request per
-        # instance (and a task each): walk the one unfiltered chain instead.
-        log.warning("crawl.fanout_skipped", account=account, regions=len(regions),
-                    max_regions=MAX_FANOUT_REGIONS)
-        return await _single_instance_walk(client, collector, progress, tolerance)
-    if len(regions) > 1:
+    if 1 < len(regions) <= MAX_FANOUT_REGIONS:  # more: a region per instance, say
         return await _fan_out(client, collector, regions, progress, account, tolerance)
     return await _single_instance_walk(client, collector, progress, tolerance)
 

@@ -35,6 +35,15 @@ class TotalTolerance:
         """Whether ``collected`` is within the tolerance of ``total``."""
         return abs(collected - total) <= self.records_for(total)
 
+    def breach(self, collected: int, first: int | None, last: int | None) -> int | None:
+        """The total ``collected`` is too far from, or None: one total is checked alone,
+        two that differ allow any count between them (churn) and the tolerance beyond."""
+        known = [t for t in (first, last) if t is not None]
+        if not known:
+            return None
+        nearest = min(max(collected, min(known)), max(known))
+        return None if self.allows(collected, nearest) else nearest
+
     def __str__(self) -> str:
         return f"{self.records},{self.percent:g}%"
 
