@@ -259,13 +259,15 @@ class ReportRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def _report(request: web.Request) -> web.StreamResponse:
+async def _computed(request: web.Request, *, html: bool) -> bytes:
+    """The report a request asks for, by /report's rules: parameters checked, identical
+    queries shared, slots bounded (503), cancelled on hang-up; errors as JSON."""
     runner = request.app[_RUNNER]
     try:
         query = parse_report_query(request.query, accounts=runner.source.accounts,
                                    now=request.app[_CLOCK].now())
         key = tuple((request.query.get(name) or "").strip() for name in REPORT_PARAMETERS)
-        body = await runner.get(key, query)
+        return await runner.get(key, query, html=html)
     except UsageError as exc:
         raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
     except NoDataError as exc:
@@ -273,6 +275,10 @@ async def _report(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         log.warning("report.store_unavailable", error=str(exc))
         raise HttpError(503, "STORE_UNAVAILABLE", str(exc)) from None
+
+
+async def _report(request: web.Request) -> web.StreamResponse:
+    body = await _computed(request, html=False)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -297,20 +303,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 async def _report_html(request: web.Request) -> web.StreamResponse:
     """The HTML report: /report's parameters, rules and errors, as a page."""
-    runner = request.app[_RUNNER]
-    try:
-        query = parse_report_query(request.query, accounts=runner.source.accounts,
-                                   now=request.app[_CLOCK].now())
-        key = tuple((request.query.get(name) or "").strip() for name in REPORT_PARAMETERS)
-        # The same slots, sharing, refusals (503) and cancellation as /report.
-        page = (await runner.get(key, query, html=True)).decode("utf-8")
-    except UsageError as exc:
-        raise HttpError(400, "BAD_PARAMETER", str(exc), parameter=exc.parameter) from None
-    except NoDataError as exc:
-        raise HttpError(404, "NO_DATA", str(exc)) from None
-    except StoreError as exc:
-        log.warning("report.store_unavailable", error=str(exc))
-        raise HttpError(503, "STORE_UNAVAILABLE", str(exc)) from None
+    page = (await _computed(request, html=True)).decode("utf-8")
     return _html_response(request, page)
 
 
