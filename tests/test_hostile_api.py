@@ -656,3 +656,23 @@ def test_invalid_record_message_is_bounded_at_the_source() -> None:
         with pytest.raises(InvalidRecordError) as caught:
             convert(item)
         assert len(str(caught.value)) < 400
+
+
+async def test_megabyte_ids_and_cursors_fail_closed(hostile_api: MakeHostile,
+                                                    tmp_path: Path) -> None:
+    """A bucket id of a megabyte (it would become a history row and a metric label) is an
+    invalid record, and a megabyte cursor (every one is kept and sent back) a protocol
+    error; nothing is committed either way."""
+    api = await hostile_api()
+    api.script("/buckets", [Answer(payload={"buckets": [bkt("b" * 1_000_000)]})])
+    summary, store = await crawl(api, tmp_path / "ids", kinds=("buckets",))
+    error = assert_failed(summary, store, "INVALID_RECORD")
+    assert "1,000,000 characters" in error
+    assert len(error) < 1000
+    api = await hostile_api()
+    api.script("/instances", [Answer(payload={
+        "instances": [inst(1)], "pagination": {"next_cursor": "c" * 1_000_000, "total": 2}})])
+    summary, store = await crawl(api, tmp_path / "cursors", kinds=("instances",))
+    error = assert_failed(summary, store, "PROTOCOL")
+    assert "next_cursor" in error
+    assert len(error) < 1000

@@ -29,6 +29,8 @@ from nexus_audit.api.client import Reply
 from nexus_audit.errors import CrawlError, PageTooLargeError, ProtocolError, WalkTooLongError
 
 PAGE_LIMIT: Final = 100
+#: The longest cursor followed (the reference's sample is 32 characters).
+MAX_CURSOR: Final = 4096
 #: Pages a walk may take beyond what its largest announced total needs: churn adds pages.
 PAGE_SLACK_SHARE: Final = 0.1
 PAGE_SLACK_MIN: Final = 10
@@ -98,7 +100,11 @@ def parse_page(payload: Mapping[str, Any], list_key: str, *, paginated: bool,
         raise wrong("'pagination' is not an object")
     cursor = pagination.get("next_cursor")
     if cursor is not None and (not isinstance(cursor, str) or not cursor):
-        raise wrong(f"'next_cursor' must be a non-empty string or null, got {cursor!r}")
+        raise wrong(f"'next_cursor' must be a non-empty string or null, got {cursor!r:.80}")
+    if cursor is not None and len(cursor) > MAX_CURSOR:
+        # Every cursor of a walk is kept (to refuse one that repeats) and sent back in a URL.
+        raise wrong(f"'next_cursor' is {len(cursor):,} characters long, more than "
+                    f"{MAX_CURSOR:,}")
     total = pagination.get("total")
     if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
         raise wrong(f"'pagination.total' must be a non-negative integer, got {total!r}")

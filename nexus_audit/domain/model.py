@@ -64,6 +64,17 @@ def canonical_json(value: Mapping[str, Any]) -> str:
 
 _INSTANCE_FIELDS: Final = frozenset(Instance._fields)
 _BUCKET_FIELDS: Final = frozenset(Bucket._fields)
+#: The longest id or modelled text field recorded. The reference sets no limit; ids and
+#: names are tens of characters, and these values become Prometheus labels and history
+#: rows: a megabyte "id" is an API fault, not a resource (INVALID_RECORD).
+MAX_TEXT: Final = 1024
+
+
+def _text(value: str, key: str, ident: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise InvalidRecordError(f"{ident:.120}: field {key!r} is {len(value):,} characters "
+                                 f"long, more than the {MAX_TEXT:,} recorded")
+    return value
 
 
 def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
@@ -72,14 +83,14 @@ def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
         raise InvalidRecordError(
             f"{ident:.120}: field {key!r} must be a non-empty string, got {value!r:.80}"
         )
-    return value
+    return _text(value, key, ident)
 
 
 def _opt_str(item: Mapping[str, Any], key: str, ident: str) -> str | None:
     value = item.get(key)
     if value is not None and not isinstance(value, str):
         raise InvalidRecordError(f"{ident:.120}: field {key!r} must be a string, got {value!r:.80}")
-    return value
+    return None if value is None else _text(value, key, ident)
 
 
 #: The largest value of each integral column: ``cpu`` is an INTEGER, ``size_bytes`` a
@@ -131,7 +142,7 @@ def _ident(item: object, kind: str) -> tuple[Mapping[str, Any], str]:
     ident = item.get("id")
     if not isinstance(ident, str) or not ident:
         raise InvalidRecordError(f"{kind} item without a valid 'id': {canonical_json(item):.120}")
-    return item, ident
+    return item, _text(ident, "id", ident)
 
 
 def instance_from_api(item: object) -> Instance:
