@@ -206,6 +206,13 @@ def test_report_upload_cli(cli_env: SimulatorThread,
     assert "warning" not in err
     assert sim.key not in err
 
+    # An object key is the user's text: a control sequence in it is printed escaped.
+    assert main(["report", "--since", "1h", "--format", "json", "--upload",
+                 f"{bucket}/audit/\x1b[2Jr.json"]) == 0
+    err = capsys.readouterr().err
+    assert f"uploaded {bucket}/audit/\\x1b[2Jr.json" in err
+    assert "\x1b" not in err
+
     sim.fleet.add_bucket("bk_fresh")  # no crawl has seen it: allowed, with a warning
     assert main(["report", "--since", "1h", "--format", "csv", "--upload", "bk_fresh/r.csv"]) == 0
     out, err = capsys.readouterr()

@@ -272,3 +272,22 @@ def test_exchange_swaps_directories(tmp_path: Path) -> None:
         skip_or_fail("this kernel or file system has no RENAME_EXCHANGE")
     assert [p.name for p in b.iterdir()] == ["new.parquet"]
     assert [p.name for p in a.iterdir()] == ["old.parquet"]
+
+
+@pytest.mark.usefixtures("saved_logging")
+def test_export_summary_escapes_account_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An account name from the database reaches the terminal escaped: a control
+    sequence in it cannot clear the screen or forge a line."""
+    for name in ("NEXUS_API_KEY", "NEXUS_API_KEY_FILE", "NEXUS_AUDIT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    store = Store(tmp_path / "hostile.duckdb")
+    store.migrate()
+    crawl(store, T0, account="ev\x1b[2Jil\nforged", instances=[inst("i-1")])
+    monkeypatch.setenv("NEXUS_AUDIT_DB", str(store.path))
+    code = main(["export", "--since", "2026-03-01T00:00:00Z", "--until",
+                 "2026-03-02T00:00:00Z", "--to", str(tmp_path / "lake")])
+    printed, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert "\x1b" not in printed
+    assert printed.splitlines()[0].startswith("exported ev\\x1b[2Jil\\nforged to ")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from nexus_audit.config import Settings
+from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window
 from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.history.parquet import TABLES, export_history
@@ -32,7 +33,10 @@ def export_command(args: argparse.Namespace, settings: Settings, *,
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None
     stream = out or sys.stdout
-    stream.write(f"exported {', '.join(result.accounts)} to {result.directory}\n")
+    # Account names come from the database (another tool's file, another shard's):
+    # escaped for the terminal like every other line.
+    stream.write(escape.terminal(f"exported {', '.join(result.accounts)} to "
+                                 f"{result.directory}") + "\n")
     for table in TABLES:
         stream.write(f"  {table}: {result.rows.get(table, 0):,} rows in "
                      f"{result.partitions.get(table, 0):,} partitions\n")

@@ -37,6 +37,7 @@ from nexus_audit.api.budget import RateBudget
 from nexus_audit.api.client import ApiStats, CloudNexusClient, Reply, object_path
 from nexus_audit.audit.report import Report
 from nexus_audit.config import AccountConfig, Settings
+from nexus_audit.domain import escape
 from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
 from nexus_audit.errors import (
@@ -455,16 +456,19 @@ class UploadRequest:
         verdict = check_bucket(states, account.name, self.target.bucket)
         stream = stream or sys.stderr
         if verdict == "unknown":
-            stream.write(f"nexus-audit: warning: no bucket crawl of account {account.name} "
-                         f"has seen bucket {self.target.bucket}; its access is unchecked "
-                         "(run `nexus-audit crawl --kinds buckets` first)\n")
+            stream.write(escape.terminal(
+                f"nexus-audit: warning: no bucket crawl of account {account.name} has seen "
+                f"bucket {self.target.bucket}; its access is unchecked (run `nexus-audit "
+                "crawl --kinds buckets` first)") + "\n")
         clock = clock or SystemClock()
         result = asyncio.run(self._upload(account, settings.request_timeout, clock, states,
                                           body, report, threshold, part_size))
-        stream.write(
+        # The object key is the user's text and the names come from configuration:
+        # escaped like every other line this tool prints.
+        stream.write(escape.terminal(
             f"nexus-audit: uploaded {result.target} ({result.size:,} bytes"
             f"{f', {result.parts} parts' if result.parts else ''}; etag {result.etag}, "
-            f"{result.content_hash}, verified)\n")
+            f"{result.content_hash}, verified)") + "\n")
         return result
 
     async def _upload(self, account: AccountConfig, request_timeout: float, clock: Clock,
