@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -9,11 +11,16 @@ import pytest
 from nexus_audit.config import (
     DEFAULT_RATE_BUDGET,
     PRODUCTION_API_URL,
+    AccountConfig,
     Secret,
+    Setting,
+    Settings,
+    WebConfig,
+    declared,
     load_settings,
-    validate_listen,
 )
 from nexus_audit.domain.tolerance import TotalTolerance
+from nexus_audit.domain.values import validate_listen
 from nexus_audit.errors import ConfigError, UsageError
 
 KEY = "nx_live_sk_configtest0001"
@@ -195,3 +202,120 @@ def test_crawl_limits_from_file_and_environment(tmp_path: Path) -> None:
             load_settings({"NEXUS_AUDIT_TOTAL_TOLERANCE": bad})
     with pytest.raises(ConfigError, match="NEXUS_AUDIT_MAX_RESPONSE_BYTES"):
         load_settings({"NEXUS_AUDIT_MAX_RESPONSE_BYTES": "0"})
+
+
+def test_shutdown_grace_defaults_to_ten_seconds_and_parses_durations() -> None:
+    """The grace is 10s unless NEXUS_AUDIT_SHUTDOWN_GRACE says otherwise (0 allowed, an
+    empty variable is unset); a bad one is a one-line error naming the variable."""
+    def grace(value: str | None) -> float:
+        env = {} if value is None else {"NEXUS_AUDIT_SHUTDOWN_GRACE": value}
+        return load_settings(env).shutdown_grace.total_seconds()
+
+    assert (grace(None), grace(" "), grace("1m"), grace("0"), grace(" 0s ")) == (
+        10.0, 10.0, 60.0, 0.0, 0.0)
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NEXUS_AUDIT_SHUTDOWN_GRACE": "later"})
+    assert str(info.value) == ("NEXUS_AUDIT_SHUTDOWN_GRACE: 'later' is not a duration "
+                               "(use e.g. 45s, 90m, 12h, 30d, 2w)")
+
+
+def test_declared_defaults_are_the_only_defaults() -> None:
+    """Settings loaded from nothing equal the dataclasses' own defaults: the loader adds
+    no default of its own, and an empty path or shard variable counts as unset while an
+    empty interval is refused."""
+    assert load_settings({}) == Settings()
+    blank = {"NEXUS_AUDIT_DB": "", "NEXUS_AUDIT_PRICING": " ", "NEXUS_AUDIT_SHARD": ""}
+    assert load_settings(blank) == Settings()
+    with pytest.raises(ConfigError, match="NEXUS_AUDIT_INTERVAL"):
+        load_settings({"NEXUS_AUDIT_INTERVAL": ""})
+
+
+def test_maximums_name_where_the_value_came_from(tmp_path: Path) -> None:
+    """A value above its declared maximum is refused, naming the variable, the file's key
+    or the account's key that gave it."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NEXUS_RATE_BUDGET": "1000001"})
+    assert str(info.value) == "NEXUS_RATE_BUDGET: 1000001 is above the maximum of 1000000"
+    config = tmp_path / "c.toml"
+    config.write_text("[serve]\nreport_concurrency = 65\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NEXUS_AUDIT_CONFIG": str(config)})
+    assert str(info.value) == "serve.report_concurrency: 65 is above the maximum of 64"
+    config.write_text('[[accounts]]\nname = "a"\napi_key_env = "K"\nrate_budget = 2000000\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({"NEXUS_AUDIT_CONFIG": str(config), "K": KEY})
+    assert str(info.value) == (f"{config}: accounts[0].rate_budget: 2000000 is above the "
+                               "maximum of 1000000")
+    assert load_settings({"NEXUS_AUDIT_REPORT_CONCURRENCY": "64"}).report_concurrency == 64
+
+
+def test_account_name_of_the_environment_key() -> None:
+    """NEXUS_ACCOUNT names the environment's account; empty, it is 'default'."""
+    assert load_settings({"NEXUS_API_KEY": KEY, "NEXUS_ACCOUNT": "prod"}).accounts[0].name == (
+        "prod")
+    assert load_settings({"NEXUS_API_KEY": KEY, "NEXUS_ACCOUNT": ""}).accounts[0].name == (
+        "default")
+
+
+#: Every variable and TOML key that configures nexus-audit: a contract (deployments,
+#: compose files and Helm values name them), so a change here is a breaking change.
+VARIABLES = {
+    "NEXUS_ACCOUNT", "NEXUS_API_URL", "NEXUS_RATE_BUDGET", "NEXUS_AUDIT_LISTEN",
+    "NEXUS_AUDIT_DB", "NEXUS_AUDIT_INTERVAL", "NEXUS_AUDIT_BUCKET_INTERVAL",
+    "NEXUS_AUDIT_PRICING", "NEXUS_AUDIT_POLICY", "NEXUS_AUDIT_TOTAL_TOLERANCE",
+    "NEXUS_AUDIT_MAX_RESPONSE_BYTES", "NEXUS_AUDIT_MAX_SERVER_WAIT",
+    "NEXUS_AUDIT_REPORT_CONCURRENCY", "NEXUS_AUDIT_SHUTDOWN_GRACE", "NEXUS_AUDIT_SHARD",
+}
+KEYS = {
+    "api_url", "rate_budget", "db", "interval", "bucket_interval", "max_gap", "stale_after",
+    "pending_stale_after", "pricing", "policy", "request_timeout", "total_tolerance",
+    "max_response_bytes", "max_server_wait", "serve.listen", "serve.per_instance_metrics",
+    "serve.per_bucket_metrics", "serve.report_concurrency",
+}
+
+
+def _declared() -> list[Setting]:
+    return [s for cls in (Settings, WebConfig, AccountConfig) for s in declared(cls).values()]
+
+
+def _file_name(spec: Setting) -> str:
+    return f"{spec.table}.{spec.key}" if spec.table else str(spec.key)
+
+
+def test_the_declared_variables_and_keys_are_the_contract() -> None:
+    """The declarations name exactly the variables and keys users rely on."""
+    assert {s.env for s in _declared() if s.env} == VARIABLES
+    assert {_file_name(s) for s in _declared() if s.key} == KEYS
+
+
+def _readme_configuration() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    return readme.split("### Configuration", 1)[1].split("\n### ", 1)[0]
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """README's "Configuration" names each declared variable in its table and each TOML
+    key in its example file (in the right table), and every default its table states in
+    code style is the declared default, read by the setting's own parser."""
+    section = _readme_configuration()
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            for name, default in zip(cells[0].split(" / "), cells[2].split(" / "), strict=False):
+                rows[name.strip("`")] = default
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    top, _, serve = example.partition("[serve]\n")
+    serve = serve.split("\n[", 1)[0]
+    for cls in (Settings, WebConfig, AccountConfig):
+        for field_name, spec in declared(cls).items():
+            if spec.env:
+                assert spec.env in rows, f"{spec.env} is not in README's Configuration table"
+                stated = re.match(r"`([^`]+)`", rows[spec.env])
+                default = next(f.default for f in fields(cls) if f.name == field_name)
+                if stated:
+                    assert spec.parse(stated[1], spec.env) == default, spec.env
+            if spec.key:
+                text = serve if spec.table == "serve" else top
+                assert re.search(rf"^(# )?{spec.key} = ", text, re.MULTILINE), (
+                    f"{_file_name(spec)} is not in README's example configuration")

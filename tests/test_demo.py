@@ -26,7 +26,7 @@ from nexus_audit.commands.demo import (
     demo_settings,
     resolve_listen,
 )
-from nexus_audit.config import Secret, Settings, WebConfig
+from nexus_audit.config import Secret, Settings, WebConfig, load_settings
 from nexus_audit.errors import UsageError
 from nexus_audit.simulator import SimulatorConfig
 from tests.prom_fixtures import answers, http_get, stop_process, wait_for
@@ -37,10 +37,19 @@ REAL_KEY = "nx_live_sk_0123456789abcdef0123456789abcdef"
 
 def test_db_path_prefers_flag_then_environment_then_default(tmp_path: Path) -> None:
     """--db wins over NEXUS_AUDIT_DB, which wins over ./nexus-audit-demo.duckdb."""
-    env = {"NEXUS_AUDIT_DB": str(tmp_path / "env.duckdb")}
-    assert demo_db_path(str(tmp_path / "flag.duckdb"), env) == tmp_path / "flag.duckdb"
-    assert demo_db_path(None, env) == tmp_path / "env.duckdb"
-    assert demo_db_path(None, {}) == Path.cwd() / "nexus-audit-demo.duckdb"
+    settings = load_settings({"NEXUS_AUDIT_DB": str(tmp_path / "env.duckdb")})
+    assert demo_db_path(str(tmp_path / "flag.duckdb"), settings) == tmp_path / "flag.duckdb"
+    assert demo_db_path(None, settings) == tmp_path / "env.duckdb"
+    assert demo_db_path(None, load_settings({})) == Path.cwd() / "nexus-audit-demo.duckdb"
+
+
+def test_db_path_ignores_the_configuration_files_db(tmp_path: Path) -> None:
+    """The file's ``db`` is the real history: the demo's simulated crawls never go there."""
+    config = tmp_path / "nexus.toml"
+    config.write_text('db = "history.duckdb"\n', encoding="utf-8")
+    settings = load_settings({"NEXUS_AUDIT_CONFIG": str(config)})
+    assert settings.db_path == tmp_path / "history.duckdb"
+    assert demo_db_path(None, settings) == Path.cwd() / "nexus-audit-demo.duckdb"
 
 
 def test_resolve_listen_turns_port_zero_into_a_free_port() -> None:

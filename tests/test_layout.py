@@ -95,3 +95,31 @@ def test_modules_are_small() -> None:
     big = {name: n for name, path in _modules().items()
            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert big == {}
+
+
+#: What reads the process environment: ``os.environ``, ``os.getenv`` and their bytes forms.
+ENVIRONMENT_READS = frozenset({"environ", "environb", "getenv", "getenvb"})
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Where ``path`` reads the environment: ``os.environ``/``os.getenv`` (under any alias)
+    or one of them imported by name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_READS:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.module in {"os", "posix", "nt"}:
+            found.extend(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import "
+                         f"{alias.name}" for alias in node.names if alias.name in ENVIRONMENT_READS)
+    return found
+
+
+def test_only_config_reads_the_environment() -> None:
+    """Every setting comes through nexus_audit.config: no other module of the package (the
+    simulator, a CLI of its own, aside) reads os.environ or os.getenv."""
+    exempt = {PACKAGE / "config.py"}
+    reads = [read for path in sorted(PACKAGE.rglob("*.py"))
+             if path not in exempt and PACKAGE / "simulator" not in path.parents
+             for read in _environment_reads(path)]
+    assert reads == []
+    assert _environment_reads(PACKAGE / "config.py"), "the check no longer sees config's reads"

@@ -1,4 +1,4 @@
-"""The wiring of ``serve``: flags over settings, the shutdown grace, budgets per key."""
+"""The wiring of ``serve``: flags over settings, budgets per key."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_audit.commands.serve import apply_flags, shutdown_grace
+from nexus_audit.commands.serve import apply_flags
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, UsageError
@@ -42,15 +42,6 @@ def test_bad_flags_are_usage_errors_naming_the_flag(flag: str, value: str,
     with pytest.raises(UsageError) as info:
         apply_flags(argparse.Namespace(**values), Settings())
     assert info.value.parameter == parameter
-
-
-def test_shutdown_grace_defaults_to_ten_seconds_and_parses_durations() -> None:
-    """The grace is 10s unless NEXUS_AUDIT_SHUTDOWN_GRACE says otherwise (0 allowed)."""
-    assert shutdown_grace({}) == 10.0
-    assert shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "1m"}) == 60.0
-    assert shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "0"}) == 0.0
-    with pytest.raises(ConfigError, match="NEXUS_AUDIT_SHUTDOWN_GRACE"):
-        shutdown_grace({"NEXUS_AUDIT_SHUTDOWN_GRACE": "later"})
 
 
 def test_one_budget_per_key_at_the_smallest_configured_rate() -> None:

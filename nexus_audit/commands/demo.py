@@ -9,19 +9,18 @@ every ``--interval``. Ctrl-C or SIGTERM stops serve cleanly, then the simulator;
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import socket
 import sys
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Final, TextIO
 
 from nexus_audit.commands.serve import serve_command
-from nexus_audit.config import AccountConfig, Secret, Settings, WebConfig, validate_listen
+from nexus_audit.config import AccountConfig, Secret, Settings, WebConfig
 from nexus_audit.domain.timeutil import format_duration, parse_duration
+from nexus_audit.domain.values import validate_listen
 from nexus_audit.logs import configure_logging
 from nexus_audit.simulator import SimulatorConfig, SimulatorThread
 
@@ -32,10 +31,11 @@ DEMO_SEED: Final = 6
 CHURN_PER_INTERVAL: Final = 3
 
 
-def demo_db_path(flag: str | None, env: Mapping[str, str]) -> Path:
-    """The demo's database: ``--db``, else ``NEXUS_AUDIT_DB``, else ./nexus-audit-demo.duckdb."""
-    chosen = flag or env.get("NEXUS_AUDIT_DB") or DEMO_DB
-    return Path(chosen).expanduser().absolute()
+def demo_db_path(flag: str | None, settings: Settings) -> Path:
+    """The demo's database: ``--db``, else ``NEXUS_AUDIT_DB``, else ./nexus-audit-demo.duckdb
+    (never the configuration file's ``db``: simulated crawls stay out of a real history)."""
+    from_env = settings.db_path if "db_path" in settings.from_env else None
+    return Path(flag or from_env or DEMO_DB).expanduser().absolute()
 
 
 def resolve_listen(listen: str) -> str:
@@ -94,13 +94,12 @@ def banner(*, listen: str, db: Path, interval: timedelta, sim: SimulatorConfig,
 
 
 def demo_command(args: argparse.Namespace, settings: Settings, *,
-                 out: TextIO | None = None, env: Mapping[str, str] | None = None) -> int:
+                 out: TextIO | None = None) -> int:
     """Run ``nexus-audit demo``; the exit code (0 after Ctrl-C or SIGTERM)."""
     out = out or sys.stdout
-    env = os.environ if env is None else env
     interval = parse_duration(args.interval, parameter="--interval")
     listen = resolve_listen(args.listen)
-    db = demo_db_path(args.db, env)
+    db = demo_db_path(args.db, settings)
     sim_config = SimulatorConfig(seed=DEMO_SEED, churn_interval=churn_seconds(interval))
     with SimulatorThread(sim_config) as sim:
         service_settings = demo_settings(settings, api_url=sim.url, api_key=sim.key, db=db,

@@ -7,23 +7,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Final
 
-from nexus_audit.config import Settings, validate_listen
+from nexus_audit.config import Settings
 from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import SystemClock, parse_duration
-from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.domain.values import validate_listen
 from nexus_audit.history.store import Store
 from nexus_audit.service.runtime import Service
-from nexus_audit.service.scheduler import DEFAULT_SHUTDOWN_GRACE
 from nexus_audit.service.web import make_ssl_context
 from nexus_audit.service.workers import ReportWorkers
-
-GRACE_VARIABLE: Final = "NEXUS_AUDIT_SHUTDOWN_GRACE"
 
 
 def apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -43,24 +37,10 @@ def apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
                    bucket_interval=bucket_interval).in_shard(getattr(args, "shard", None))
 
 
-def shutdown_grace(env: Mapping[str, str]) -> float:
-    """Seconds a crawl in progress may take to finish at shutdown (``10s`` by default)."""
-    text = env.get(GRACE_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_SHUTDOWN_GRACE
-    if text in {"0", "0s"}:
-        return 0.0
-    try:
-        return parse_duration(text, parameter=GRACE_VARIABLE).total_seconds()
-    except UsageError as exc:
-        raise ConfigError(str(exc), parameter=GRACE_VARIABLE) from None
-
-
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit serve``; the exit code."""
     settings = apply_flags(args, settings)
     settings.crawled_accounts(None)  # refuses a configuration without any account
-    grace = shutdown_grace(os.environ)
     ssl_context = None
     if settings.web.tls_cert_file is not None and settings.web.tls_key_file is not None:
         ssl_context = make_ssl_context(settings.web.tls_cert_file, settings.web.tls_key_file)
@@ -71,6 +51,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     # APScheduler logs through the standard library in plain text; our JSON log lines
     # cover what matters (crawl.skipped, crawl.crashed), so keep its chatter out.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    service = Service(settings, store, pricing, clock=SystemClock(), grace=grace,
+    service = Service(settings, store, pricing, clock=SystemClock(),
+                      grace=settings.shutdown_grace.total_seconds(),
                       policy=policy, workers=ReportWorkers())
     return asyncio.run(service.run(ssl_context))

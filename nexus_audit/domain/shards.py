@@ -29,7 +29,7 @@ class Shard:
     count: int
 
     @classmethod
-    def parse(cls, text: str, *, parameter: str = "--shard") -> Shard:
+    def parse(cls, text: str, parameter: str = "--shard") -> Shard:
         """``i/n`` with 1 <= i <= n; :class:`UsageError` naming ``parameter`` otherwise."""
         match = _SPEC.fullmatch(text.strip())
         if match is None:

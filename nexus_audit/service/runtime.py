@@ -47,12 +47,13 @@ from nexus_audit.api.budget import (
 from nexus_audit.api.client import client_session
 from nexus_audit.audit.findings import current_counts, evaluate_history
 from nexus_audit.audit.stale import Streak, current_streaks, is_stale
-from nexus_audit.config import AccountConfig, Settings, validate_listen
+from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.crawl.crawler import COMMIT_REFUSED, crawl_and_commit
 from nexus_audit.domain.model import KINDS, Kind
 from nexus_audit.domain.policy import RULES, Policy, load_configured
 from nexus_audit.domain.pricing import Pricing, load_pricing
 from nexus_audit.domain.timeutil import Clock, Window, format_duration
+from nexus_audit.domain.values import validate_listen
 from nexus_audit.errors import ConfigError, NoDataError, StoreError
 from nexus_audit.history.cancel import Cancel
 from nexus_audit.history.store import AccountState, Store

@@ -35,8 +35,6 @@ from nexus_audit.service.web import Readiness
 
 log = get_logger(__name__)
 
-#: How long a crawl in progress may take to finish once shutdown begins (seconds).
-DEFAULT_SHUTDOWN_GRACE: Final = 10.0
 #: Readiness allows this many intervals since the last success of each kind.
 READY_INTERVALS: Final = 2
 #: A last success this far after now is not fresh: the clock stepped back (or was ahead).
@@ -156,7 +154,7 @@ class CrawlScheduler:
         self._accepting = True
         self._scheduler.start()
 
-    async def stop(self, grace: float = DEFAULT_SHUTDOWN_GRACE) -> None:
+    async def stop(self, grace: float) -> None:
         """Refuse new runs, let running crawls finish within ``grace`` seconds, cancel the rest."""
         self._accepting = False
         if self._scheduler.running:
