@@ -48,8 +48,8 @@ from nexus_audit.audit.report import build_report
 from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import Window
-from nexus_audit.history import duckfile
 from nexus_audit.history import store as store_module
+from nexus_audit.history.duckfile import LINGER, DuckFiles
 from nexus_audit.history.store import Store
 from nexus_audit.history.verify import verify_history
 
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(7)
     tmp = tempfile.TemporaryDirectory(prefix="nexus-bench-")
     path = args.db or Path(tmp.name) / "history.duckdb"
-    store = Store(path)
+    files = DuckFiles()  # this process's, for its one file
+    store = Store(path, files=files)
     store.migrate()
 
     instances = [make_instance(rng, n) for n in range(args.instances)]
@@ -252,11 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     lone = []
     pages = [instances[i:i + 1000] for i in range(0, len(instances), 1000)]
     for n in range(5):
-        time.sleep(duckfile.LINGER * 1.5)
+        time.sleep(LINGER * 1.5)
         lone.append(commit_crawl(store, end + timedelta(hours=n), pages, buckets)[1])
-        assert not duckfile.holding(path)
+        assert not files.holding(store.path)
     print(f"a lone commit, as an hourly service makes it (attach to detach, staging "
           f"included): median {statistics.median(lone) * 1000:.0f} ms of 5")
+    files.close()
     tmp.cleanup()
     return 0
 

@@ -11,7 +11,7 @@ from yarl import URL
 
 # Fixture plugins, one per real component (each cleans up after itself).
 pytest_plugins = ["tests.sim_fixtures", "tests.prom_fixtures", "tests.serve_fixtures",
-                  "tests.golden_fixtures", "tests.hostile_api"]
+                  "tests.golden_fixtures", "tests.hostile_api", "tests.files_fixtures"]
 
 
 class _CompatClientResponse(ClientResponse):

@@ -1,8 +1,9 @@
 """The writer's hold on the database during a burst of commits (nexus_audit.history.duckfile).
 
-A commit that follows the previous one within LINGER keeps the file attached; tests set
-LINGER to an hour so that "in a burst" never depends on how fast this machine is, and
-let go explicitly or through the idle check.
+A commit that follows the previous one within LINGER keeps the file attached. The stores
+here reach their files through a DuckFiles of the test's own (the ``files`` fixture of
+tests/files_fixtures.py) whose clock stands still unless moved, so "in a burst" never
+depends on how fast this machine is, and whose idle checks run only when fired.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,10 +21,13 @@ import duckdb
 import pytest
 
 from nexus_audit.domain.model import CrawlSummary
+from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import StoreError
 from nexus_audit.history import cancel as cancel_mod
-from nexus_audit.history import copies, duckfile
+from nexus_audit.history.attach import someone_waits
+from nexus_audit.history.duckfile import LINGER, MAX_HOLD, DuckFiles
 from nexus_audit.history.store import Store
+from tests.files_fixtures import ManualTimers, OwnFiles
 from tests.test_store import T0, bucket, crawl, inst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,17 +35,10 @@ HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
-def bursty(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every commit counts as part of a burst; the holds are let go after the test."""
-    monkeypatch.setattr(duckfile, "LINGER", 3600.0)
-    yield
-    duckfile.release_all()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A migrated, empty store."""
-    s = Store(tmp_path / "history.duckdb", lock_timeout=5.0)
+def store(tmp_path: Path, files: OwnFiles) -> Store:
+    """A migrated, empty store on the test's DuckFiles (every commit after the first is
+    part of a burst until the clock moves)."""
+    s = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files.files)
     s.migrate()
     return s
 
@@ -79,19 +75,18 @@ def other_reader(path: Path) -> str:
                           capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-@pytest.mark.usefixtures("bursty")
 def test_a_held_file_stays_locked_through_later_commits_and_reads(store: Store) -> None:
     """DuckDB's lock is a POSIX record lock, which this process loses when it closes any
     descriptor of the file: a commit or read while the file is held must not open it (the
     header check did), or another process attaches mid-burst and replays a log that is
     still being written."""
     burst(store, 2)
-    assert duckfile.holding(store.path)
+    assert store.files.holding(store.path)
     assert "refused" in other_reader(store.path)
     burst(store, 1, start=2)  # another commit of the burst
     assert crawl_ids(store) == [1, 2, 3]  # and a read through the hold
     assert [s.account for s in store.latest()] == ["acme"]
-    assert duckfile.holding(store.path)
+    assert store.files.holding(store.path)
     assert "refused" in other_reader(store.path)
     store.close()
     assert other_reader(store.path).startswith("attached")
@@ -100,89 +95,103 @@ def test_a_held_file_stays_locked_through_later_commits_and_reads(store: Store) 
 def test_an_isolated_commit_lets_go_at_once(store: Store) -> None:
     """A commit with no recent predecessor detaches (and checkpoints) right away."""
     crawl(store, T0, instances=[inst("i-1")])
-    assert not duckfile.holding(store.path)
+    assert not store.files.holding(store.path)
     assert not Path(f"{store.path}.wal").exists()
 
 
-@pytest.mark.usefixtures("bursty")
 def test_a_burst_holds_the_file_and_reads_see_every_commit(store: Store,
                                                            tmp_path: Path) -> None:
     """From the second commit of a burst on, the file stays attached; reads in this process
     go through it and see every commit; close() checkpoints, so a copy is whole."""
     assert burst(store, 5) == [1, 2, 3, 4, 5]
-    assert duckfile.holding(store.path)
+    assert store.files.holding(store.path)
     assert crawl_ids(store) == [1, 2, 3, 4, 5]
     assert [s.instances[0].name for s in store.latest()] == ["gen-4"]
     store.close()
-    assert not duckfile.holding(store.path)
+    assert not store.files.holding(store.path)
     copy = tmp_path / "copy.duckdb"
     shutil.copyfile(store.path, copy)
     assert crawl_ids(Store(copy)) == [1, 2, 3, 4, 5]
 
 
-def idle_check_now(path: Path) -> None:
-    """Run the hold's idle check now, as its timer would (the timer's thread is checked)."""
-    hold = duckfile._holds[str(path)]
-    assert hold.timer is not None
-    hold.timer.cancel()
-    timer = hold.timer = threading.Timer(0.0, duckfile._on_idle, args=(path,))
-    timer.start()
-    timer.join(timeout=30)
-
-
-@pytest.mark.usefixtures("bursty")
-def test_an_idle_hold_is_let_go(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The idle check lets go once no commit came for LINGER, not before; a timer left
-    from an earlier hold does nothing."""
-    burst(store, 2)
-    idle_check_now(store.path)  # an hour has not passed: still held
-    assert duckfile.holding(store.path)
-    monkeypatch.setattr(duckfile, "LINGER", 0.0)
-    stale = threading.Timer(0.0, duckfile._on_idle, args=(store.path,))
-    stale.start()
-    stale.join(timeout=30)
-    assert duckfile.holding(store.path)
-    idle_check_now(store.path)
-    assert not duckfile.holding(store.path)
-    assert not Path(f"{store.path}.wal").exists()
-
-
-@pytest.mark.usefixtures("bursty")
-def test_a_long_hold_is_let_go(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file is held for MAX_HOLD at most, however long the burst."""
-    monkeypatch.setattr(duckfile, "MAX_HOLD", 0.0)
-    burst(store, 3)
-    assert not duckfile.holding(store.path)
+def test_a_commit_within_linger_of_the_last_starts_a_hold(store: Store,
+                                                          files: OwnFiles) -> None:
+    """A commit LINGER after the previous one lets go at once; one a moment less than
+    LINGER after it keeps the file held (the clock, not the machine's speed, decides)."""
+    burst(store, 1)
+    files.clock.advance(LINGER)
+    burst(store, 1, start=1)
+    assert not store.files.holding(store.path)
+    files.clock.advance(LINGER - 0.01)
+    burst(store, 1, start=2)
+    assert store.files.holding(store.path)
     assert crawl_ids(store) == [1, 2, 3]
 
 
-@pytest.mark.usefixtures("bursty")
+def test_an_idle_hold_is_let_go(store: Store, files: OwnFiles) -> None:
+    """The idle check lets go once no commit came for LINGER, not before (it looks again
+    when it would be); a timer left from an earlier hold does nothing."""
+    burst(store, 2)
+    [first] = files.timers.pending
+    assert first.after == LINGER
+    files.clock.advance(LINGER / 2)
+    assert files.timers.fire() == 1
+    assert store.files.holding(store.path)
+    [again] = files.timers.pending
+    assert again.after == pytest.approx(LINGER / 2)
+    # Let go, and hold anew: the first hold's timer going off late (its cancel came after
+    # it fired) must leave the new hold alone.
+    store.close()
+    burst(store, 2, start=2)
+    files.clock.advance(LINGER)
+    first.callback()
+    assert store.files.holding(store.path)
+    assert files.timers.fire() == 1
+    assert not store.files.holding(store.path)
+    assert not Path(f"{store.path}.wal").exists()
+    assert crawl_ids(store) == [1, 2, 3, 4]
+
+
+def test_a_long_hold_is_let_go(store: Store, files: OwnFiles) -> None:
+    """A file is held for MAX_HOLD at most, however long the burst: the commit that ends
+    that long after the hold began lets go."""
+    burst(store, 1)
+    files.clock.advance(0.1)
+    burst(store, 1, start=1)  # the hold begins
+    files.clock.advance(MAX_HOLD - 0.02)
+    burst(store, 1, start=2)
+    assert store.files.holding(store.path)
+    files.clock.advance(0.02)
+    burst(store, 1, start=3)
+    assert not store.files.holding(store.path)
+    assert crawl_ids(store) == [1, 2, 3, 4]
+
+
 def test_a_waiting_process_makes_the_holder_let_go(store: Store) -> None:
     """A fresh marker (another process retrying to attach) ends the hold at the next
     commit, and no new hold starts while it is fresh."""
     burst(store, 2)
-    assert duckfile.holding(store.path)
+    assert store.files.holding(store.path)
     marker = Path(f"{store.path}.wait")
     marker.touch()
     try:
         burst(store, 1, start=2)
-        assert not duckfile.holding(store.path)
-        assert duckfile.someone_waits(store.path)
+        assert not store.files.holding(store.path)
+        assert someone_waits(store.path)
     finally:
         marker.unlink()
     # A stale marker (a waiter that died) is ignored.
     marker.touch()
     os.utime(marker, (0, 0))
     try:
-        assert not duckfile.someone_waits(store.path)
+        assert not someone_waits(store.path)
         burst(store, 2, start=3)
-        assert duckfile.holding(store.path)
+        assert store.files.holding(store.path)
     finally:
         marker.unlink()
     assert crawl_ids(store) == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.usefixtures("bursty")
 def test_a_failed_commit_lets_go_and_the_next_one_works(store: Store) -> None:
     """A commit refused inside the hold (a count DuckDB cannot store) lets go of the file;
     nothing of it is written and the next commit continues the history."""
@@ -193,16 +202,16 @@ def test_a_failed_commit_lets_go_and_the_next_one_works(store: Store) -> None:
         store.commit(staged, CrawlSummary(
             account="acme", kinds=("instances",), started_at=T0 + 2 * HOUR,
             finished_at=T0 + 2 * HOUR, status="succeeded", instances=1, requests=2**70))
-    assert not duckfile.holding(store.path)
+    assert not store.files.holding(store.path)
     assert burst(store, 2, start=2) == [3, 4]
     assert crawl_ids(store) == [1, 2, 3, 4]
 
 
-@pytest.mark.usefixtures("bursty")
 def test_stores_sharing_a_held_file_share_what_it_knows(store: Store) -> None:
-    """Two Store objects on one path in one process: ids stay consecutive across them, and
-    a clock step back is seen across the other's commits while the file is held."""
-    other = Store(store.path)
+    """Two Store objects on one path in one process (one DuckFiles): ids stay consecutive
+    across them, and a clock step back is seen across the other's commits while the file
+    is held."""
+    other = Store(store.path, files=store.files)
     assert burst(store, 2) == [1, 2]
     assert crawl(other, T0 + 2 * HOUR, instances=[inst("i-1")]) == 3
     assert crawl(store, T0 + 3 * HOUR, instances=[inst("i-1")]) == 4
@@ -215,24 +224,25 @@ def test_stores_sharing_a_held_file_share_what_it_knows(store: Store) -> None:
             (4, T0 + 2 * HOUR)]
 
 
-@pytest.mark.usefixtures("bursty")
 def test_migrate_lets_go_first(store: Store) -> None:
     """Maintenance never runs on the writer's held attachment."""
     burst(store, 2)
     store.migrate()
-    assert not duckfile.holding(store.path)
+    assert not store.files.holding(store.path)
     assert burst(store, 1, start=2) == [3]
 
 
 BURST_AND_EXIT = textwrap.dedent("""
     import sys
     from datetime import UTC, datetime, timedelta
-    from nexus_audit.history import duckfile
     from nexus_audit.domain.model import CrawlSummary, Instance
+    from nexus_audit.domain.timeutil import FakeClock
+    from nexus_audit.history.duckfile import LINGER, DuckFiles
     from nexus_audit.history.store import Store
 
-    duckfile.LINGER = 3600.0  # hold from the second commit to the end
-    store = Store(sys.argv[1])
+    clock = FakeClock()  # standing still: held from the second commit to the end
+    files = DuckFiles(clock)
+    store = Store(sys.argv[1], files=files)
     store.migrate()
     at = datetime(2026, 1, 1, tzinfo=UTC)
     for k in range(5):
@@ -242,7 +252,7 @@ BURST_AND_EXIT = textwrap.dedent("""
         store.commit(staged, CrawlSummary(
             account="acme", kinds=("instances",), started_at=at + timedelta(hours=k),
             finished_at=at + timedelta(hours=k), status="succeeded", instances=1))
-    assert duckfile.holding(store.path)
+    assert files.holding(store.path)
 """)
 
 
@@ -267,8 +277,9 @@ EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
     import time
     from nexus_audit.history import writes
 
-    # Let go from a timer thread, and exit while it is still settling: the exit hook must
-    # wait for it (else the process ends before the checkpoint, and the log stays).
+    # Let go from the hold's timer thread (the clock says it is idle now), and exit while
+    # it is still settling: the exit hook must wait for it (else the process ends before
+    # the checkpoint, and the log stays).
     started = threading.Event()
 
     def slow_settle(commit):
@@ -276,12 +287,8 @@ EXIT_MID_RELEASE = BURST_AND_EXIT + textwrap.dedent("""
         writes.compact(commit)
         time.sleep(0.3)
 
-    hold = duckfile._holds[str(store.path)]
-    hold.settle = slow_settle
-    hold.timer.cancel()
-    duckfile.LINGER = 0.0
-    hold.timer = threading.Timer(0.0, duckfile._on_idle, args=(store.path,))
-    hold.timer.start()
+    files._holds[str(store.path)].settle = slow_settle
+    clock.advance(LINGER)
     assert started.wait(30)
 """)
 
@@ -323,32 +330,45 @@ def all_versions(store: Store) -> dict[str, list[tuple[object, ...]]]:
                 for view in ("instance_versions", "bucket_versions", "bucket_sizes")}
 
 
-def test_views_answer_the_same_before_and_after_compaction(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class Ticking(FakeClock):
+    """A fake clock that moves a second each time it is read: no commit is part of a
+    burst."""
+
+    def monotonic(self) -> float:
+        """A second later than the last reading."""
+        self.advance(1.0)
+        return super().monotonic()
+
+
+def test_views_answer_the_same_before_and_after_compaction(tmp_path: Path,
+                                                          files: OwnFiles) -> None:
     """The same history committed one isolated commit at a time (compacted after each) and
     in one held burst (uncompacted until let go) reads the same, before and after."""
-    isolated = Store(tmp_path / "isolated.duckdb")
-    isolated.migrate()
-    monkeypatch.setattr(duckfile, "LINGER", -1.0)  # no commit is part of a burst
-    scripted_history(isolated)
-    assert not duckfile.holding(isolated.path)
-    expected = all_versions(isolated)
-    with isolated.read() as con:
-        open_rows = con.execute("SELECT count(*) FROM instance_log WHERE until_crawl IS NULL"
-                                ).fetchone()
+    apart = DuckFiles(Ticking(), start_timer=ManualTimers())
+    try:
+        isolated = Store(tmp_path / "isolated.duckdb", files=apart)
+        isolated.migrate()
+        scripted_history(isolated)
+        assert not apart.holding(isolated.path)
+        expected = all_versions(isolated)
+        with isolated.read() as con:
+            open_rows = con.execute(
+                "SELECT count(*) FROM instance_log WHERE until_crawl IS NULL").fetchone()
+        latest = [s.instances for s in isolated.latest()]
+    finally:
+        apart.close()
     assert open_rows == (4,)  # compacted: only the current versions (3 + globex's) are open
     # Crawl ids interleave with globex's; i-3 vanished in acme's third crawl (5) and came
     # back in its seventh (12).
     spans = {(r[1], r[-2], r[-1]) for r in expected["instance_versions"]}
     assert {("i-3", 1, 5), ("i-3", 12, None), ("i-2", 1, 3), ("i-2", 3, None)} <= spans
 
-    held = Store(tmp_path / "held.duckdb")
+    held = Store(tmp_path / "held.duckdb", files=files.files)
     held.migrate()
-    monkeypatch.setattr(duckfile, "LINGER", 3600.0)
     scripted_history(held)
-    assert duckfile.holding(held.path)
+    assert held.files.holding(held.path)
     assert all_versions(held) == expected
-    assert [s.instances for s in held.latest()] == [s.instances for s in isolated.latest()]
+    assert [s.instances for s in held.latest()] == latest
     held.close()
     assert all_versions(held) == expected
     with held.read() as con:
@@ -396,7 +416,7 @@ def test_a_commit_does_not_wait_for_a_long_read_of_a_copy(store: Store) -> None:
         reader.join(30)
     assert seen == [first]
     assert not made[0].exists()  # retired: deleted when its last reader finished
-    copies.drop_copies()
+    store.files.copies.drop()
     assert not list(store.path.parent.glob(f".{store.path.name}.copies-*"))
 
 
@@ -411,7 +431,7 @@ def test_an_unchanged_file_is_not_copied_again(store: Store) -> None:
     burst(store, 1, start=1)
     with store.read(copy=True) as d:
         assert d.execute("SELECT current_database()").fetchone() != before
-    copies.drop_copies()
+    store.files.copies.drop()
 
 
 def test_a_cancelled_read_is_interrupted(store: Store) -> None:
@@ -447,4 +467,4 @@ def test_a_cancelled_read_is_interrupted(store: Store) -> None:
     with pytest.raises(duckdb.InterruptException), duckdb.connect() as con, \
             cancel.bound(con):
         pass  # refused once cancelled
-    copies.drop_copies()
+    store.files.copies.drop()

@@ -18,7 +18,7 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FakeClock, Window
 from nexus_audit.errors import NoDataError, StoreError
 from nexus_audit.history import cancel as cancel_mod
-from nexus_audit.history import copies
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.store import Store
 from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.runtime import Service
@@ -36,7 +36,7 @@ def workers() -> Iterator[ReportWorkers]:
     pool = ReportWorkers()
     yield pool
     pool.close()
-    copies.drop_copies()
+    process_files().copies.drop()
 
 
 @pytest.fixture

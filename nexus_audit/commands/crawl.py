@@ -112,11 +112,12 @@ async def run_crawls(
 
 def crawl_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``nexus-audit crawl``; the exit code."""
+    from nexus_audit.history.duckfile import process_files
     from nexus_audit.history.store import Store
 
     accounts = settings.in_shard(getattr(args, "shard", None)).crawled_accounts(args.account)
     kinds = parse_kinds(args.kinds)
-    store = Store(settings.db_path)
+    store = Store(settings.db_path, files=process_files())
     store.migrate()
     results = asyncio.run(run_crawls(accounts, store, kinds=kinds,
                                      request_timeout=settings.request_timeout, clock=SystemClock(),

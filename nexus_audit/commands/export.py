@@ -16,6 +16,7 @@ from nexus_audit.config import Settings
 from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window
 from nexus_audit.errors import UnknownAccountError, UsageError
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.parquet import TABLES, export_history
 from nexus_audit.history.store import Store
 
@@ -28,7 +29,8 @@ def export_command(args: argparse.Namespace, settings: Settings, *,
     window = Window.parse(args.since, args.until, (clock or SystemClock()).now(),
                           names=FLAG_NAMES)
     try:
-        result = export_history(Store(settings.db_path), Path(args.to or DEFAULT_EXPORT_DIR),
+        result = export_history(Store(settings.db_path, files=process_files()),
+                                Path(args.to or DEFAULT_EXPORT_DIR),
                                 window, accounts=[args.account] if args.account else None)
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None

@@ -20,6 +20,7 @@ from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
 from nexus_audit.errors import UnknownAccountError, UsageError
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.exports import ParquetHistory
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
@@ -53,7 +54,7 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     require_policy(args.format, policy)
     # The database, or a set of Parquet exports (one per shard): the same report either way.
     history: History = (ParquetHistory(*args.from_export) if getattr(args, "from_export", None)
-                        else Store(settings.db_path))
+                        else Store(settings.db_path, files=process_files()))
     try:
         report = build_report(
             history, window, accounts=[args.account] if args.account else None,

@@ -14,6 +14,7 @@ from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import SystemClock, parse_duration
 from nexus_audit.domain.values import validate_listen
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.store import Store
 from nexus_audit.service.runtime import Service
 from nexus_audit.service.web import make_ssl_context
@@ -46,7 +47,9 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         ssl_context = make_ssl_context(settings.web.tls_cert_file, settings.web.tls_key_file)
     pricing = load_pricing(settings.pricing_file)
     policy = load_configured(settings.policy_file)
-    store = Store(settings.db_path)
+    # The process's one DuckFiles: the store, its copies for reports and the snapshot
+    # rebuilds all reach the file through it (see nexus_audit.history.duckfile).
+    store = Store(settings.db_path, files=process_files())
     store.migrate()
     # APScheduler logs through the standard library in plain text; our JSON log lines
     # cover what matters (crawl.skipped, crawl.crashed), so keep its chatter out.

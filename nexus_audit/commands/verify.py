@@ -15,6 +15,7 @@ from typing import TextIO
 from nexus_audit.config import Settings
 from nexus_audit.domain.timeutil import Clock, SystemClock, parse_time
 from nexus_audit.errors import UnknownAccountError, UsageError
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.exports import ParquetHistory
 from nexus_audit.history.protocol import History
 from nexus_audit.history.readers import resolve_accounts
@@ -32,7 +33,8 @@ def verify_command(args: argparse.Namespace, settings: Settings, *,
         # An export holds every row only of the crawls from its window's start on.
         raise UsageError("--export: give --since, the start of the exported window",
                          parameter="since")
-    history: History = ParquetHistory(export) if export else Store(settings.db_path)
+    history: History = (ParquetHistory(export) if export
+                        else Store(settings.db_path, files=process_files()))
     with history.read() as con:
         if args.account:
             try:

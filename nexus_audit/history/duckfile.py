@@ -27,49 +27,70 @@ held go through the writer's attachment (they see every committed crawl).
 
 DuckDB's lock on a file is a POSIX record lock, which a process loses as soon as it closes
 *any* descriptor of that file. So this process never opens an attached file itself: the
-header check runs only right before attaching, under the path lock (and a copy, below,
+header check runs only right before attaching, under the path lock (and a copy
 opens the file before attaching it and closes it after detaching).
 
-Long reads (``serve``'s reports) read a copy (``copies.reading_copy``), never the file. A
-read of the file holds the path lock from start to end, so a commit waits for it; 20
-clients asking for reports over 60 days of history queued commits (and bucket polls) for
-tens of seconds. Measured alternatives: readers checking a waiting writer between queries
-would have to give up the file mid-report (a report's queries must see one state, so it
-would start over, and with a commit every two seconds a report of a few seconds never
-finishes); sharing one read-only attachment among readers still makes the writer wait for
-the longest running read. A copy decouples them: made under the path lock while no commit
-runs and the file is whole (a hold is let go first; another process's commit is kept out
-by a read-only attach for the copy's duration), then attached read-only once and shared by
-every concurrent long read, which run in parallel on it and never touch the path lock
-again. A new copy is made only when the file changed since the last one (its inode, size
-and modification time), so a copy costs one file copy per commit at most, only while
-reports are asked for (3.4 MB for 60 days of 5,000 instances, a few milliseconds; the path
-lock is held only for that). Each long read sees every crawl committed before it started.
-An old copy is detached and deleted when its last reader finishes; copies live in a
-directory next to the database (``.<db name>.copies-*``), removed at exit.
+Long reads (``serve``'s reports) read a copy of the file, never the file, so no commit
+waits for them (:mod:`nexus_audit.history.copies` tells why and how). A long read can be
+cancelled (:mod:`nexus_audit.history.cancel`): its DuckDB connection is interrupted.
+The steps that keep no state (attaching with retry, markers, the header check) are in
+:mod:`nexus_audit.history.attach`.
 
-The copies are :mod:`nexus_audit.history.copies`' business. A long read can be cancelled
-(:mod:`nexus_audit.history.cancel`): the DuckDB connection it reads through is interrupted.
+**One object.** All of the above is the state of one :class:`DuckFiles`: the hub, the
+per-path locks, the holds and their timers, when each file last had a commit, and the
+copies (:class:`~nexus_audit.history.copies.Copies`). Its :class:`Clock`, given to its
+constructor, decides what is a burst, when a hold is idle and when it has lasted
+:data:`MAX_HOLD`, so tests drive those with a fake clock and never sleep. Waiting for
+another process (retrying an attach, yielding to a marker) is real time whatever the
+clock: it sleeps for real, and compares with file times another process wrote.
+
+**One per process.** DuckDB's lock on a file belongs to the process (and the POSIX record
+lock under it is lost when any descriptor closes): two hubs of one process attaching one
+file would both get in, and a descriptor closed by one drops the other's lock. So every
+user of a file in a process goes through one DuckFiles. How that is kept:
+
+- :func:`process_files` is the process's own, made on first use with the system clock.
+  The composition roots (the commands, ``serve``'s runtime, the report workers) hand it
+  to their :class:`~nexus_audit.history.store.Store`, and a Store given none uses it, so
+  library callers (a ``Store(path)`` handed to ``build_report``) share it too.
+- A DuckFiles claims each file it uses until it is closed: another DuckFiles of the same
+  process using that file meanwhile is refused with a :class:`StoreError` (nothing is
+  attached) rather than let in. Tests make their own, with a fake clock, for their own
+  files, and close it.
+- A DuckFiles belongs to the process that made it. A forked child inherits its memory but
+  neither its locks nor its timer threads: there it refuses all use, its exit hook does
+  nothing, and the child's :func:`process_files` is a new one. ``serve``'s report workers
+  are spawned, not forked (:mod:`nexus_audit.service.workers`): they start with nothing and
+  make their own on their first Store, over the copies they are handed.
+
+**Lifetime.** :meth:`DuckFiles.close` lets go of every held file (settled, checkpointed,
+detached), drops the copies and closes the hub; after it the object refuses all use. At
+exit the process that made it lets go of every held file and drops the idle copies, as
+before there were objects, but leaves the hub open (a daemon thread may still be reading
+through it); timers firing after that leave DuckDB alone.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import re
+import functools
+import os
 import threading
-import time
-import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import duckdb
 
-from nexus_audit.domain.timeutil import Clock
+from nexus_audit.domain.timeutil import Clock, SystemClock
 from nexus_audit.errors import StoreError
+from nexus_audit.history.attach import attach, detach, someone_waits, yield_to_waiters
 from nexus_audit.history.cancel import interruptible
+from nexus_audit.history.copies import Copies
 from nexus_audit.logs import get_logger
 
 #: A commit finishing within this long of the previous one on the same file keeps it held;
@@ -78,162 +99,34 @@ LINGER: Final = 0.25
 #: The longest a file stays held in one go (bounds the write-ahead log, and the time a
 #: copy of the file alone lags the history).
 MAX_HOLD: Final = 5.0
-#: A marker touched within this long means another process is waiting for the file.
-MARKER_FRESH: Final = 1.0
-#: The longest a writer defers attaching to a waiting process.
-YIELD_AT_MOST: Final = 1.0
-
-_LOCK_CONFLICT: Final = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
-_DUCKDB_MAGIC: Final = b"DUCK"
-
-_hub_lock = threading.Lock()
-_hub: duckdb.DuckDBPyConnection | None = None
-_path_locks: dict[str, threading.RLock] = {}
 
 
-def hub_cursor() -> duckdb.DuckDBPyConnection:
-    """A fresh connection (cursor) on the process's in-memory hub instance.
+class Timer(Protocol):
+    """A callback to run later (:data:`StartTimer`'s), which can be called off."""
 
-    One long-lived instance per process: attaching a file to it costs about a millisecond,
-    starting an instance twenty.
-    """
-    global _hub
-    with _hub_lock:
-        if _hub is None:
-            hub = duckdb.connect(":memory:")
-            # Global, so every cursor starts with it (a SET per cursor costs a statement).
-            hub.execute("SET GLOBAL TimeZone = 'UTC'")
-            _hub = hub
-            # Registered after the hub exists, so it runs before any exit hook the duckdb
-            # module registers on its first connection (atexit runs hooks last-in first).
-            atexit.register(_at_exit)
-        return _hub.cursor()
+    def cancel(self) -> None:
+        """Do not run the callback (a callback already running finishes)."""
 
 
-def path_lock(path: Path) -> threading.RLock:
-    """The lock that serializes this process's use of the file at ``path``."""
-    key = str(path)
-    with _hub_lock:
-        lock = _path_locks.get(key)
-        if lock is None:
-            lock = _path_locks[key] = threading.RLock()
-        return lock
+#: Runs a callback in ``after`` seconds: how a :class:`DuckFiles` looks again at a hold.
+StartTimer = Callable[[float, Callable[[], None]], Timer]
 
 
-def sql_literal(text: str) -> str:
-    """A SQL string literal (ATTACH takes no bound parameters; paths are ours, not users')."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def is_lock_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` says another process holds the file."""
-    return isinstance(exc, duckdb.Error) and bool(_LOCK_CONFLICT.search(str(exc)))
-
-
-# ---------------------------------------------------------------------------------------
-# Asking another process for a turn.
-
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".wait")
-
-
-def _touch_marker(path: Path) -> None:
-    # Best effort: a read-only directory only loses the fairness, never the read.
-    with contextlib.suppress(OSError):
-        _marker(path).touch()
-
-
-def _clear_marker(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _marker(path).unlink(missing_ok=True)
-
-
-def someone_waits(path: Path) -> bool:
-    """Whether another process touched the file's marker recently."""
-    try:
-        touched = _marker(path).stat().st_mtime
-    except OSError:
-        return False
-    return time.time() - touched < MARKER_FRESH
-
-
-# ---------------------------------------------------------------------------------------
-# Attaching.
-
-
-def check_header(path: Path) -> None:
-    """Refuse, without writing, a file that is not a DuckDB database (a missing one is fine).
-
-    Opens and closes the file: call it only while this process has it attached nowhere
-    (closing a descriptor drops the process's DuckDB lock on the file).
-    """
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(12)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
-        raise StoreError(f"{path} is not a DuckDB database; it was left untouched "
-                         "(point NEXUS_AUDIT_DB at another file)")
-
-
-def _attach(path: Path, *, read_only: bool, timeout: float,
-            clock: Clock) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """Attach ``path`` on a new hub cursor, retrying while another process holds it.
-
-    Called under the path lock, never while this process has ``path`` attached.
-    """
-    check_header(path)
-    cursor = hub_cursor()
-    alias = "db_" + uuid.uuid4().hex[:12]
-    mode = " (READ_ONLY)" if read_only else ""
-    deadline = clock.monotonic() + timeout
-    delay = 0.005
-    waited = False
-    try:
-        while True:
-            try:
-                cursor.execute(f"ATTACH {sql_literal(str(path))} AS {alias}{mode}")
-                break
-            except duckdb.Error as exc:
-                if not is_lock_conflict(exc):
-                    raise StoreError(f"cannot open {path}: {exc}") from None
-                if clock.monotonic() >= deadline:
-                    raise StoreError(f"database busy: {path} stayed locked by another process "
-                                     f"for {timeout:g}s") from None
-                _touch_marker(path)
-                waited = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
-    except BaseException:
-        cursor.close()
-        raise
-    finally:
-        if waited:
-            _clear_marker(path)
-    return cursor, alias
-
-
-def _detach(cursor: duckdb.DuckDBPyConnection, alias: str, *, settled: bool) -> None:
-    """Detach (which checkpoints) and close the cursor; errors are not the caller's."""
-    try:
-        if not settled:
-            with contextlib.suppress(duckdb.Error):
-                cursor.execute("ROLLBACK")
-            with contextlib.suppress(duckdb.Error):
-                cursor.execute("USE memory")
-        with contextlib.suppress(duckdb.Error):
-            cursor.execute(f"DETACH {alias}")
-    finally:
-        with contextlib.suppress(duckdb.Error):
-            cursor.close()
+def thread_timer(after: float, callback: Callable[[], None]) -> Timer:
+    """``callback`` in a daemon thread in ``after`` seconds (the :data:`StartTimer` of
+    production)."""
+    timer = threading.Timer(after, callback)
+    timer.name = "nexus-audit-store-release"
+    # A daemon, so a pending timer never delays exit; the exit hook lets go of the file
+    # instead, and a timer thread never holds a DuckDB object outside the path lock (one
+    # freed while the interpreter finalizes aborts the process).
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class Commit(NamedTuple):
-    """What :func:`committing` hands a committer."""
+    """What :meth:`DuckFiles.committing` hands a committer."""
 
     cursor: duckdb.DuckDBPyConnection
     alias: str
@@ -252,37 +145,276 @@ class _Hold:
     last: float
     memo: dict[Any, Any]
     settle: Callable[[Commit], None] | None
-    timer: threading.Timer | None = None
+    #: Tells this hold's timers from those of an earlier hold of the same file (a number,
+    #: so a timer thread holds no DuckDB object).
+    token: int
+    timer: Timer | None = None
 
 
-_holds: dict[str, _Hold] = {}
-#: Set at exit: timers no longer touch DuckDB (see :func:`_at_exit`).
-_closing = False
-#: When the last commit on each path finished (monotonic), to tell a burst.
-_last_commit: dict[str, float] = {}
+class DuckFiles:
+    """This process's way to its DuckDB files (see the module docstring): one in-memory hub
+    instance, a lock per file, the writer's holds between the commits of a burst, and the
+    copies long reads go to (:attr:`copies`).
 
-
-def holding(path: Path) -> bool:
-    """Whether this process holds ``path`` attached between commits right now."""
-    return str(path) in _holds
-
-
-def release(path: Path, *, settle: bool = True) -> None:
-    """Let go of ``path`` if this process holds it: settle, checkpoint and detach.
-
-    ``settle=False`` skips the committer's last step (after a failed commit).
+    ``clock`` (the system clock by default) decides bursts, idle holds and the longest
+    hold; ``start_timer`` (:func:`thread_timer` by default) runs the idle check of a hold
+    later, when the clock says it may be idle. Make one per process
+    (:func:`process_files`) and share it: a second one that uses a file the first uses
+    is refused. :meth:`close` ends it.
     """
-    with path_lock(path):
-        hold = _holds.pop(str(path), None)
-        if hold is None:
+
+    def __init__(self, clock: Clock | None = None, *,
+                 start_timer: StartTimer = thread_timer) -> None:
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._start_timer = start_timer
+        #: The copies of files for long reads.
+        self.copies = Copies(self)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._hub: duckdb.DuckDBPyConnection | None = None
+        self._path_locks: dict[str, threading.RLock] = {}
+        self._holds: dict[str, _Hold] = {}
+        #: When the last commit on each path finished (this clock's monotonic), to tell a
+        #: burst.
+        self._last_commit: dict[str, float] = {}
+        self._tokens = count()
+        #: Set at exit or close: timers no longer touch DuckDB (see :meth:`_at_exit`).
+        self._closing = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<DuckFiles of process {self._pid}: {len(self._path_locks)} files>"
+
+    # -- the hub, the locks, the lifetime ----------------------------------------------
+
+    def _check_usable(self) -> None:
+        """Refuse new work once closed, or in a forked child (see the module docstring)."""
+        if self._closed:
+            raise StoreError("the database files were closed (DuckFiles.close); "
+                             "nothing more can be read or written through them")
+        if os.getpid() != self._pid:
+            raise StoreError(f"these database files belong to process {self._pid}, not this "
+                             "forked one: use process_files() in the child")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A fresh connection (cursor) on the hub instance.
+
+        One long-lived instance: attaching a file to it costs about a millisecond,
+        starting an instance twenty.
+        """
+        self._check_usable()
+        with self._lock:
+            if self._hub is None:
+                hub = duckdb.connect(":memory:")
+                # Global, so every cursor starts with it (a SET per cursor costs a statement).
+                hub.execute("SET GLOBAL TimeZone = 'UTC'")
+                self._hub = hub
+                # Registered after the hub exists, so it runs before any exit hook the
+                # duckdb module registers on its first connection (atexit runs hooks
+                # last-in first).
+                atexit.register(self._at_exit)
+            return self._hub.cursor()
+
+    def path_lock(self, path: Path) -> threading.RLock:
+        """The lock that serializes this process's use of the file at ``path``; the first
+        call for a path claims it for this DuckFiles (:func:`_claim`)."""
+        key = str(path)
+        with self._lock:
+            lock = self._path_locks.get(key)
+            if lock is None:
+                _claim(key, self)
+                lock = self._path_locks[key] = threading.RLock()
+            return lock
+
+    def holding(self, path: Path) -> bool:
+        """Whether ``path`` is held attached between commits right now."""
+        return str(path) in self._holds
+
+    def release(self, path: Path, *, settle: bool = True) -> None:
+        """Let go of ``path`` if held: settle, checkpoint and detach.
+
+        ``settle=False`` skips the committer's last step (after a failed commit).
+        """
+        with self.path_lock(path):
+            hold = self._holds.pop(str(path), None)
+            if hold is None:
+                return
+            if hold.timer is not None:
+                hold.timer.cancel()
+            if settle:
+                _settle(hold.settle, Commit(hold.cursor, hold.alias, hold.memo), path)
+            detach(hold.cursor, hold.alias, settled=True)
+            # The cursor object goes here, under the lock, not when this frame is cleared.
+            del hold
+
+    def release_all(self) -> None:
+        """Let go of every held file.
+
+        Takes every path's lock, so a release already under way in a timer thread (which
+        took the hold out of the table first) has finished when this returns.
+        """
+        with self._lock:
+            keys = list(self._path_locks)
+        for key in keys:
+            self.release(Path(key))
+
+    def close(self) -> None:
+        """Let go of every held file, drop the copies, close the hub, give up the claims
+        on the files; after this the object refuses all use. Idempotent."""
+        if self._closed or os.getpid() != self._pid:
             return
+        self._shut()
+        atexit.unregister(self._at_exit)
+        with self._lock:
+            self._closed = True
+            hub, self._hub = self._hub, None
+            keys = list(self._path_locks)
+        if hub is not None:
+            with contextlib.suppress(duckdb.Error):
+                hub.close()
+        _unclaim(keys, self)
+
+    def _shut(self) -> None:
+        self._closing = True
+        self.copies.drop()
+        self.release_all()
+
+    def _at_exit(self) -> None:
+        """Let go of every file at exit, so the files are whole. Timers that fire later
+        find ``_closing`` set and leave DuckDB alone: a daemon thread still inside DuckDB
+        when the interpreter finalizes aborts the process. Nothing in a forked child."""
+        if os.getpid() == self._pid:
+            self._shut()
+
+    # -- holds -------------------------------------------------------------------------
+
+    def _on_idle(self, path: Path, token: int) -> None:
+        """Timer callback: let go of a held file once no commit came for :data:`LINGER`
+        (by :attr:`clock`), or another process waits; else look again when it would be."""
+        try:
+            if self._closing:
+                return
+            with self.path_lock(path):
+                hold = self._holds.get(str(path))
+                if hold is None or self._closing or hold.token != token:
+                    return  # let go already, exiting, or a timer of an earlier hold
+                idle = self.clock.monotonic() - hold.last
+                if idle < LINGER and not someone_waits(path):
+                    self._arm(path, hold, LINGER - idle)
+                    return
+                del hold  # release() drops the last reference, under the lock
+                self.release(path)
+        except Exception as exc:  # a timer thread has no caller to raise to
+            get_logger(__name__).warning("store.release_failed", path=str(path),
+                                         error=str(exc))
+
+    def _arm(self, path: Path, hold: _Hold, after: float) -> None:
+        """Look at ``hold`` again in ``after`` seconds (one timer per hold at a time)."""
         if hold.timer is not None:
-            hold.timer.cancel()
-        if settle:
-            _settle(hold.settle, Commit(hold.cursor, hold.alias, hold.memo), path)
-        _detach(hold.cursor, hold.alias, settled=True)
-        # The cursor object goes here, under the lock, not when this frame is cleared.
-        del hold
+            hold.timer.cancel()  # a no-op from the timer's own callback
+        hold.timer = self._start_timer(after, functools.partial(self._on_idle, path,
+                                                                hold.token))
+
+    # -- reading, maintaining, committing ------------------------------------------------
+
+    @contextlib.contextmanager
+    def attached(self, path: Path, *, read_only: bool, timeout: float,
+                 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+        """``(cursor, alias)`` attached for the block only; whatever the caller left open
+        (a transaction, a ``USE``) is undone at the detach. Call under the path lock,
+        while ``path`` is not held."""
+        cursor, alias = self._attach(path, read_only=read_only, timeout=timeout)
+        try:
+            yield cursor, alias
+        finally:
+            detach(cursor, alias, settled=False)
+
+    def _attach(self, path: Path, *, read_only: bool,
+                timeout: float) -> tuple[duckdb.DuckDBPyConnection, str]:
+        cursor = self.cursor()
+        try:
+            return cursor, attach(cursor, path, read_only=read_only, timeout=timeout)
+        except BaseException:
+            cursor.close()
+            raise
+
+    @contextlib.contextmanager
+    def reading(self, path: Path, *, timeout: float,
+                ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+        """``(cursor, alias)`` with ``path`` attached read-only (or held by this process)."""
+        self._check_usable()
+        with self.path_lock(path):
+            hold = self._holds.get(str(path))
+            if hold is not None:
+                cursor = self.cursor()
+                try:
+                    with interruptible(cursor):
+                        yield cursor, hold.alias
+                finally:
+                    cursor.close()
+                return
+            with self.attached(path, read_only=True, timeout=timeout) as attached, \
+                    interruptible(attached[0]):
+                yield attached
+
+    @contextlib.contextmanager
+    def maintaining(self, path: Path, *, timeout: float,
+                    ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+        """``(cursor, alias)`` with ``path`` attached read-write, detached after
+        (migrations). The caller may leave a transaction open or ``USE`` the alias; both
+        are undone."""
+        self._check_usable()
+        with self.path_lock(path):
+            self.release(path)
+            with self.attached(path, read_only=False, timeout=timeout) as attached:
+                yield attached
+
+    @contextlib.contextmanager
+    def committing(self, path: Path, *, timeout: float,
+                   settle: Callable[[Commit], None] | None = None) -> Iterator[Commit]:
+        """A :class:`Commit` with ``path`` attached read-write for one commit.
+
+        The caller leaves no transaction open and never ``USE``s the alias. After a
+        commit that continues a burst the file stays held (see the module docstring);
+        after an error it is always let go, so a failed commit never leaves a broken
+        attachment. ``settle`` runs before the file is let go after successful commits
+        (once per burst): housekeeping that may wait until then, which must leave no
+        transaction open.
+        """
+        self._check_usable()
+        key = str(path)
+        with self.path_lock(path):
+            hold = self._holds.get(key)
+            if hold is None:
+                yield_to_waiters(path)
+                cursor, alias = self._attach(path, read_only=False, timeout=timeout)
+                memo: dict[Any, Any] = {}
+            else:
+                cursor, alias, memo = hold.cursor, hold.alias, hold.memo
+            try:
+                yield Commit(cursor, alias, memo)
+            except BaseException:
+                if hold is not None:
+                    self.release(path, settle=False)
+                else:
+                    detach(cursor, alias, settled=True)
+                raise
+            now = self.clock.monotonic()
+            burst = now - self._last_commit.get(key, float("-inf")) < LINGER
+            self._last_commit[key] = now
+            if hold is None:
+                if not burst or someone_waits(path):
+                    _settle(settle, Commit(cursor, alias, memo), path)
+                    detach(cursor, alias, settled=True)
+                    return
+                hold = self._holds[key] = _Hold(cursor, alias, since=now, last=now,
+                                                memo=memo, settle=settle,
+                                                token=next(self._tokens))
+                self._arm(path, hold, LINGER)
+                return
+            hold.last = now
+            if now - hold.since >= MAX_HOLD or someone_waits(path):
+                self.release(path)
 
 
 def _settle(settle: Callable[[Commit], None] | None, commit: Commit, path: Path) -> None:
@@ -296,150 +428,52 @@ def _settle(settle: Callable[[Commit], None] | None, commit: Commit, path: Path)
         get_logger(__name__).warning("store.settle_failed", path=str(path), error=str(exc))
 
 
-def release_all() -> None:
-    """Let go of every file this process holds.
+# -- one per process -----------------------------------------------------------------------
+# The only state kept outside a DuckFiles, because what it guards belongs to the process:
+# its own DuckFiles, and which DuckFiles uses each file (see "One per process" above).
 
-    Takes every path's lock, so a release already under way in a timer thread (which
-    took the hold out of the table first) has finished when this returns.
-    """
-    with _hub_lock:
-        keys = list(_path_locks)
-    for key in keys:
-        release(Path(key))
+_process_lock = threading.Lock()
+_process: DuckFiles | None = None
+_claims: dict[str, weakref.ref[DuckFiles]] = {}
 
 
-def _at_exit() -> None:
-    """Let go of every file at exit, so the files are whole. Timers that fire later find
-    ``_closing`` set and leave DuckDB alone: a daemon thread still inside DuckDB when the
-    interpreter finalizes aborts the process."""
-    global _closing
-    _closing = True
-    release_all()
+def process_files() -> DuckFiles:
+    """This process's :class:`DuckFiles`, made on first use with the system clock (a new
+    one in a forked child); closed by nobody but the exit hook."""
+    global _process
+    with _process_lock:
+        if _process is None:
+            _process = DuckFiles()
+        return _process
 
 
-
-def _on_idle(path: Path) -> None:
-    """Timer callback: let go of a held file once no commit came for :data:`LINGER`."""
-    try:
-        with path_lock(path):
-            hold = _holds.get(str(path))
-            if hold is None or _closing or hold.timer is not threading.current_thread():
-                return  # let go already, exiting, or a timer of an earlier hold
-            idle = time.monotonic() - hold.last
-            if idle < LINGER and not someone_waits(path):
-                _arm(path, hold, LINGER - idle)
-                return
-            del hold  # release() drops the last reference, under the lock
-            release(path)
-    except Exception as exc:  # a timer thread has no caller to raise to
-        get_logger(__name__).warning("store.release_failed", path=str(path), error=str(exc))
+def _claim(key: str, files: DuckFiles) -> None:
+    """Record that ``files`` uses the file ``key``; refuse if another live DuckFiles of
+    this process does."""
+    with _process_lock:
+        owner = _claims.get(key)
+        holder = owner() if owner is not None else None
+        if holder is not None and holder is not files:
+            raise StoreError(f"{key} is already used through another DuckFiles of this "
+                             "process; one process must reach a file through one (share "
+                             "it, or close the other first)")
+        _claims[key] = weakref.ref(files)
 
 
-def _arm(path: Path, hold: _Hold, after: float) -> None:
-    timer = threading.Timer(after, _on_idle, args=(path,))
-    timer.name = "nexus-audit-store-release"
-    # A daemon, so a pending timer never delays exit; the exit hook lets go of the file
-    # instead, and a timer thread never holds a DuckDB object outside the path lock (one
-    # freed while the interpreter finalizes aborts the process).
-    timer.daemon = True
-    hold.timer = timer
-    timer.start()
+def _unclaim(keys: list[str], files: DuckFiles) -> None:
+    with _process_lock:
+        for key in keys:
+            owner = _claims.get(key)
+            if owner is not None and owner() in (files, None):
+                del _claims[key]
 
 
-@contextlib.contextmanager
-def reading(path: Path, *, timeout: float, clock: Clock,
-            ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """``(cursor, alias)`` with ``path`` attached read-only (or held by this process)."""
-    with path_lock(path):
-        hold = _holds.get(str(path))
-        if hold is not None:
-            cursor = hub_cursor()
-            try:
-                with interruptible(cursor):
-                    yield cursor, hold.alias
-            finally:
-                cursor.close()
-            return
-        with _attached(path, read_only=True, timeout=timeout, clock=clock) as attached, \
-                interruptible(attached[0]):
-            yield attached
+def _forget_in_child() -> None:
+    """After a fork, in the child: the parent's DuckFiles and claims are not the child's."""
+    global _process, _process_lock
+    _process_lock = threading.Lock()  # possibly taken by another thread at the fork
+    _process = None
+    _claims.clear()
 
 
-@contextlib.contextmanager
-def _attached(path: Path, *, read_only: bool, timeout: float, clock: Clock,
-              ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """``(cursor, alias)`` attached for the block only; whatever the caller left open (a
-    transaction, a ``USE``) is undone at the detach. Call under the path lock."""
-    cursor, alias = _attach(path, read_only=read_only, timeout=timeout, clock=clock)
-    try:
-        yield cursor, alias
-    finally:
-        _detach(cursor, alias, settled=False)
-
-
-@contextlib.contextmanager
-def maintaining(path: Path, *, timeout: float, clock: Clock,
-                ) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """``(cursor, alias)`` with ``path`` attached read-write, detached after (migrations).
-
-    The caller may leave a transaction open or ``USE`` the alias; both are undone.
-    """
-    with path_lock(path):
-        release(path)
-        with _attached(path, read_only=False, timeout=timeout, clock=clock) as attached:
-            yield attached
-
-
-@contextlib.contextmanager
-def committing(path: Path, *, timeout: float, clock: Clock,
-               settle: Callable[[Commit], None] | None = None) -> Iterator[Commit]:
-    """A :class:`Commit` with ``path`` attached read-write for one commit.
-
-    The caller leaves no transaction open and never ``USE``s the alias. After a commit
-    that continues a burst the file stays held (see the module docstring); after an
-    error it is always let go, so a failed commit never leaves a broken attachment.
-    ``settle`` runs before the file is let go after successful commits (once per burst):
-    housekeeping that may wait until then, which must leave no transaction open.
-    """
-    key = str(path)
-    with path_lock(path):
-        hold = _holds.get(key)
-        if hold is None:
-            _yield_to_waiters(path)
-            cursor, alias = _attach(path, read_only=False, timeout=timeout, clock=clock)
-            memo: dict[Any, Any] = {}
-        else:
-            cursor, alias, memo = hold.cursor, hold.alias, hold.memo
-        try:
-            yield Commit(cursor, alias, memo)
-        except BaseException:
-            if hold is not None:
-                release(path, settle=False)
-            else:
-                _detach(cursor, alias, settled=True)
-            raise
-        now = time.monotonic()
-        burst = now - _last_commit.get(key, float("-inf")) < LINGER
-        _last_commit[key] = now
-        if hold is None:
-            if not burst or someone_waits(path):
-                _settle(settle, Commit(cursor, alias, memo), path)
-                _detach(cursor, alias, settled=True)
-                return
-            hold = _holds[key] = _Hold(cursor, alias, since=now, last=now, memo=memo,
-                                       settle=settle)
-            _arm(path, hold, LINGER)
-            return
-        hold.last = now
-        if now - hold.since >= MAX_HOLD or someone_waits(path):
-            release(path)
-
-
-def _yield_to_waiters(path: Path) -> None:
-    """Give a process waiting for ``path`` its turn before attaching (bounded).
-
-    Real time, whatever the store's clock: this waits for another process.
-    """
-    deadline = time.monotonic() + YIELD_AT_MOST
-    while someone_waits(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+os.register_at_fork(after_in_child=_forget_in_child)

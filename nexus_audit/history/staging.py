@@ -21,7 +21,6 @@ import duckdb
 
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
 from nexus_audit.errors import StoreError
-from nexus_audit.history import duckfile
 from nexus_audit.history.failures import translated
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
@@ -74,7 +73,8 @@ class StagedCrawl:
     kept, in Python: an hourly crawl of a fleet that barely changes stages nothing in
     DuckDB. Without a snapshot (a Store's first crawl of an account and kind), or once an
     id repeats within the crawl, records go to DuckDB's Appender as they come, into a
-    private in-memory database of this process's hub, created on first use: columnar and
+    private in-memory database on the hub the commit runs on (``hub`` makes its cursors),
+    created on first use: columnar and
     compressed, so far smaller than the records as Python objects (a 200,000-instance first
     crawl stays under 300 MB RSS, see bench/crawl.py), and spilled to DuckDB's temp
     directory only past the hub's memory limit (DuckDB's default, 80% of RAM). Nothing is
@@ -82,8 +82,10 @@ class StagedCrawl:
     """
 
     def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime,
-                 bases: Mapping[Kind, Fingerprints | None] | None = None) -> None:
+                 bases: Mapping[Kind, Fingerprints | None] | None = None, *,
+                 hub: Callable[[], duckdb.DuckDBPyConnection]) -> None:
         self.account = account
+        self._hub = hub
         self.kinds = kinds
         self.started_at = started_at
         self.instance_count = 0
@@ -181,7 +183,7 @@ class StagedCrawl:
         """The cursor on the staging database, created on first use."""
         if self._cursor is not None:
             return self._cursor
-        cursor = duckfile.hub_cursor()
+        cursor = self._hub()
         try:
             cursor.execute(f"ATTACH ':memory:' AS {self.alias}")
             cursor.execute(f"USE {self.alias}")

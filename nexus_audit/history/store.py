@@ -70,8 +70,8 @@ from nexus_audit.domain import exposure
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
-from nexus_audit.history import copies, duckfile
 from nexus_audit.history.chain import ViewState
+from nexus_audit.history.duckfile import Commit, DuckFiles, process_files
 from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import CHAIN_MIGRATION, MIGRATIONS, SCHEMA_VERSION
@@ -111,13 +111,17 @@ def _check_aware(moment: datetime, what: str) -> None:
 
 
 class Store:
-    """The DuckDB history database at ``path``."""
+    """The DuckDB history database at ``path``, reached through ``files`` (the process's
+    own, :func:`process_files`, unless given: all users of a file in a process share one).
+    ``clock``: the time recorded when a commit re-dates crawls (holds go by ``files``')."""
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 30.0,
-                 clock: Clock = SystemClock()) -> None:  # noqa: B008 - stateless default
+                 clock: Clock = SystemClock(),  # noqa: B008 - stateless default
+                 files: DuckFiles | None = None) -> None:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         self.clock = clock
+        self.files = files if files is not None else process_files()
         self._snapshots: dict[tuple[str, Kind], Fingerprints] = {}
         #: Per (account, version view): its state sum as of this Store's last commit of it
         #: (the evidence chain's, see :mod:`nexus_audit.history.sealing`).
@@ -131,9 +135,9 @@ class Store:
 
         Checkpoints and detaches, so the file alone is the whole history (for a copy taken
         right after); otherwise that happens by itself within a fraction of a second, and
-        at exit. The Store stays usable.
+        at exit. The Store stays usable (and ``files`` open: it is not the Store's).
         """
-        duckfile.release(self.path)
+        self.files.release(self.path)
 
     # -- opening -----------------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class Store:
         """Refuse to read a file that does not exist (it is never created for reading).
 
         A file that is not a DuckDB database is refused when it is attached (see
-        :func:`duckfile.check_header`).
+        :func:`nexus_audit.history.attach.check_header`).
         """
         if read_only and not self.path.exists():
             raise NoDataError(f"no history database at {self.path} yet: run "
@@ -185,8 +189,8 @@ class Store:
         """
         with translated(lambda exc: f"cannot migrate {self.path}: {exc}"):
             self._open(read_only=False)
-            with duckfile.maintaining(self.path, timeout=self.lock_timeout,
-                                      clock=self.clock) as (cursor, alias):
+            with self.files.maintaining(self.path,
+                                        timeout=self.lock_timeout) as (cursor, alias):
                 current = self._schema_version(cursor, alias)
                 self._refuse_newer(current)
                 if current is None:
@@ -217,7 +221,7 @@ class Store:
             raise StoreError("a crawl needs an account name")
         _check_aware(started_at, "started_at")
         bases = {k: self._snapshots.get((account, k)) for k in chosen}
-        return StagedCrawl(account, chosen, started_at, bases)
+        return StagedCrawl(account, chosen, started_at, bases, hub=self.files.cursor)
 
     def commit(self, staged: StagedCrawl, summary: CrawlSummary) -> int:
         """Commit a successful crawl in one transaction: its row and its history changes.
@@ -252,8 +256,8 @@ class Store:
         account = summary.account
         with translated(lambda exc: _write_failure(self.path, exc)):
             self._open(read_only=False)
-            with duckfile.committing(self.path, timeout=self.lock_timeout, clock=self.clock,
-                                     settle=compact) as commit:
+            with self.files.committing(self.path, timeout=self.lock_timeout,
+                                       settle=compact) as commit:
                 cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
@@ -315,7 +319,7 @@ class Store:
         """Where the history ends for a commit of ``account``'s ``kinds``; checks the schema.
 
         From ``memo`` while this process holds the file and already knows (see
-        :class:`duckfile.Commit`); else one query, whose answers go to ``memo``.
+        :class:`Commit`); else one query, whose answers go to ``memo``.
         """
         last_id = memo.get(LAST_ID)
         known = [memo.get((account, k)) for k in kinds]
@@ -368,7 +372,7 @@ class Store:
         }
 
     @staticmethod
-    def _advance(commit: duckfile.Commit, staged: StagedCrawl, kind: Kind, crawl_id: int, *,
+    def _advance(commit: Commit, staged: StagedCrawl, kind: Kind, crawl_id: int, *,
                  diff: bool) -> Plan | None:
         """Apply one kind of a successful crawl: from the differences (returned, for the
         evidence chain), or set-based in full (None)."""
@@ -405,12 +409,11 @@ class Store:
         connection has the ``is_exposed(access)`` macro the queries use
         (:func:`nexus_audit.domain.exposure.install`). ``copy``: read a copy of the file
         as it is now, so no commit waits for this read (for long reads; see
-        :func:`copies.reading_copy`).
+        :meth:`Copies.reading_copy <nexus_audit.history.copies.Copies.reading_copy>`).
         """
         self._open(read_only=True)
-        opener = copies.reading_copy if copy else duckfile.reading
-        with opener(self.path, timeout=self.lock_timeout,
-                    clock=self.clock) as (cursor, alias), \
+        opener = self.files.copies.reading_copy if copy else self.files.reading
+        with opener(self.path, timeout=self.lock_timeout) as (cursor, alias), \
                 translated(lambda exc: f"cannot read {self.path}: {exc}"):
             # Everything read on this connection, by any caller, fails as a StoreError.
             version = self._schema_version(cursor, alias)
@@ -428,11 +431,10 @@ class Store:
     @contextlib.contextmanager
     def copy_for_reading(self) -> Iterator[Path]:
         """The path of a copy of the file as it is now, kept while inside (for a read in
-        another process; see :func:`copies.holding_copy`). ``NoDataError`` when the
-        file does not exist."""
+        another process; see :meth:`~nexus_audit.history.copies.Copies.holding_copy`).
+        ``NoDataError`` when the file does not exist."""
         self._open(read_only=True)
-        with copies.holding_copy(self.path, timeout=self.lock_timeout,
-                                   clock=self.clock) as copy:
+        with self.files.copies.holding_copy(self.path, timeout=self.lock_timeout) as copy:
             yield copy
 
     def copied(self) -> CopiedHistory:

@@ -25,9 +25,9 @@ from nexus_audit.service.workers import (
 
 class StoreReports:
     """The /report source: ``build_report`` over copies of the store (so a report never
-    keeps a commit waiting; see :func:`nexus_audit.history.copies.reading_copy`), called
-    in a report slot's thread; with ``workers``, computed in a worker process (so it never
-    holds this process's GIL; see :mod:`nexus_audit.service.workers`)."""
+    keeps a commit waiting; see :meth:`nexus_audit.history.copies.Copies.reading_copy`),
+    called in a report slot's thread; with ``workers``, computed in a worker process (so it
+    never holds this process's GIL; see :mod:`nexus_audit.service.workers`)."""
 
     def __init__(self, store: Store, settings: Settings, pricing: Pricing, clock: Clock,
                  policy: Policy | None = None, *, workers: ReportWorkers | None = None) -> None:

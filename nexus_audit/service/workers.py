@@ -11,12 +11,16 @@ p99 at 150-550 ms.
 
 So ``serve`` computes each report in a worker process (one per report slot, started on
 first use, at a lower CPU priority: reports are the work that may wait) reading a copy of
-the database (:func:`nexus_audit.history.copies.holding_copy`); the service's thread only waits
-for the bytes. A job is a module-level function and its arguments (so a spawned worker
-can import it; the jobs here import no more than the report needs), run inside
-:func:`nexus_audit.history.cancel.cancellable`: cancelling the job interrupts its DuckDB query
-in the worker; a worker that does not come back within :data:`KILL_AFTER` of a cancel, or
-dies, is killed and replaced by the next job.
+the database (:meth:`nexus_audit.history.copies.Copies.holding_copy`); the service's
+thread only waits for the bytes. A job is a module-level function and its arguments (so a
+spawned worker can import it; the jobs here import no more than the report needs), run
+inside :func:`nexus_audit.history.cancel.cancellable`: cancelling the job interrupts its
+DuckDB query in the worker; a worker that does not come back within :data:`KILL_AFTER` of
+a cancel, or dies, is killed and replaced by the next job.
+
+A worker is spawned, not forked, so it inherits nothing of serve's DuckDB state (its hub,
+held files, copies): a job opens the copy it is handed through the worker's own
+:func:`~nexus_audit.history.duckfile.process_files`, made on the first job.
 
 Our errors come back as themselves (``NoDataError``, ``StoreError``, ``UsageError``: their
 message, not their traceback); anything else as :class:`WorkerError`.
@@ -43,6 +47,7 @@ from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NexusAuditError, NoDataError, StoreError, UsageError
 from nexus_audit.history.cancel import Cancel, cancellable
+from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
 from nexus_audit.logs import get_logger
@@ -84,6 +89,11 @@ class ReportArgs:
     policy: Policy | None
 
 
+def _copy_store(copy: str) -> Store:
+    """The copy at ``copy`` as a store, read through this (worker) process's DuckFiles."""
+    return Store(copy, files=process_files())
+
+
 def report_dict(history: History, args: ReportArgs) -> Mapping[str, Any]:
     """The report JSON (as a dict) over ``history``."""
     report = build_report(
@@ -97,7 +107,7 @@ def report_dict(history: History, args: ReportArgs) -> Mapping[str, Any]:
 
 def report_json(copy: str, args: ReportArgs) -> bytes:
     """A report worker's job: the report JSON, encoded, over the database copy at ``copy``."""
-    return json.dumps(report_dict(Store(copy), args)).encode()
+    return json.dumps(report_dict(_copy_store(copy), args)).encode()
 
 
 def report_page(history: History, args: ReportArgs) -> bytes:
@@ -112,7 +122,7 @@ def report_page(history: History, args: ReportArgs) -> bytes:
 
 def report_html(copy: str, args: ReportArgs) -> bytes:
     """A report worker's job: the HTML report over the database copy at ``copy``."""
-    return report_page(Store(copy), args)
+    return report_page(_copy_store(copy), args)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,7 +140,7 @@ class StreakArgs:
 def streaks_json(copy: str, args: StreakArgs) -> bytes:
     """A worker's job: :func:`current_streaks` over the copy at ``copy``, as JSON."""
     streaks = current_streaks(
-        Store(copy), args.accounts, since=args.since, until=args.until,
+        _copy_store(copy), args.accounts, since=args.since, until=args.until,
         max_gap_instances=args.max_gap_instances, max_gap_buckets=args.max_gap_buckets,
         pricing=args.pricing)
     return json.dumps([[s.account, s.id, s.status, s.since.isoformat()]

@@ -1,0 +1,165 @@
+"""Who reaches a DuckDB file, and for how long (nexus_audit.history.duckfile.DuckFiles):
+one DuckFiles per file per process, its close(), and what a forked child may not use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.errors import StoreError
+from nexus_audit.history.duckfile import DuckFiles, process_files
+from nexus_audit.history.store import Store
+from tests.files_fixtures import ManualTimers, OwnFiles
+from tests.test_store import T0, crawl, inst
+
+REPO = Path(__file__).resolve().parents[1]
+HOUR = timedelta(hours=1)
+
+#: Another process attaching the file read-only with DuckDB alone; prints what happened.
+OTHER_READER = textwrap.dedent("""
+    import sys
+    import duckdb
+    try:
+        duckdb.connect(sys.argv[1], read_only=True).close()
+    except duckdb.Error as exc:
+        print("refused:", exc)
+    else:
+        print("attached")
+""")
+
+
+def other_reader(path: Path) -> str:
+    """What another process's read-only attach of ``path`` gets: attached or refused."""
+    return subprocess.run([sys.executable, "-c", OTHER_READER, str(path)], cwd=REPO,
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def held_store(path: Path, files: DuckFiles) -> Store:
+    """A migrated store at ``path`` with two crawls committed in a burst (held, when the
+    clock of ``files`` stands still)."""
+    store = Store(path, lock_timeout=5.0, files=files)
+    store.migrate()
+    for k in range(2):
+        crawl(store, T0 + k * HOUR, instances=[inst("i-1", name=f"gen-{k}")])
+    return store
+
+
+def test_stores_given_no_files_share_the_process_one(tmp_path: Path) -> None:
+    """A Store made without a DuckFiles (a library caller's) uses the process's own."""
+    assert Store(tmp_path / "a.duckdb").files is process_files()
+    assert Store(tmp_path / "b.duckdb").files is process_files()
+
+
+def test_a_second_duckfiles_is_refused_a_file_the_first_uses(tmp_path: Path,
+                                                            files: OwnFiles) -> None:
+    """Two DuckFiles of one process on one file would both get DuckDB's lock: the second
+    is refused before it opens the file (the first keeps its lock: another process is
+    still refused), and may use the file once the first is closed."""
+    store = held_store(tmp_path / "history.duckdb", files.files)
+    assert files.files.holding(store.path)
+    second = DuckFiles(FakeClock(), start_timer=ManualTimers())
+    try:
+        with pytest.raises(StoreError, match="another DuckFiles of this process"):
+            Store(store.path, files=second).latest()
+        assert "refused" in other_reader(store.path)
+        files.files.close()
+        assert not files.files.holding(store.path)
+        assert [s.instances[0].name for s in Store(store.path, files=second).latest()] == [
+            "gen-1"]
+    finally:
+        second.close()
+
+
+def test_close_lets_go_of_every_file_and_ends_the_object(tmp_path: Path,
+                                                        files: OwnFiles) -> None:
+    """close() settles, checkpoints and detaches every held file (no log left, another
+    process gets in), deletes the copies, and refuses any later use."""
+    one = held_store(tmp_path / "one.duckdb", files.files)
+    two = held_store(tmp_path / "two.duckdb", files.files)
+    with two.read(copy=True) as con:  # lets go of two, and copies it
+        assert con.execute("SELECT count(*) FROM crawls").fetchone() == (2,)
+    crawl(two, T0 + 2 * HOUR, instances=[inst("i-1")])
+    crawl(two, T0 + 3 * HOUR, instances=[inst("i-1")])
+    assert files.files.holding(one.path)
+    assert files.files.holding(two.path)
+    assert list(tmp_path.glob(".two.duckdb.copies-*"))
+    files.files.close()
+    for store in (one, two):
+        assert not files.files.holding(store.path)
+        assert not Path(f"{store.path}.wal").exists()
+        assert other_reader(store.path).startswith("attached")
+    assert not list(tmp_path.glob(".two.duckdb.copies-*"))
+    with pytest.raises(StoreError, match="closed"):
+        one.latest()
+    files.files.close()  # again: nothing happens
+    assert len(Store(two.path).latest()) == 1  # the process's own may use it now
+
+
+FORK = textwrap.dedent("""
+    import os
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+    from nexus_audit.domain.model import CrawlSummary, Instance
+    from nexus_audit.domain.timeutil import FakeClock
+    from nexus_audit.errors import StoreError
+    from nexus_audit.history.duckfile import DuckFiles, process_files
+    from nexus_audit.history.store import Store
+
+    files = DuckFiles(FakeClock())  # standing still: held from the second commit on
+    store = Store(sys.argv[1], files=files)
+    store.migrate()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for k in range(2):
+        staged = store.begin_crawl("acme", ["instances"], at + timedelta(hours=k))
+        staged.add_instances([Instance("i-1", f"gen-{k}", "running", "eu-1", 2, 2.0, None,
+                                       "{}", None, "{}")])
+        store.commit(staged, CrawlSummary(
+            account="acme", kinds=("instances",), started_at=at + timedelta(hours=k),
+            finished_at=at + timedelta(hours=k), status="succeeded", instances=1))
+    assert files.holding(store.path)
+    parents = process_files()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        lines = []
+        try:
+            store.latest()
+            lines.append("child read")
+        except StoreError as exc:
+            lines.append(f"child refused: {exc}")
+        lines.append("child default: " + ("new" if process_files() is not parents else "same"))
+        os.write(write, "\\n".join(lines).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        print(pipe.read())
+    os.waitpid(child, 0)
+    print("parent holds:", files.holding(store.path))
+    print("other process:", subprocess.run([sys.executable, "-c", sys.argv[2], sys.argv[1]],
+                                           capture_output=True, text=True).stdout.strip())
+""")
+
+
+def test_a_forked_child_leaves_its_parents_files_alone(tmp_path: Path) -> None:
+    """A child forked while its parent holds a file has the parent's DuckFiles in memory
+    but not its lock: it refuses to read through it, its process_files() is its own, and
+    the parent still holds the file (locked to other processes) and exits leaving it
+    whole."""
+    path = tmp_path / "fork.duckdb"
+    done = subprocess.run([sys.executable, "-c", FORK, str(path), OTHER_READER], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("child refused: these database files belong to process")
+    assert lines[1:3] == ["child default: new", "parent holds: True"]
+    assert lines[3].startswith("other process: refused")
+    assert not Path(f"{path}.wal").exists()
+    with Store(path).read() as con:
+        assert con.execute("SELECT count(*) FROM crawls").fetchone() == (2,)
