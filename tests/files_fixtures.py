@@ -8,13 +8,37 @@ idle check, or closes the DuckFiles (after the test).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.history.duckfile import DuckFiles
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Another process attaching the file read-only with DuckDB alone; prints what happened.
+OTHER_READER = textwrap.dedent("""
+    import sys
+    import duckdb
+    try:
+        duckdb.connect(sys.argv[1], read_only=True).close()
+    except duckdb.Error as exc:
+        print("refused:", exc)
+    else:
+        print("attached")
+""")
+
+
+def other_reader(path: Path) -> str:
+    """What another process's read-only attach of ``path`` gets: attached or refused."""
+    return subprocess.run([sys.executable, "-c", OTHER_READER, str(path)], cwd=REPO,
+                          capture_output=True, text=True, check=True, timeout=60).stdout
 
 
 @dataclass(eq=False)
@@ -73,3 +97,31 @@ def files() -> Iterator[OwnFiles]:
     made = DuckFiles(clock, start_timer=timers)
     yield OwnFiles(made, clock, timers)
     made.close()
+
+
+def held_script(crawls: int) -> str:
+    """The start of a script run in another process with the database path as its first
+    argument: ``files``, a DuckFiles on a ``clock`` that stands still, and ``crawls``
+    commits through ``store`` in one burst, so the file is held at the end."""
+    return textwrap.dedent(f"""
+        import sys
+        from datetime import UTC, datetime, timedelta
+        from nexus_audit.domain.model import CrawlSummary, Instance
+        from nexus_audit.domain.timeutil import FakeClock
+        from nexus_audit.history.duckfile import LINGER, DuckFiles
+        from nexus_audit.history.store import Store
+
+        clock = FakeClock()  # standing still: held from the second commit on
+        files = DuckFiles(clock)
+        store = Store(sys.argv[1], files=files)
+        store.migrate()
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        for k in range({crawls}):
+            staged = store.begin_crawl("acme", ["instances"], at + timedelta(hours=k))
+            staged.add_instances([Instance("i-1", f"gen-{{k}}", "running", "eu-1", 2, 2.0,
+                                           None, "{{}}", None, "{{}}")])
+            store.commit(staged, CrawlSummary(
+                account="acme", kinds=("instances",), started_at=at + timedelta(hours=k),
+                finished_at=at + timedelta(hours=k), status="succeeded", instances=1))
+        assert files.holding(store.path)
+    """)

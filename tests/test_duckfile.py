@@ -27,7 +27,7 @@ from nexus_audit.history import cancel as cancel_mod
 from nexus_audit.history.attach import someone_waits
 from nexus_audit.history.duckfile import LINGER, MAX_HOLD, DuckFiles
 from nexus_audit.history.store import Store
-from tests.files_fixtures import ManualTimers, OwnFiles
+from tests.files_fixtures import ManualTimers, OwnFiles, held_script, other_reader
 from tests.test_store import T0, bucket, crawl, inst
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,25 +54,6 @@ def crawl_ids(store: Store) -> list[int]:
     """Every committed crawl id, in order."""
     with store.read() as con:
         return [r[0] for r in con.execute("SELECT crawl_id FROM crawls ORDER BY 1").fetchall()]
-
-
-#: Another process attaching the file read-only with DuckDB alone; prints what happened.
-OTHER_READER = textwrap.dedent("""
-    import sys
-    import duckdb
-    try:
-        duckdb.connect(sys.argv[1], read_only=True).close()
-    except duckdb.Error as exc:
-        print("refused:", exc)
-    else:
-        print("attached")
-""")
-
-
-def other_reader(path: Path) -> str:
-    """What another process's read-only attach of ``path`` gets: attached or refused."""
-    return subprocess.run([sys.executable, "-c", OTHER_READER, str(path)], cwd=REPO,
-                          capture_output=True, text=True, check=True, timeout=60).stdout
 
 
 def test_a_held_file_stays_locked_through_later_commits_and_reads(store: Store) -> None:
@@ -232,28 +213,7 @@ def test_migrate_lets_go_first(store: Store) -> None:
     assert burst(store, 1, start=2) == [3]
 
 
-BURST_AND_EXIT = textwrap.dedent("""
-    import sys
-    from datetime import UTC, datetime, timedelta
-    from nexus_audit.domain.model import CrawlSummary, Instance
-    from nexus_audit.domain.timeutil import FakeClock
-    from nexus_audit.history.duckfile import LINGER, DuckFiles
-    from nexus_audit.history.store import Store
-
-    clock = FakeClock()  # standing still: held from the second commit to the end
-    files = DuckFiles(clock)
-    store = Store(sys.argv[1], files=files)
-    store.migrate()
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    for k in range(5):
-        staged = store.begin_crawl("acme", ["instances"], at + timedelta(hours=k))
-        staged.add_instances([Instance("i-1", f"gen-{k}", "running", "eu-1", 2, 2.0, None,
-                                       "{}", None, "{}")])
-        store.commit(staged, CrawlSummary(
-            account="acme", kinds=("instances",), started_at=at + timedelta(hours=k),
-            finished_at=at + timedelta(hours=k), status="succeeded", instances=1))
-    assert files.holding(store.path)
-""")
+BURST_AND_EXIT = held_script(5)
 
 
 def assert_exits_whole(script: str, path: Path) -> None:

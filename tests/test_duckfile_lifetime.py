@@ -15,30 +15,17 @@ from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import StoreError
 from nexus_audit.history.duckfile import DuckFiles, process_files
 from nexus_audit.history.store import Store
-from tests.files_fixtures import ManualTimers, OwnFiles
+from tests.files_fixtures import (
+    OTHER_READER,
+    ManualTimers,
+    OwnFiles,
+    held_script,
+    other_reader,
+)
 from tests.test_store import T0, crawl, inst
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR = timedelta(hours=1)
-
-#: Another process attaching the file read-only with DuckDB alone; prints what happened.
-OTHER_READER = textwrap.dedent("""
-    import sys
-    import duckdb
-    try:
-        duckdb.connect(sys.argv[1], read_only=True).close()
-    except duckdb.Error as exc:
-        print("refused:", exc)
-    else:
-        print("attached")
-""")
-
-
-def other_reader(path: Path) -> str:
-    """What another process's read-only attach of ``path`` gets: attached or refused."""
-    return subprocess.run([sys.executable, "-c", OTHER_READER, str(path)], cwd=REPO,
-                          capture_output=True, text=True, check=True, timeout=60).stdout
-
 
 def held_store(path: Path, files: DuckFiles) -> Store:
     """A migrated store at ``path`` with two crawls committed in a burst (held, when the
@@ -101,29 +88,12 @@ def test_close_lets_go_of_every_file_and_ends_the_object(tmp_path: Path,
     assert len(Store(two.path).latest()) == 1  # the process's own may use it now
 
 
-FORK = textwrap.dedent("""
+FORK = held_script(2) + textwrap.dedent("""
     import os
     import subprocess
-    import sys
-    from datetime import UTC, datetime, timedelta
-    from nexus_audit.domain.model import CrawlSummary, Instance
-    from nexus_audit.domain.timeutil import FakeClock
     from nexus_audit.errors import StoreError
-    from nexus_audit.history.duckfile import DuckFiles, process_files
-    from nexus_audit.history.store import Store
+    from nexus_audit.history.duckfile import process_files
 
-    files = DuckFiles(FakeClock())  # standing still: held from the second commit on
-    store = Store(sys.argv[1], files=files)
-    store.migrate()
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    for k in range(2):
-        staged = store.begin_crawl("acme", ["instances"], at + timedelta(hours=k))
-        staged.add_instances([Instance("i-1", f"gen-{k}", "running", "eu-1", 2, 2.0, None,
-                                       "{}", None, "{}")])
-        store.commit(staged, CrawlSummary(
-            account="acme", kinds=("instances",), started_at=at + timedelta(hours=k),
-            finished_at=at + timedelta(hours=k), status="succeeded", instances=1))
-    assert files.holding(store.path)
     parents = process_files()
     read, write = os.pipe()
     child = os.fork()
