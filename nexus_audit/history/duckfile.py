@@ -118,8 +118,7 @@ def thread_timer(after: float, callback: Callable[[], None]) -> Timer:
     timer = threading.Timer(after, callback)
     timer.name = "nexus-audit-store-release"
     # A daemon, so a pending timer never delays exit; the exit hook lets go of the file
-    # instead, and a timer thread never holds a DuckDB object outside the path lock (one
-    # freed while the interpreter finalizes aborts the process).
+    # instead.
     timer.daemon = True
     timer.start()
     return timer
@@ -145,8 +144,9 @@ class _Hold:
     last: float
     memo: dict[Any, Any]
     settle: Callable[[Commit], None] | None
-    #: Tells this hold's timers from those of an earlier hold of the same file (a number,
-    #: so a timer thread holds no DuckDB object).
+    #: Tells this hold's timers from those of an earlier hold of the same file. A number,
+    #: so a timer keeps no reference to the cursor: it is freed under the path lock, never
+    #: by a timer thread while the interpreter finalizes (which aborts the process).
     token: int
     timer: Timer | None = None
 
@@ -192,6 +192,9 @@ class DuckFiles:
         if self._closed:
             raise StoreError("the database files were closed (DuckFiles.close); "
                              "nothing more can be read or written through them")
+        self._check_process()
+
+    def _check_process(self) -> None:
         if os.getpid() != self._pid:
             raise StoreError(f"these database files belong to process {self._pid}, not this "
                              "forked one: use process_files() in the child")
@@ -218,6 +221,7 @@ class DuckFiles:
     def path_lock(self, path: Path) -> threading.RLock:
         """The lock that serializes this process's use of the file at ``path``; the first
         call for a path claims it for this DuckFiles (:func:`_claim`)."""
+        self._check_process()  # a child's copy of a hold is not the child's to touch
         key = str(path)
         with self._lock:
             lock = self._path_locks.get(key)
@@ -438,11 +442,11 @@ _claims: dict[str, weakref.ref[DuckFiles]] = {}
 
 
 def process_files() -> DuckFiles:
-    """This process's :class:`DuckFiles`, made on first use with the system clock (a new
-    one in a forked child); closed by nobody but the exit hook."""
+    """This process's :class:`DuckFiles`, made on first use with the system clock (anew
+    after a close, and in a forked child); its exit hook lets go of its files."""
     global _process
     with _process_lock:
-        if _process is None:
+        if _process is None or _process._closed:
             _process = DuckFiles()
         return _process
 
