@@ -133,3 +133,49 @@ def test_a_forked_child_leaves_its_parents_files_alone(tmp_path: Path) -> None:
     assert not Path(f"{path}.wal").exists()
     with Store(path).read() as con:
         assert con.execute("SELECT count(*) FROM crawls").fetchone() == (2,)
+
+
+#: Another process reading a copy of the database until its standard input closes.
+COPY_READER = textwrap.dedent("""
+    import sys
+    from nexus_audit.history.store import Store
+    with Store(sys.argv[1]).read(copy=True) as con:
+        con.execute("SELECT count(*) FROM crawls").fetchall()
+        print("reading", flush=True)
+        sys.stdin.read()
+""")
+
+
+def copy_reader(path: Path) -> subprocess.Popen[str]:
+    """A process holding a copy of ``path`` open, once it said so."""
+    proc = subprocess.Popen([sys.executable, "-c", COPY_READER, str(path)], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "reading\n"
+    return proc
+
+
+def test_copies_of_a_killed_process_are_removed_by_the_next(tmp_path: Path,
+                                                            files: OwnFiles) -> None:
+    """A process killed while it read a copy leaves its copies directory; the next process
+    making a copy removes it, and leaves a living process's directory alone."""
+    store = Store(tmp_path / "db.duckdb", files=files.files)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1")])
+    files.files.release_all()
+    killed, living = copy_reader(store.path), copy_reader(store.path)
+    try:
+        killed.kill()  # SIGKILL: no exit hook runs
+        killed.wait(60)
+        dirs = sorted(tmp_path.glob(".db.duckdb.copies-*"))
+        assert len(dirs) == 2
+        with store.read(copy=True):
+            left = set(tmp_path.glob(".db.duckdb.copies-*"))
+        assert len(left) == 2  # the living reader's and this process's own
+        assert len(left & set(dirs)) == 1
+        assert not list(tmp_path.glob(".db.duckdb.new-copies-*"))
+    finally:
+        for proc in (killed, living):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=60)  # reaps it and closes its pipes
