@@ -3,6 +3,7 @@
     python bench/scale.py                        # 100,000 instances: a few minutes
     python bench/scale.py --instances 1000000    # the issue's scale (about 10 minutes)
     python bench/scale.py --only sim             # the simulator's figures only
+    python bench/scale.py --only read --instances 1000000   # goal 4: 30 days, 1%/day churn
 
 Each process runs apart, so the figures are its own: the simulator (``python -m
 nexus_audit.simulator``), the crawler (this script in a child process, with the DuckDB
@@ -19,11 +20,23 @@ store), the report (``python -m nexus_audit report``). CPU seconds come from the
    windows scaled to ``--window`` seconds, as in ``bench/crawl.py``, so the budget
    binds: wall / (requests / budget) against 1.05; peak RSS including the commit against
    400 MB; crawler CPU against 40 s; and the simulator's CPU share during each crawl.
-3. Read side (goal 4, in part): ``report --since 1h --format json`` over that database:
-   wall and peak RSS.
+3. ``report --since 1h --format json`` over that database: wall and peak RSS.
+4. Read side (goal 4, ``--only read``): a history of ``--instances`` and ``--buckets``
+   crawled hourly for ``--history-days`` with ``--churn`` of the fleet changing a day
+   (``bench/fleet_history.py``: the simulator's fleet, written in bulk as the store would
+   hold it, evidence manifests included; ``--via-store`` writes every crawl through the
+   store's API instead, about 1.7 s of CPU a crawl at a million), checked by ``nexus-audit
+   verify``; then, each in a process of its own: ``report --since 30d --format json``
+   (wall, CPU, peak RSS against 3 s and 1 GB); a ``nexus-audit serve`` over it (its API
+   URL a closed port, so its own crawls fail and change nothing), scraped ``--scrapes``
+   times (p50/p99 against 50 ms, per-instance series off), and scraped again while a
+   SIGHUP rebuilds its whole snapshot; and the snapshot rebuild after an instance crawl,
+   measured in-process: a ``Service`` over the database (its stale-streak read in a
+   worker process, as in ``serve``) rebuilds, one more hourly crawl is committed through
+   the store, and ``rebuild_snapshot(kinds=("instances",))`` is timed (against 2 s).
+   ``--read-db PATH`` keeps the database there (and reuses it when it exists).
 
-Goals 3 (100 accounts in one ``serve``) and the rest of 4 (30 days of hourly history at
-a million instances) are not measured here.
+Goal 3 (100 accounts in one ``serve``) is not measured here.
 
 The host is shared and may be slow: every section prints CPU seconds next to wall
 seconds, the load average, and a reference figure measured in the same run (a fixed
@@ -38,6 +51,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -333,29 +347,339 @@ def bench_crawl(n: int, buckets: int, per_minute: int, window: float, db: Path) 
                  f"{'budget-bound' if floor < ideal else 'CPU-bound'} on an idle host")
 
 
-def bench_report(db: Path) -> None:
-    """``report --since 1h --format json`` over the crawled database."""
-    print("\n3. report --since 1h --format json over that database")
-    env = dict(os.environ, NEXUS_AUDIT_DB=str(db), NEXUS_API_KEY="nx_test_sk_scale",
-               NEXUS_API_URL="http://127.0.0.1:9/v2")
-    env.pop("NEXUS_AUDIT_CONFIG", None)
+@dataclass
+class Measured:
+    """A finished child process: wall and CPU seconds, peak RSS, its output."""
+
+    wall: float
+    cpu: float
+    peak_mb: float
+    out: bytes
+    err: bytes
+
+
+def measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> Measured:
+    """Run ``cmd`` to its end; wait4 gives its own CPU and peak RSS (not the largest of
+    all children). A failure raises with its standard error."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus_audit", "report", "--since", "1h", "--format",
-             "json"], cwd=ROOT, env=env, stdout=out, stderr=err)
-        # wait4 gives this child's own peak RSS (not the largest of all children).
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"report failed: {err.read().decode()[-2000:]}")
-        report = json.loads(out.read())
+        result = Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                          out.read(), err.read())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:4])} failed: {result.err.decode()[-2000:]}")
+    return result
+
+
+def read_env(db: Path) -> dict[str, str]:
+    """The environment of ``report`` and ``serve`` over a benchmark database: its file,
+    a key, its account, an API URL where nothing listens, buckets hourly like the
+    history's crawls."""
+    env = dict(os.environ, NEXUS_AUDIT_DB=str(db), NEXUS_API_KEY="nx_test_sk_scale",
+               NEXUS_API_URL="http://127.0.0.1:9/v2", NEXUS_AUDIT_BUCKET_INTERVAL="1h",
+               NEXUS_ACCOUNT="scale")
+    env.pop("NEXUS_AUDIT_CONFIG", None)
+    return env
+
+
+def bench_report(db: Path) -> None:
+    """``report --since 1h --format json`` over the crawled database."""
+    print("\n3. report --since 1h --format json over that database")
+    run = measured([sys.executable, "-m", "nexus_audit", "report", "--since", "1h",
+                    "--format", "json"], read_env(db))
+    report = json.loads(run.out)
     total = report["inventory"]["instances"]["total"]
     line("instances in the report", f"{total:,}")
-    line("wall, peak RSS", f"{wall:.2f}s, {usage.ru_maxrss / 1024:.0f} MB")
+    line("wall, peak RSS", f"{run.wall:.2f}s, {run.peak_mb:.0f} MB")
+
+
+# -- the read side (goal 4) ----------------------------------------------------------
+
+
+def build_child(db: str, instances: int, buckets: int, days: int, churn: float,
+                via_store: bool) -> None:
+    """In a child process: write the synthetic history; print figures as JSON."""
+    from datetime import UTC, datetime
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fleet_history import FleetHistory, write_in_bulk, write_through_store
+
+    # The history ends at the last full hour, so ``--since 30d`` now covers it.
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    started = time.perf_counter()
+    history = FleetHistory(instances=instances, buckets=buckets, days=days, churn=churn,
+                           end=end)
+    fleet = time.perf_counter() - started
+    (write_through_store if via_store else write_in_bulk)(history, Path(db))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"fleet_s": fleet, "wall": time.perf_counter() - started,
+                      "cpu": usage.ru_utime + usage.ru_stime,
+                      "peak_mb": usage.ru_maxrss / 1024}))
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def scrape_times(url: str, count: int, *, until: Any = None) -> list[float]:
+    """Sequential ``GET /metrics`` on one kept-alive connection (as Prometheus scrapes,
+    gzip accepted): each one's seconds. With ``until`` (a callable), scrape until it is
+    true instead (at least once)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    times: list[float] = []
+    try:
+        while len(times) < count if until is None else (not times or not until()):
+            started = time.perf_counter()
+            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            response = conn.getresponse()
+            response.read()
+            times.append(time.perf_counter() - started)
+            if response.status != 200:
+                raise RuntimeError(f"/metrics answered {response.status}")
+    finally:
+        conn.close()
+    return times
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
+
+
+def wait_idle(pid: int, *, settle: float = 1.0, timeout: float = 600.0) -> None:
+    """Until process ``pid`` used under 5% of a core for ``settle`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cpu0 = cpu_seconds(pid)
+        time.sleep(settle)
+        if cpu_seconds(pid) - cpu0 < 0.05 * settle:
+            return
+    raise RuntimeError(f"process {pid} did not settle within {timeout:.0f}s")
+
+
+def bench_serve(db: Path, scrapes: int) -> None:
+    """``nexus-audit serve`` over the database: start, /metrics latency, SIGHUP rebuild."""
+    import signal
+    import threading
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexus_audit", "serve", "--listen", f"127.0.0.1:{port}",
+         "--interval", "1h"], cwd=ROOT, env=read_env(db), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    events: list[tuple[float, dict[str, Any]]] = []
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for text in proc.stderr:
+            try:
+                events.append((time.perf_counter(), json.loads(text)))
+            except ValueError:
+                continue
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+
+    def logged(event: str, after: float = 0.0) -> float | None:
+        return next((t for t, e in list(events) if e.get("event") == event and t >= after),
+                    None)
+
+    try:
+        deadline = time.monotonic() + 900
+        while logged("serve.listening") is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start: {events[-3:]}")
+            time.sleep(0.05)
+        listening = (logged("serve.listening") or 0) - started
+        rss, peak = rss_mb(proc.pid)
+        line("serve start to listening (first snapshot)",
+             f"{listening:.1f}s wall, {cpu_seconds(proc.pid):.1f}s CPU, RSS {rss:.0f} MB "
+             f"(peak {peak:.0f} MB)")
+        # Its crawls of the closed port fail (retried first); each is followed by a rebuild.
+        while sum(1 for _, e in list(events) if e.get("event") == "crawl.finished") < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve's first crawls did not finish: {events[-3:]}")
+            time.sleep(0.2)
+        wait_idle(proc.pid)
+        with urllib.request.urlopen(f"{url}/metrics") as answer:  # noqa: S310 - loopback
+            body = answer.read().decode()
+        shown = sum(float(row.rsplit(" ", 1)[1]) for row in body.splitlines()
+                    if row.startswith("nexus_instances{"))
+        line("/metrics body", f"{len(body) / 1e3:.0f} kB, nexus_instances sum {shown:,.0f}")
+        cpu0 = cpu_seconds(proc.pid)
+        times = scrape_times(url, scrapes)
+        cpu = cpu_seconds(proc.pid) - cpu0
+        p99 = quantile(times, 0.99)
+        line(f"/metrics, {scrapes} scrapes (gzip), idle serve",
+             f"p50 {quantile(times, 0.5) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max "
+             f"{max(times) * 1000:.1f} ms; serve CPU {cpu / len(times) * 1000:.2f} ms a "
+             f"scrape  goal p99 < 50 ms: {verdict(p99 < 0.05)}")
+        # SIGHUP: serve rebuilds its whole snapshot (every kind) in a worker thread.
+        cpu0, sent = cpu_seconds(proc.pid), time.perf_counter()
+        proc.send_signal(signal.SIGHUP)
+        times = scrape_times(url, 0, until=lambda: logged("serve.reloaded", sent) is not None)
+        rebuilt = (logged("serve.reloaded", sent) or sent) - sent
+        line("SIGHUP: full snapshot rebuild in serve",
+             f"{rebuilt:.2f}s wall, serve CPU {cpu_seconds(proc.pid) - cpu0:.2f}s (its "
+             "stale-streak read in a worker process, not counted)")
+        line(f"/metrics meanwhile ({len(times)} scrapes)",
+             f"p50 {quantile(times, 0.5) * 1000:.1f} ms, p99 "
+             f"{quantile(times, 0.99) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms")
+        rss, peak = rss_mb(proc.pid)
+        line("serve RSS", f"{rss:.0f} MB (peak {peak:.0f} MB)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's live children (the rebuild's worker process)."""
+    total = 0.0
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def rebuild_child(db: str) -> None:
+    """In a child process: the snapshot rebuild after an instance crawl, as JSON figures."""
+    from datetime import UTC, datetime, timedelta
+
+    from nexus_audit.config import load_settings
+    from nexus_audit.domain.model import CrawlSummary
+    from nexus_audit.domain.pricing import load_pricing
+    from nexus_audit.domain.timeutil import SystemClock
+    from nexus_audit.history.store import Store
+    from nexus_audit.service.runtime import Service
+    from nexus_audit.service.workers import ReportWorkers
+
+    settings = load_settings(read_env(Path(db)))
+    store = Store(db)
+    workers = ReportWorkers()
+    service = Service(settings, store, load_pricing(None), clock=SystemClock(), grace=0,
+                      workers=workers)
+    figures: dict[str, Any] = {}
+    try:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        service.rebuild_snapshot()
+        figures["first_wall"] = time.perf_counter() - wall0
+        figures["first_cpu"] = time.process_time() - cpu0
+        # One more hourly crawl of the fleet as the last one saw it, 1/24 of 1% changed.
+        (state,) = store.latest(("instances",))
+        fleet = list(state.instances)
+        rng = random.Random(4)
+        for k in rng.sample(range(len(fleet)), k=max(1, len(fleet) // 2400)):
+            old = fleet[k]
+            fleet[k] = old._replace(status="stopped" if old.status == "running" else "running")
+        at = datetime.now(UTC)
+        wall0 = time.perf_counter()
+        staged = store.begin_crawl(state.account, ("instances",), at)
+        for n in range(0, len(fleet), 1000):
+            staged.add_instances(fleet[n:n + 1000])
+        store.commit(staged, CrawlSummary(
+            account=state.account, kinds=("instances",), started_at=at,
+            finished_at=at + timedelta(seconds=1), status="succeeded",
+            instances=len(fleet), requests=len(fleet) // 100 + 1))
+        store.close()
+        figures["commit_wall"] = time.perf_counter() - wall0
+        del fleet, state
+        runs = []
+        for _ in range(3):
+            wall0, cpu0, child0 = time.perf_counter(), time.process_time(), children_cpu()
+            snapshot = service.rebuild_snapshot(kinds=("instances",))
+            runs.append((time.perf_counter() - wall0, time.process_time() - cpu0,
+                         children_cpu() - child0))
+        figures["runs"] = runs
+        figures["instances"] = sum(t.count for t in snapshot.instances.values())
+    finally:
+        workers.close()
+        if service.rebuild_worker is not None:
+            service.rebuild_worker.close()
+    figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(figures))
+
+
+def bench_read(args: argparse.Namespace, n: int, buckets: int) -> None:
+    """Goal 4: build (or reuse) the history, then report, serve and the rebuild."""
+    print(f"\n4. read side: {n:,} instances, {buckets:,} buckets, crawled hourly for "
+          f"{args.history_days} days, {args.churn:.1%} of the fleet changing a day")
+    with tempfile.TemporaryDirectory(prefix="nexus-read-") as tmp:
+        db = Path(args.read_db) if args.read_db else Path(tmp) / "read.duckdb"
+        if db.exists():
+            line("history", f"reusing {db}")
+        else:
+            run = measured([sys.executable, __file__, "--build-child", str(db), str(n),
+                            str(buckets), str(args.history_days), str(args.churn),
+                            "store" if args.via_store else "bulk"])
+            built = json.loads(run.out.decode().strip().splitlines()[-1])
+            line("history written " + ("through the store" if args.via_store else "in bulk"),
+                 f"{run.wall:.1f}s wall ({built['fleet_s']:.1f}s making the fleet), "
+                 f"{run.cpu:.1f}s CPU, peak RSS {run.peak_mb:.0f} MB; "
+                 f"{db.stat().st_size / 1e6:.0f} MB on disk")
+        check = measured([sys.executable, "-m", "nexus_audit", "verify"], read_env(db))
+        line("nexus-audit verify", f"{check.out.decode().strip()} ({check.wall:.1f}s wall, "
+                                   f"{check.cpu:.1f}s CPU, peak RSS {check.peak_mb:.0f} MB)")
+        print(f"  -- report --since 30d --format json ({load()})")
+        for _ in range(args.report_runs):
+            run = measured([sys.executable, "-m", "nexus_audit", "report", "--since", "30d",
+                            "--format", "json"], read_env(db))
+            report = json.loads(run.out)
+            line("report --since 30d --format json",
+                 f"{run.wall:.2f}s wall, {run.cpu:.2f}s CPU, peak RSS {run.peak_mb:.0f} MB  "
+                 f"goal < 3 s: {verdict(run.wall < 3)}, < 1 GB: "
+                 f"{verdict(run.peak_mb < 1024)}")
+        line("its contents",
+             f"{len(run.out) / 1e6:.0f} MB: {report['inventory']['instances']['total']:,} "
+             f"instances, {len(report['drift']):,} drift rows, "
+             f"{len(report['stale_instances']):,} stale instances, "
+             f"{len(report['exposures']):,} exposures, coverage "
+             f"{report['crawls']['coverage']['ratio']:.4f}")
+        # serve records its failed crawls and the rebuild commits one: both on copies.
+        work = Path(tmp) / "work.duckdb"
+        print(f"  -- serve ({load()})")
+        shutil.copyfile(db, work)
+        bench_serve(work, args.scrapes)
+        print(f"  -- snapshot rebuild after an instance crawl, in-process ({load()})")
+        shutil.copyfile(db, work)
+        run = measured([sys.executable, __file__, "--rebuild-child", str(work)])
+        r = json.loads(run.out.decode().strip().splitlines()[-1])
+        line("first rebuild (every kind, as serve starts)",
+             f"{r['first_wall']:.2f}s wall, {r['first_cpu']:.2f}s CPU")
+        line("one more hourly crawl committed (this Store's first: in full)",
+             f"{r['commit_wall']:.1f}s wall")
+        for wall, cpu, child in r["runs"]:
+            line("rebuild_snapshot(kinds=('instances',))",
+                 f"{wall:.2f}s wall, {cpu:.2f}s CPU + {child:.2f}s in its worker  "
+                 f"goal < 2 s: {verdict(wall < 2)}")
+        line("instances in the snapshot; the process's peak RSS",
+             f"{r['instances']:,}; {r['peak_mb']:.0f} MB")
 
 
 def main() -> None:
@@ -368,16 +692,33 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0,
                         help="rate windows scaled to this many seconds (as bench/crawl.py)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per page-rate case")
-    parser.add_argument("--only", choices=["sim", "crawl"], action="append")
+    parser.add_argument("--only", choices=["sim", "crawl", "read"], action="append")
+    parser.add_argument("--history-days", type=int, default=30, help="read side: days")
+    parser.add_argument("--churn", type=float, default=0.01,
+                        help="read side: share of the fleet changing a day")
+    parser.add_argument("--via-store", action="store_true",
+                        help="read side: write every crawl through the store's API")
+    parser.add_argument("--read-db", help="read side: keep (or reuse) the database here")
+    parser.add_argument("--scrapes", type=int, default=1000, help="read side: /metrics")
+    parser.add_argument("--report-runs", type=int, default=2, help="read side: reports")
     parser.add_argument("--crawl-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--build-child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--rebuild-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.crawl_child:
         url, key, db, per_minute, window = args.crawl_child
         crawl_child(url, key, db, int(per_minute), float(window))
         return
+    if args.build_child:
+        db, n, b, days, churn, how = args.build_child
+        build_child(db, int(n), int(b), int(days), float(churn), how == "store")
+        return
+    if args.rebuild_child:
+        rebuild_child(args.rebuild_child)
+        return
     n = args.instances
     buckets = args.buckets if args.buckets is not None else max(1, n // 200)
-    only = set(args.only or ["sim", "crawl"])
+    only = set(args.only or ["sim", "crawl", "read"])
     print(f"nexus-audit scale benchmark; python {sys.version.split()[0]}, {load()}")
     reference_figure()
     if "sim" in only:
@@ -387,6 +728,8 @@ def main() -> None:
             db = Path(tmp) / "scale.duckdb"
             bench_crawl(n, buckets, args.budget, args.window, db)
             bench_report(db)
+    if "read" in only:
+        bench_read(args, n, buckets)
     print(f"\nend: {load()}")
     reference_figure()
 
