@@ -19,7 +19,10 @@ WITH firsts AS (
     FROM instance_versions v
     JOIN firsts fs ON fs.account = v.account
     JOIN crawls f ON f.crawl_id = v.first_crawl AND f.finished_at < $until
-    WHERE (v.account, v.id) IN (SELECT (account, id) FROM state_instances)
+    -- Only the instances not running now can be stale, and a run is made of one id's
+    -- versions alone: the others' versions (most of a fleet) are left out unread.
+    WHERE EXISTS (SELECT 1 FROM state_instances s
+                  WHERE s.account = v.account AND s.id = v.id AND s.status <> 'running')
 ), flagged AS (
     SELECT *,
            lag(until_crawl) OVER w = first_crawl AS chained,
