@@ -24,7 +24,8 @@ builds both and compares every table, manifests included):
   instances that costs about 1.7 s of CPU a crawl (fingerprinting the fleet, compaction):
   20 minutes for 30 days.
 * :func:`write_in_bulk`: the rows the store would hold once at rest (compacted: every
-  version closed at the crawl that replaced or removed it, removal markers closed), each
+  version closed at the crawl that replaced or removed it, removal markers closed, each
+  log's compaction mark in ``meta``), each
   crawl's row with its evidence manifest computed as a commit seals it (the state sums
   updated from the rows each crawl changes), appended table by table. Seconds a day of
   history at a million instances; ``nexus-audit verify`` checks every manifest.
@@ -60,7 +61,11 @@ from nexus_audit.history.chain import (
     element,
     manifest,
 )
-from nexus_audit.history.schema import BUCKET_VERSION_COLUMNS, INSTANCE_COLUMNS
+from nexus_audit.history.schema import (
+    BUCKET_VERSION_COLUMNS,
+    COMPACTED_KEY,
+    INSTANCE_COLUMNS,
+)
 from nexus_audit.history.store import Store
 from nexus_audit.simulator.synthetic import gc_paused, random_buckets, random_instances
 
@@ -362,6 +367,10 @@ def write_in_bulk(history: FleetHistory, path: Path) -> None:
         appender.flush()
         for log in logs.values():
             _append(con, log.table, log.rows)
+            if log.rows:  # the mark the store's compaction leaves (schema 6)
+                con.execute("INSERT OR REPLACE INTO meta VALUES ($k, $v)",
+                            {"k": COMPACTED_KEY.format(log=log.table),
+                             "v": str(max(row[-3] for row in log.rows))})
         con.commit()
         con.execute("CHECKPOINT")
     finally:

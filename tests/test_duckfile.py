@@ -259,8 +259,9 @@ def test_exit_waits_for_a_release_under_way(tmp_path: Path) -> None:
     assert_exits_whole(EXIT_MID_RELEASE, tmp_path / "exit.duckdb")
 
 
-def scripted_history(store: Store) -> None:
-    """Crawls where records change, vanish and come back, with a failure and two accounts."""
+def scripted_history(store: Store, hours: range = range(8)) -> None:
+    """Crawls where records change, vanish and come back, with a failure and two accounts
+    (``hours``: the hours committed; the fleet changes at every hour all the same)."""
     fleet = {"i-1": inst("i-1"), "i-2": inst("i-2"), "i-3": inst("i-3", status="stopped")}
     buckets = {"b-1": bucket("b-1"), "b-2": bucket("b-2", access="public-read")}
     steps = [
@@ -275,6 +276,8 @@ def scripted_history(store: Store) -> None:
     ]
     for hour, step in enumerate(steps):
         step()
+        if hour not in hours:
+            continue
         at = T0 + hour * HOUR
         crawl(store, at, instances=list(fleet.values()), buckets=list(buckets.values()))
         if hour == 3:
@@ -334,6 +337,40 @@ def test_views_answer_the_same_before_and_after_compaction(tmp_path: Path,
     with held.read() as con:
         assert con.execute("SELECT count(*) FROM instance_log WHERE until_crawl IS NULL"
                            ).fetchone() == open_rows
+
+
+def test_views_answer_the_same_over_a_compaction_mark_and_a_burst_after_it(
+        tmp_path: Path, files: OwnFiles) -> None:
+    """Compacted through the first hours (each log's mark in meta), then the rest in one
+    held burst: the views end the open versions of the ids changed after the mark at
+    their next rows, keep the others current, and read as the isolated history does."""
+    apart = DuckFiles(Ticking(), start_timer=ManualTimers())
+    try:
+        isolated = Store(tmp_path / "isolated.duckdb", files=apart)
+        isolated.migrate()
+        scripted_history(isolated)
+        expected = all_versions(isolated)
+        first = Store(tmp_path / "mixed.duckdb", files=apart)
+        first.migrate()
+        scripted_history(first, range(4))
+    finally:
+        apart.close()
+    mixed = Store(tmp_path / "mixed.duckdb", files=files.files)
+    scripted_history(mixed, range(4, 8))
+    assert mixed.files.holding(mixed.path)
+    with mixed.read() as con:
+        marks = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'compacted:%'"
+                                 ).fetchall())
+        after = con.execute(
+            "SELECT count(DISTINCT id) FROM instance_log WHERE until_crawl IS NULL "
+            "AND first_crawl > $m", {"m": int(marks["compacted:instance_log"])}).fetchone()
+    assert set(marks) == {"compacted:instance_log", "compacted:bucket_log",
+                          "compacted:bucket_size_log"}
+    assert after is not None
+    assert after[0] >= 3  # ids with open rows on both sides of the mark, uncompacted
+    assert all_versions(mixed) == expected
+    mixed.close()
+    assert all_versions(mixed) == expected
 
 
 # -- copies for long reads and cancelling them ---------------------------------------------

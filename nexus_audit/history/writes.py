@@ -20,6 +20,7 @@ from nexus_audit.history import duckfile
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
     BUCKET_VERSION_COLUMNS,
+    COMPACTED_KEY,
     INSTANCE_COLUMNS,
     Record,
 )
@@ -145,6 +146,11 @@ def _compact_sql(log: str) -> str:
 
 
 _COMPACT: Final = {log: _compact_sql(log) for log in LOGS.values()}
+#: The mark a compaction leaves (schema 6's views read it): the log's last first_crawl,
+#: at or before which every row of it is now compacted.
+_MARK: Final = {log: f"""INSERT OR REPLACE INTO @h@.meta
+        SELECT '{COMPACTED_KEY.format(log=log)}', CAST(max(first_crawl) AS VARCHAR)
+        FROM @h@.{log} HAVING count(*) > 0""" for log in LOGS.values()}
 #: The memo key of the logs appended to since the last compaction.
 DIRTY: Final = "dirty"
 
@@ -175,6 +181,7 @@ def compact(commit: duckfile.Commit) -> None:
     with transaction(cursor):
         for log in sorted(dirty):
             cursor.execute(_COMPACT[log].replace("@h@", h))
+            cursor.execute(_MARK[log].replace("@h@", h))
     dirty.clear()
 
 
