@@ -11,7 +11,6 @@ carry HTML, CSV text cannot start a formula, JSON escapes C1 controls and U+2028
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -19,6 +18,7 @@ from nexus_audit import __version__
 from nexus_audit.audit.report import Report
 from nexus_audit.domain import escape
 from nexus_audit.errors import ConfigError, UsageError
+from nexus_audit.output import indented
 from nexus_audit.output.csvfile import CSV_COLUMNS, CSV_FINDING_COLUMNS, render_csv
 from nexus_audit.output.html_report import render_html_chunks
 from nexus_audit.output.markdown import render_markdown
@@ -73,10 +73,10 @@ JSON_CHUNK: Final = 1 << 16
 
 
 def _json_chunks(report: Report) -> Iterator[str]:
-    encoder = json.JSONEncoder(indent=2, ensure_ascii=False)
+    # What json.JSONEncoder(indent=2, ensure_ascii=False) writes, faster (indented.py).
     pending: list[str] = []
     size = 0
-    for piece in encoder.iterencode(report.to_json_dict()):
+    for piece in indented.iterencode(report.to_json_dict()):
         pending.append(piece)
         size += len(piece)
         if size >= JSON_CHUNK:

@@ -1,0 +1,160 @@
+"""Indented JSON, byte for byte what ``json.JSONEncoder(indent=2, ensure_ascii=False)``
+writes, at a fraction of its cost on long lists of records.
+
+The standard library encodes indented JSON in pure Python (its C encoder only writes
+unindented JSON), about 50 MB a CPU-minute: the report of 30 days of a million instances,
+120 MB of drift rows and stale instances, took six seconds to write. Here each value is
+encoded by the same C functions the encoder uses (``encode_basestring``, ``int`` and
+``float`` ``__repr__``), and a list of flat records (dicts of the same keys) is written
+column by column in batches (one C-level ``map`` per column, one ``%`` template per
+record) instead of value by value; everything else, and any record holding a list or an
+object, goes the general way. ``tests/test_indented.py`` compares both encoders on
+arbitrary values.
+"""
+
+from __future__ import annotations
+
+import json.encoder
+import math
+from collections.abc import Iterator, Mapping
+from itertools import islice
+from typing import Any, Final
+
+#: The standard library's string encoder for ``ensure_ascii=False`` (its C version).
+_string: Final = json.encoder.encode_basestring
+_INDENT: Final = 2
+#: Records written per batch: the columns of one batch are held at once, not the list's.
+BATCH: Final = 2048
+_INFINITY: Final = float("inf")
+
+
+def _float(value: float) -> str:
+    """A float as the encoder writes it (``allow_nan=True``)."""
+    if value != value:  # NaN, the one value unequal to itself
+        return "NaN"
+    if value == _INFINITY:
+        return "Infinity"
+    if value == -_INFINITY:
+        return "-Infinity"
+    return float.__repr__(value)
+
+
+def _key(key: object) -> str:
+    """A dict key as the encoder writes it (``skipkeys=False``: other types raise)."""
+    if isinstance(key, str):
+        return _string(key)
+    if isinstance(key, float):
+        return _string(_float(key))
+    if key is True:
+        return '"true"'
+    if key is False:
+        return '"false"'
+    if key is None:
+        return '"null"'
+    if isinstance(key, int):
+        return _string(int.__repr__(key))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def encode(value: object, level: int = 0) -> str:
+    """``value`` as indented JSON, its nested lines indented as at nesting ``level``."""
+    if isinstance(value, str):
+        return _string(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return _float(value)
+    return "".join(_container(value, level))
+
+
+def _container(value: object, level: int) -> Iterator[str]:
+    """The pieces of a list or dict at nesting ``level``."""
+    inner = "\n" + " " * (_INDENT * (level + 1))
+    outer = "\n" + " " * (_INDENT * level)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            yield "[]"
+            return
+        yield "[" + inner
+        if _records(value):
+            yield from _record_rows(value, level + 1)
+        else:
+            yield ("," + inner).join(encode(item, level + 1) for item in value)
+        yield outer + "]"
+        return
+    if isinstance(value, dict):
+        if not value:
+            yield "{}"
+            return
+        yield "{" + inner
+        first = True
+        for key, item in value.items():
+            head = _key(key) + ": "
+            yield head if first else "," + inner + head
+            first = False
+            if isinstance(item, (list, tuple, dict)):
+                yield from _container(item, level + 1)
+            else:
+                yield encode(item, level + 1)
+        yield outer + "}"
+        return
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _records(items: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether ``items`` are dicts of one same non-empty key order (flat or not)."""
+    first = items[0]
+    if type(first) is not dict or not first:
+        return False
+    keys = list(first)
+    return all(type(item) is dict and list(item) == keys for item in items)
+
+
+def _column(values: list[Any], level: int) -> list[str]:
+    """One column of records, encoded: a column of strings, whole numbers or finite
+    floats in one C-level pass (strings with nulls nearly so), any other by
+    :func:`encode`."""
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return list(map(_string, values))
+    if kinds <= {str, type(None)}:
+        return [_string(v) if v is not None else "null" for v in values]
+    if kinds <= {int}:
+        return list(map(int.__repr__, values))
+    if kinds <= {float} and all(map(math.isfinite, values)):
+        return list(map(float.__repr__, values))
+    return [encode(v, level) for v in values]
+
+
+def _record_rows(items: list[Any] | tuple[Any, ...], level: int) -> Iterator[str]:
+    """The records of a list at nesting ``level`` (each a dict of the same keys), joined
+    as the encoder joins them, a batch at a time."""
+    keys = list(items[0])
+    inner = "\n" + " " * (_INDENT * (level + 1))
+    outer = "\n" + " " * (_INDENT * level)
+    # One template per record: the keys written once, a %s per value.
+    template = ("{" + inner
+                + ("," + inner).join(_key(k).replace("%", "%%") + ": %s" for k in keys)
+                + outer + "}")
+    separator = "," + outer
+    rows = iter(items)
+    first = True
+    while batch := list(islice(rows, BATCH)):
+        columns = [_column([record[k] for record in batch], level + 1) for k in keys]
+        text = separator.join(map(template.__mod__, zip(*columns, strict=True)))
+        yield text if first else separator + text
+        first = False
+
+
+def iterencode(value: Mapping[str, Any] | list[Any]) -> Iterator[str]:
+    """``value`` as indented JSON, in pieces (their concatenation is the text)."""
+    if isinstance(value, (list, tuple, dict)):
+        yield from _container(value, 0)
+    else:
+        yield encode(value)
