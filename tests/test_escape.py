@@ -78,3 +78,11 @@ def test_json_text_escapes_c1_and_line_separators_and_reads_back() -> None:
     assert text == '{"id": "b\\u0085\\u2028\\u2029\\u009b[2J\\u007fé"}'
     assert len(text.splitlines()) == 1
     assert json.loads(text) == value
+
+
+def test_json_text_of_ascii_escapes_del_alone() -> None:
+    """All-ASCII text (most reports) comes back as it is, except DEL, ASCII's one
+    character to escape."""
+    plain = json.dumps({"id": "i-1", "n": [1, 2.5]})
+    assert json_text(plain) is plain
+    assert json_text('{"id": "a\x7f"}') == '{"id": "a\\u007f"}'

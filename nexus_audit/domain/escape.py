@@ -91,4 +91,6 @@ def json_text(encoded: str) -> str:
     """JSON text (from ``json.dumps``/``iterencode``) with DEL, C1 controls, U+2028 and
     U+2029 written as ``\\u2028``-style escapes: the same JSON value, safe for line-based and
     terminal readers. Outside strings JSON is ASCII, so replacing anywhere is exact."""
+    if encoded.isascii() and "\x7f" not in encoded:  # nothing to replace: no regex pass
+        return encoded
     return _JSON_EXTRA.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
