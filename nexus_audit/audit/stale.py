@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
-from nexus_audit.audit.report import prepare, query_values, run_query
+from nexus_audit.audit.report import from_epoch_us, prepare, query_values, run_query
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError
@@ -68,8 +68,8 @@ def current_streaks(history: History, accounts: Sequence[str], *, until: datetim
         with history.read() as con:
             values["accounts"] = resolve_accounts(con, accounts)
             prepare(con, values, pricing, ("obs", "instance_prices", "state_instances"))
-            rows = run_query(con, "stale_instances", values)
+            rows = run_query(con, "stale_instances", values, epoch_us=("stale_since",))
     except NoDataError:
         return []
-    return [Streak(account=a, id=i, status=status, since=stale_since.astimezone(UTC))
+    return [Streak(account=a, id=i, status=status, since=from_epoch_us(stale_since))
             for a, i, _name, status, _region, stale_since, _at_least, _cost in rows]
