@@ -49,21 +49,25 @@ def versions_view(view: str, log: str, columns: tuple[str, ...]) -> str:
     cols = ", ".join(columns)
     mark = (f"coalesce((SELECT CAST(value AS BIGINT) FROM meta "
             f"WHERE key = '{COMPACTED_KEY.format(log=log)}'), -1)")
-    after_mark = (f"(SELECT 1 FROM {log} r WHERE r.until_crawl IS NULL "
-                  f"AND r.first_crawl > {mark} AND r.account = l.account AND r.id = l.id)")
+    # Uncorrelated semi and anti joins on the (few) ids after the mark: a correlated
+    # EXISTS made DuckDB list every distinct id of the log first.
+    after_mark = (f"(SELECT account, id FROM {log} "
+                  f"WHERE until_crawl IS NULL AND first_crawl > {mark}) r "
+                  f"ON r.account = l.account AND r.id = l.id")
     return f"""CREATE OR REPLACE VIEW {view} AS
         SELECT {cols}, until_crawl
         FROM {log} WHERE until_crawl IS NOT NULL AND removed IS NOT TRUE
         UNION ALL
         SELECT {cols}, until_crawl
-        FROM {log} l WHERE until_crawl IS NULL AND removed IS NOT TRUE
-            AND NOT EXISTS {after_mark}
+        FROM {log} l ANTI JOIN {after_mark}
+        WHERE l.until_crawl IS NULL AND l.removed IS NOT TRUE
         UNION ALL
         SELECT {cols}, until_crawl FROM (
             SELECT {cols}, removed,
                    lead(first_crawl) OVER (PARTITION BY account, id ORDER BY first_crawl)
                        AS until_crawl
-            FROM {log} l WHERE until_crawl IS NULL AND EXISTS {after_mark})
+            FROM {log} l SEMI JOIN {after_mark}
+            WHERE l.until_crawl IS NULL)
         WHERE removed IS NOT TRUE"""
 
 
