@@ -18,8 +18,8 @@ WITH totals AS (
                AS secs
     FROM instance_versions v
     JOIN totals t ON t.account = v.account AND t.kind = 'instances'
-    JOIN instance_prices p ON p.account = v.account AND p.id = v.id
-        AND p.first_crawl = v.first_crawl
+    JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM v.plan
+        AND p.cpu IS NOT DISTINCT FROM v.cpu AND p.memory_gb IS NOT DISTINCT FROM v.memory_gb
     LEFT JOIN obs f ON f.account = v.account AND f.kind = 'instances'
         AND f.crawl_id = v.first_crawl
     LEFT JOIN obs u ON u.account = v.account AND u.kind = 'instances'

@@ -4,8 +4,8 @@
 -- Parameters: $storage_gb_month, $bytes_per_gb, $hours_per_month DOUBLE (Pricing.query_values).
 SELECT 'compute' AS part, i.region, sum(p.hourly) AS amount
 FROM state_instances i
-JOIN instance_prices p ON p.account = i.account AND p.id = i.id
-    AND p.first_crawl = i.first_crawl
+JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM i.plan
+    AND p.cpu IS NOT DISTINCT FROM i.cpu AND p.memory_gb IS NOT DISTINCT FROM i.memory_gb
 WHERE i.status = 'running'
 GROUP BY ALL
 UNION ALL

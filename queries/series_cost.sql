@@ -14,8 +14,8 @@ WITH lo AS (
     SELECT v.account, v.first_crawl, v.until_crawl, p.hourly AS rate, l.lo
     FROM instance_versions v
     JOIN lo l ON l.account = v.account AND l.kind = 'instances'
-    JOIN instance_prices p ON p.account = v.account AND p.id = v.id
-        AND p.first_crawl = v.first_crawl
+    JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM v.plan
+        AND p.cpu IS NOT DISTINCT FROM v.cpu AND p.memory_gb IS NOT DISTINCT FROM v.memory_gb
     WHERE v.status = 'running'
 ), pieces AS (
     -- as in cost_accrued.sql: a size row and a bucket version overlapping on [first, until)

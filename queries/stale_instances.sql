@@ -61,6 +61,7 @@ SELECT c.account, c.id, s.name, s.status, s.region, c.since_t AS stale_since, c.
        p.hourly AS hourly_cost
 FROM current c
 JOIN state_instances s ON s.account = c.account AND s.id = c.id
-JOIN instance_prices p ON p.account = s.account AND p.id = s.id AND p.first_crawl = s.first_crawl
+JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM s.plan
+    AND p.cpu IS NOT DISTINCT FROM s.cpu AND p.memory_gb IS NOT DISTINCT FROM s.memory_gb
 WHERE (epoch_us($until) - epoch_us(c.since_t)) / 1e6 >= c.threshold
 ORDER BY stale_since, c.account, c.id
