@@ -45,7 +45,9 @@ WITH firsts AS (
            arg_min(is_first, first_crawl) AS first
     FROM runs GROUP BY ALL
 ), current AS (
-    SELECT r.*, CASE WHEN s.status = 'pending' THEN ps.since_t ELSE ist.since_t END AS since_t,
+    -- with the state's row (its name, region and shape), read once here
+    SELECT r.account, r.id, s.name, s.status, s.region, s.plan, s.cpu, s.memory_gb,
+           CASE WHEN s.status = 'pending' THEN ps.since_t ELSE ist.since_t END AS since_t,
            CASE WHEN s.status = 'pending' THEN ps.first ELSE ist.first END AS at_least,
            CASE WHEN s.status = 'pending' THEN $pending_stale_after ELSE $stale_after END
                AS threshold
@@ -57,11 +59,10 @@ WITH firsts AS (
         AND ps.pending_run = r.pending_run
     WHERE s.status <> 'running'
 )
-SELECT c.account, c.id, s.name, s.status, s.region, c.since_t AS stale_since, c.at_least,
+SELECT c.account, c.id, c.name, c.status, c.region, c.since_t AS stale_since, c.at_least,
        p.hourly AS hourly_cost
 FROM current c
-JOIN state_instances s ON s.account = c.account AND s.id = c.id
-JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM s.plan
-    AND p.cpu IS NOT DISTINCT FROM s.cpu AND p.memory_gb IS NOT DISTINCT FROM s.memory_gb
+JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM c.plan
+    AND p.cpu IS NOT DISTINCT FROM c.cpu AND p.memory_gb IS NOT DISTINCT FROM c.memory_gb
 WHERE (epoch_us($until) - epoch_us(c.since_t)) / 1e6 >= c.threshold
 ORDER BY stale_since, c.account, c.id
