@@ -21,6 +21,7 @@ from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError
 from nexus_audit.history.protocol import History
 from nexus_audit.history.readers import resolve_accounts
+from nexus_audit.history.sql import create_temp
 
 #: A threshold every streak passes: the query then lists every current instance not
 #: running, with the start of its streak.
@@ -60,14 +61,17 @@ def current_streaks(history: History, accounts: Sequence[str], *, until: datetim
                     max_gap_buckets: timedelta, pricing: Pricing) -> list[Streak]:
     """Every instance not running as of the last instance crawl before ``until``, with the
     start of its streak; ``since`` only has to lie before that crawl (history before the
-    window is read anyway). Only the tables the stale query needs are built."""
+    window is read anyway). Only the tables the stale query needs are built, and of the
+    state only the instances not running (the only ones it reads: a sixth of a fleet)."""
     values = query_values(Window(since, until), stale_after=_ANY, pending_stale_after=_ANY,
                           max_gap_instances=max_gap_instances,
                           max_gap_buckets=max_gap_buckets, pricing=pricing)
     try:
         with history.read() as con:
             values["accounts"] = resolve_accounts(con, accounts)
-            prepare(con, values, pricing, ("obs", "instance_prices", "state_instances"))
+            prepare(con, values, pricing, ("obs", "instance_prices"))
+            create_temp(con, "state_instances", "state_instances", values,
+                        where="status <> 'running'")
             rows = run_query(con, "stale_instances", values, epoch_us=("stale_since",))
     except NoDataError:
         return []

@@ -55,9 +55,12 @@ def bind(sql: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_temp(con: duckdb.DuckDBPyConnection, table: str, name: str,
-                values: dict[str, Any]) -> None:
+                values: dict[str, Any], *, where: str | None = None) -> None:
     """Materialize query ``name`` as the temp table ``table`` on ``con`` (for the queries
-    that read it after)."""
+    that read it after); ``where``: only its rows that meet this condition (our own SQL)."""
     sql = load_query(name)
+    params = bind(sql, values)
+    if where is not None:
+        sql = f"SELECT * FROM ({sql}) WHERE {where}"  # noqa: S608 - our own condition
     # The table name is ours, never a user's; the query's values are bound.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", bind(sql, values))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", params)
