@@ -10,8 +10,10 @@ per-vCPU/per-GB rates, stopped instances (no compute), odd bucket sizes in sever
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +105,28 @@ def test_metrics_cost_equals_report_run_rate(service: Service, account: str) -> 
     for region in regions:
         ours = metrics[(region, "compute")] + metrics[(region, "storage")]
         assert ours == pytest.approx(report.by_region.get(region, 0.0), abs=0.005), region
+
+
+def test_serve_counts_instances_without_their_records(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without per-instance series (the default), serve reads the instances counted by
+    region, status and shape, not their records, and shows the same counts, memory and
+    cost as from the records (per-instance series on)."""
+    asked: list[bool] = []
+    latest = service.store.latest
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("records", True))
+        return latest(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "latest", spy)
+    counted = service.rebuild_snapshot()
+    assert asked == [False]
+    on = Service(replace(service.settings, per_instance_metrics=True), service.store, PRICING,
+                 clock=FakeClock(NOW), grace=0.0)
+    from_records = on.rebuild_snapshot()
+    assert asked == [False, True]
+    assert counted.instances == from_records.instances
+    assert counted.cost_hourly == from_records.cost_hourly
+    assert counted.instance_series == ()
+    assert len(from_records.instance_series) == sum(len(i) for i, _ in FLEET.values())

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import random
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +19,7 @@ from nexus_audit.api import ApiStats, RateBudget
 from nexus_audit.domain.model import Bucket, Instance
 from nexus_audit.domain.pricing import BYTES_PER_GB
 from nexus_audit.domain.timeutil import FakeClock
+from nexus_audit.history.readers import InstanceGroup
 from nexus_audit.history.store import AccountState, CrawlInfo
 from nexus_audit.metrics import (
     ApiCollector,
@@ -353,3 +358,43 @@ def test_cached_scrapes_need_no_render_and_gzip_is_one_stream() -> None:
     assert ahead is not None
     assert ahead[0] != rendered[0]
     assert ahead[0].count(b"# EOF") == 1
+
+
+def _groups(records: list[Instance]) -> tuple[InstanceGroup, ...]:
+    counted: dict[tuple[str, str, str | None, int, float], int] = {}
+    for i in records:
+        key = (i.region, i.status, i.plan, i.cpu, i.memory_gb)
+        counted[key] = counted.get(key, 0) + 1
+    return tuple(InstanceGroup(*key, number=n) for key, n in sorted(
+        counted.items(), key=repr))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["running", "stopped", "pending"]),
+                          st.sampled_from(["eu-1", "us-1"]),
+                          st.sampled_from([(1, 0.1), (2, 0.7), (3, 1.3), (16, 64.0)]),
+                          st.sampled_from(["nano", "micro", None])),
+                min_size=1, max_size=60),
+       st.randoms(use_true_random=False))
+@settings(max_examples=150, deadline=None)
+def test_counted_groups_fold_to_the_records_sums_to_the_last_bit(
+        rows: list[tuple[str, str, tuple[int, float], str | None]], rng: random.Random
+        ) -> None:
+    """Instances read as records (in any order) or counted by region, status and shape
+    (serve without per-instance series) give the same counts, vCPUs, memory and compute
+    cost, float for float: each sum is rounded once, not in the order of the records."""
+    records = [inst(f"i-{n}", status, region, cpu, memory, plan)
+               for n, (status, region, (cpu, memory), plan) in enumerate(rows)]
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+
+    def price(i: Instance) -> float:
+        return 0.1 * i.cpu + 0.07 * i.memory_gb + (0.013 if i.plan else 0.0)
+
+    def fold(state: AccountState) -> tuple[object, object]:
+        snap = build_snapshot([state], generation=1, instance_price=price)
+        return snap.instances, snap.cost_hourly
+
+    as_records = fold(replace(PROD, instances=tuple(records), buckets=()))
+    assert fold(replace(PROD, instances=tuple(shuffled), buckets=())) == as_records
+    assert fold(replace(PROD, instances=(), buckets=(),
+                        instance_groups=_groups(records))) == as_records

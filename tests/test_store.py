@@ -13,6 +13,7 @@ from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import Window
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
+from nexus_audit.history.readers import InstanceGroup
 from nexus_audit.history.store import MIGRATIONS, SCHEMA_VERSION, Store
 from nexus_audit.output.render import render
 from nexus_audit.report import build_report
@@ -239,6 +240,27 @@ def test_latest_state_and_previous_regions(store: Store) -> None:
     assert state.crawls_by_status == {"succeeded": 2, "failed": 1}
     assert store.previous_regions("acme") == ["eu-1", "us-2"]
     assert store.previous_regions("other") == []
+
+
+def test_latest_without_records_counts_the_instances_by_shape(store: Store) -> None:
+    """latest(records=False) leaves the instance records out and counts the current
+    instances of each account by region, status and shape instead (a version replaced
+    or removed since counts no more)."""
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2"), inst("i-3", status="stopped"),
+                                inst("i-4", plan=None, cpu=3, memory_gb=7.5)])
+    crawl(store, T0 + HOUR, instances=[inst("i-1"), inst("i-2", region="us-1"),
+                                       inst("i-3", status="stopped"), inst("i-5")])
+    crawl(store, T0, instances=[inst("g-1")], account="globex")
+    acme, globex = store.latest(records=False)
+    assert acme.instances == ()
+    assert acme.instance_groups == (
+        InstanceGroup("eu-1", "running", "micro", 2, 2.0, number=2),
+        InstanceGroup("eu-1", "stopped", "micro", 2, 2.0, number=1),
+        InstanceGroup("us-1", "running", "micro", 2, 2.0, number=1))
+    assert globex.instance_groups == (InstanceGroup("eu-1", "running", "micro", 2, 2.0, 1),)
+    assert [s.instance_groups for s in store.latest()] == [(), ()]
+    assert [s.last_success for s in store.latest(records=False)] == [
+        s.last_success for s in store.latest()]
 
 
 def test_discarded_crawl_leaves_nothing(store: Store) -> None:

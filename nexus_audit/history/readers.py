@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 import duckdb
 
@@ -38,6 +38,17 @@ class CrawlInfo:
     requests_by_endpoint: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
+class InstanceGroup(NamedTuple):
+    """Current instances of one account alike in region, status and shape, counted."""
+
+    region: str
+    status: str
+    plan: str | None
+    cpu: int
+    memory_gb: float
+    number: int
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccountState:
     """One account's latest committed state: what ``/metrics`` shows."""
@@ -57,6 +68,9 @@ class AccountState:
     crawls_by_status: Mapping[str, int]
     #: Crawls re-dated because the clock stepped back (``clock_skews``), by kind covered.
     clock_corrections: Mapping[Kind, int] = field(default_factory=dict)
+    #: The instances as counts by region, status and shape, when read without their
+    #: records (``instances`` is then empty; see :func:`read_latest`).
+    instance_groups: tuple[InstanceGroup, ...] = ()
 
 
 
@@ -76,7 +90,18 @@ _CLOCK_CORRECTIONS: Final = """
     GROUP BY ALL"""
 
 
-def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[AccountState]:
+#: The current instances counted by region, status and shape (the rows of a fleet of a
+#: million: a few hundred).
+_INSTANCE_GROUPS: Final = """
+    SELECT account, region, status, plan, cpu, memory_gb, count(*) FROM instance_versions
+    WHERE until_crawl IS NULL GROUP BY ALL ORDER BY ALL"""
+
+
+def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind], *,
+                records: bool = True) -> list[AccountState]:
+    """Per account, its latest state, with the records of ``kinds``; without ``records``,
+    the instances come as :class:`InstanceGroup` counts instead (reading a million
+    instance records into Python took 4.5 s of CPU, counting them 0.1 s)."""
     counts: dict[str, dict[str, int]] = {}
     for account, status, n in con.execute(
             "SELECT account, status, count(*) FROM crawls GROUP BY ALL").fetchall():
@@ -101,9 +126,14 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[
     make_instance = Instance._make
     rows = (con.execute(
         f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
-        "ORDER BY account, id").fetchall() if "instances" in kinds else [])
+        "ORDER BY account, id").fetchall() if "instances" in kinds and records else [])
     for account, *fields in rows:
         instances.setdefault(account, []).append(make_instance(fields))
+    groups: dict[str, list[InstanceGroup]] = {}
+    rows = (con.execute(_INSTANCE_GROUPS).fetchall()
+            if "instances" in kinds and not records else [])
+    for account, *fields in rows:
+        groups.setdefault(account, []).append(InstanceGroup._make(fields))
     buckets: dict[str, list[Bucket]] = {}
     bcols = ", ".join("s.size_bytes" if c == "size_bytes" else f"v.{c}" for c in BUCKET_COLUMNS)
     make_bucket = Bucket._make
@@ -128,6 +158,7 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind]) -> list[
             last_success=ok,
             crawls_by_status=counts[account],
             clock_corrections=corrections.get(account, {}),
+            instance_groups=tuple(groups.get(account, ())),
         ))
     return states
 

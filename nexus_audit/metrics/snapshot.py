@@ -11,10 +11,12 @@ API and the pricing use for storage (``memory_gb`` x 10^9), so sums stay compara
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import Final
 
 from nexus_audit.domain.exposure import is_exposed
@@ -127,8 +129,10 @@ def build_snapshot(
     corrections: dict[tuple[str, str], int] = {}
     stale_counts: dict[tuple[str, str], int] = {}
     accounts: list[str] = []
+    fold = _InstanceFold(instance_price)
     for state in states:
         account = state.account
+        fold.account = account
         accounts.append(account)
         if state.instances_as_of is not None:
             as_of[(account, "instances")] = state.instances_as_of.timestamp()
@@ -144,19 +148,14 @@ def build_snapshot(
             if kind in state.last_success:
                 last_success[(account, kind)] = state.last_success[kind]
         for inst in state.instances if "instances" in kinds else ():
-            key = (account, inst.region, inst.status)
-            totals = instances.get(key)
-            if totals is None:
-                totals = instances[key] = [0, 0, 0.0]
-            totals[0] += 1
-            totals[1] += inst.cpu
-            totals[2] += inst.memory_gb * BYTES_PER_GB
-            if instance_price is not None and inst.status == "running":
-                ckey = (account, inst.region, "compute")
-                cost[ckey] = cost.get(ckey, 0.0) + instance_price(inst)
+            fold.add(inst, 1)
             if per_instance:
                 instance_series.append((account, inst.id, inst.name, inst.region, inst.status,
                                         inst.plan or ""))
+        for group in state.instance_groups if "instances" in kinds else ():
+            # Priced by shape: a record of the group's region, status and shape.
+            fold.add(Instance("", "", group.status, group.region, group.cpu,
+                              group.memory_gb, group.plan, "{}", None, "{}"), group.number)
         for bucket in state.buckets if "buckets" in kinds else ():
             # A NULL access (only another writer leaves one: crawls refuse it) is exposed,
             # and labelled "" rather than breaking the sort of the series.
@@ -175,6 +174,7 @@ def build_snapshot(
             if per_bucket:
                 bucket_series.append((account, bucket.id, bucket.region, access,
                                       bucket.size_bytes))
+    fold.finish(instances, cost)
     for skey, n in (stale or {}).items():
         if skey[0] in accounts:
             stale_counts[skey] = n
@@ -201,6 +201,58 @@ def build_snapshot(
         findings=None if findings is None else {
             k: n for k, n in findings.items() if k[0] in accounts},
     )
+
+
+class _InstanceFold:
+    """The instance totals and compute cost of a snapshot, summed exactly.
+
+    Each sum is of value x count terms, rounded once at the end, so it is the same float
+    whether the instances come as records (one term each) or as counted groups
+    (:class:`~nexus_audit.history.readers.InstanceGroup`), and in whatever order: a
+    float sum in record order would differ from a sum by groups in its last digits.
+    """
+
+    def __init__(self, price: InstancePrice | None) -> None:
+        self.price = price
+        self.account = ""
+        #: (account, region, status) → [count, vCPUs], and → memory bytes → how many.
+        self.counts: dict[tuple[str, str, str], list[int]] = {}
+        self.memory: dict[tuple[str, str, str], dict[float, int]] = {}
+        #: (account, region, "compute") → hourly price → how many running at it.
+        self.prices: dict[tuple[str, str, str], dict[float, int]] = {}
+
+    def add(self, inst: Instance, count: int) -> None:
+        """``count`` instances like ``inst`` (its account: :attr:`account`)."""
+        key = (self.account, inst.region, inst.status)
+        totals = self.counts.get(key)
+        if totals is None:
+            totals = self.counts[key] = [0, 0]
+            self.memory[key] = {}
+        totals[0] += count
+        totals[1] += inst.cpu * count
+        terms = self.memory[key]
+        value = inst.memory_gb * BYTES_PER_GB
+        terms[value] = terms.get(value, 0) + count
+        if self.price is not None and inst.status == "running":
+            prices = self.prices.setdefault((self.account, inst.region, "compute"), {})
+            hourly = self.price(inst)
+            prices[hourly] = prices.get(hourly, 0) + count
+
+    def finish(self, instances: dict[tuple[str, str, str], list[float]],
+               cost: dict[tuple[str, str, str], float]) -> None:
+        """Write the sums into ``instances`` ([count, vCPUs, memory]) and ``cost``."""
+        for key, (count, vcpus) in self.counts.items():
+            instances[key] = [count, vcpus, _exact_sum(self.memory[key])]
+        for ckey, terms in self.prices.items():
+            cost[ckey] = _exact_sum(terms)
+
+
+def _exact_sum(terms: Mapping[float, int]) -> float:
+    """The sum of value x count over ``terms``, correctly rounded (as ``math.fsum`` of
+    every term); a NaN or infinite value gives the float sum (NaN or infinite too)."""
+    if not all(map(math.isfinite, terms)):
+        return sum(value * n for value, n in terms.items())
+    return float(sum((Fraction(value) * n for value, n in terms.items()), Fraction(0)))
 
 
 def _reuse(previous: Snapshot, kinds: Collection[Kind], accounts: Collection[str],
