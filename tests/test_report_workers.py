@@ -127,7 +127,7 @@ def wait_for_file(path: Path) -> None:
 def test_the_rebuild_reads_stale_instances_through_a_worker_alike(
         tmp_path: Path, workers: ReportWorkers) -> None:
     """The snapshot rebuild's stale candidates are the same from a worker process as in
-    process (stopped instances, with the start of their streak)."""
+    process (the instances not running, counted by the start of their streak)."""
     db = tmp_path / "history.duckdb"
     s = Store(db, lock_timeout=5.0)
     s.migrate()
@@ -141,8 +141,8 @@ def test_the_rebuild_reads_stale_instances_through_a_worker_alike(
                     workers=workers)
     states = here.store.latest()
     expected = here.stale_candidates(states)
-    assert sorted((x.status, x.since) for x in expected) == [("pending", T0 + HOUR),
-                                                             ("stopped", T0)]
+    assert sorted((x.status, x.since, x.number) for x in expected) == [
+        ("pending", T0 + HOUR, 1), ("stopped", T0, 1)]
     try:
         assert there.stale_candidates(states) == expected
     finally:

@@ -46,7 +46,7 @@ from nexus_audit.api.budget import (
 )
 from nexus_audit.api.client import client_session
 from nexus_audit.audit.findings import current_counts, evaluate_history
-from nexus_audit.audit.stale import Streak, current_streaks, is_stale
+from nexus_audit.audit.stale import StreakCount, current_streak_counts, is_stale
 from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.crawl.crawler import COMMIT_REFUSED, crawl_and_commit
 from nexus_audit.domain.model import KINDS, Kind
@@ -87,8 +87,8 @@ from nexus_audit.service.web import (
 from nexus_audit.service.workers import (
     ReportWorkers,
     StreakArgs,
-    streaks_from_json,
-    streaks_json,
+    streak_counts_from_json,
+    streak_counts_json,
 )
 
 log = get_logger(__name__)
@@ -145,9 +145,9 @@ class Service:
         self.reports = StoreReports(store, settings, pricing, clock, policy, workers=workers)
         self._generation = 0
         self._last: Snapshot | None = None
-        # Every instance not running as of the last instance crawl, with the start of its
-        # streak; counted against the thresholds at each rebuild's time (audit.stale).
-        self._stale_candidates: list[Streak] = []
+        # The instances not running as of the last instance crawl, counted by the start of
+        # their streak; judged against the thresholds at each rebuild's time (audit.stale).
+        self._stale_candidates: list[StreakCount] = []
         self._rebuild_lock = threading.Lock()
         #: (account, kind) → why its last crawl could not even be recorded as failed.
         self._unrecorded: dict[tuple[str, str], str] = {}
@@ -222,8 +222,8 @@ class Service:
         except NoDataError:
             return []
 
-    def stale_candidates(self, states: Sequence[AccountState]) -> list[Streak]:
-        """Every current instance not running, with the start of its streak."""
+    def stale_candidates(self, states: Sequence[AccountState]) -> list[StreakCount]:
+        """The current instances not running, counted by the start of their streak."""
         seen = [s.instances_as_of for s in states if s.instances_as_of is not None]
         if not seen:
             return []
@@ -240,11 +240,11 @@ class Service:
                               pricing=self.pricing)
             try:
                 with self.store.copy_for_reading() as copy:
-                    return streaks_from_json(self.rebuild_worker.run(
-                        streaks_json, (str(copy), args), Cancel()))
+                    return streak_counts_from_json(self.rebuild_worker.run(
+                        streak_counts_json, (str(copy), args), Cancel()))
             except NoDataError:
                 return []
-        return current_streaks(
+        return current_streak_counts(
             self.store, accounts, since=since, until=until,
             max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
             pricing=self.pricing)
@@ -257,7 +257,7 @@ class Service:
             if is_stale(streak.status, streak.since, now, stale_after=s.stale_after,
                         pending_stale_after=s.pending_stale_after):
                 key = (streak.account, streak.status)
-                counts[key] = counts.get(key, 0) + 1
+                counts[key] = counts.get(key, 0) + streak.number
         return counts
 
     def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,

@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from nexus_audit.audit.report import build_report
-from nexus_audit.audit.stale import Streak, current_streaks
+from nexus_audit.audit.stale import StreakCount, current_streak_counts
 from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window
@@ -127,7 +127,7 @@ def report_html(copy: str, args: ReportArgs) -> bytes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreakArgs:
-    """What :func:`current_streaks` needs besides the history (picklable)."""
+    """What :func:`current_streak_counts` needs besides the history (picklable)."""
 
     accounts: tuple[str, ...]
     since: datetime
@@ -137,20 +137,21 @@ class StreakArgs:
     pricing: Pricing
 
 
-def streaks_json(copy: str, args: StreakArgs) -> bytes:
-    """A worker's job: :func:`current_streaks` over the copy at ``copy``, as JSON."""
-    streaks = current_streaks(
+def streak_counts_json(copy: str, args: StreakArgs) -> bytes:
+    """A worker's job: :func:`current_streak_counts` over the copy at ``copy``, as JSON."""
+    counts = current_streak_counts(
         _copy_store(copy), args.accounts, since=args.since, until=args.until,
         max_gap_instances=args.max_gap_instances, max_gap_buckets=args.max_gap_buckets,
         pricing=args.pricing)
-    return json.dumps([[s.account, s.id, s.status, s.since.isoformat()]
-                       for s in streaks]).encode()
+    return json.dumps([[c.account, c.status, c.since.isoformat(), c.number]
+                       for c in counts]).encode()
 
 
-def streaks_from_json(body: bytes) -> list[Streak]:
-    """The streaks :func:`streaks_json` encoded."""
-    return [Streak(account=a, id=i, status=status, since=datetime.fromisoformat(since))
-            for a, i, status, since in json.loads(body)]
+def streak_counts_from_json(body: bytes) -> list[StreakCount]:
+    """The counts :func:`streak_counts_json` encoded."""
+    return [StreakCount(account=a, status=status, since=datetime.fromisoformat(since),
+                        number=int(n))
+            for a, status, since, n in json.loads(body)]
 
 
 # -- in the worker process ------------------------------------------------------------------
