@@ -13,9 +13,11 @@ WITH crawls_in AS (
     JOIN crawls_in c ON c.account = v.account AND c.kind = 'instances'
         AND c.crawl_id = v.first_crawl
 ), i_close AS (
+    -- (the current versions, most of a fleet, cannot close: left out before the join)
     SELECT c.t, v.* FROM instance_versions v
     JOIN crawls_in c ON c.account = v.account AND c.kind = 'instances'
         AND c.crawl_id = v.until_crawl
+    WHERE v.until_crawl IS NOT NULL
 ), i_pairs AS (
     SELECT coalesce(n.account, o.account) AS account, coalesce(n.id, o.id) AS id,
            coalesce(n.t, o.t) AS t,
@@ -38,6 +40,7 @@ WITH crawls_in AS (
     SELECT c.t, v.* FROM bucket_versions v
     JOIN crawls_in c ON c.account = v.account AND c.kind = 'buckets'
         AND c.crawl_id = v.until_crawl
+    WHERE v.until_crawl IS NOT NULL
 ), b_pairs AS (
     SELECT coalesce(n.account, o.account) AS account, coalesce(n.id, o.id) AS id,
            coalesce(n.t, o.t) AS t,
