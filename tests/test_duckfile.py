@@ -371,6 +371,13 @@ def test_views_answer_the_same_over_a_compaction_mark_and_a_burst_after_it(
     assert all_versions(mixed) == expected
     mixed.close()
     assert all_versions(mixed) == expected
+    with mixed.read() as con:  # compacted from the mark on: only current versions open
+        for log, view in (("instance_log", "instance_versions"),
+                          ("bucket_log", "bucket_versions"), ("bucket_size_log", "bucket_sizes")):
+            assert con.execute(
+                f"SELECT count(*) FILTER (removed), count(*) FROM {log} "  # noqa: S608
+                "WHERE until_crawl IS NULL").fetchone() == (0, len(
+                    [r for r in expected[view] if r[-1] is None])), log
 
 
 # -- copies for long reads and cancelling them ---------------------------------------------
