@@ -125,6 +125,16 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to a child of ours (by its handle), SIGKILL if it is not gone in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 # -- the simulator -------------------------------------------------------------------
 
 
@@ -163,12 +173,7 @@ def simulator(instances: int, buckets: int, **options: Any) -> Iterator[Sim]:
         yield Sim(url, key, proc, time.perf_counter() - started, cpu_seconds(proc.pid))
     finally:
         stopping = time.perf_counter()
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         stopped = time.perf_counter() - stopping
         if stopped > 2:
             print(f"  (the simulator took {stopped:.1f}s to stop on SIGTERM)")
@@ -546,12 +551,7 @@ def bench_serve(db: Path, scrapes: int) -> None:
         rss, peak = rss_mb(proc.pid)
         line("serve RSS", f"{rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def children_cpu() -> float:

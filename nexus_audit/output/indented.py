@@ -40,19 +40,12 @@ def _float(value: float) -> str:
 
 
 def _key(key: object) -> str:
-    """A dict key as the encoder writes it (``skipkeys=False``: other types raise)."""
+    """A dict key as the encoder writes it: a string, or a number, bool or null written
+    as its JSON text in a string (``skipkeys=False``: other types raise)."""
     if isinstance(key, str):
         return _string(key)
-    if isinstance(key, float):
-        return _string(_float(key))
-    if key is True:
-        return '"true"'
-    if key is False:
-        return '"false"'
-    if key is None:
-        return '"null"'
-    if isinstance(key, int):
-        return _string(int.__repr__(key))
+    if key is None or isinstance(key, (int, float)):  # bool is an int
+        return _string(encode(key))
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
