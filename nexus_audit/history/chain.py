@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from nexus_audit.domain.model import Kind
@@ -82,29 +84,68 @@ def canonical(value: Any) -> str:
                       allow_nan=False)
 
 
+def canonical_array(values: Sequence[Any]) -> str:
+    """``canonical(list(values))`` for an array of scalars, the shape of every row's line.
+
+    Written out for the types a row holds, the way :mod:`json`'s encoder writes them
+    (``encode_basestring`` for text, ``int.__repr__`` and a finite float's
+    ``float.__repr__``); anything else (a NaN, a subclass) goes through :func:`canonical`,
+    so the text is the same either way: a commit hashes every row it changes, and a
+    process's first commit every current row.
+    """
+    parts: list[str] = []
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            parts.append(encode_basestring(value))
+        elif value is None:
+            parts.append("null")
+        elif kind is int:
+            parts.append(int.__repr__(value))
+        elif kind is float and math.isfinite(value):
+            parts.append(float.__repr__(value))
+        elif kind is bool:
+            parts.append("true" if value else "false")
+        else:
+            return canonical(list(values))
+    return "[" + ",".join(parts) + "]"
+
+
 def sha256_hex(text: str) -> str:
     """SHA-256 of ``text``'s UTF-8 bytes, hex."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _converter(column: str) -> Callable[[Any], Any] | None:
+    """The type a column's non-null value is stored as (None: as it is)."""
+    if column in _INTEGER:
+        return int
+    if column in _FLOAT:
+        return float
+    if column == "removed":
+        return bool
+    return None
+
+
 def _typed(column: str, value: Any) -> Any:
     """A column's value as the database stores it (the line must not depend on whether
     the value came from the API's JSON or from DuckDB)."""
-    if value is None:
-        return None
-    if column in _INTEGER:
-        return int(value)
-    if column in _FLOAT:
-        return float(value)
-    if column == "removed":
-        return bool(value)
-    return value
+    convert = _converter(column)
+    return value if value is None or convert is None else convert(value)
+
+
+#: Per version view, :func:`_converter` of each of its columns.
+_VIEW_CONVERTERS: Final = {view: tuple(map(_converter, columns))
+                           for view, columns in VIEW_COLUMNS.items()}
 
 
 def row_line(account: str, view: str, values: Sequence[Any]) -> str:
     """The canonical line of one row of ``view`` (``values``: its columns, id first)."""
-    columns = VIEW_COLUMNS[view]
-    return canonical([account, *(_typed(c, v) for c, v in zip(columns, values, strict=True))])
+    line: list[Any] = [account]
+    # _typed, column by column, with each column's conversion looked up once per view.
+    for convert, value in zip(_VIEW_CONVERTERS[view], values, strict=True):
+        line.append(value if convert is None or value is None else convert(value))
+    return canonical_array(line)
 
 
 def element(account: str, view: str, values: Sequence[Any]) -> bytes:
@@ -200,7 +241,8 @@ def table_digest(lines: Iterable[str]) -> dict[str, Any]:
 
 def log_line(table: str, values: Sequence[Any]) -> str:
     """The canonical line of one log row for a genesis (:data:`LOG_COLUMNS`)."""
-    return canonical([_typed(c, v) for c, v in zip(LOG_COLUMNS[table], values, strict=True)])
+    return canonical_array([_typed(c, v)
+                            for c, v in zip(LOG_COLUMNS[table], values, strict=True)])
 
 
 def genesis(*, through_crawl: int, crawls: Iterable[Mapping[str, Any]],
