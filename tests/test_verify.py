@@ -186,6 +186,35 @@ def test_a_cut_tail_shows_against_a_cited_head(history: tuple[Path, dict[str, in
         verify(path, expect_head=head)
 
 
+def test_a_fresh_attach_links_to_the_latest_manifest(tmp_path: Path) -> None:
+    """A commit after the file was let go (the head learned with the crawls' tail, no
+    query of its own) links to the latest manifest; when the latest crawl lost its
+    manifest, to the latest crawl that still holds one, as the chain's head query says."""
+    path = tmp_path / "history.duckdb"
+    store = Store(path, lock_timeout=5.0)
+    store.migrate()
+    first = crawl(store, T0, instances=[inst("i-1")])
+    store.close()
+    second = crawl(store, T0 + HOUR, instances=[inst("i-1", status="stopped")])
+    store.close()
+    assert verify(path).crawls == 2
+    tamper(path, f"UPDATE crawls SET manifest = NULL WHERE crawl_id = {second}")
+    third = crawl(store, T0 + 2 * HOUR, instances=[inst("i-1")])
+    store.close()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute("SELECT crawl_id, manifest_seq, manifest_hash, manifest "
+                           "FROM crawls ORDER BY crawl_id").fetchall()
+    finally:
+        con.close()
+    sealed = {row[0]: (row[1], row[2], json.loads(row[3]) if row[3] else None)
+              for row in rows}
+    assert sealed[second][2] is None
+    assert sealed[second][0] == 2  # its seq and hash stay: not a manifest without the body
+    assert (sealed[third][2]["prev"], sealed[third][2]["prev_crawl"], sealed[third][0]) == (
+        sealed[first][1], first, 2)
+
+
 def test_scope_limits_the_state_checks(history: tuple[Path, dict[str, int]]) -> None:
     """--account and --since check only the crawls they name (the links always whole)."""
     path, ids = history

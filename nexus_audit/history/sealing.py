@@ -212,3 +212,16 @@ def write_genesis(cursor: duckdb.DuckDBPyConnection) -> None:
             for table, cols in LOG_COLUMNS.items()}
     text = genesis(through_crawl=through, crawls=crawls, logs=logs)
     cursor.execute("INSERT INTO meta VALUES ('chain_genesis', $body)", {"body": text})
+
+
+def head_from_rows(memo: dict[Any, Any], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Remember in a commit's ``memo`` the chain's head from the rows of
+    :data:`~nexus_audit.history.writes.CRAWLS_SINCE` when the latest crawl among them (the
+    latest of all) carries a manifest: what :func:`head` would query for. Otherwise (no
+    rows, or the latest crawl has none) :func:`head` asks the database as before."""
+    if not rows:
+        return
+    latest = max(rows, key=lambda row: row[1])
+    seq, digest, sealed = latest[6:9]
+    if sealed and seq is not None and digest is not None:
+        memo[HEAD] = (int(seq), str(digest), int(latest[1]))

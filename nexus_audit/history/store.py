@@ -75,7 +75,7 @@ from nexus_audit.history.duckfile import Commit, DuckFiles, process_files
 from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import CHAIN_MIGRATION, MIGRATIONS, SCHEMA_VERSION
-from nexus_audit.history.sealing import HEAD, Plan, seal, write_genesis
+from nexus_audit.history.sealing import HEAD, Plan, head_from_rows, seal, write_genesis
 from nexus_audit.history.staging import Fingerprints, StagedCrawl
 from nexus_audit.history.writes import (
     APPEND,
@@ -331,10 +331,11 @@ class Store:
         state = None
         try:
             if snapshots and None not in snapshots:
-                state = state_from_rows(
-                    cursor.execute(CRAWLS_SINCE.replace("@h@", h),
-                                   {"s": min(s.crawl_id for s in snapshots if s)}).fetchall(),
-                    account)
+                rows = cursor.execute(CRAWLS_SINCE.replace("@h@", h),
+                                      {"s": min(s.crawl_id for s in snapshots if s)}
+                                      ).fetchall()
+                state = state_from_rows(rows, account)
+                head_from_rows(memo, rows)
             if state is None:  # no snapshot, or its crawl is gone (the file was replaced)
                 state = cursor.execute(WRITE_STATE.replace("@h@", h), {"a": account}).fetchone()
         except duckdb.CatalogException:

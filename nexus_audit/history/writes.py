@@ -219,10 +219,12 @@ WRITE_STATE: Final = """
 #: The same from the crawls since the oldest snapshot's, which is no earlier than anything
 #: the answers for the snapshots' kinds depend on (along one account and kind's crawl ids,
 #: ``finished_at`` never decreases: see :func:`redate`): usually one row, and a plain scan
-#: costs a fraction of the aggregates above.
+#: costs a fraction of the aggregates above. The latest crawl's manifest columns come
+#: along, so a fresh attach learns the chain's head without a query of its own (see
+#: :func:`nexus_audit.history.sealing.head_from_rows`).
 CRAWLS_SINCE: Final = """
     SELECT (SELECT value FROM @h@.meta WHERE key = 'schema_version'), crawl_id, account,
-           status, kinds, finished_at
+           status, kinds, finished_at, manifest_seq, manifest_hash, manifest IS NOT NULL
     FROM @h@.crawls WHERE crawl_id >= $s"""
 #: The memo key of the latest crawl id (see :meth:`Store._tail`).
 LAST_ID: Final = "last_id"
