@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import compress, filterfalse
+from itertools import compress, filterfalse, islice
 from operator import itemgetter, ne
 from typing import Any, Final
 
@@ -272,11 +272,14 @@ class StagedCrawl:
             return []
         seen = self._seen[kind]
         # Every id skipped as unchanged is in the snapshot, so counting the new ones among
-        # the few held tells whether anything is missing without a set difference.
+        # the few held tells how many of the snapshot's ids are missing without a set
+        # difference; the walk over the snapshot stops at the last of them (a commit that
+        # removed one instance of 10,000 walked all 10,000, half of them on average now).
         new = sum(1 for i in self._staged_ids[kind] if i not in base.keys)
-        if len(seen) - new == len(base.keys):
+        missing = len(base.keys) - (len(seen) - new)
+        if missing <= 0:
             return []
-        return list(filterfalse(seen.__contains__, base.keys))
+        return list(islice(filterfalse(seen.__contains__, base.keys), missing))
 
     def changed(self, kind: Kind) -> list[Record]:
         """Records held as different from the snapshot."""
