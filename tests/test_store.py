@@ -107,6 +107,36 @@ def test_bucket_size_change_touches_only_sizes(store: Store) -> None:
     assert versions(store, "bucket_sizes") == [("b-1", 1, 2), ("b-1", 2, None)]
 
 
+def test_compaction_runs_on_the_logs_a_commit_appended_to(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit compacts the logs it appended to (every log of its kinds when set-based)
+    and no other: an unchanged fleet runs no compaction; the logs still end compacted."""
+    from nexus_audit.history import duckfile, writes
+    from nexus_audit.history import store as store_module
+
+    compacted: list[list[str]] = []
+
+    def spy(commit: duckfile.Commit) -> None:
+        compacted.append(sorted(commit.memo.get(writes.DIRTY) or ()))
+        writes.compact(commit)
+
+    monkeypatch.setattr(store_module, "compact", spy)
+    monkeypatch.setattr(duckfile, "LINGER", -1.0)  # every commit lets go (and compacts)
+    fleet = [inst("i-1"), inst("i-2")]
+    crawl(store, T0, instances=fleet, buckets=[bucket("b-1")])  # set-based: all three
+    crawl(store, T0 + HOUR, instances=fleet, buckets=[bucket("b-1")])  # nothing changed
+    crawl(store, T0 + 2 * HOUR, instances=fleet, buckets=[bucket("b-1", size=2)])
+    crawl(store, T0 + 3 * HOUR, instances=fleet[:1],
+          buckets=[bucket("b-1", size=2, access="public-read")])
+    assert compacted == [["bucket_log", "bucket_size_log", "instance_log"], [],
+                         ["bucket_size_log"], ["bucket_log", "instance_log"]]
+    with store.read() as con:
+        open_rows = [con.execute(f"SELECT count(*) FROM {log} "  # noqa: S608
+                                 "WHERE until_crawl IS NULL").fetchone()
+                     for log in ("instance_log", "bucket_log", "bucket_size_log")]
+    assert open_rows == [(1,), (1,), (1,)]
+
+
 def test_failed_crawl_changes_no_history(store: Store) -> None:
     """A failed crawl writes its row only: nothing is closed, even with records staged."""
     crawl(store, T0, instances=[inst("i-1"), inst("i-2")])

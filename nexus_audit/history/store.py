@@ -84,11 +84,10 @@ from nexus_audit.history.writes import (
     DIRTY,
     INSERT_CRAWL,
     LAST_ID,
-    LOGS,
-    VIEWS,
     WRITE_STATE,
     Tail,
     append_params,
+    appended_logs,
     compact,
     diff_plan,
     parsed,
@@ -300,8 +299,7 @@ class Store:
                     memo[(account, kind)] = (
                         tail.crawl[kind], None if success is None else min(success, end), end)
                 if staged is not None:
-                    memo.setdefault(DIRTY, set()).update(
-                        LOGS[view] for kind in kinds for view in VIEWS[kind])
+                    memo.setdefault(DIRTY, set()).update(appended_logs(kinds, plans))
                     for kind in kinds:
                         self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
                         memo[(account, kind)] = (crawl_id, end, end)

@@ -24,6 +24,7 @@ from nexus_audit.history.schema import (
     INSTANCE_COLUMNS,
     Record,
 )
+from nexus_audit.history.sealing import Plan
 from nexus_audit.history.staging import SIZE_FIELD, bucket_fingerprint
 
 #: The log table behind each version view (schema 3).
@@ -182,6 +183,21 @@ def transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
         with contextlib.suppress(duckdb.Error):
             cursor.rollback()
         raise
+
+
+def appended_logs(kinds: Sequence[Kind], plans: Mapping[Kind, Plan | None]) -> set[str]:
+    """The logs a successful commit appended to: per kind, every log of a set-based commit
+    (``plans[kind]`` None: its statements may have added rows anywhere), else those of
+    the views its plan gave records or removals. The others have nothing to compact: an
+    hourly crawl that changed no bucket's access leaves ``bucket_log`` as it was, and a
+    lone commit of an unchanged fleet runs no compaction at all."""
+    logs: set[str] = set()
+    for kind in kinds:
+        plan = plans.get(kind)
+        for view in VIEWS[kind]:
+            if plan is None or any(plan.get(view, ((), ()))):
+                logs.add(LOGS[view])
+    return logs
 
 
 def compact(commit: duckfile.Commit) -> None:
