@@ -73,41 +73,50 @@ class AccountState:
     instance_groups: tuple[InstanceGroup, ...] = ()
 
 
+def _of_accounts(column: str = "account") -> str:
+    """The condition that ``column`` is one of ``$accounts`` (any account when NULL)."""
+    return f"($accounts IS NULL OR list_contains($accounts::VARCHAR[], {column}))"
 
-_LAST_CRAWLS: Final = """
+
+_ACCOUNTS: Final = _of_accounts()
+_COUNTS: Final = f"SELECT account, status, count(*) FROM crawls WHERE {_ACCOUNTS} GROUP BY ALL"
+_LAST_CRAWLS: Final = f"""
     SELECT account, kind, crawl_id, status, started_at, finished_at, requests, retries,
            total_mismatch, error_code, requests_by_endpoint
-    FROM (SELECT c.*, unnest(c.kinds) AS kind FROM crawls c)
+    FROM (SELECT c.*, unnest(c.kinds) AS kind FROM crawls c WHERE {_ACCOUNTS})
     QUALIFY row_number() OVER (PARTITION BY account, kind ORDER BY crawl_id DESC) = 1"""
-_LAST_SUCCESS: Final = """
+_LAST_SUCCESS: Final = f"""
     SELECT account, kind, max(finished_at) FROM
         (SELECT account, unnest(kinds) AS kind, finished_at FROM crawls
-         WHERE status = 'succeeded')
+         WHERE status = 'succeeded' AND {_ACCOUNTS})
     GROUP BY ALL"""
-_CLOCK_CORRECTIONS: Final = """
+_CLOCK_CORRECTIONS: Final = f"""
     SELECT s.account, k.kind, count(*) FROM clock_skews s
     JOIN (SELECT crawl_id, unnest(kinds) AS kind FROM crawls) k USING (crawl_id)
+    WHERE {_of_accounts("s.account")}
     GROUP BY ALL"""
 
 
 #: The current instances counted by region, status and shape (the rows of a fleet of a
 #: million: a few hundred).
-_INSTANCE_GROUPS: Final = """
+_INSTANCE_GROUPS: Final = f"""
     SELECT account, region, status, plan, cpu, memory_gb, count(*) FROM instance_versions
-    WHERE until_crawl IS NULL GROUP BY ALL ORDER BY ALL"""
+    WHERE until_crawl IS NULL AND {_ACCOUNTS} GROUP BY ALL ORDER BY ALL"""
 
 
 def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind], *,
-                records: bool = True) -> list[AccountState]:
-    """Per account, its latest state, with the records of ``kinds``; without ``records``,
-    the instances come as :class:`InstanceGroup` counts instead (reading a million
-    instance records into Python took 4.5 s of CPU, counting them 0.1 s)."""
+                records: bool = True,
+                accounts: Sequence[str] | None = None) -> list[AccountState]:
+    """The latest state of ``accounts`` (every account when None), with the records of
+    ``kinds``; without ``records``, the instances come as :class:`InstanceGroup` counts
+    instead (reading a million instance records into Python took 4.5 s of CPU, counting
+    them 0.1 s)."""
+    which = {"accounts": None if accounts is None else list(accounts)}
     counts: dict[str, dict[str, int]] = {}
-    for account, status, n in con.execute(
-            "SELECT account, status, count(*) FROM crawls GROUP BY ALL").fetchall():
+    for account, status, n in con.execute(_COUNTS, which).fetchall():
         counts.setdefault(account, {})[status] = int(n)
     last: dict[str, dict[Kind, CrawlInfo]] = {}
-    for row in con.execute(_LAST_CRAWLS).fetchall():
+    for row in con.execute(_LAST_CRAWLS, which).fetchall():
         (account, kind, crawl_id, status, started, finished, requests, retries,
          mismatch, code, rbe) = row
         last.setdefault(account, {})[kind] = CrawlInfo(
@@ -116,21 +125,22 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind], *,
             requests=int(requests), retries=int(retries), total_mismatch=mismatch,
             error_code=code, requests_by_endpoint=json.loads(rbe) if rbe else {})
     success: dict[str, dict[Kind, datetime]] = {}
-    for account, kind, finished in con.execute(_LAST_SUCCESS).fetchall():
+    for account, kind, finished in con.execute(_LAST_SUCCESS, which).fetchall():
         success.setdefault(account, {})[kind] = _utc(finished)
     corrections: dict[str, dict[Kind, int]] = {}
-    for account, kind, n in con.execute(_CLOCK_CORRECTIONS).fetchall():
+    for account, kind, n in con.execute(_CLOCK_CORRECTIONS, which).fetchall():
         corrections.setdefault(account, {})[kind] = int(n)
     instances: dict[str, list[Instance]] = {}
     cols = ", ".join(INSTANCE_COLUMNS)
     make_instance = Instance._make
     rows = (con.execute(
         f"SELECT account, {cols} FROM instance_versions WHERE until_crawl IS NULL "
-        "ORDER BY account, id").fetchall() if "instances" in kinds and records else [])
+        f"AND {_ACCOUNTS} ORDER BY account, id", which).fetchall()
+        if "instances" in kinds and records else [])
     for account, *fields in rows:
         instances.setdefault(account, []).append(make_instance(fields))
     groups: dict[str, list[InstanceGroup]] = {}
-    rows = (con.execute(_INSTANCE_GROUPS).fetchall()
+    rows = (con.execute(_INSTANCE_GROUPS, which).fetchall()
             if "instances" in kinds and not records else [])
     for account, *fields in rows:
         groups.setdefault(account, []).append(InstanceGroup._make(fields))
@@ -141,7 +151,8 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind], *,
         f"""SELECT v.account, {bcols} FROM bucket_versions v
             JOIN bucket_sizes s ON s.account = v.account AND s.id = v.id
                 AND s.until_crawl IS NULL
-            WHERE v.until_crawl IS NULL ORDER BY v.account, v.id""").fetchall()
+            WHERE v.until_crawl IS NULL AND {_of_accounts("v.account")}
+            ORDER BY v.account, v.id""", which).fetchall()
         if "buckets" in kinds else [])
     for account, *fields in rows:
         buckets.setdefault(account, []).append(make_bucket(fields))
@@ -161,8 +172,6 @@ def read_latest(con: duckdb.DuckDBPyConnection, kinds: frozenset[Kind], *,
             instance_groups=tuple(groups.get(account, ())),
         ))
     return states
-
-
 
 
 def _utc(moment: datetime) -> datetime:

@@ -452,17 +452,19 @@ class Store:
             return []
         return [r[0] for r in rows]
 
-    def latest(self, kinds: Sequence[Kind] = KINDS, *,
-               records: bool = True) -> list[AccountState]:
+    def latest(self, kinds: Sequence[Kind] = KINDS, *, records: bool = True,
+               accounts: Sequence[str] | None = None) -> list[AccountState]:
         """Per account, the latest committed state (sorted by account).
 
         Only the records of ``kinds`` are read; the others come back empty (their
         ``*_as_of``, last crawl and last success are always filled). A bucket poll
         re-reads its few buckets, not the whole instance fleet. Without ``records``, the
         instances come counted by region, status and shape (``instance_groups``).
+        ``accounts``: only these (those without any crawl are left out); None: every
+        account.
         """
         with self.read() as con:
-            return read_latest(con, frozenset(kinds), records=records)
+            return read_latest(con, frozenset(kinds), records=records, accounts=accounts)
 
 
 class CopiedHistory:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
-from typing import Final
+from itertools import chain
+from typing import Any, Final
 
 from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
@@ -175,9 +176,7 @@ def build_snapshot(
                 bucket_series.append((account, bucket.id, bucket.region, access,
                                       bucket.size_bytes))
     fold.finish(instances, cost)
-    for skey, n in (stale or {}).items():
-        if skey[0] in accounts:
-            stale_counts[skey] = n
+    stale_counts = _stale_counts(stale_counts, accounts, stale)
     if partial:
         assert previous is not None
         _reuse(previous, partial, set(accounts), instances, buckets, public, cost,
@@ -281,6 +280,65 @@ def _reuse(previous: Snapshot, kinds: Collection[Kind], accounts: Collection[str
     for ckey, value in previous.cost_hourly.items():
         if ckey[0] in accounts and ckey[2] in wanted:
             cost[ckey] = value
+
+
+def _stale_counts(zeros: Mapping[tuple[str, str], int], accounts: Collection[str],
+                  stale: Mapping[tuple[str, str], int] | None) -> dict[tuple[str, str], int]:
+    """``nexus_stale_instances``: 0 for each of :data:`STALE_STATUSES` of every account
+    with an instance crawl (``zeros``), then the counts given for the ``accounts`` shown."""
+    counts = dict(zeros)
+    for skey, n in (stale or {}).items():
+        if skey[0] in accounts:
+            counts[skey] = n
+    return counts
+
+
+def combine_snapshots(parts: Iterable[Snapshot], *, generation: int,
+                      pricing: PricingLabel | None = None,
+                      stale: Mapping[tuple[str, str], int] | None = None,
+                      findings: bool = False) -> Snapshot:
+    """The snapshot of every account in ``parts``, each a snapshot of some accounts (of one,
+    in ``serve``), given in account order and disjoint: equal to :func:`build_snapshot`
+    over all their states at once.
+
+    Nothing is folded again, so rebuilding after one account's commit costs that account's
+    records plus a copy of the other parts' aggregates (``serve`` keeps one part per
+    account and rebuilds only those that committed). ``stale`` (counts at this moment)
+    and ``pricing`` apply to the whole, whatever the parts carry; ``findings``: whether a
+    policy is in force (the parts' findings are then merged, else there are none).
+    """
+    chosen = list(parts)
+    accounts = tuple(a for part in chosen for a in part.accounts)
+
+    def union(name: str) -> dict[Any, Any]:
+        merged: dict[Any, Any] = {}
+        for part in chosen:
+            merged.update(getattr(part, name))
+        return merged
+
+    as_of = union("as_of")
+    zeros = {(account, status): 0 for account in accounts if (account, "instances") in as_of
+             for status in STALE_STATUSES}
+    merged_findings: dict[tuple[str, str, str, str], int] = {}
+    for part in chosen:
+        merged_findings.update(part.findings or {})
+    return Snapshot(
+        generation=generation,
+        accounts=accounts,
+        instances=union("instances"),
+        buckets=union("buckets"),
+        public_buckets=union("public_buckets"),
+        bucket_series=tuple(chain.from_iterable(p.bucket_series for p in chosen)),
+        instance_series=tuple(chain.from_iterable(p.instance_series for p in chosen)),
+        cost_hourly=union("cost_hourly"),
+        pricing=pricing,
+        stale=_stale_counts(zeros, set(accounts), stale),
+        as_of=as_of,
+        last_crawl=union("last_crawl"),
+        last_success=union("last_success"),
+        clock_corrections=union("clock_corrections"),
+        findings=merged_findings if findings else None,
+    )
 
 
 class SnapshotHolder:

@@ -9,12 +9,10 @@ Bucket polls run at high priority on their key's budget, which keeps a reserve o
 window for them (sized from the bucket interval and the requests a poll took), so a long
 instance crawl never starves them and together they stay within the budget.
 
-After every crawl the metrics snapshot is rebuilt from the store in a worker thread and
-swapped in whole. After a bucket poll only the buckets are re-read and only the bucket
-rules of the policy re-judged; the instance-derived parts of the previous snapshot are
-kept (they change only with an instance crawl), and stale counts are recounted from the
-stale candidates of the last instance crawl at the current time, so the values equal a
-full rebuild's. SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
+After every crawl the metrics snapshot is rebuilt in a worker thread, for the account
+and kinds that committed only, and swapped in whole (:mod:`nexus_audit.service.rebuild`:
+one part per account, the other accounts' parts and the kinds not crawled reused, values
+equal to a full rebuild's). SIGTERM or SIGINT: no new crawls start, a crawl in progress gets a grace
 period (``NEXUS_AUDIT_SHUTDOWN_GRACE``, default 10s) to finish and commit, else it is
 cancelled and nothing of it is committed; then the web server stops and the exit code is 0.
 SIGHUP: the pricing and policy files are read again and the snapshot rebuilt in full with
@@ -25,13 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import ssl
-import threading
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -45,18 +40,15 @@ from nexus_audit.api.budget import (
     shared_budgets,
 )
 from nexus_audit.api.client import client_session
-from nexus_audit.audit.findings import current_counts, evaluate_history
-from nexus_audit.audit.stale import StreakCount, current_streak_counts, is_stale
 from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.crawl.crawler import COMMIT_REFUSED, crawl_and_commit
-from nexus_audit.domain.model import KINDS, Kind
-from nexus_audit.domain.policy import RULES, Policy, load_configured
+from nexus_audit.domain.model import Kind
+from nexus_audit.domain.policy import Policy, load_configured
 from nexus_audit.domain.pricing import Pricing, load_pricing
-from nexus_audit.domain.timeutil import Clock, Window, format_duration
+from nexus_audit.domain.timeutil import Clock, format_duration
 from nexus_audit.domain.values import validate_listen
-from nexus_audit.errors import ConfigError, NoDataError, StoreError
-from nexus_audit.history.cancel import Cancel
-from nexus_audit.history.store import AccountState, Store
+from nexus_audit.errors import ConfigError, StoreError
+from nexus_audit.history.store import Store
 from nexus_audit.logs import get_logger
 from nexus_audit.metrics import (
     ApiCollector,
@@ -67,11 +59,9 @@ from nexus_audit.metrics import (
     Exporter,
     FindingsCollector,
     InventoryCollector,
-    PricingLabel,
-    Snapshot,
     SnapshotHolder,
-    build_snapshot,
 )
+from nexus_audit.service.rebuild import SnapshotRebuilds
 from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.scheduler import (
     CrawlScheduler,
@@ -84,16 +74,12 @@ from nexus_audit.service.web import (
     build_app,
     make_runner,
 )
-from nexus_audit.service.workers import (
-    ReportWorkers,
-    StreakArgs,
-    streak_counts_from_json,
-    streak_counts_json,
-)
+from nexus_audit.service.workers import ReportWorkers
 
 log = get_logger(__name__)
 
-class Service:
+
+class Service(SnapshotRebuilds):
     """Everything ``serve`` runs: store, crawls, metrics, the web app, the scheduler.
 
     ``workers``: compute reports, and the snapshot rebuild's stale-instance read, in
@@ -143,14 +129,7 @@ class Service:
         #: workers (niced) must not slow it down.
         self.rebuild_worker = ReportWorkers(niceness=0) if workers is not None else None
         self.reports = StoreReports(store, settings, pricing, clock, policy, workers=workers)
-        self._generation = 0
-        self._last: Snapshot | None = None
-        # The instances not running as of the last instance crawl, counted by the start of
-        # their streak; judged against the thresholds at each rebuild's time (audit.stale).
-        self._stale_candidates: list[StreakCount] = []
-        self._rebuild_lock = threading.Lock()
-        #: (account, kind) → why its last crawl could not even be recorded as failed.
-        self._unrecorded: dict[tuple[str, str], str] = {}
+        self._init_rebuilds()
         self._session: aiohttp.ClientSession | None = None
         self.scheduler = CrawlScheduler(job_specs(settings.accounts, self.intervals), self.crawl)
 
@@ -172,129 +151,6 @@ class Service:
             budget.set_reserve(reserves[id(budget)])
         return [name for name, budget in self.budgets.items()
                 if reserves[id(budget)] * 2 > budget.capacity]
-
-    def rebuild_snapshot(self, *, kinds: Collection[Kind] = KINDS) -> Snapshot:
-        """Read the latest state, fold it into a snapshot and install it (blocking).
-
-        ``kinds`` are the kinds whose records changed (the crawl just committed): the
-        others' records are neither read nor folded again; their parts of the previous
-        snapshot are kept. The result equals a rebuild of every kind.
-        """
-        with self._rebuild_lock:  # one at a time, so generations follow read order
-            self._generation += 1
-            previous = self._last
-            wanted = tuple(k for k in KINDS if k in kinds or previous is None)
-            states = self._read(wanted)
-            if previous is not None and wanted != KINDS and _moved(states, previous, wanted):
-                # Another kind committed since ``previous`` was built (its rebuild is still
-                # queued): its parts cannot be reused, so read every kind now.
-                wanted = KINDS
-                states = self._read(wanted)
-            if "instances" in wanted:
-                self._stale_candidates = self.stale_candidates(states)
-            p = self.pricing
-            snapshot = build_snapshot(
-                states,
-                generation=self._generation,
-                instance_price=lambda i: p.instance_hourly(i.plan, i.cpu, i.memory_gb),
-                bucket_price=lambda b: p.storage_hourly(b.size_bytes),
-                pricing=PricingLabel(name=p.name, as_of=p.as_of, currency=p.currency,
-                                     digest=p.digest),
-                stale=self.stale_counts(self.clock.now()),
-                per_bucket=self.settings.per_bucket_metrics,
-                per_instance=self.settings.per_instance_metrics,
-                findings=self.findings_counts(
-                    states, wanted, None if previous is None else previous.findings),
-                kinds=wanted,
-                previous=previous,
-            )
-            snapshot = replace(snapshot, unrecorded=dict(self._unrecorded))
-            self._last = snapshot
-            self.exporter.install(snapshot)
-            return snapshot
-
-    def _read(self, kinds: tuple[Kind, ...]) -> list[AccountState]:
-        try:
-            # Without per-instance series, the instances are only counted and summed:
-            # read counted by shape (a million records took seconds to read).
-            states = self.store.latest(kinds, records=self.settings.per_instance_metrics)
-            return [s for s in states if s.account in self.names]
-        except NoDataError:
-            return []
-
-    def stale_candidates(self, states: Sequence[AccountState]) -> list[StreakCount]:
-        """The current instances not running, counted by the start of their streak."""
-        seen = [s.instances_as_of for s in states if s.instances_as_of is not None]
-        if not seen:
-            return []
-        # The window only has to hold the oldest latest instance crawl.
-        since = min(seen) - timedelta(seconds=1)
-        gap_instances, gap_buckets = self.settings.max_gaps()
-        accounts = [s.account for s in states if s.instances_as_of is not None]
-        until = max(self.clock.now(), since + timedelta(seconds=2))
-        if self.rebuild_worker is not None:
-            # Up to a second of Python over a long history: in a worker, off this
-            # process's GIL (the event loop), over a copy taken now (the commit is in it).
-            args = StreakArgs(accounts=tuple(accounts), since=since, until=until,
-                              max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
-                              pricing=self.pricing)
-            try:
-                with self.store.copy_for_reading() as copy:
-                    return streak_counts_from_json(self.rebuild_worker.run(
-                        streak_counts_json, (str(copy), args), Cancel()))
-            except NoDataError:
-                return []
-        return current_streak_counts(
-            self.store, accounts, since=since, until=until,
-            max_gap_instances=gap_instances, max_gap_buckets=gap_buckets,
-            pricing=self.pricing)
-
-    def stale_counts(self, now: datetime) -> dict[tuple[str, str], int]:
-        """Stale instances by (account, status) at ``now``, by the report's thresholds."""
-        s = self.settings
-        counts: dict[tuple[str, str], int] = {}
-        for streak in self._stale_candidates:
-            if is_stale(streak.status, streak.since, now, stale_after=s.stale_after,
-                        pending_stale_after=s.pending_stale_after):
-                key = (streak.account, streak.status)
-                counts[key] = counts.get(key, 0) + streak.number
-        return counts
-
-    def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,
-                        previous: Mapping[tuple[str, str, str, str], int] | None = None,
-                        ) -> dict[tuple[str, str, str, str], int] | None:
-        """Current policy findings by (account, rule, severity, status); None without one.
-
-        Rules of a kind are judged at that kind's crawls only, so with ``kinds`` short of
-        all, only the rules of ``kinds`` are judged again and the others' counts come from
-        ``previous`` (judging instance rules over a large fleet's history takes seconds).
-        """
-        if self.policy is None:
-            return None
-        policy = self.policy
-        kept: dict[tuple[str, str, str, str], int] = {}
-        if "instances" not in kinds and previous is not None:
-            policy = replace(policy, baseline=replace(
-                policy.baseline, allowed_regions=None, required_tags=None, max_stopped=None))
-            kept = {k: n for k, n in previous.items() if RULES[k[1]].kind == "instance"}
-        counts = self._judge(states, policy)
-        return {**kept, **counts}
-
-    def _judge(self, states: Sequence[AccountState], policy: Policy
-               ) -> dict[tuple[str, str, str, str], int]:
-        accounts = [s.account for s in states]
-        seen = [t for s in states for t in (s.instances_as_of, s.buckets_as_of) if t]
-        if not seen:
-            return current_counts((), policy, accounts)
-        # Current findings were seen by each kind's latest crawl: the window only has to
-        # reach back to the oldest of those.
-        since = min(seen) - timedelta(seconds=1)
-        until = max(self.clock.now(), max(seen) + timedelta(seconds=1))
-        try:
-            found = evaluate_history(self.store, policy, Window(since, until), accounts)
-        except NoDataError:
-            found = ()
-        return current_counts(found, policy, accounts)
 
     def reload(self) -> bool:
         """Read the pricing and policy files again and rebuild the snapshot in full with
@@ -318,15 +174,6 @@ class Service:
                  policy=None if self.settings.policy_file is None
                  else str(self.settings.policy_file))
         return True
-
-    async def refresh(self, *, kinds: Collection[Kind] = KINDS) -> None:
-        """Rebuild the snapshot (``kinds`` changed) in a worker thread; a store failure
-        keeps the old one."""
-        try:
-            await asyncio.to_thread(functools.partial(self.rebuild_snapshot, kinds=kinds))
-        except StoreError as exc:
-            log.error("metrics.refresh_failed", error=str(exc),
-                      hint="the metrics keep showing the previous state")
 
     # -- crawls ----------------------------------------------------------------------------
 
@@ -364,20 +211,7 @@ class Service:
                             poll_requests=summary.requests,
                             hint="bucket polls take more than half the rate budget; raise "
                                  "NEXUS_RATE_BUDGET or the bucket interval")
-        await self.refresh(kinds=summary.kinds)
-
-    def mark_unrecorded(self, account: str, kind: Kind, reason: str) -> Snapshot:
-        """Install the current snapshot with (``account``, ``kind``)'s last crawl lost
-        (blocking): the store could not record it, so nothing read from the store shows it."""
-        with self._rebuild_lock:
-            self._unrecorded[(account, kind)] = reason
-            self._generation += 1
-            base = self._last or self.holder.current
-            snapshot = replace(base, generation=self._generation,
-                               unrecorded=dict(self._unrecorded))
-            self._last = snapshot
-            self.exporter.install(snapshot)
-            return snapshot
+        await self.refresh(kinds=summary.kinds, accounts=(account.name,))
 
     async def _reload(self) -> None:
         """:meth:`reload` in a worker thread; a store failure keeps the old snapshot."""
@@ -481,16 +315,3 @@ class Service:
         log.info("serve.stopped")
         return 0
 
-
-def _moved(states: Sequence[AccountState], previous: Snapshot,
-           read: Collection[Kind]) -> bool:
-    """Whether a kind not in ``read`` has a newer success than ``previous`` shows."""
-    for state in states:
-        for kind in KINDS:
-            if kind in read:
-                continue
-            as_of = state.instances_as_of if kind == "instances" else state.buckets_as_of
-            shown = previous.as_of.get((state.account, kind))
-            if (as_of.timestamp() if as_of else None) != shown:
-                return True
-    return False
