@@ -24,7 +24,7 @@ from .fleet import Bucket, Instance
 from .multipart import parse_part_list, parse_part_number
 from .ratelimit import RateDecision
 from .requestlog import RequestRecord
-from .state import SimState
+from .state import Account, SimState
 from .validation import (
     MAX_LIMIT,
     ListQuery,
@@ -42,6 +42,7 @@ STATE_KEY = web.AppKey("sim_state", SimState)
 _REQUEST_ID = web.RequestKey("sim_request_id", str)
 _RATE = web.RequestKey("sim_rate", RateDecision)
 _FAULT = web.RequestKey("sim_fault", Fault)
+_ACCOUNT = web.RequestKey("sim_account", Account)  # the account of the request's key
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class _Api:
             try:
                 if key_id is None:
                     raise SimError(401, ErrorCode.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
+                request[_ACCOUNT] = self.state.account(key_id)
                 if admin:
                     response = await handler(request)
                 else:
@@ -256,7 +258,7 @@ class _Api:
     async def list_instances(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/instances``: filtered, keyset-paged, signed cursors."""
         query = parse_instance_query(request.query)
-        fleet = self.state.fleet
+        fleet = request[_ACCOUNT].fleet
 
         def pager(after: str | None, limit: int) -> tuple[list[Instance], bool, int]:
             return fleet.page_instances(
@@ -269,7 +271,7 @@ class _Api:
     async def create_instance(self, request: web.Request) -> web.StreamResponse:
         """``POST /v2/instances``: 201 with the new (pending) instance."""
         new = parse_new_instance(await request.read())
-        inst = self.state.fleet.add_instance(
+        inst = request[_ACCOUNT].fleet.add_instance(
             name=new.name,
             plan=new.plan,
             region=new.region,
@@ -283,7 +285,7 @@ class _Api:
         """``DELETE /v2/instances/{id}``: 204 without a body; 404 if unknown."""
         instance_id = request.match_info["instance_id"]
         try:
-            self.state.fleet.delete_instance(instance_id)
+            request[_ACCOUNT].fleet.delete_instance(instance_id)
         except KeyError:
             raise SimError(
                 404, ErrorCode.RESOURCE_NOT_FOUND, f"Instance {instance_id} does not exist"
@@ -292,7 +294,7 @@ class _Api:
 
     async def list_buckets(self, request: web.Request) -> web.StreamResponse:
         """``GET /v2/buckets``: all at once, or paged when ``bucket_page_size`` > 0."""
-        fleet = self.state.fleet
+        fleet = request[_ACCOUNT].fleet
         page_size = self.state.config.bucket_page_size
         if page_size <= 0:
             return self._json(request, {"buckets": [b.to_json() for b in fleet.query_buckets()]})
@@ -322,7 +324,8 @@ class _Api:
                 pager,
                 key=lambda item: item.id,
                 codec=self.state.codec,
-                fhash=filter_hash(kind, query.filters()),
+                # A cursor is good for the account whose key got it, no other.
+                fhash=filter_hash(f"{kind}@{request[_ACCOUNT].index}", query.filters()),
                 cursor=query.cursor,
                 limit=query.limit,
                 now=wall_seconds(self.state.clock),
@@ -340,11 +343,12 @@ class _Api:
         bucket, key = request.match_info["bucket"], request.match_info["key"]
         if "upload_id" in request.query:
             return await self._put_part(request, bucket, key)
-        if self.state.fleet.get_bucket(bucket) is None:
+        account = request[_ACCOUNT]
+        if account.fleet.get_bucket(bucket) is None:
             raise SimError(404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist")
         metadata = parse_object_metadata(request.headers.get("X-Object-Metadata"))
         data = await request.read()
-        obj, replaced = self.state.objects.put(
+        obj, replaced = account.objects.put(
             bucket,
             key,
             data,
@@ -352,7 +356,7 @@ class _Api:
             content_type=request.content_type,
             now=wall_seconds(self.state.clock),
         )
-        self.state.fleet.add_bucket_bytes(bucket, obj.size - replaced)
+        account.fleet.add_bucket_bytes(bucket, obj.size - replaced)
         response = self._json(
             request,
             {
@@ -371,13 +375,13 @@ class _Api:
     async def post_object(self, request: web.Request) -> web.StreamResponse:
         """``POST ...?uploads`` starts a multipart upload; ``?upload_id=U&complete`` ends it."""
         bucket, key = request.match_info["bucket"], request.match_info["key"]
-        query = request.query
+        query, account = request.query, request[_ACCOUNT]
         if "uploads" in query:
-            if self.state.fleet.get_bucket(bucket) is None:
+            if account.fleet.get_bucket(bucket) is None:
                 raise SimError(
                     404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
                 )
-            upload = self.state.uploads.start(
+            upload = account.uploads.start(
                 bucket,
                 key,
                 metadata=parse_object_metadata(request.headers.get("X-Object-Metadata")),
@@ -389,20 +393,20 @@ class _Api:
             )
         if "complete" in query and query.get("upload_id"):
             listed = parse_part_list(await request.read())
-            if self.state.fleet.get_bucket(bucket) is None:
+            if account.fleet.get_bucket(bucket) is None:
                 raise SimError(
                     404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
                 )
-            done = self.state.uploads.complete(
+            done = account.uploads.complete(
                 query["upload_id"],
                 bucket,
                 key,
                 listed,
-                objects=self.state.objects,
+                objects=account.objects,
                 now=wall_seconds(self.state.clock),
             )
             if not done.repeat:
-                self.state.fleet.add_bucket_bytes(bucket, done.obj.size - done.replaced)
+                account.fleet.add_bucket_bytes(bucket, done.obj.size - done.replaced)
             response = self._json(
                 request,
                 {
@@ -425,7 +429,8 @@ class _Api:
         """``PUT ...?upload_id=U&part=N``: store one part."""
         upload_id = request.query["upload_id"]
         number = parse_part_number(request.query.get("part"))
-        part = self.state.uploads.put_part(upload_id, bucket, key, number, await request.read())
+        part = request[_ACCOUNT].uploads.put_part(
+            upload_id, bucket, key, number, await request.read())
         response = self._json(
             request,
             {
@@ -445,7 +450,7 @@ class _Api:
         upload_id = request.query.get("upload_id")
         if not upload_id:
             raise validation_error("DELETE on an object takes ?upload_id=<id> (abort an upload)")
-        self.state.uploads.abort(upload_id, bucket, key)
+        request[_ACCOUNT].uploads.abort(upload_id, bucket, key)
         return self._json(request, {"upload_id": upload_id, "aborted": True})
 
     # -- admin handlers --------------------------------------------------------------
@@ -457,7 +462,7 @@ class _Api:
 
     async def admin_churn(self, request: web.Request) -> web.StreamResponse:
         """``POST /_sim/churn``: one churn step; returns its events."""
-        events = self.state.fleet.churn_step()
+        events = request[_ACCOUNT].fleet.churn_step()
         return web.json_response(
             {"events": [{"kind": e.kind, "id": e.resource_id, "detail": e.detail} for e in events]}
         )
@@ -470,12 +475,12 @@ class _Api:
         if not isinstance(access, str) or not access:
             raise validation_error("Field 'access' must be a non-empty string")
         try:
-            self.state.fleet.set_bucket_access(bucket, access)
+            request[_ACCOUNT].fleet.set_bucket_access(bucket, access)
         except KeyError:
             raise SimError(
                 404, ErrorCode.RESOURCE_NOT_FOUND, f"Bucket {bucket} does not exist"
             ) from None
-        found = self.state.fleet.get_bucket(bucket)
+        found = request[_ACCOUNT].fleet.get_bucket(bucket)
         return web.json_response(found.to_json() if found else {})
 
     async def admin_faults(self, request: web.Request) -> web.StreamResponse:
@@ -485,15 +490,6 @@ class _Api:
             scripted = self.state.faults.script_from_json(body)
         except ValueError as exc:
             raise validation_error(str(exc)) from None
-        return web.json_response(
-            {
-                "fault": {
-                    "kind": str(scripted.kind),
-                    "path": scripted.path,
-                    "method": scripted.method,
-                    "times": scripted.times,
-                    "after": scripted.after,
-                }
-            },
-            status=201,
-        )
+        fault = {"kind": str(scripted.kind), "path": scripted.path, "method": scripted.method,
+                 "times": scripted.times, "after": scripted.after}
+        return web.json_response({"fault": fault}, status=201)

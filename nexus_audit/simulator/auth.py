@@ -1,4 +1,8 @@
-"""API keys: several valid keys, each known by a non-secret id, revocable at runtime."""
+"""API keys: several valid keys, each known by a non-secret id, revocable at runtime.
+
+Each key belongs to one account (the reference: a key lists "all compute instances in your
+account"); an account may have several keys.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +17,27 @@ def key_id(key: str) -> str:
 
 
 class KeyRing:
-    """The set of keys the simulator accepts."""
+    """The set of keys the simulator accepts, and the account of each."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], *, accounts: int = 1) -> None:
         self._ids = {k: key_id(k) for k in keys}
+        #: Key id → index of its account: key ``i`` belongs to account ``i % accounts``.
+        self._accounts = {kid: i % accounts for i, kid in enumerate(self._ids.values())}
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, key: str) -> str:
-        """Accept another key (or un-revoke it); return its id."""
+    def add(self, key: str, *, account: int = 0) -> str:
+        """Accept another key of ``account`` (or un-revoke it); return its id."""
         with self._lock:
             self._ids[key] = key_id(key)
+            self._accounts.setdefault(self._ids[key], account)
             self._revoked.discard(key)
             return self._ids[key]
+
+    def account_of(self, kid: str) -> int:
+        """The index of the account the key with id ``kid`` belongs to (``KeyError`` for
+        a key this ring never held)."""
+        return self._accounts[kid]
 
     def revoke(self, key: str) -> None:
         """Reject ``key`` from now on (401). Unknown keys are ignored."""

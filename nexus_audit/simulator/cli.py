@@ -75,7 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     keys = net.add_mutually_exclusive_group()
     keys.add_argument("--key", help="API key to accept (default: a random nx_test_sk_...)")
-    keys.add_argument("--key-file", type=Path, help="read the API key from this file")
+    keys.add_argument(
+        "--key-file", type=Path, help="read the API key from this file (a line per account)"
+    )
+    net.add_argument(
+        "--accounts",
+        type=_int_arg(low=1),
+        default=1,
+        help="accounts, each with a fleet and a key of its own (random keys, printed one "
+        "per line after the URL, unless --key-file names them); default %(default)s",
+    )
 
     fleet = parser.add_argument_group("fleet")
     fleet.add_argument("--instances", type=_int_arg(low=0), default=DEFAULT_INSTANCES)
@@ -131,14 +140,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """Build the SimulatorConfig the flags describe (reads ``--key-file``)."""
+    accounts = getattr(args, "accounts", 1)
     if args.key_file is not None:
-        key = args.key_file.read_text(encoding="utf-8").strip()
+        keys = tuple(k.strip() for k in args.key_file.read_text(encoding="utf-8").splitlines())
+        keys = tuple(k for k in keys if k)
+        if len(keys) != accounts:
+            raise ValueError(f"--key-file holds {len(keys)} keys for {accounts} accounts: "
+                             "give one key per account, a line each")
+    elif args.key:
+        if accounts != 1:
+            raise ValueError("--key names one key: with --accounts, give --key-file or none")
+        keys = (args.key,)
     else:
-        key = args.key or generate_key()
+        keys = tuple(generate_key() for _ in range(accounts))
     return SimulatorConfig(
         host=args.host,
         port=args.port,
-        api_keys=(key,),
+        api_keys=keys,
+        accounts=accounts,
         instances=args.instances,
         buckets=args.buckets,
         seed=args.seed,
@@ -167,7 +186,8 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; print the base URL and the key first. Exit code."""
+    """Serve until SIGINT or SIGTERM; print the base URL and the keys (one per account)
+    first, a line each. Exit code."""
     try:
         config = config_from_args(args)
     except OSError as exc:
@@ -237,7 +257,7 @@ async def _serve(sim: Simulator, pending: list[int]) -> None:
     # fleet made a stop take seconds).
     gc.freeze()
     try:
-        sys.stdout.write(f"{sim.url}\n{sim.key}\n")
+        sys.stdout.write(f"{sim.url}\n" + "".join(f"{key}\n" for key in sim.keys))
         sys.stdout.flush()
         await stop.wait()
     finally:

@@ -34,11 +34,15 @@ class SimulatorConfig:
     """Everything that shapes one simulator run; tests and the CLI build one of these.
 
     Probabilities are per API request, in [0, 1]. ``api_keys[0]`` is the primary key.
+    ``accounts``: how many accounts the simulator holds, each with a fleet of its own
+    (``instances`` and ``buckets`` each, seeds ``seed``, ``seed + 1``, ...); key ``i``
+    belongs to account ``i % accounts``, so with one account every key sees the same fleet.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     api_keys: tuple[str, ...] = field(default_factory=_one_random_key)
+    accounts: int = 1
     instances: int = DEFAULT_INSTANCES
     buckets: int = DEFAULT_BUCKETS
     seed: int = DEFAULT_SEED
@@ -63,6 +67,9 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if not self.api_keys or not all(isinstance(k, str) and k for k in self.api_keys):
             raise ValueError("api_keys must hold at least one non-empty key")
+        if not 1 <= self.accounts <= len(self.api_keys):
+            raise ValueError(f"accounts must be >= 1 and have a key each: {self.accounts} "
+                             f"accounts, {len(self.api_keys)} keys")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("instances", "buckets", "bucket_page_size"):

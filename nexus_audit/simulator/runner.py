@@ -77,8 +77,9 @@ class Simulator:
     async def _churn_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            events = self.fleet.churn_step()
-            log.debug("simulator churn: %d changes", len(events))
+            for account in self.state.accounts:  # every account's fleet churns
+                events = account.fleet.churn_step()
+                log.debug("simulator churn: %d changes", len(events))
 
     # -- what tests use ----------------------------------------------------------------
 
@@ -138,6 +139,10 @@ class Simulator:
         """Multipart uploads in progress."""
         return self.state.uploads
 
+    def fleet_of(self, key: str) -> Fleet:
+        """The fleet ``key`` sees: its account's (``KeyError`` for an unknown key)."""
+        return self.state.account(key_id(key)).fleet
+
     def key_id(self, key: str | None = None) -> str:
         """The loggable id of ``key`` (default: the primary key)."""
         return key_id(key or self.key)
@@ -182,9 +187,9 @@ class Simulator:
         """Reject ``key`` (default: the primary key) with 401 from now on."""
         self.state.keys.revoke(key or self.key)
 
-    def add_key(self, key: str) -> str:
-        """Accept another key at runtime; return its id."""
-        return self.state.keys.add(key)
+    def add_key(self, key: str, *, account: int = 0) -> str:
+        """Accept another key of the ``account``-th account at runtime; return its id."""
+        return self.state.keys.add(key, account=account)
 
 
 @contextlib.asynccontextmanager
