@@ -36,7 +36,19 @@ store), the report (``python -m nexus_audit report``). CPU seconds come from the
    the store, and ``rebuild_snapshot(kinds=("instances",))`` is timed (against 2 s).
    ``--read-db PATH`` keeps the database there (and reuses it when it exists).
 
-Goal 3 (100 accounts in one ``serve``) is not measured here.
+5. Fleet (goal 3, ``--only fleet``): ``--accounts`` accounts of ``--per-account``
+   instances in one simulator (``--accounts``: each key its own fleet and rate limit), one
+   real ``nexus-audit serve`` with a ``[[accounts]]`` entry and key file per account, the
+   interval scaled down from an hour to ``--fleet-interval`` (60 s: an hour over 60; at
+   10,000 instances an account's crawl is ~101 requests, inside one window of the default
+   budget of 250, so the windows themselves need no scaling, as ``bench/crawl.py`` scales
+   them: the budget never binds) and bucket polls every ``--bucket-interval``. While
+   ``/metrics`` is scraped ``--scrapes-per-second`` times a second, it measures the time
+   for every account to be crawled, per round of the schedule, against the interval;
+   serve's peak RSS (``VmHWM``) against 500 MB and its CPU; the scrapes' latency p50/p99
+   against 50 ms (all, while instances are crawled, between); and each snapshot rebuild
+   (the ``metrics.rebuilt`` log events): seconds, accounts and records folded, against
+   the whole fleet.
 
 The host is shared and may be slow: every section prints CPU seconds next to wall
 seconds, the load average, and a reference figure measured in the same run (a fixed
@@ -55,8 +67,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +160,8 @@ class Sim:
     proc: subprocess.Popen[str]
     start_wall: float
     start_cpu: float
+    #: Every account's key (``--accounts``), the first one being ``key``.
+    keys: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int:
@@ -167,10 +182,11 @@ def simulator(instances: int, buckets: int, **options: Any) -> Iterator[Sim]:
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
-        key = proc.stdout.readline().strip()
+        keys = tuple(proc.stdout.readline().strip() for _ in range(options.get("accounts", 1)))
         if not url.startswith("http"):
             raise RuntimeError(f"simulator did not start: {url!r}")
-        yield Sim(url, key, proc, time.perf_counter() - started, cpu_seconds(proc.pid))
+        yield Sim(url, keys[0], proc, time.perf_counter() - started, cpu_seconds(proc.pid),
+                  keys)
     finally:
         stopping = time.perf_counter()
         stop(proc)
@@ -682,6 +698,170 @@ def bench_read(args: argparse.Namespace, n: int, buckets: int) -> None:
              f"{r['instances']:,}; {r['peak_mb']:.0f} MB")
 
 
+# -- many accounts in one serve (goal 3) ---------------------------------------------
+
+
+class ServeProcess:
+    """``nexus-audit serve`` over a config file; its JSON log events read as they come."""
+
+    def __init__(self, config: Path, interval: float, bucket_interval: float) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+        env.update({"NEXUS_AUDIT_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus_audit", "serve", "--listen", "127.0.0.1:0",
+             "--interval", f"{interval:g}s", "--bucket-interval", f"{bucket_interval:g}s"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.events: list[dict[str, Any]] = []
+        self.port = 0
+        self.cpu = 0.0
+        self.peak_mb = 0.0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            event["_at"] = time.time()
+            self.events.append(event)
+            if event.get("event") == "serve.listening":
+                self.port = int(event["port"])
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        """The log events called ``name`` so far."""
+        return [e for e in list(self.events) if e.get("event") == name]
+
+    def alive(self) -> None:
+        """Raise if serve has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {self.proc.returncode}: "
+                               f"{[e for e in self.events if e.get('level') == 'error'][-3:]}")
+
+    def stop(self) -> None:
+        """Note its CPU and peak RSS, then stop it (:func:`stop`)."""
+        if self.proc.poll() is None:
+            self.cpu = cpu_seconds(self.proc.pid)
+            self.peak_mb = rss_mb(self.proc.pid)[1]
+        stop(self.proc)
+
+
+def fleet_config(tmp: Path, sim: Sim, budget: int) -> tuple[Path, list[str]]:
+    """A config file with one ``[[accounts]]`` and key file per simulator key."""
+    names = [f"acct-{i:03d}" for i in range(len(sim.keys))]
+    keys = tmp / "keys"
+    keys.mkdir(mode=0o700)
+    rows = [f'db = "{tmp / "fleet.duckdb"}"', f"rate_budget = {budget}",
+            f'api_url = "{sim.url}"', ""]
+    for name, key in zip(names, sim.keys, strict=True):
+        path = keys / name
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        rows += ["[[accounts]]", f'name = "{name}"', f'api_key_file = "{path}"', ""]
+    config = tmp / "nexus-audit.toml"
+    config.write_text("\n".join(rows))
+    return config, names
+
+
+async def scrape(port: int, per_second: float, until: Callable[[], bool]) -> list[float]:
+    """Scrape /metrics ``per_second`` times a second (one after the other) until
+    ``until()``; each scrape's seconds."""
+    seconds: list[float] = []
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with aiohttp.ClientSession() as session:
+        while not until():
+            started = time.perf_counter()
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"/metrics answered {resp.status}")
+            took = time.perf_counter() - started
+            seconds.append(took)
+            await asyncio.sleep(max(0.0, 1 / per_second - took))
+    return seconds
+
+
+def rounds_of(events: list[dict[str, Any]], names: list[str]) -> list[tuple[float, float]]:
+    """Per round of the schedule (each account's n-th successful instance crawl): when its
+    first crawl started and its last one finished (unix seconds), for complete rounds."""
+    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for e in events:
+        if e.get("status") == "succeeded" and "instances" in e.get("kinds", ()):
+            runs[e["account"]].append((e["_at"] - float(e["seconds"]), e["_at"]))
+    complete = min(len(r) for r in runs.values())
+    return [(min(r[i][0] for r in runs.values()), max(r[i][1] for r in runs.values()))
+            for i in range(complete)]
+
+
+def bench_fleet(accounts: int, per_account: int, budget: int, interval: float,
+                bucket_interval: float, rounds: int, per_second: float) -> None:
+    """Goal 3: ``accounts`` accounts in one serve, each its own key."""
+    fleet = accounts * per_account
+    buckets = max(1, per_account // 200)
+    print(f"\n4. fleet: {accounts} accounts x {per_account:,} instances ({fleet:,}) and "
+          f"{buckets} buckets each, one key each, budget {budget}/min per key; serve's "
+          f"interval {interval:g}s, bucket polls every {bucket_interval:g}s")
+    with simulator(per_account, buckets, accounts=accounts) as sim, \
+            tempfile.TemporaryDirectory() as tmp:
+        line("simulator start", f"{sim.start_wall:.1f}s wall, {sim.start_cpu:.1f}s CPU, "
+                                f"RSS {rss_mb(sim.pid)[0]:.0f} MB")
+        config, names = fleet_config(Path(tmp), sim, budget)
+        sim_cpu0 = cpu_seconds(sim.pid)
+        serve = ServeProcess(config, interval, bucket_interval)
+        try:
+            while not serve.port:
+                serve.alive()
+                time.sleep(0.05)
+
+            load_during = [os.getloadavg()[0]]
+
+            def done() -> bool:
+                serve.alive()
+                load_during.append(os.getloadavg()[0])
+                return len(rounds_of(serve.named("crawl.finished"), names)) >= rounds
+
+            scrapes = asyncio.run(scrape(serve.port, per_second, done))
+        finally:
+            serve.stop()
+        sim_cpu = cpu_seconds(sim.pid) - sim_cpu0
+    wall = time.time() - serve.started
+    finished = serve.named("crawl.finished")
+    failed = [e for e in finished if e.get("status") != "succeeded"]
+    for n, (first, last) in enumerate(rounds_of(finished, names)[:rounds]):
+        took = last - first
+        line(f"round {n + 1}: every account's instances crawled",
+             f"{took:.1f}s from the first start to the last commit; interval {interval:g}s: "
+             f"{took / interval:.2f} of it  goal <= 1: {verdict(took <= interval)}")
+    line("crawls (failed), skipped runs",
+         f"{len(finished)} ({len(failed)}), {len(serve.named('crawl.skipped'))}")
+    line("serve peak RSS (VmHWM)", f"{serve.peak_mb:.0f} MB  goal <= 500 MB: "
+                                   f"{verdict(serve.peak_mb <= 500)}")
+    line("serve CPU / simulator CPU",
+         f"{serve.cpu:.1f}s / {sim_cpu:.1f}s in {wall:.0f}s of wall "
+         f"({100 * serve.cpu / wall:.0f}% / {100 * sim_cpu / wall:.0f}% of a core)")
+    p50, p99 = quantile(scrapes, 0.5), quantile(scrapes, 0.99)
+    line(f"/metrics latency ({len(scrapes)} scrapes)",
+         f"p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms, max {1000 * max(scrapes):.0f} ms"
+         f"  goal p99 < 50 ms: {verdict(p99 < 0.05)}")
+    rebuilt = serve.named("metrics.rebuilt")[1:]  # the first, at start-up, is of nothing
+    if rebuilt:
+        secs = [float(e["seconds"]) for e in rebuilt]
+        folded = [int(e["records"]) for e in rebuilt]
+        per = [len(a) if isinstance(a, list) else int(a)
+               for a in (e["accounts"] for e in rebuilt)]
+        line(f"snapshot rebuilds ({len(rebuilt)}, for {len(finished)} commits)",
+             f"p50 {1000 * quantile(secs, 0.5):.0f} ms, p99 "
+             f"{1000 * quantile(secs, 0.99):.0f} ms, max {1000 * max(secs):.0f} ms")
+        line("accounts / records folded per rebuild",
+             f"mean {sum(per) / len(per):.1f} of {accounts} accounts; mean "
+             f"{sum(folded) / len(folded):,.0f} records, max {max(folded):,} of "
+             f"{fleet + accounts * buckets:,} in the fleet")
+    line("load average during the run (1 min)",
+         f"{min(load_during):.2f} to {max(load_during):.2f}")
+
+
 def main() -> None:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -692,7 +872,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0,
                         help="rate windows scaled to this many seconds (as bench/crawl.py)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per page-rate case")
-    parser.add_argument("--only", choices=["sim", "crawl", "read"], action="append")
+    parser.add_argument("--only", choices=["sim", "crawl", "read", "fleet"], action="append")
     parser.add_argument("--history-days", type=int, default=30, help="read side: days")
     parser.add_argument("--churn", type=float, default=0.01,
                         help="read side: share of the fleet changing a day")
@@ -701,6 +881,18 @@ def main() -> None:
     parser.add_argument("--read-db", help="read side: keep (or reuse) the database here")
     parser.add_argument("--scrapes", type=int, default=1000, help="read side: /metrics")
     parser.add_argument("--report-runs", type=int, default=2, help="read side: reports")
+    parser.add_argument("--accounts", type=int, default=100, help="fleet: accounts")
+    parser.add_argument("--per-account", type=int, default=10_000,
+                        help="fleet: instances per account")
+    parser.add_argument("--fleet-interval", type=float, default=60.0,
+                        help="fleet: serve's instance interval, seconds (an hour / 60)")
+    parser.add_argument("--bucket-interval", type=float, default=60.0,
+                        help="fleet: serve's bucket interval, seconds")
+    parser.add_argument("--fleet-budget", type=int, default=250,
+                        help="fleet: each key's budget, requests a minute (real windows)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="fleet: rounds of instance crawls to wait for")
+    parser.add_argument("--scrapes-per-second", type=float, default=2.0)
     parser.add_argument("--crawl-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--rebuild-child", help=argparse.SUPPRESS)
@@ -718,7 +910,7 @@ def main() -> None:
         return
     n = args.instances
     buckets = args.buckets if args.buckets is not None else max(1, n // 200)
-    only = set(args.only or ["sim", "crawl", "read"])
+    only = set(args.only or ["sim", "crawl", "read", "fleet"])
     print(f"nexus-audit scale benchmark; python {sys.version.split()[0]}, {load()}")
     reference_figure()
     if "sim" in only:
@@ -730,6 +922,10 @@ def main() -> None:
             bench_report(db)
     if "read" in only:
         bench_read(args, n, buckets)
+    if "fleet" in only:
+        bench_fleet(args.accounts, args.per_account, args.fleet_budget,
+                    args.fleet_interval, args.bucket_interval, args.rounds,
+                    args.scrapes_per_second)
     print(f"\nend: {load()}")
     reference_figure()
 

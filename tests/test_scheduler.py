@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,13 @@ from structlog.testing import capture_logs
 
 from nexus_audit.config import AccountConfig, Secret
 from nexus_audit.domain.model import Kind
-from nexus_audit.service.scheduler import CrawlScheduler, JobSpec, job_specs, judge_readiness
+from nexus_audit.service.scheduler import (
+    CrawlScheduler,
+    JobSpec,
+    first_run_offset,
+    job_specs,
+    judge_readiness,
+)
 
 PROD = AccountConfig(name="prod", api_key=Secret("nx_test_sk_prod"))
 DEV = AccountConfig(name="dev", api_key=Secret("nx_test_sk_dev"))
@@ -94,8 +101,28 @@ def test_jobs_never_overlap_coalesce_and_run_at_start() -> None:
         assert before <= job.next_run_time <= datetime.now(UTC)
 
 
+def test_accounts_first_runs_are_spread_and_keep_their_phase() -> None:
+    """The i-th account's jobs first run i steps after start-up (a second, or the interval
+    over the accounts when shorter), their triggers keeping that phase; one account runs
+    at once."""
+    assert first_run_offset(timedelta(hours=1), 0, 1) == timedelta(0)
+    assert first_run_offset(timedelta(hours=1), 99, 100) == timedelta(seconds=99)
+    assert first_run_offset(timedelta(seconds=60), 99, 100) == timedelta(seconds=59.4)
+    accounts = [replace(PROD, name=f"a{i}") for i in range(3)]
+    before = datetime.now(UTC)
+    scheduler = CrawlScheduler(job_specs(accounts, INTERVALS), FakeCrawls())
+    after = datetime.now(UTC)
+    for i in range(3):
+        for kind in ("instances", "buckets"):
+            job = scheduler.scheduler.get_job(f"crawl:a{i}:{kind}")
+            step = timedelta(seconds=1)  # both intervals are over 3 accounts x 1 s
+            assert before + i * step <= job.next_run_time <= after + i * step
+            assert job.trigger.start_date == job.next_run_time
+
+
 async def test_start_runs_every_job_once_right_away(stoppers: list[CrawlScheduler]) -> None:
-    """Starting the scheduler crawls each account and kind at once (not after an interval)."""
+    """Starting the scheduler crawls each account and kind without waiting an interval
+    (the second account a second after the first)."""
     crawls = FakeCrawls()
     scheduler = CrawlScheduler(job_specs([PROD, DEV], INTERVALS), crawls)
     stoppers.append(scheduler)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from nexus_audit.metrics.exposition import SnapshotCollector
 from nexus_audit.metrics.snapshot import SnapshotHolder
 
 
-class FindingsCollector(Collector):
+class FindingsCollector(SnapshotCollector):
     """Findings still seen by the latest crawls, by account, rule, severity and status.
 
     Emits nothing without a policy; with one, every rule it switches on has a series per
@@ -23,6 +23,10 @@ class FindingsCollector(Collector):
 
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
+
+    def over(self, holder: SnapshotHolder) -> FindingsCollector:
+        """The same collector reading ``holder`` (to render one account's slice)."""
+        return FindingsCollector(holder)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield ``nexus_findings`` when the snapshot carries findings."""

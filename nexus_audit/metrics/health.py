@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from nexus_audit.api import ApiStats, RateBudget
 from nexus_audit.domain.model import KINDS
+from nexus_audit.metrics.exposition import CountedCollector, SnapshotCollector
 from nexus_audit.metrics.snapshot import SnapshotHolder
 
 #: Crawl duration buckets (seconds): a bucket poll takes about a second, a large
@@ -33,7 +34,7 @@ DURATION_BUCKETS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 6
 CRAWL_STATUSES: Final = ("succeeded", "failed")
 
 
-class CrawlStateCollector(Collector):
+class CrawlStateCollector(SnapshotCollector):
     """The last committed crawl of each account and kind (from the snapshot).
 
     Emits::
@@ -50,6 +51,10 @@ class CrawlStateCollector(Collector):
 
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
+
+    def over(self, holder: SnapshotHolder) -> CrawlStateCollector:
+        """The same collector reading ``holder`` (to render one account's slice)."""
+        return CrawlStateCollector(holder)
 
     def collect(self) -> Iterator[Metric]:
         """Yield the crawl-state families of the current snapshot."""
@@ -96,6 +101,8 @@ class CrawlStats:
 
     def __init__(self, accounts: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
+        #: Moves with every crawl recorded (the exposition caches the rendering by it).
+        self.version = 0
         self._counts: dict[tuple[str, str, str], int] = {}
         self._durations: dict[tuple[str, str], _Histogram] = {}
         for account in accounts:
@@ -109,6 +116,7 @@ class CrawlStats:
         """Count one finished crawl (succeeded or failed) covering ``kinds``."""
         index = bisect.bisect_left(DURATION_BUCKETS, seconds)
         with self._lock:
+            self.version += 1
             for kind in kinds:
                 key = (account, kind, status)
                 self._counts[key] = self._counts.get(key, 0) + 1
@@ -132,7 +140,7 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-class CrawlStatsCollector(Collector):
+class CrawlStatsCollector(CountedCollector):
     """Crawls finished by this process, and how long they took.
 
     Emits::
@@ -145,6 +153,10 @@ class CrawlStatsCollector(Collector):
 
     def __init__(self, stats: CrawlStats) -> None:
         self._stats = stats
+
+    def version(self) -> int:
+        """Changes whenever a crawl is recorded (the samples change only then)."""
+        return self._stats.version
 
     def collect(self) -> Iterator[Metric]:
         """Yield the crawl counter and the duration histogram."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.model import KINDS
+from nexus_audit.metrics.exposition import SnapshotCollector
 from nexus_audit.metrics.snapshot import SnapshotHolder
 
 
-class InventoryCollector(Collector):
+class InventoryCollector(SnapshotCollector):
     """Counts, sizes, cost and staleness of the fleet as of the latest successful crawls.
 
     Emits (per-bucket series unless switched off, per-instance series only if on)::
@@ -40,6 +40,10 @@ class InventoryCollector(Collector):
 
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
+
+    def over(self, holder: SnapshotHolder) -> InventoryCollector:
+        """The same collector reading ``holder`` (to render one account's slice)."""
+        return InventoryCollector(holder)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the inventory families of the current snapshot."""

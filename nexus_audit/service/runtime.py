@@ -119,8 +119,8 @@ class Service(SnapshotRebuilds):
             snapshot_collectors=[InventoryCollector(self.holder),
                                  CrawlStateCollector(self.holder),
                                  FindingsCollector(self.holder)],
-            live_collectors=[CrawlStatsCollector(self.crawl_stats),
-                             ApiCollector(self.api_stats, self.budgets),
+            counted_collectors=[CrawlStatsCollector(self.crawl_stats)],
+            live_collectors=[ApiCollector(self.api_stats, self.budgets),
                              BuildInfoCollector(__version__)],
         )
         #: Worker processes for reports (``serve`` only).

@@ -6,6 +6,13 @@ closes over. Each job runs first at start-up, never overlaps itself (``max_insta
 and coalesces runs missed while the loop was busy into one, within a misfire grace of half
 its interval.
 
+With several accounts, their jobs of a kind are spread rather than fired together: the
+``i``-th account (in the configuration's order) first runs ``i`` steps after start-up,
+a step being :data:`SPREAD_STEP` or the interval over the accounts, whichever is shorter,
+and keeps that phase. A hundred accounts' crawls then never all run, stage their records
+and commit at the same instant (memory and the event loop would take the whole burst);
+with one account nothing changes, and the last of a hundred starts within 100 s.
+
 Shutdown is in two steps because APScheduler's asyncio executor cancels running jobs the
 moment the scheduler shuts down: first :meth:`CrawlScheduler.stop` pauses the scheduler and
 refuses new runs, waits up to a grace period for crawls in progress to finish and commit,
@@ -39,6 +46,8 @@ log = get_logger(__name__)
 READY_INTERVALS: Final = 2
 #: A last success this far after now is not fresh: the clock stepped back (or was ahead).
 FUTURE_TOLERANCE: Final = timedelta(seconds=60)
+#: The longest step between the first runs of consecutive accounts' jobs of a kind.
+SPREAD_STEP: Final = timedelta(seconds=1)
 
 CrawlFunction = Callable[[AccountConfig, Kind], Awaitable[object]]
 
@@ -50,6 +59,8 @@ class JobSpec:
     account: AccountConfig
     kind: Kind
     interval: timedelta
+    #: How long after start-up the first run comes (later runs keep this phase).
+    offset: timedelta = timedelta(0)
 
     @property
     def job_id(self) -> str:
@@ -65,8 +76,19 @@ class JobSpec:
 def job_specs(
     accounts: Iterable[AccountConfig], intervals: Mapping[Kind, timedelta]
 ) -> tuple[JobSpec, ...]:
-    """The jobs for ``accounts``: one per account and kind, with that kind's interval."""
-    return tuple(JobSpec(account, kind, intervals[kind]) for account in accounts for kind in KINDS)
+    """The jobs for ``accounts``: one per account and kind, with that kind's interval, the
+    accounts' first runs spread (:func:`first_run_offset`)."""
+    chosen = list(accounts)
+    return tuple(JobSpec(account, kind, intervals[kind],
+                         first_run_offset(intervals[kind], i, len(chosen)))
+                 for i, account in enumerate(chosen) for kind in KINDS)
+
+
+def first_run_offset(interval: timedelta, index: int, count: int) -> timedelta:
+    """How long after start-up the ``index``-th of ``count`` accounts first crawls a kind
+    crawled every ``interval``: ``index`` steps of :data:`SPREAD_STEP`, or of the interval
+    over ``count`` when that is shorter (so the runs stay spread within one interval)."""
+    return min(SPREAD_STEP, interval / max(1, count)) * index
 
 
 def judge_readiness(
@@ -126,16 +148,18 @@ class CrawlScheduler:
         # APScheduler reads the wall clock itself, so the first run is pinned to it too.
         now = datetime.now(UTC)
         for spec in self.specs:
+            first = now + spec.offset
             self._scheduler.add_job(
                 self._run,
-                trigger=IntervalTrigger(seconds=spec.interval.total_seconds(), timezone=UTC),
+                trigger=IntervalTrigger(seconds=spec.interval.total_seconds(),
+                                        start_date=first, timezone=UTC),
                 args=(spec,),
                 id=spec.job_id,
                 name=spec.job_id,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=spec.misfire_grace_seconds,
-                next_run_time=now,  # the first crawl at start-up
+                next_run_time=first,  # the first crawl at start-up (spread)
                 replace_existing=True,
             )
 
