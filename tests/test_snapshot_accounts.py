@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import fields, replace
 from datetime import timedelta
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from nexus_audit.audit.stale import is_stale
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.model import Bucket, Instance, Kind
 from nexus_audit.domain.policy import parse_policy
@@ -238,3 +240,36 @@ def test_combined_parts_equal_one_fold_of_every_account(tmp_path: Path) -> None:
     whole = fold(states, stale)
     parts = [fold([s], None) for s in states]
     assert combine_snapshots(parts, generation=3, stale=stale, findings=True) == whole
+
+
+def test_stale_counts_follow_the_rule_at_every_moment(tmp_path: Path) -> None:
+    """The stale counts recounted at each rebuild (a bisect over each account's streak
+    starts) are those of the rule itself (is_stale over every streak), at any moment,
+    exactly at a threshold too."""
+    store = Store(tmp_path / "h.duckdb")
+    store.migrate()
+    fleet = Fleet()
+    at = T0
+    for step in range(6):
+        for i, account in enumerate(ACCOUNTS):
+            fleet.churn(account, random.Random(step * 10 + i))
+            crawl(store, at, account=account,
+                  instances=list(fleet.instances[account].values()))
+        at += timedelta(hours=7 * step + 1)
+    clock = FakeClock(at)
+    service = make_service(store, clock)
+    service.rebuild_snapshot()
+    streaks = service.stale_candidates(store.latest())
+    assert {s.status for s in streaks} == {"stopped", "pending"}
+    limits = {"stopped": service.settings.stale_after,
+              "pending": service.settings.pending_stale_after}
+    moments = [at + timedelta(minutes=m) for m in range(0, 60 * 24 * 9, 97)]
+    moments += [s.since + limits[s.status] + timedelta(microseconds=d)
+                for s in streaks[:20] for d in (-1, 0, 1)]
+    for now in moments:
+        expected: Counter[tuple[str, str]] = Counter()
+        for s in streaks:
+            if is_stale(s.status, s.since, now, stale_after=limits["stopped"],
+                        pending_stale_after=limits["pending"]):
+                expected[(s.account, s.status)] += s.number
+        assert service.stale_counts(now) == dict(expected), now

@@ -26,15 +26,16 @@ kinds rebuilt; the others' counts come from the previous snapshot.
 from __future__ import annotations
 
 import asyncio
-import functools
+import bisect
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from itertools import accumulate
 
 from nexus_audit.audit.findings import current_counts, evaluate_history
-from nexus_audit.audit.stale import StreakCount, current_streak_counts, is_stale
+from nexus_audit.audit.stale import StreakCount, current_streak_counts, threshold
 from nexus_audit.config import Settings
 from nexus_audit.domain.model import KINDS, Kind
 from nexus_audit.domain.policy import RULES, Policy
@@ -77,9 +78,11 @@ class SnapshotRebuilds:
         self._last: Snapshot | None = None
         #: Per account, its part of the snapshot (see the module's docstring).
         self._parts: dict[str, Snapshot] = {}
-        #: Per account, its instances not running as of its last instance crawl, counted
-        #: by the start of their streak; judged at each rebuild's time (audit.stale).
-        self._stale_candidates: dict[str, list[StreakCount]] = {}
+        #: Per account and status, the starts of the streaks of the instances not running
+        #: as of the account's last instance crawl, sorted, with the running total of the
+        #: instances in them: counted at each rebuild's time by a bisect (audit.stale's
+        #: rule), not by walking every streak of the fleet.
+        self._stale_candidates: dict[str, dict[str, tuple[list[datetime], list[int]]]] = {}
         self._rebuild_lock = threading.Lock()  # one rebuild at a time
         self._marks_lock = threading.Lock()
         #: Account → the kinds committed since the rebuild that last read them.
@@ -197,10 +200,16 @@ class SnapshotRebuilds:
         if not states:
             return 0
         if "instances" in kinds:
-            streaks: dict[str, list[StreakCount]] = {s.account: [] for s in states}
+            counted: dict[str, dict[str, dict[datetime, int]]] = {s.account: {} for s in states}
             for streak in self.stale_candidates(states):
-                streaks[streak.account].append(streak)
-            self._stale_candidates.update(streaks)
+                at = counted[streak.account].setdefault(streak.status, {})
+                at[streak.since] = at.get(streak.since, 0) + streak.number
+            for account, by_status in counted.items():
+                self._stale_candidates[account] = {
+                    status: ([since for since, _ in ordered],
+                             list(accumulate(n for _, n in ordered)))
+                    for status, ordered in ((status, sorted(starts.items()))
+                                            for status, starts in by_status.items())}
         findings = self.findings_counts(states, kinds,
                                         None if previous is None else previous.findings)
         p = self.pricing
@@ -256,16 +265,20 @@ class SnapshotRebuilds:
             pricing=self.pricing)
 
     def stale_counts(self, now: datetime) -> dict[tuple[str, str], int]:
-        """Stale instances by (account, status) at ``now``, by the report's thresholds."""
+        """Stale instances by (account, status) at ``now``, by the report's thresholds:
+        those whose streak began at least the status's threshold before ``now``
+        (:func:`~nexus_audit.audit.stale.is_stale`)."""
         s = self.settings
         counts: dict[tuple[str, str], int] = {}
-        stale = functools.partial(is_stale, at=now, stale_after=s.stale_after,
+        for account, by_status in self._stale_candidates.items():
+            for status, (starts, totals) in by_status.items():
+                if status == "running":  # never stale (streaks are of other statuses)
+                    continue
+                limit = threshold(status, stale_after=s.stale_after,
                                   pending_stale_after=s.pending_stale_after)
-        for streaks in self._stale_candidates.values():
-            for streak in streaks:
-                if stale(streak.status, streak.since):
-                    key = (streak.account, streak.status)
-                    counts[key] = counts.get(key, 0) + streak.number
+                n = bisect.bisect_right(starts, now - limit)
+                if n:
+                    counts[(account, status)] = totals[n - 1]
         return counts
 
     def findings_counts(self, states: Sequence[AccountState], kinds: Collection[Kind] = KINDS,
