@@ -69,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -834,8 +835,9 @@ def bench_fleet(accounts: int, per_account: int, budget: int, interval: float,
         line(f"round {n + 1}: every account's instances crawled",
              f"{took:.1f}s from the first start to the last commit; interval {interval:g}s: "
              f"{took / interval:.2f} of it  goal <= 1: {verdict(took <= interval)}")
-    line("crawls (failed), skipped runs",
-         f"{len(finished)} ({len(failed)}), {len(serve.named('crawl.skipped'))}")
+    codes = Counter(str(e.get("error_code")) for e in failed)
+    line("crawls (failed: codes), skipped runs",
+         f"{len(finished)} ({len(failed)}: {dict(codes)}), {len(serve.named('crawl.skipped'))}")
     line("serve peak RSS (VmHWM)", f"{serve.peak_mb:.0f} MB  goal <= 500 MB: "
                                    f"{verdict(serve.peak_mb <= 500)}")
     line("serve CPU / simulator CPU",

@@ -273,3 +273,27 @@ def test_stale_counts_follow_the_rule_at_every_moment(tmp_path: Path) -> None:
                         pending_stale_after=limits["pending"]):
                 expected[(s.account, s.status)] += s.number
         assert service.stale_counts(now) == dict(expected), now
+
+
+def test_many_accounts_rebuilt_together_are_read_in_turns(tmp_path: Path) -> None:
+    """Twelve accounts' commits folded by one rebuild (read eight accounts at a time) give
+    the full rebuild's snapshot."""
+    store = Store(tmp_path / "h.duckdb")
+    store.migrate()
+    clock = FakeClock(T0 + timedelta(minutes=5))
+    names = [f"acct-{i:02d}" for i in range(12)]
+    settings = Settings(
+        accounts=tuple(AccountConfig(name=n, api_key=Secret(f"nx_test_{n}")) for n in names),
+        db_path=store.path)
+    service = Service(settings, store, PRICES, clock=clock, grace=0.0)
+    service.rebuild_snapshot()
+    for i, name in enumerate(names):
+        crawl(store, T0, account=name, instances=[inst(f"i-{i}"), inst(f"j-{i}", status="stopped")],
+              buckets=[bucket(f"b-{i}")])
+        service.mark(("instances", "buckets"), (name,))
+    with capture_logs() as logs:
+        got = service.rebuild_marked()
+    assert [e["records"] for e in logs if e["event"] == "metrics.rebuilt"] == [36]
+    assert got.accounts == tuple(names)
+    full = Service(settings, store, PRICES, clock=clock, grace=0.0).rebuild_snapshot()
+    assert same(got, full)

@@ -29,10 +29,11 @@ import asyncio
 import bisect
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import accumulate
+from typing import Final
 
 from nexus_audit.audit.findings import current_counts, evaluate_history
 from nexus_audit.audit.stale import StreakCount, current_streak_counts, threshold
@@ -57,6 +58,9 @@ from nexus_audit.service.workers import (
 log = get_logger(__name__)
 
 FindingKey = tuple[str, str, str, str]
+#: Accounts whose records one read holds at a time: a rebuild folding many accounts (a
+#: burst of commits) reads them in turns, so its memory is that of a few accounts.
+READ_ACCOUNTS: Final = 8
 
 
 class SnapshotRebuilds:
@@ -127,8 +131,12 @@ class SnapshotRebuilds:
         """Mark ``kinds`` of ``accounts`` changed and rebuild in a worker thread; a store
         failure keeps the old snapshot (and the marks, for the next rebuild)."""
         self.mark(kinds, accounts)
+        await self.in_thread(self.rebuild_marked)
+
+    async def in_thread(self, rebuild: Callable[[], object]) -> None:
+        """Run ``rebuild`` in a worker thread; a store failure keeps the old snapshot."""
         try:
-            await asyncio.to_thread(self.rebuild_marked)
+            await asyncio.to_thread(rebuild)
         except StoreError as exc:
             log.error("metrics.refresh_failed", error=str(exc),
                       hint="the metrics keep showing the previous state")
@@ -179,7 +187,9 @@ class SnapshotRebuilds:
             kinds = marks[account] if account in self._parts else KINDS
             groups.setdefault(tuple(k for k in KINDS if k in kinds), []).append(account)
         records = 0
-        for kinds, accounts in groups.items():
+        chunks = [(kinds, group[i:i + READ_ACCOUNTS])
+                  for kinds, group in groups.items() for i in range(0, len(group), READ_ACCOUNTS)]
+        for kinds, accounts in chunks:
             states = self._read(kinds, accounts)
             moved = {s.account for s in states
                      if kinds != KINDS and _moved(s, self._parts[s.account], kinds)}

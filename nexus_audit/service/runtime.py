@@ -215,11 +215,7 @@ class Service(SnapshotRebuilds):
 
     async def _reload(self) -> None:
         """:meth:`reload` in a worker thread; a store failure keeps the old snapshot."""
-        try:
-            await asyncio.to_thread(self.reload)
-        except StoreError as exc:
-            log.error("metrics.refresh_failed", error=str(exc),
-                      hint="the metrics keep showing the previous state")
+        await self.in_thread(self.reload)
 
     def readiness(self) -> Readiness:
         """/readyz: every account crawled each kind within twice its interval, and the last
