@@ -187,6 +187,8 @@ class SnapshotRebuilds:
             kinds = marks[account] if account in self._parts else KINDS
             groups.setdefault(tuple(k for k in KINDS if k in kinds), []).append(account)
         records = 0
+        #: What was read, by kinds, without the records: judged once per kinds below.
+        judged: dict[tuple[Kind, ...], list[AccountState]] = {}
         chunks = [(kinds, group[i:i + READ_ACCOUNTS])
                   for kinds, group in groups.items() for i in range(0, len(group), READ_ACCOUNTS)]
         for kinds, accounts in chunks:
@@ -197,18 +199,41 @@ class SnapshotRebuilds:
                 # Another kind of these accounts committed since their part was built (its
                 # own rebuild is still to come): its records cannot be reused, read them.
                 states = [s for s in states if s.account not in moved]
-                records += self._fold_states(KINDS, self._read(KINDS, sorted(moved)), previous)
+                again = self._read(KINDS, sorted(moved))
+                records += self._fold_records(KINDS, again)
+                judged.setdefault(KINDS, []).extend(_bare(s) for s in again)
             for gone in set(accounts) - moved - {s.account for s in states}:
                 self._parts.pop(gone, None)
                 self._stale_candidates.pop(gone, None)
-            records += self._fold_states(kinds, states, previous)
+            records += self._fold_records(kinds, states)
+            judged.setdefault(kinds, []).extend(_bare(s) for s in states)
+        for kinds, states in judged.items():
+            self._judge_parts(kinds, states, previous)
         return records
 
-    def _fold_states(self, kinds: tuple[Kind, ...], states: Sequence[AccountState],
-                     previous: Snapshot | None) -> int:
-        """Rebuild the part of each account of ``states`` (records of ``kinds`` read)."""
+    def _fold_records(self, kinds: tuple[Kind, ...], states: Sequence[AccountState]) -> int:
+        """Rebuild the part of each account of ``states`` (records of ``kinds`` read), but
+        for its findings (:meth:`_judge_parts`); the records folded."""
+        p = self.pricing
+        for state in states:
+            self._parts[state.account] = build_snapshot(
+                [state],
+                generation=0,
+                instance_price=lambda i: p.instance_hourly(i.plan, i.cpu, i.memory_gb),
+                bucket_price=lambda b: p.storage_hourly(b.size_bytes),
+                per_bucket=self.settings.per_bucket_metrics,
+                per_instance=self.settings.per_instance_metrics,
+                kinds=kinds,
+                previous=self._parts.get(state.account),
+            )
+        return sum(len(s.instances) + len(s.buckets) for s in states)
+
+    def _judge_parts(self, kinds: tuple[Kind, ...], states: Sequence[AccountState],
+                     previous: Snapshot | None) -> None:
+        """The stale candidates (``kinds`` with instances) and the findings of the accounts
+        of ``states`` (their latest crawls; records not needed), in one query each."""
         if not states:
-            return 0
+            return
         if "instances" in kinds:
             counted: dict[str, dict[str, dict[datetime, int]]] = {s.account: {} for s in states}
             for streak in self.stale_candidates(states):
@@ -222,20 +247,12 @@ class SnapshotRebuilds:
                                             for status, starts in by_status.items())}
         findings = self.findings_counts(states, kinds,
                                         None if previous is None else previous.findings)
-        p = self.pricing
-        for state in states:
-            self._parts[state.account] = build_snapshot(
-                [state],
-                generation=0,
-                instance_price=lambda i: p.instance_hourly(i.plan, i.cpu, i.memory_gb),
-                bucket_price=lambda b: p.storage_hourly(b.size_bytes),
-                per_bucket=self.settings.per_bucket_metrics,
-                per_instance=self.settings.per_instance_metrics,
-                findings=findings,
-                kinds=kinds,
-                previous=self._parts.get(state.account),
-            )
-        return sum(len(s.instances) + len(s.buckets) for s in states)
+        if findings is None:
+            return
+        for state in states:  # build_snapshot's rule: the findings of the part's account
+            self._parts[state.account] = replace(
+                self._parts[state.account],
+                findings={k: n for k, n in findings.items() if k[0] == state.account})
 
     def _read(self, kinds: tuple[Kind, ...], accounts: Sequence[str]) -> list[AccountState]:
         try:
@@ -339,6 +356,11 @@ class SnapshotRebuilds:
             self._last = snapshot
             self.exporter.install(snapshot)
             return snapshot
+
+
+def _bare(state: AccountState) -> AccountState:
+    """``state`` without its records (what the stale and findings queries need of it)."""
+    return replace(state, instances=(), buckets=())
 
 
 def _moved(state: AccountState, part: Snapshot, read: Collection[Kind]) -> bool:
