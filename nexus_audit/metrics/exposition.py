@@ -22,9 +22,9 @@ Counted families sit between the two: process-life counters that move only at kn
 moments (the crawl counters and duration histograms, when a crawl finishes), each
 collector with a ``version()`` that changes when they do. They grow with the accounts (a
 histogram of 14 series per account and kind: 3,600 samples and ~27 ms of rendering at a
-hundred accounts), so they are rendered on the first scrape after their version moved and
-appended to the snapshot part (its gzip stream too), and the scrapes in between reuse the
-bytes.
+hundred accounts), so they are rendered at each install (in ``serve`` every crawl counted
+is followed by one) and appended to the snapshot part (its gzip stream too); a scrape
+renders them only when their version moved since (between a crawl and its install).
 
 ``registry`` holds every collector as well, for tests (``get_sample_value``) and tools.
 """
@@ -155,9 +155,24 @@ class Exporter:
             parts = {}
             for content_type, accept in list(self._formats.items()):
                 parts[content_type] = _Part.of(self._snapshot_body(accept))
+            # The counted families too, here rather than on the next scrape: in serve each
+            # crawl counted is followed by an install.
+            steady = {content_type: self._steady_part(snapshot.generation, part,
+                                                      self._formats[content_type])
+                      for content_type, part in parts.items()} if self._counted else {}
             # Until this line scrapes get the previous snapshot's bytes: whole, one snapshot.
             self._cache = (snapshot.generation, parts)
+            self._steady = steady
         return True
+
+    def _steady_part(self, generation: int, part: _Part, accept: str
+                     ) -> tuple[tuple[int, tuple[int, ...]], _Part]:
+        """``part`` followed by the counted families, with the key it is good for."""
+        # The versions first: a count moving during the render shows as a new version on
+        # the next scrape, never as old bytes under the new version.
+        key = (generation, tuple(c.version() for c in self._counted))
+        encoder, _ = choose_encoder(accept)
+        return key, part.extended(self._strip_eof(encoder(self.counted_registry)))
 
     def cached(self, accept: str, *, gzip: bool = False) -> tuple[bytes, str] | None:
         """The body and content type for a scrape with this ``Accept`` header, from the
@@ -169,13 +184,11 @@ class Exporter:
         if part is None:
             return None
         if self._counted:
-            # The versions first: a count moving during the render shows as a new version
-            # on the next scrape, never as old bytes under the new version.
             key = (generation, tuple(c.version() for c in self._counted))
             steady = self._steady.get(content_type)
-            if steady is None or steady[0] != key:
-                steady = (key, part.extended(self._strip_eof(encoder(self.counted_registry))))
-                self._steady[content_type] = steady
+            if steady is None or steady[0] != key:  # a crawl counted since the install
+                steady = self._steady_part(generation, part, accept)
+                self._steady = {**self._steady, content_type: steady}
             part = steady[1]
         live = encoder(self.live_registry)
         return (part.gzip(live) if gzip else part.plain + live), content_type

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, Final
 
-from nexus_audit.metrics.snapshot import Snapshot
+from nexus_audit.metrics.snapshot import PricingLabel, Snapshot
 
 #: A family as rendered: (name, its ``# HELP``/``# TYPE``/``# UNIT`` lines, its samples).
 Block = tuple[bytes, bytes, bytes]
@@ -81,11 +81,19 @@ def blocks(body: bytes) -> list[Block]:
     return out
 
 
-def merge(renders: Sequence[Sequence[Block]]) -> bytes:
+#: A slice with every family a collector emits only sometimes (per-resource series, the
+#: findings): rendered once per format, it gives the order of all the families.
+PROBE: Final = Snapshot(
+    accounts=("probe",), bucket_series=(("probe", "b", "r", "private", 0),),
+    instance_series=(("probe", "i", "n", "r", "running", ""),), findings={},
+    pricing=PricingLabel(name="probe", as_of="", currency="", digest=""))
+
+
+def merge(renders: Sequence[Sequence[Block]], order: Sequence[bytes] = ()) -> bytes:
     """The body of the whole from the renders of its slices, in the order given: each
-    family once, with the samples of every render in turn. A family some renders lack
-    (the per-resource series of an account without any) keeps its place in the order."""
-    order: list[bytes] = []
+    family once, with the samples of every render in turn, families in ``order`` (the
+    families of :data:`PROBE`'s render); one not in it after the family it follows."""
+    order = list(order)
     headers: dict[bytes, bytes] = {}
     samples: dict[bytes, list[bytes]] = {}
     for render in renders:
@@ -94,10 +102,11 @@ def merge(renders: Sequence[Sequence[Block]]) -> bytes:
             if name not in headers:
                 headers[name] = header
                 samples[name] = []
-                order.insert(at + 1, name)
+                if name not in order:
+                    order.insert(at + 1, name)
             at = order.index(name)
             samples[name].append(body)
-    return b"".join(headers[n] + b"".join(samples[n]) for n in order)
+    return b"".join(headers[n] + b"".join(samples[n]) for n in order if n in headers)
 
 
 class SliceCache:
@@ -108,6 +117,8 @@ class SliceCache:
         #: Renders one slice in one format (``accept``): the collectors over that slice.
         self._render = render
         self._slices: dict[str, Mapping[str, tuple[Snapshot, list[Block]]]] = {}
+        #: Per format, the order of every family (:data:`PROBE`'s).
+        self._orders: dict[str, list[bytes]] = {}
         #: Slices rendered by the last :meth:`body` (for tests and the log).
         self.rendered = 0
 
@@ -127,4 +138,8 @@ class SliceCache:
             kept[account] = hit
             renders.append(hit[1])
         self._slices[content_type] = kept
-        return merge(renders)
+        order = self._orders.get(content_type)
+        if order is None:
+            order = self._orders[content_type] = [
+                name for name, _, _ in blocks(self._render(PROBE, accept))]
+        return merge(renders, order)
