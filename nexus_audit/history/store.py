@@ -459,10 +459,8 @@ class Store:
         Only the records of ``kinds`` are read; the others come back empty (their
         ``*_as_of``, last crawl and last success are always filled). A bucket poll
         re-reads its few buckets, not the whole instance fleet. Without ``records``, the
-        instances come counted by region, status and shape (``instance_groups``).
-        ``accounts``: only these (those without any crawl are left out); None: every
-        account.
-        """
+        instances come counted by region, status and shape (``instance_groups``). Only
+        the ``accounts`` named, when given (those without any crawl are left out)."""
         with self.read() as con:
             return read_latest(con, frozenset(kinds), records=records, accounts=accounts)
 

@@ -226,7 +226,8 @@ class SnapshotRebuilds:
                 kinds=kinds,
                 previous=self._parts.get(state.account),
             )
-        return sum(len(s.instances) + len(s.buckets) for s in states)
+        # Rows read: records, or instances counted by region, status and shape.
+        return sum(len(s.instances) + len(s.instance_groups) + len(s.buckets) for s in states)
 
     def _judge_parts(self, kinds: tuple[Kind, ...], states: Sequence[AccountState],
                      previous: Snapshot | None) -> None:
