@@ -58,8 +58,9 @@ from nexus_audit.service.workers import (
 log = get_logger(__name__)
 
 FindingKey = tuple[str, str, str, str]
-#: Accounts whose records one read holds at a time: a rebuild folding many accounts (a
-#: burst of commits) reads them in turns, so its memory is that of a few accounts.
+#: Accounts whose instance records one read holds at a time (with per-instance series): a
+#: rebuild folding many accounts (a burst of commits) reads them in turns, so its memory is
+#: that of a few accounts.
 READ_ACCOUNTS: Final = 8
 
 
@@ -189,8 +190,11 @@ class SnapshotRebuilds:
         records = 0
         #: What was read, by kinds, without the records: judged once per kinds below.
         judged: dict[tuple[Kind, ...], list[AccountState]] = {}
-        chunks = [(kinds, group[i:i + READ_ACCOUNTS])
-                  for kinds, group in groups.items() for i in range(0, len(group), READ_ACCOUNTS)]
+        # Instance records are read only for per-instance series (else a few hundred counts
+        # an account): only then is a read held to a few accounts.
+        step = READ_ACCOUNTS if self.settings.per_instance_metrics else max(1, len(marks))
+        chunks = [(kinds, group[i:i + step])
+                  for kinds, group in groups.items() for i in range(0, len(group), step)]
         for kinds, accounts in chunks:
             states = self._read(kinds, accounts)
             moved = {s.account for s in states
