@@ -802,7 +802,7 @@ def bench_fleet(accounts: int, per_account: int, budget: int, interval: float,
     """Goal 3: ``accounts`` accounts in one serve, each its own key."""
     fleet = accounts * per_account
     buckets = max(1, per_account // 200)
-    print(f"\n4. fleet: {accounts} accounts x {per_account:,} instances ({fleet:,}) and "
+    print(f"\n5. fleet: {accounts} accounts x {per_account:,} instances ({fleet:,}) and "
           f"{buckets} buckets each, one key each, budget {budget}/min per key; serve's "
           f"interval {interval:g}s, bucket polls every {bucket_interval:g}s")
     with simulator(per_account, buckets, accounts=accounts) as sim, \
