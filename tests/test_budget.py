@@ -7,7 +7,7 @@ import random
 from bisect import bisect_right
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nexus_audit.api.budget import RateBudget, window_capacity
@@ -80,6 +80,7 @@ def test_never_more_than_capacity_in_any_window(per_minute: int,
     per_minute=st.integers(min_value=1, max_value=30),
     gaps=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=120),
 )
+@example(per_minute=2, gaps=[1.7657429007305385, 0.0, 0.0, 0.0])  # one ulp at the boundary
 def test_instant_answers_use_the_whole_budget(per_minute: int, gaps: list[float]) -> None:
     """With instant answers a send waits exactly until the oldest in the window expires,
     and goes at once (no wait) whenever the last window holds fewer than the budget."""
@@ -89,7 +90,8 @@ def test_instant_answers_use_the_whole_budget(per_minute: int, gaps: list[float]
     for gap in gaps:
         now += gap
         wait = budget.delay(now)
-        in_window = [t for t in sent if t > now - 60.0]
+        # A send holds its slot until t + 60 (the same sum as the budget's, to the ulp).
+        in_window = [t for t in sent if t + 60.0 > now]
         if len(in_window) < per_minute:
             assert wait == 0.0, (now, in_window)  # a free slot: no wait at all
         else:

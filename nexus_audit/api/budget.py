@@ -182,9 +182,11 @@ class RateBudget:
     # -- pure arithmetic over a given monotonic ``now`` ---------------------------------
 
     def _prune(self, now: float) -> None:
-        horizon = now - self.window
+        # ``t + window <= now``, the very sum _free_at() names as the moment a slot frees:
+        # ``t <= now - window`` rounds differently and, one ulp off, kept a send in the
+        # window at the moment delay() had said its slot was free.
         for finished in self._finished.values():
-            while finished and finished[0] <= horizon:
+            while finished and finished[0] + self.window <= now:
                 finished.popleft()
         if self._server_left is not None and now >= self._server_reset_at:
             # A new server window has begun: its budget is unknown until the next answer.
