@@ -170,6 +170,11 @@ class StateSum:
         self.rows += 1
         self.total = (self.total + expand(digest)) % _MODULUS
 
+    def add_all(self, digests: Sequence[bytes]) -> None:
+        """Add several elements (one reduction modulo 2**2048 for all of them)."""
+        self.rows += len(digests)
+        self.total = (self.total + sum(map(expand, digests))) % _MODULUS
+
     def remove(self, digest: bytes) -> None:
         """Remove one element (present before)."""
         self.rows -= 1

@@ -5,7 +5,9 @@ A successful crawl's state sums are updated from the rows the commit appends whe
 Store still remembers the previous sums (:class:`~nexus_audit.history.chain.ViewState`):
 a few hashes per changed record, nothing per unchanged one. Otherwise (a Store's first
 commit of an account, another writer in between, a set-based commit) they are computed
-from the account's current rows, read back inside the transaction.
+from the account's current rows, read back inside the transaction in batches of
+:data:`FETCH_ROWS` (never the whole fleet as Python objects at once: a million instances
+fetched in one piece took 600 MB of tuples).
 """
 
 # S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
@@ -60,6 +62,9 @@ CURRENT: Final = {view: f"SELECT {', '.join(cols)} FROM @h@.{view} "
                         "WHERE account = $a AND until_crawl IS NULL"
                   for view, cols in VIEW_COLUMNS.items()}
 
+#: Rows read back at a time: a batch of Python objects, not the fleet.
+FETCH_ROWS: Final = 10_000
+
 #: INSERT_CRAWL's parameter of each crawl column where the names differ.
 _PARAMS: Final = {"crawl_id": "c", "requests_by_endpoint": "rbe"}
 #: Per version view, what a diff commit appends: the records that became versions and the
@@ -109,13 +114,15 @@ def head(commit: duckfile.Commit) -> tuple[int, str | None, int | None]:
 
 
 def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int) -> ViewState:
-    """The view's state read back from the database (inside the commit's transaction)."""
-    rows = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias),
-                                 {"a": account}).fetchall()
-    elements = {str(row[0]): element(account, view, row) for row in rows}
+    """The view's state read back from the database (inside the commit's transaction), in
+    batches."""
+    result = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias), {"a": account})
+    elements: dict[str, bytes] = {}
     total = StateSum()
-    for digest in elements.values():
-        total.add(digest)
+    while rows := result.fetchmany(FETCH_ROWS):
+        digests = [element(account, view, row) for row in rows]
+        elements.update(zip([str(row[0]) for row in rows], digests, strict=True))
+        total.add_all(digests)
     return ViewState(crawl_id, elements, total)
 
 
