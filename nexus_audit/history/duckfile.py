@@ -88,6 +88,7 @@ import duckdb
 
 from nexus_audit.domain.timeutil import Clock, SystemClock
 from nexus_audit.errors import StoreError
+from nexus_audit.history import spill
 from nexus_audit.history.attach import attach, detach, someone_waits, yield_to_waiters
 from nexus_audit.history.cancel import interruptible
 from nexus_audit.history.copies import Copies
@@ -169,6 +170,8 @@ class DuckFiles:
         self._start_timer = start_timer
         #: The copies of files for long reads.
         self.copies = Copies(self)
+        #: DuckDB's memory limit while a commit runs (spills go to a directory of ours).
+        self.memory = spill.MemoryLimit(self.cursor)
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._hub: duckdb.DuckDBPyConnection | None = None
@@ -208,7 +211,7 @@ class DuckFiles:
         self._check_usable()
         with self._lock:
             if self._hub is None:
-                hub = duckdb.connect(":memory:")
+                hub = duckdb.connect(":memory:", config=spill.hub_config())
                 # Global, so every cursor starts with it (a SET per cursor costs a statement).
                 hub.execute("SET GLOBAL TimeZone = 'UTC'")
                 self._hub = hub

@@ -58,7 +58,6 @@ goes on without a human.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +88,7 @@ from nexus_audit.history.writes import (
     append_params,
     appended_logs,
     compact,
+    crawl_row_params,
     diff_plan,
     parsed,
     redate,
@@ -255,8 +255,11 @@ class Store:
         account = summary.account
         with translated(lambda exc: _write_failure(self.path, exc)):
             self._open(read_only=False)
+            # DuckDB's memory bounded while the commit and its compaction run (spill.py).
+            memory = self.files.memory
             with self.files.committing(self.path, timeout=self.lock_timeout,
-                                       settle=compact) as commit:
+                                       settle=memory.around(compact)) as commit, \
+                    memory.bounded():
                 cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
@@ -282,7 +285,7 @@ class Store:
                         for kind in kinds:
                             plans[kind] = self._advance(commit, staged, kind, crawl_id,
                                                         diff=diff[kind])
-                    row = self._crawl_row(summary, kinds, crawl_id)
+                    row = crawl_row_params(summary, kinds, crawl_id)
                     sealed = seal(commit, row, account=account, kinds=kinds,
                                   succeeded=staged is not None, plans=plans,
                                   previous=latest, memory=self._states, corrections=skews)
@@ -354,21 +357,6 @@ class Store:
         for kind in kinds:
             memo[(account, kind)] = (tail.crawl[kind], tail.end[kind], tail.any_end[kind])
         return tail
-
-    @staticmethod
-    def _crawl_row(summary: CrawlSummary, kinds: list[Kind], crawl_id: int) -> dict[str, Any]:
-        """The crawl's row, as :data:`INSERT_CRAWL`'s parameters."""
-        return {
-            "c": crawl_id, "account": summary.account, "kinds": kinds,
-            "started_at": summary.started_at, "finished_at": summary.finished_at,
-            "status": summary.status, "instances": summary.instances,
-            "buckets": summary.buckets, "requests": summary.requests,
-            "retries": summary.retries, "total_mismatch": summary.total_mismatch,
-            "error": summary.error, "error_code": summary.error_code,
-            "request_id": summary.request_id,
-            "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
-                              sort_keys=True),
-        }
 
     @staticmethod
     def _advance(commit: Commit, staged: StagedCrawl, kind: Kind, crawl_id: int, *,

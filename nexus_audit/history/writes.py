@@ -8,6 +8,7 @@ logs, the compaction that closes versions, and what a commit checks first."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from typing import Any, Final
 
 import duckdb
 
-from nexus_audit.domain.model import KINDS, Kind
+from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.history import duckfile
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
@@ -330,6 +331,22 @@ INSERT_CRAWL: Final = """
     VALUES ($c, $account, $kinds, $started_at, $finished_at, $status, $instances, $buckets,
         $requests, $retries, $total_mismatch, $error, $error_code, $request_id, $rbe,
         $manifest_seq, $manifest_hash, $manifest)"""
+
+
+def crawl_row_params(summary: CrawlSummary, kinds: Sequence[Kind],
+                     crawl_id: int) -> dict[str, Any]:
+    """The crawl's row, as :data:`INSERT_CRAWL`'s parameters."""
+    return {
+        "c": crawl_id, "account": summary.account, "kinds": list(kinds),
+        "started_at": summary.started_at, "finished_at": summary.finished_at,
+        "status": summary.status, "instances": summary.instances,
+        "buckets": summary.buckets, "requests": summary.requests,
+        "retries": summary.retries, "total_mismatch": summary.total_mismatch,
+        "error": summary.error, "error_code": summary.error_code,
+        "request_id": summary.request_id,
+        "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
+                          sort_keys=True),
+    }
 
 
 def parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:

@@ -1,0 +1,142 @@
+"""How much memory DuckDB may hold while this process commits, and where it spills.
+
+Every database a process uses is attached to one in-memory DuckDB instance, the hub
+(:class:`nexus_audit.history.duckfile.DuckFiles`): crawls being staged, the history while a
+commit holds it, reads. DuckDB's default buffer pool is 80% of the machine's memory, and
+it keeps what it takes: a set-based commit of a million instances grew the crawler past
+700 MB. While a commit runs (:meth:`MemoryLimit.bounded`), the limit is
+:data:`MEMORY_LIMIT`, and DuckDB writes what it cannot keep (a staged crawl, the
+intermediate results of the commit's joins and windows) to temporary files instead.
+Outside commits the limit is DuckDB's own again: a report of a million instances took
+three times as long at 128 MiB (its queries would spill), and staged crawls are small
+(compressed: 40 MB for a million instances).
+
+The spill directory is one of this process, under the system's temporary directory
+(``TMPDIR``): ``nexus-audit-spill-<pid>-<random>`` (:func:`hub_config`). DuckDB creates it
+on the first spill and removes it when the hub closes; one left by a process that was
+killed is removed by the next process that starts a hub (:func:`sweep`).
+
+The limit covers DuckDB's buffer manager only (table blocks, hash tables, sorts); a query's
+result while Python reads it and the Python objects themselves are outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final, TypeVar
+
+import duckdb
+
+from nexus_audit.errors import StoreError
+from nexus_audit.logs import get_logger
+
+#: DuckDB's buffer manager limit while a commit runs, in MiB. With it a crawl of a
+#: million instances and its commit stay near 300 MB RSS (README, "Scale"); a fleet of
+#: tens of thousands never reaches it.
+MEMORY_LIMIT_MIB: Final = 128
+MEMORY_LIMIT: Final = f"{MEMORY_LIMIT_MIB}MiB"
+#: The name of a spill directory: this prefix, the process id, a dash, a random part.
+PREFIX: Final = "nexus-audit-spill-"
+
+T = TypeVar("T")
+
+
+def hub_config(temp_root: Path | None = None) -> dict[str, str | bool | int | float | list[str]]:
+    """The hub's settings (``duckdb.connect(config=...)``): a spill directory of this
+    process under ``temp_root`` (default: the system's), never the working directory
+    (DuckDB's default, ``.tmp``)."""
+    root = Path(temp_root or tempfile.gettempdir())
+    sweep(root)
+    directory = root / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return {"temp_directory": str(directory)}
+
+
+class MemoryLimit:
+    """DuckDB's memory limit on one hub (``cursor`` makes its cursors) while commits run."""
+
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        self._cursor = cursor
+        self._lock = threading.Lock()
+        #: Blocks inside :meth:`bounded` now (commits of several files may overlap).
+        self._depth = 0
+
+    def __repr__(self) -> str:
+        return f"<MemoryLimit {MEMORY_LIMIT} while committing: {self._depth} inside>"
+
+    def _set(self, statement: str) -> None:
+        cursor = self._cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
+
+    @contextlib.contextmanager
+    def bounded(self) -> Iterator[None]:
+        """DuckDB's memory limited to :data:`MEMORY_LIMIT` while the block runs, DuckDB's
+        default again once the last such block ends.
+
+        The limit is the instance's, so reads running meanwhile spill sooner too. Best
+        effort: if DuckDB cannot shrink to it (memory pinned by running queries), the
+        commit runs unbounded rather than fail.
+        """
+        with self._lock:
+            if self._depth == 0:
+                try:
+                    self._set(f"SET GLOBAL memory_limit = '{MEMORY_LIMIT}'")
+                except duckdb.Error as exc:
+                    get_logger(__name__).warning("store.memory_unbounded", error=str(exc))
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    with contextlib.suppress(duckdb.Error, StoreError):  # closed meanwhile
+                        self._set("RESET GLOBAL memory_limit")
+
+    def around(self, step: Callable[[T], None]) -> Callable[[T], None]:
+        """``step`` run inside :meth:`bounded` (a commit's last step, its compaction)."""
+        def bounded_step(argument: T) -> None:
+            with self.bounded():
+                step(argument)
+        return bounded_step
+
+
+def sweep(root: Path) -> list[Path]:
+    """Remove the spill directories under ``root`` of processes that no longer run; the
+    ones removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(root.glob(PREFIX + "*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name.removeprefix(PREFIX).partition("-")[0]
+        if not pid.isdigit() or _running(int(pid)) or not entry.is_dir():
+            continue
+        # Best effort: another user's directory, or one going away meanwhile, stays.
+        with contextlib.suppress(OSError):
+            shutil.rmtree(entry)
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's counts: it cannot be signalled)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -1,0 +1,137 @@
+"""DuckDB's memory is bounded while a process commits, and spills to a directory of its
+own (nexus_audit.history.spill): part of what keeps a million-instance crawl near 300 MB."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from nexus_audit.history import spill
+from nexus_audit.history.duckfile import DuckFiles
+from nexus_audit.history.store import Store
+from tests.test_store import T0, crawl, inst
+
+BOUND = f"{spill.MEMORY_LIMIT_MIB}.0 MiB"
+
+
+def _setting(files: DuckFiles, name: str) -> str:
+    """A DuckDB setting of ``files``' hub as it prints (``128.0 MiB``)."""
+    cursor = files.cursor()
+    try:
+        found = cursor.execute("SELECT current_setting($n)", {"n": name}).fetchone()
+    finally:
+        cursor.close()
+    return str(found[0]) if found else ""
+
+
+@pytest.fixture
+def files() -> Iterator[DuckFiles]:
+    """DuckDB files of their own (a hub of their own), closed after the test."""
+    made = DuckFiles()
+    yield made
+    made.close()
+
+
+def test_the_hub_spills_to_a_directory_of_this_process(files: DuckFiles) -> None:
+    """DuckDB spills under the system's temporary directory, in a directory named after
+    this process (never the working directory, DuckDB's default)."""
+    path = Path(_setting(files, "temp_directory"))
+    assert path.parent == Path(tempfile.gettempdir())
+    assert path.name.startswith(f"{spill.PREFIX}{os.getpid()}-")
+
+
+def test_memory_is_bounded_while_a_block_runs_and_only_then(files: DuckFiles) -> None:
+    """Inside ``bounded`` (nested too: commits of two files) DuckDB's limit is
+    MEMORY_LIMIT; after the outermost block, and after one that failed, DuckDB's own
+    default again (reads outside commits keep their memory)."""
+    default = _setting(files, "memory_limit")
+    assert default != BOUND
+    with files.memory.bounded():
+        assert _setting(files, "memory_limit") == BOUND
+        with files.memory.bounded():
+            assert _setting(files, "memory_limit") == BOUND
+        assert _setting(files, "memory_limit") == BOUND
+    assert _setting(files, "memory_limit") == default
+    with pytest.raises(RuntimeError), files.memory.bounded():
+        raise RuntimeError("a failed commit")
+    assert _setting(files, "memory_limit") == default
+
+
+def test_a_commit_and_its_compaction_run_bounded(
+        tmp_path: Path, files: DuckFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit (the comparison with the history, the seal's read-back) and the compaction
+    before the file is let go each run with DuckDB's memory bounded."""
+    limits: list[str] = []
+    real = files.memory.bounded
+
+    @contextlib.contextmanager
+    def watched() -> Iterator[None]:
+        with real():
+            limits.append(_setting(files, "memory_limit"))
+            yield
+
+    monkeypatch.setattr(files.memory, "bounded", watched)
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1")])
+    store.close()
+    assert limits == [BOUND, BOUND]
+
+
+def test_sweep_removes_only_the_directories_of_processes_gone(tmp_path: Path) -> None:
+    """A spill directory left by a process that no longer runs (killed) is removed with
+    what it holds; this process's, a running one's and other names stay."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = tmp_path / f"{spill.PREFIX}{gone.stdout.strip()}-0a1b2c3d"
+    dead.mkdir()
+    (dead / "duckdb_temp_storage-0.tmp").write_bytes(b"x" * 1024)
+    ours = tmp_path / f"{spill.PREFIX}{os.getpid()}-0a1b2c3d"
+    parent = tmp_path / f"{spill.PREFIX}{os.getppid()}-0a1b2c3d"
+    odd = tmp_path / f"{spill.PREFIX}not-a-pid"
+    other = tmp_path / "unrelated-123"
+    for kept in (ours, parent, odd, other):
+        kept.mkdir()
+    assert spill.sweep(tmp_path) == [dead]
+    assert not dead.exists()
+    assert all(p.is_dir() for p in (ours, parent, odd, other))
+    assert Path(str(spill.hub_config(tmp_path)["temp_directory"])).parent == tmp_path
+
+
+def test_a_staged_crawl_is_compressed(tmp_path: Path, files: DuckFiles) -> None:
+    """Records staged in DuckDB go to a compressed in-memory database (a million instances
+    take about 40 MB there instead of 180)."""
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files)
+    store.migrate()
+    staged = store.begin_crawl("acme", ["instances"], datetime(2025, 1, 1, tzinfo=T0.tzinfo))
+    try:
+        staged.add_instances([inst("i-1"), inst("i-2")])
+        cursor = files.cursor()
+        try:
+            found = cursor.execute(
+                "SELECT options FROM duckdb_databases() WHERE database_name = $d",
+                {"d": staged.alias}).fetchone()
+        finally:
+            cursor.close()
+    finally:
+        staged.discard()
+    assert found is not None
+    assert found[0].get("compress") == "true"
+
+
+def test_duckdb_accepts_the_limit_as_written() -> None:
+    """MEMORY_LIMIT is a size DuckDB reads as MEMORY_LIMIT_MIB MiB."""
+    con = duckdb.connect(":memory:", config={"memory_limit": spill.MEMORY_LIMIT})
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() == (BOUND,)
+    finally:
+        con.close()
