@@ -478,6 +478,27 @@ def test_duplicate_seen_last_wins_across_batches(store: Store) -> None:
     assert versions(store, "instance_versions") == [("i-1", 1, None)]
 
 
+def test_a_fleet_too_large_to_remember_still_keeps_the_record_seen_last(
+        tmp_path: Path) -> None:
+    """Past ``remember_rows`` records a crawl keeps no fingerprints (no snapshot: the next
+    crawl is compared in full); an id staged twice after that is found by DuckDB, and the
+    record seen last is the version kept."""
+    store = Store(tmp_path / "history.duckdb", lock_timeout=2.0, remember_rows=1)
+    store.migrate()
+    for hour, name in ((1, "renamed"), (2, "again")):
+        at = T0 + timedelta(hours=hour)
+        staged = store.begin_crawl("acme", ["instances"], at)
+        staged.add_instances([inst("i-1"), inst("i-2")])
+        staged.add_instances([inst("i-1", name=name)])
+        store.commit(staged, CrawlSummary(account="acme", kinds=("instances",),
+                                          started_at=at, finished_at=at, status="succeeded"))
+        assert not store._snapshots  # private on purpose: what the Store keeps in memory
+    assert versions(store, "instance_versions") == [
+        ("i-1", 1, 2), ("i-1", 2, None), ("i-2", 1, None)]
+    [state] = store.latest()
+    assert [(i.id, i.name) for i in state.instances] == [("i-1", "again"), ("i-2", "i-2")]
+
+
 def test_stale_snapshot_restages_skipped_records_from_history(tmp_path: Path) -> None:
     """A record skipped as unchanged against a stale snapshot is compared as that crawl saw it."""
     path = tmp_path / "shared.duckdb"

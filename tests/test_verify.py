@@ -15,6 +15,7 @@ import pytest
 
 from nexus_audit.cli import main
 from nexus_audit.history.chain import StateSum, element, row_line
+from nexus_audit.history.staging import REMEMBER_ROWS
 from nexus_audit.history.store import Store
 from nexus_audit.history.verify import ChainBrokenError, Verified, verify_history
 from tests.test_store import T0, bucket, crawl, inst
@@ -22,10 +23,10 @@ from tests.test_store import T0, bucket, crawl, inst
 HOUR = timedelta(hours=1)
 
 
-def build_history(path: Path) -> dict[str, int]:
+def build_history(path: Path, remember_rows: int = REMEMBER_ROWS) -> dict[str, int]:
     """Two accounts, both kinds, changes, removals, a failed crawl and a second writer;
     returns the crawl ids by name."""
-    store = Store(path, lock_timeout=5.0)
+    store = Store(path, lock_timeout=5.0, remember_rows=remember_rows)
     store.migrate()
     ids: dict[str, int] = {}
     fleet = [inst("i-1"), inst("i-2", status="stopped"), inst("i-3", memory_gb=4)]
@@ -40,7 +41,7 @@ def build_history(path: Path) -> dict[str, int]:
     ids["buckets"] = crawl(store, T0 + 3 * HOUR, buckets=[bucket("b-1", size=3 * 10**9)])
     store.close()
     # Another writer (no memory of the sums: they are read back in full).
-    other = Store(path, lock_timeout=5.0)
+    other = Store(path, lock_timeout=5.0, remember_rows=remember_rows)
     ids["other"] = crawl(other, T0 + 4 * HOUR, instances=[*fleet, inst("i-5")],
                          buckets=[bucket("b-1", size=3 * 10**9), bucket("b-3")])
     ids["last"] = crawl(other, T0 + 5 * HOUR, instances=[*fleet, inst("i-5", region="eu-2")],
@@ -89,6 +90,50 @@ def test_untouched_history_verifies(history: tuple[Path, dict[str, int]]) -> Non
     failed = json.loads(rows[[r[1] for r in rows].index(ids["failed"])][3])
     assert "state" not in failed
     assert failed["crawl"]["status"] == "failed"
+
+
+def test_a_store_remembering_nothing_seals_the_same_chain(tmp_path: Path) -> None:
+    """A Store that remembers no snapshot and no row elements between commits (as for a
+    fleet of more than ``remember_rows``: a million instances) commits every crawl
+    set-based, reads every state back in full, and seals byte for byte the chain of a
+    Store that remembers."""
+    chains = []
+    for remember in (REMEMBER_ROWS, 0):
+        path = tmp_path / f"remember-{remember}.duckdb"
+        ids = build_history(path, remember_rows=remember)
+        with Store(path).read() as con:
+            chains.append(con.execute("SELECT seq, body FROM manifests ORDER BY seq"
+                                      ).fetchall())
+        assert verify(path).crawls == len(ids)
+    assert chains[0] == chains[1]
+
+
+def test_a_store_remembers_fleets_up_to_its_limit(tmp_path: Path) -> None:
+    """A Store keeps a kind's snapshot and its views' elements for the next commit only
+    up to ``remember_rows`` records (a million instances' took 300 MB); past it the next
+    crawl of that kind is compared and sealed in full, and the history stays verifiable."""
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, remember_rows=2)
+    store.migrate()
+    # What the Store remembers between commits (private on purpose: memory, not behaviour).
+    snapshots, states = store._snapshots, store._states
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")], buckets=[bucket("b-1")])
+    assert set(snapshots) == {("acme", "instances"), ("acme", "buckets")}
+    assert set(states) == {("acme", v) for v in
+                           ("instance_versions", "bucket_versions", "bucket_sizes")}
+    crawl(store, T0 + HOUR, instances=[inst("i-1"), inst("i-2"), inst("i-3")],
+          buckets=[bucket("b-1")])
+    assert set(snapshots) == {("acme", "buckets")}
+    assert set(states) == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
+    crawl(store, T0 + 2 * HOUR, instances=[inst("i-1"), inst("i-2", status="stopped")],
+          buckets=[bucket("b-1"), bucket("b-2"), bucket("b-3")])
+    assert set(snapshots) == {("acme", "instances")}
+    assert set(states) == {("acme", "instance_versions")}
+    store.close()
+    assert verify(tmp_path / "history.duckdb").crawls == 3
+    with Store(tmp_path / "history.duckdb").read() as con:
+        assert con.execute("SELECT id, status FROM instance_versions "
+                           "WHERE until_crawl IS NULL ORDER BY id").fetchall() == [
+            ("i-1", "running"), ("i-2", "stopped")]
 
 
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:

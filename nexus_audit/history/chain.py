@@ -263,9 +263,10 @@ def genesis(*, through_crawl: int, crawls: Iterable[Mapping[str, Any]],
 @dataclass(slots=True)
 class ViewState:
     """What a Store remembers of one account's view after its last commit: the element of
-    each current row (by id) and their sum, so the next commit updates rather than rereads.
+    each current row (by id; None for a view too large to remember) and their sum, so the
+    next commit updates rather than rereads.
     """
 
     crawl_id: int
-    elements: dict[str, bytes]
+    elements: dict[str, bytes] | None
     total: StateSum

@@ -8,6 +8,11 @@ commit of an account, another writer in between, a set-based commit) they are co
 from the account's current rows, read back inside the transaction in batches of
 :data:`FETCH_ROWS` (never the whole fleet as Python objects at once: a million instances
 fetched in one piece took 600 MB of tuples).
+
+Updating a sum takes away the elements of the rows a change replaces, which the Store
+keeps by id: only for views of up to :data:`~nexus_audit.history.staging.REMEMBER_ROWS`
+rows (about 170 bytes a row), as it keeps snapshots only of such fleets. A larger fleet
+is committed set-based and its sums read back in full each time.
 """
 
 # S608: only our own identifiers (column names, generated aliases) are formatted into SQL;
@@ -40,6 +45,7 @@ from nexus_audit.history.chain import (
     manifest,
 )
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
+from nexus_audit.history.staging import REMEMBER_ROWS
 
 #: The memo key of the chain's head (seq, hash) while this process holds the file.
 HEAD: Final = "chain_head"
@@ -85,6 +91,8 @@ class Sealed:
     states: dict[tuple[str, str], ViewState] = field(default_factory=dict)
     #: Per (account, view), for states updated in place: id -> new element (None: gone).
     changes: dict[tuple[str, str], dict[str, bytes | None]] = field(default_factory=dict)
+    #: The most elements a remembered state holds (:data:`REMEMBER_ROWS`).
+    keep: int = REMEMBER_ROWS
 
     def params(self) -> dict[str, Any]:
         """The manifest's columns, as :data:`~nexus_audit.history.writes.INSERT_CRAWL`'s
@@ -94,12 +102,19 @@ class Sealed:
     def remember(self, memo: dict[tuple[str, str], ViewState]) -> None:
         """Apply the commit's states to the Store's memory (after the transaction)."""
         for key, state in self.states.items():
+            elements = state.elements
+            if elements is None:
+                memo.pop(key, None)  # a view too large to remember
+                continue
             for ident, new in self.changes.get(key, {}).items():
                 if new is None:
-                    state.elements.pop(ident, None)
+                    elements.pop(ident, None)
                 else:
-                    state.elements[ident] = new
-            memo[key] = state
+                    elements[ident] = new
+            if len(elements) > self.keep:
+                memo.pop(key, None)  # grown past what is remembered
+            else:
+                memo[key] = state
 
 
 def head(commit: duckfile.Commit) -> tuple[int, str | None, int | None]:
@@ -113,16 +128,22 @@ def head(commit: duckfile.Commit) -> tuple[int, str | None, int | None]:
     return known
 
 
-def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int) -> ViewState:
+def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int, *,
+          keep: int) -> ViewState:
     """The view's state read back from the database (inside the commit's transaction), in
-    batches."""
+    batches; the elements by id too while there are at most ``keep`` rows (else None)."""
     result = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias), {"a": account})
-    elements: dict[str, bytes] = {}
+    elements: dict[str, bytes] | None = {}
     total = StateSum()
     while rows := result.fetchmany(FETCH_ROWS):
         digests = [element(account, view, row) for row in rows]
-        elements.update(zip([str(row[0]) for row in rows], digests, strict=True))
         total.add_all(digests)
+        if elements is not None:
+            elements.update(zip([str(row[0]) for row in rows], digests, strict=True))
+            # More rows than remembered, or an id on two rows (never written so): the
+            # elements could not follow the sum; none are kept.
+            if len(elements) > keep or len(elements) != total.rows:
+                elements = None
     return ViewState(crawl_id, elements, total)
 
 
@@ -131,6 +152,9 @@ def _incremental(account: str, view: str, old: ViewState, crawl_id: int,
                  ) -> tuple[ViewState, dict[str, bytes | None]] | None:
     """The state after appending ``records`` and removal markers for ``removed``, from the
     previous state; None when they do not fit it (then the state is read back in full)."""
+    elements = old.elements
+    if elements is None:
+        return None
     total = old.total.copy()
     changes: dict[str, bytes | None] = {}
     positions = _POSITIONS[view]
@@ -139,38 +163,39 @@ def _incremental(account: str, view: str, old: ViewState, crawl_id: int,
         ident = str(values[0])
         if ident in changes:
             return None  # an id twice: not a diff this state can follow
-        before = old.elements.get(ident)
+        before = elements.get(ident)
         if before is not None:
             total.remove(before)
         new = element(account, view, values)
         total.add(new)
         changes[ident] = new
     for ident in removed:
-        before = old.elements.get(ident)
+        before = elements.get(ident)
         if before is None or ident in changes:
             return None
         total.remove(before)
         changes[ident] = None
-    return ViewState(crawl_id, old.elements, total), changes
+    return ViewState(crawl_id, elements, total), changes
 
 
 def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
          kinds: Sequence[Kind], succeeded: bool, plans: Mapping[Kind, Plan | None],
          previous: Mapping[Kind, int | None],
          memory: Mapping[tuple[str, str], ViewState],
-         corrections: Sequence[Any] = ()) -> Sealed:
+         corrections: Sequence[Any] = (), keep: int = REMEMBER_ROWS) -> Sealed:
     """The manifest of a crawl (``values``: :data:`INSERT_CRAWL`'s parameters).
 
     ``plans``: per kind, what a diff commit appended (None: set-based); ``previous``: per
     kind, the account's successful crawl the commit followed; ``memory``: the Store's
-    states; ``corrections``: the clock corrections (``ClockSkew``) the commit made. Call
+    states; ``corrections``: the clock corrections (``ClockSkew``) the commit made;
+    ``keep``: the most rows of a view whose elements are remembered. Call
     inside the commit's transaction, after the crawl's history is written (a set-based
     commit's state is read back).
     """
     crawl_id = int(values["c"])
     seq, prev, prev_crawl = head(commit)
     seq += 1
-    sealed = Sealed(seq, "", "", crawl_id)
+    sealed = Sealed(seq, "", "", crawl_id, keep=keep)
     state: dict[str, StateSum] | None = None
     if succeeded:
         state = {}
@@ -184,7 +209,7 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
                     records, removed = plan.get(view, ((), ()))
                     found = _incremental(account, view, old, crawl_id, records, removed)
                 if found is None:
-                    new = _full(commit, account, view, crawl_id)
+                    new = _full(commit, account, view, crawl_id, keep=keep)
                 else:
                     new, sealed.changes[key] = found
                 sealed.states[key] = new

@@ -41,6 +41,13 @@ def bucket_fingerprint(record: Bucket) -> tuple[int, object]:
     return hash(_bucket_version_fields(record)), record.size_bytes
 
 
+#: The most records of one kind (or rows of one version view) a Store remembers from a
+#: commit for the next one: their fingerprints (the snapshot) and their evidence elements
+#: (:mod:`nexus_audit.history.sealing`), together about 300 bytes a record. A larger
+#: fleet is compared in full, set-based, in DuckDB, whose memory is bounded (spill.py):
+#: remembering a million instances took 300 MB, twice that while the next crawl ran.
+REMEMBER_ROWS: Final = 200_000
+
 #: Per kind, a record's fingerprint as kept in a snapshot (see :class:`Fingerprints`).
 _FINGERPRINT: Final[Mapping[Kind, Callable[[Any], object]]] = {
     "instances": hash, "buckets": bucket_fingerprint}
@@ -71,17 +78,22 @@ class StagedCrawl:
     by the Store from its last commit), each batch is compared with it in C-level loops
     (``map`` and ``compress`` over fingerprints) and only the records that differ are
     kept, in Python: an hourly crawl of a fleet that barely changes stages nothing in
-    DuckDB. Without a snapshot (a Store's first crawl of an account and kind), or once an
-    id repeats within the crawl, records go to DuckDB's Appender as they come, into a
+    DuckDB. Without a snapshot (a Store's first crawl of an account and kind, or a fleet of
+    more than ``remember`` records), or once an id repeats within the crawl, records go
+    to DuckDB's Appender as they come, into a
     private in-memory database on the hub the commit runs on (``hub`` makes its cursors),
     created on first use: columnar and compressed, so far smaller than the records as
     Python objects (a million instances take about 40 MB), and spilled to a temporary
     file only while a commit bounds DuckDB's memory (see :mod:`nexus_audit.history.spill`).
+    Their fingerprints are kept to become the next snapshot until there are more than
+    ``remember``: then none are (the next crawl is compared in full), and whether an id
+    came twice is asked of DuckDB at the commit.
     """
 
     def __init__(self, account: str, kinds: tuple[Kind, ...], started_at: datetime,
                  bases: Mapping[Kind, Fingerprints | None] | None = None, *,
-                 hub: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+                 hub: Callable[[], duckdb.DuckDBPyConnection],
+                 remember: int = REMEMBER_ROWS) -> None:
         self.account = account
         self._hub = hub
         self.kinds = kinds
@@ -100,8 +112,11 @@ class StagedCrawl:
         #: Records that differ from the snapshot, held in Python until the commit.
         self._held: dict[Kind, list[Record]] = {k: [] for k in kinds}
         #: Without a snapshot: id → fingerprint of the records staged in DuckDB, the
-        #: record seen last winning (the next snapshot).
-        self._keys: dict[Kind, dict[str, object]] = {k: {} for k in kinds}
+        #: record seen last winning (the next snapshot); None past ``remember`` records.
+        self._keys: dict[Kind, dict[str, object] | None] = {k: {} for k in kinds}
+        self._remember = remember
+        #: Whether each id was staged once, as DuckDB answered it (for untracked kinds).
+        self._unique: dict[Kind, bool] = {}
         #: Whether a kind's records go straight to DuckDB (no snapshot, or an id repeated).
         self._direct: dict[Kind, bool] = {k: self._bases[k] is None for k in kinds}
         self._duplicates: dict[Kind, bool] = dict.fromkeys(kinds, False)
@@ -143,14 +158,19 @@ class StagedCrawl:
             raise StoreError(f"this crawl does not cover {kind}")
         if not batch:
             return
+        base = self._bases[kind]
+        seen = self._keys[kind] if base is None else self._seen[kind]
+        if seen is None:  # more records than remembered: DuckDB alone keeps them
+            self._append(kind, batch)
+            return
         ids = list(map(_record_id, batch))
         fingerprints = list(map(_FINGERPRINT[kind], batch))
-        base = self._bases[kind]
         # An id seen twice (pages shifting under churn) shows as a set or dict that grew
         # by less than the batch.
-        seen = self._keys[kind] if base is None else self._seen[kind]
         before = len(seen)
         seen.update(zip(ids, fingerprints, strict=True))
+        if base is None and len(seen) > self._remember:
+            self._keys[kind] = None  # no snapshot of this fleet: let the dict go now
         if len(seen) - before != len(ids):
             self._duplicates[kind] = True
             if not self._direct[kind]:
@@ -225,8 +245,22 @@ class StagedCrawl:
                 and base.crawl_id == latest_crawl)
 
     def unique(self, kind: Kind) -> bool:
-        """Whether each id was seen once (so the staged table holds each id once)."""
-        return not self._duplicates[kind]
+        """Whether each id was seen once (so the staged table holds each id once).
+
+        Of a kind staged without its fingerprints (past ``remember``), DuckDB counts.
+        """
+        if (self._duplicates[kind] or self._keys[kind] is not None
+                or self._bases[kind] is not None):
+            return not self._duplicates[kind]
+        found = self._unique.get(kind)
+        if found is None:
+            table = self.table(kind)
+            assert self._cursor is not None  # table() opened it
+            with translated(lambda exc: f"cannot check the staged {kind}: {exc}"):
+                row = self._cursor.execute(
+                    f"SELECT count(*) = count(DISTINCT id) FROM {table}").fetchone()
+            found = self._unique[kind] = bool(row and row[0])
+        return found
 
     def stage_all(self, kind: Kind, cursor: duckdb.DuckDBPyConnection, h: str) -> None:
         """Stage every record of ``kind`` for the full comparison (the snapshot was stale).
@@ -285,12 +319,13 @@ class StagedCrawl:
         """Records held as different from the snapshot."""
         return self._held[kind]
 
-    def snapshot(self, crawl_id: int, kind: Kind) -> Fingerprints:
-        """The snapshot of ``kind`` once this crawl is committed as ``crawl_id``."""
-        base = self._bases.get(kind)
-        if base is None:
-            return Fingerprints(crawl_id, self._keys[kind])
-        return Fingerprints(crawl_id, self._seen[kind])
+    def snapshot(self, crawl_id: int, kind: Kind) -> Fingerprints | None:
+        """The snapshot of ``kind`` once this crawl is committed as ``crawl_id`` (None for
+        more records than remembered)."""
+        keys = self._keys[kind] if self._bases.get(kind) is None else self._seen[kind]
+        if keys is None or len(keys) > self._remember:
+            return None
+        return Fingerprints(crawl_id, keys)
 
     def discard(self) -> None:
         """Drop the staged records (idempotent)."""

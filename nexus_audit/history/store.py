@@ -26,7 +26,8 @@ files are attached, held and shared is :mod:`nexus_audit.history.duckfile`'s bus
 
 Fast path: a Store remembers the current versions it last committed per account and kind
 as fingerprints (a snapshot: id → hash, see ``Fingerprints``; tens of MB for 200,000
-instances, where the records would take hundreds). The next crawl compares each batch
+instances, where the records would take hundreds; none for a fleet of more than
+``REMEMBER_ROWS``, which is compared in full each time). The next crawl compares each batch
 with it in C-level loops and keeps only the records that differ, in Python; the commit
 closes and opens versions by id lists computed from the snapshot and inserts the new
 versions from column lists, so an hourly crawl of a fleet that barely changes never
@@ -75,7 +76,7 @@ from nexus_audit.history.failures import translated
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import CHAIN_MIGRATION, MIGRATIONS, SCHEMA_VERSION
 from nexus_audit.history.sealing import HEAD, Plan, head_from_rows, seal, write_genesis
-from nexus_audit.history.staging import Fingerprints, StagedCrawl
+from nexus_audit.history.staging import REMEMBER_ROWS, Fingerprints, StagedCrawl
 from nexus_audit.history.writes import (
     APPEND,
     APPLY,
@@ -116,11 +117,14 @@ class Store:
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 30.0,
                  clock: Clock = SystemClock(),  # noqa: B008 - stateless default
-                 files: DuckFiles | None = None) -> None:
+                 files: DuckFiles | None = None, remember_rows: int = REMEMBER_ROWS) -> None:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.files = files if files is not None else process_files()
+        #: The most records of a kind whose snapshot and evidence elements are kept from
+        #: one commit for the next (see :data:`REMEMBER_ROWS`).
+        self.remember_rows = remember_rows
         self._snapshots: dict[tuple[str, Kind], Fingerprints] = {}
         #: Per (account, version view): its state sum as of this Store's last commit of it
         #: (the evidence chain's, see :mod:`nexus_audit.history.sealing`).
@@ -220,7 +224,8 @@ class Store:
             raise StoreError("a crawl needs an account name")
         _check_aware(started_at, "started_at")
         bases = {k: self._snapshots.get((account, k)) for k in chosen}
-        return StagedCrawl(account, chosen, started_at, bases, hub=self.files.cursor)
+        return StagedCrawl(account, chosen, started_at, bases, hub=self.files.cursor,
+                           remember=self.remember_rows)
 
     def commit(self, staged: StagedCrawl, summary: CrawlSummary) -> int:
         """Commit a successful crawl in one transaction: its row and its history changes.
@@ -288,7 +293,8 @@ class Store:
                     row = crawl_row_params(summary, kinds, crawl_id)
                     sealed = seal(commit, row, account=account, kinds=kinds,
                                   succeeded=staged is not None, plans=plans,
-                                  previous=latest, memory=self._states, corrections=skews)
+                                  previous=latest, memory=self._states, corrections=skews,
+                                  keep=self.remember_rows)
                     cursor.execute(parsed(commit, INSERT_CRAWL.replace("@h@", alias)),
                                    {**row, **sealed.params()})
                 memo[LAST_ID] = crawl_id
@@ -304,7 +310,11 @@ class Store:
                 if staged is not None:
                     memo.setdefault(DIRTY, set()).update(appended_logs(kinds, plans))
                     for kind in kinds:
-                        self._snapshots[(account, kind)] = staged.snapshot(crawl_id, kind)
+                        snapshot = staged.snapshot(crawl_id, kind)
+                        if snapshot is None:  # a fleet too large to remember
+                            self._snapshots.pop((account, kind), None)
+                        else:
+                            self._snapshots[(account, kind)] = snapshot
                         memo[(account, kind)] = (crawl_id, end, end)
                 if skews:
                     log.warning("store.clock_skew", account=account, kinds=list(kinds),
