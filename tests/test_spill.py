@@ -14,10 +14,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from structlog.testing import capture_logs
 
 from nexus_audit.history import spill
 from nexus_audit.history.duckfile import DuckFiles
 from nexus_audit.history.store import Store
+from nexus_audit.history.verify import verify_history
 from tests.test_store import T0, crawl, inst
 
 BOUND = f"{spill.MEMORY_LIMIT_MIB}.0 MiB"
@@ -85,6 +87,27 @@ def test_a_commit_and_its_compaction_run_bounded(
     crawl(store, T0, instances=[inst("i-1")])
     store.close()
     assert limits == [BOUND, BOUND]
+
+
+def test_a_commit_out_of_memory_is_committed_again_unbounded(
+        tmp_path: Path, files: DuckFiles) -> None:
+    """A commit (or compaction) that runs out of DuckDB's bounded memory is rolled back
+    and run once more without the limit: the crawl is recorded once, whole, verifiable,
+    with a warning, never refused for want of memory. (1 MiB: 100 instances overflow it.)"""
+    files.memory = spill.MemoryLimit(files.cursor, limit="1MiB")
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files)
+    store.migrate()
+    fleet = [inst(f"i-{n:03d}") for n in range(100)]
+    with capture_logs() as logs:
+        assert crawl(store, T0, instances=fleet) == 1
+    store.close()
+    assert [e["event"] for e in logs] == ["store.commit_unbounded"] * 2  # commit, compaction
+    assert "Out of Memory" in logs[0]["error"]
+    with store.read() as con:
+        assert con.execute("SELECT count(*) FROM crawls").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM instance_versions "
+                           "WHERE until_crawl IS NULL").fetchone() == (100,)
+        assert verify_history(con).crawls == 1
 
 
 def test_sweep_removes_only_the_directories_of_processes_gone(tmp_path: Path) -> None:

@@ -61,14 +61,16 @@ def hub_config(temp_root: Path | None = None) -> dict[str, str | bool | int | fl
 class MemoryLimit:
     """DuckDB's memory limit on one hub (``cursor`` makes its cursors) while commits run."""
 
-    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], *,
+                 limit: str = MEMORY_LIMIT) -> None:
         self._cursor = cursor
+        self.limit = limit
         self._lock = threading.Lock()
         #: Blocks inside :meth:`bounded` now (commits of several files may overlap).
         self._depth = 0
 
     def __repr__(self) -> str:
-        return f"<MemoryLimit {MEMORY_LIMIT} while committing: {self._depth} inside>"
+        return f"<MemoryLimit {self.limit} while committing: {self._depth} inside>"
 
     def _set(self, statement: str) -> None:
         cursor = self._cursor()
@@ -79,8 +81,8 @@ class MemoryLimit:
 
     @contextlib.contextmanager
     def bounded(self) -> Iterator[None]:
-        """DuckDB's memory limited to :data:`MEMORY_LIMIT` while the block runs, DuckDB's
-        default again once the last such block ends.
+        """DuckDB's memory limited to :attr:`limit` (:data:`MEMORY_LIMIT`) while the block
+        runs, DuckDB's default again once the last such block ends.
 
         The limit is the instance's, so reads running meanwhile spill sooner too. Best
         effort: if DuckDB cannot shrink to it (memory pinned by running queries), the
@@ -89,7 +91,7 @@ class MemoryLimit:
         with self._lock:
             if self._depth == 0:
                 try:
-                    self._set(f"SET GLOBAL memory_limit = '{MEMORY_LIMIT}'")
+                    self._set(f"SET GLOBAL memory_limit = '{self.limit}'")
                 except duckdb.Error as exc:
                     get_logger(__name__).warning("store.memory_unbounded", error=str(exc))
             self._depth += 1
@@ -102,12 +104,44 @@ class MemoryLimit:
                     with contextlib.suppress(duckdb.Error, StoreError):  # closed meanwhile
                         self._set("RESET GLOBAL memory_limit")
 
+    def run(self, attempt: Callable[[contextlib.AbstractContextManager[None]], T]) -> T:
+        """``attempt(self.bounded())``; if DuckDB ran out of memory there (a block it
+        could not spill), once more with ``attempt(nullcontext())``: unbounded.
+
+        For a commit: it is one transaction, so the failed attempt left nothing behind,
+        and the crawl is recorded rather than refused for want of 128 MiB. A failure of
+        the second attempt is the caller's, as any other.
+        """
+        try:
+            return attempt(self.bounded())
+        except Exception as exc:
+            if not _out_of_memory(exc):
+                raise
+            get_logger(__name__).warning(
+                "store.commit_unbounded", error=" ".join(str(exc).split())[:300],
+                hint=f"DuckDB ran out of its {self.limit} during a commit; "
+                     "committing again without the limit")
+        return attempt(contextlib.nullcontext())
+
     def around(self, step: Callable[[T], None]) -> Callable[[T], None]:
-        """``step`` run inside :meth:`bounded` (a commit's last step, its compaction)."""
+        """``step`` run as :meth:`run` runs an attempt (a commit's last step, its
+        compaction: one transaction too)."""
         def bounded_step(argument: T) -> None:
-            with self.bounded():
-                step(argument)
+            def attempt(bounded: contextlib.AbstractContextManager[None]) -> None:
+                with bounded:
+                    step(argument)
+            self.run(attempt)
         return bounded_step
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised from, DuckDB running out of memory."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, duckdb.OutOfMemoryException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def sweep(root: Path) -> list[Path]:

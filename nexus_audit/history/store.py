@@ -59,6 +59,7 @@ goes on without a human.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -256,15 +257,19 @@ class Store:
     def _write(self, summary: CrawlSummary, staged: StagedCrawl | None) -> int:
         _check_aware(summary.started_at, "started_at")
         _check_aware(summary.finished_at, "finished_at")
+        # DuckDB's memory bounded while the commit and its compaction run; once more
+        # unbounded if DuckDB ran out of it (spill.py).
+        return self.files.memory.run(lambda bounded: self._write_once(summary, staged, bounded))
+
+    def _write_once(self, summary: CrawlSummary, staged: StagedCrawl | None,
+                    bounded: contextlib.AbstractContextManager[None]) -> int:
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
         with translated(lambda exc: _write_failure(self.path, exc)):
             self._open(read_only=False)
-            # DuckDB's memory bounded while the commit and its compaction run (spill.py).
-            memory = self.files.memory
             with self.files.committing(self.path, timeout=self.lock_timeout,
-                                       settle=memory.around(compact)) as commit, \
-                    memory.bounded():
+                                       settle=self.files.memory.around(compact)) as commit, \
+                    bounded:
                 cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
                 latest, crawl_id = tail.crawl, tail.last_id + 1
@@ -491,7 +496,5 @@ def _write_failure(path: Path, exc: duckdb.Error) -> str:
 
 
 def _as_failed(summary: CrawlSummary) -> CrawlSummary:
-    from dataclasses import replace
-
-    return replace(summary, status="failed",
-                   error=summary.error or "recorded as failed without an error message")
+    return dataclasses.replace(summary, status="failed",
+                               error=summary.error or "recorded as failed without an error message")
