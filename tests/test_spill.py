@@ -53,19 +53,23 @@ def test_the_hub_spills_to_a_directory_of_this_process(files: DuckFiles) -> None
 
 def test_memory_is_bounded_while_a_block_runs_and_only_then(files: DuckFiles) -> None:
     """Inside ``bounded`` (nested too: commits of two files) DuckDB's limit is
-    MEMORY_LIMIT; after the outermost block, and after one that failed, DuckDB's own
-    default again (reads outside commits keep their memory)."""
-    default = _setting(files, "memory_limit")
-    assert default != BOUND
+    MEMORY_LIMIT and it works on one thread; after the outermost block, and after one
+    that failed, DuckDB's own defaults again (reads outside commits keep their memory
+    and their threads)."""
+    def settings() -> tuple[str, str]:
+        return _setting(files, "memory_limit"), _setting(files, "threads")
+
+    default = settings()
+    assert default[0] != BOUND
     with files.memory.bounded():
-        assert _setting(files, "memory_limit") == BOUND
+        assert settings() == (BOUND, "1")
         with files.memory.bounded():
-            assert _setting(files, "memory_limit") == BOUND
-        assert _setting(files, "memory_limit") == BOUND
-    assert _setting(files, "memory_limit") == default
+            assert settings() == (BOUND, "1")
+        assert settings() == (BOUND, "1")
+    assert settings() == default
     with pytest.raises(RuntimeError), files.memory.bounded():
         raise RuntimeError("a failed commit")
-    assert _setting(files, "memory_limit") == default
+    assert settings() == default
 
 
 def test_a_commit_and_its_compaction_run_bounded(

@@ -5,11 +5,12 @@ Every database a process uses is attached to one in-memory DuckDB instance, the 
 commit holds it, reads. DuckDB's default buffer pool is 80% of the machine's memory, and
 it keeps what it takes: a set-based commit of a million instances grew the crawler past
 700 MB. While a commit runs (:meth:`MemoryLimit.bounded`), the limit is
-:data:`MEMORY_LIMIT`, and DuckDB writes what it cannot keep (a staged crawl, the
-intermediate results of the commit's joins and windows) to temporary files instead.
+:data:`MEMORY_LIMIT` and DuckDB works on one thread, and it writes what it cannot keep
+(a staged crawl, the intermediate results of the commit's joins and windows) to
+temporary files instead.
 Outside commits the limit is DuckDB's own again: a report of a million instances took
-three times as long at 128 MiB (its queries would spill), and staged crawls are small
-(compressed: 40 MB for a million instances).
+three times as long at 128 MiB (its queries spilled, with schema 5's views), and staged
+crawls are small (compressed: 40 MB for a million instances).
 
 The spill directory is one of this process, under the system's temporary directory
 (``TMPDIR``): ``nexus-audit-spill-<pid>-<random>`` (:func:`hub_config`). DuckDB creates it
@@ -81,17 +82,22 @@ class MemoryLimit:
 
     @contextlib.contextmanager
     def bounded(self) -> Iterator[None]:
-        """DuckDB's memory limited to :attr:`limit` (:data:`MEMORY_LIMIT`) while the block
-        runs, DuckDB's default again once the last such block ends.
+        """DuckDB's memory limited to :attr:`limit` (:data:`MEMORY_LIMIT`), and its work to
+        one thread, while the block runs; DuckDB's defaults again once the last such
+        block ends.
 
-        The limit is the instance's, so reads running meanwhile spill sooner too. Best
-        effort: if DuckDB cannot shrink to it (memory pinned by running queries), the
-        commit runs unbounded rather than fail.
+        Both are the instance's, so reads running meanwhile spill sooner and use one
+        thread too. Best effort: if DuckDB cannot shrink to the limit (memory pinned by
+        running queries), the commit runs unbounded rather than fail.
         """
         with self._lock:
             if self._depth == 0:
                 try:
                     self._set(f"SET GLOBAL memory_limit = '{self.limit}'")
+                    # One thread: two pin twice the blocks at once (each its share of a
+                    # hash table or a sort), and the limit was hit in half the commits
+                    # of a million instances with two, none in the runs with one.
+                    self._set("SET GLOBAL threads = 1")
                 except duckdb.Error as exc:
                     get_logger(__name__).warning("store.memory_unbounded", error=str(exc))
             self._depth += 1
@@ -103,6 +109,7 @@ class MemoryLimit:
                 if self._depth == 0:
                     with contextlib.suppress(duckdb.Error, StoreError):  # closed meanwhile
                         self._set("RESET GLOBAL memory_limit")
+                        self._set("RESET GLOBAL threads")
 
     def run(self, attempt: Callable[[contextlib.AbstractContextManager[None]], T]) -> T:
         """``attempt(self.bounded())``; if DuckDB ran out of memory there (a block it
