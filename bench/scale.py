@@ -344,7 +344,7 @@ def bench_crawl(n: int, buckets: int, per_minute: int, window: float, db: Path) 
                 raise RuntimeError(f"{label} incomplete: {r}")
             ideal = r["requests"] / (per_minute / 60)
             ratio = r["wall"] / ideal
-            print(f"  -- {label}: {r['regions']} previous regions")
+            print(f"  -- {label}: {r['regions']} previous regions ({load()} after it)")
             line("instances / requests", f"{r['instances']:,} / {r['requests']:,}")
             line("wall / (requests / budget)",
                  f"{r['wall']:.1f}s / {ideal:.1f}s = {ratio:.2f}  goal <= 1.05: "
