@@ -72,10 +72,14 @@ def test_memory_is_bounded_while_a_block_runs_and_only_then(files: DuckFiles) ->
     assert settings() == default
 
 
-def test_a_commit_and_its_compaction_run_bounded(
-        tmp_path: Path, files: DuckFiles, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A commit (the comparison with the history, the seal's read-back) and the compaction
-    before the file is let go each run with DuckDB's memory bounded."""
+@pytest.mark.parametrize(("remember", "expected"), [(1, [BOUND, BOUND]), (2, [])])
+def test_a_large_commit_and_its_compaction_run_bounded(
+        tmp_path: Path, files: DuckFiles, monkeypatch: pytest.MonkeyPatch,
+        remember: int, expected: list[str]) -> None:
+    """A commit of a fleet larger than the Store remembers (the comparison with the
+    history, the seal's read-back) and the compaction before the file is let go each run
+    with DuckDB's memory bounded; a fleet it remembers commits with DuckDB's defaults
+    (its threads kept, for reads meanwhile too)."""
     limits: list[str] = []
     real = files.memory.bounded
 
@@ -86,11 +90,12 @@ def test_a_commit_and_its_compaction_run_bounded(
             yield
 
     monkeypatch.setattr(files.memory, "bounded", watched)
-    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files)
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files,
+                  remember_rows=remember)
     store.migrate()
-    crawl(store, T0, instances=[inst("i-1")])
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
     store.close()
-    assert limits == [BOUND, BOUND]
+    assert limits == expected
 
 
 def test_a_commit_out_of_memory_is_committed_again_unbounded(
@@ -99,7 +104,8 @@ def test_a_commit_out_of_memory_is_committed_again_unbounded(
     and run once more without the limit: the crawl is recorded once, whole, verifiable,
     with a warning, never refused for want of memory. (1 MiB: 100 instances overflow it.)"""
     files.memory = spill.MemoryLimit(files.cursor, limit="1MiB")
-    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files)
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files,
+                  remember_rows=10)
     store.migrate()
     fleet = [inst(f"i-{n:03d}") for n in range(100)]
     with capture_logs() as logs:

@@ -4,7 +4,9 @@ Every database a process uses is attached to one in-memory DuckDB instance, the 
 (:class:`nexus_audit.history.duckfile.DuckFiles`): crawls being staged, the history while a
 commit holds it, reads. DuckDB's default buffer pool is 80% of the machine's memory, and
 it keeps what it takes: a set-based commit of a million instances grew the crawler past
-700 MB. While a commit runs (:meth:`MemoryLimit.bounded`), the limit is
+700 MB. While a commit of a fleet too large for a Store to remember runs (more than
+:data:`~nexus_audit.history.staging.REMEMBER_ROWS` records of a kind; smaller ones never
+come near it, :meth:`MemoryLimit.bounded`), the limit is
 :data:`MEMORY_LIMIT` and DuckDB works on one thread, and it writes what it cannot keep
 (a staged crawl, the intermediate results of the commit's joins and windows) to
 temporary files instead.

@@ -18,22 +18,19 @@ give the same answers before and after compaction, to any reader, even after a c
 that left the file uncompacted.
 
 Concurrency: a crawl stages its records outside the database (a private in-memory DuckDB
-database that spills to disk past the memory limit); ``commit`` attaches the database
-read-write, applies the crawl in one transaction with set-based SQL, and detaches, so
-the writer holds the file only while committing, or for a moment more during a burst of
-commits. Readers attach read-only and retry briefly while a commit holds the file. How
-files are attached, held and shared is :mod:`nexus_audit.history.duckfile`'s business.
+database); ``commit`` attaches the database read-write, applies the crawl in one
+transaction with set-based SQL (DuckDB's memory bounded for fleets too large to remember,
+:mod:`nexus_audit.history.spill`), and detaches. Readers attach read-only and retry
+briefly while a commit holds the file (:mod:`nexus_audit.history.duckfile`).
 
 Fast path: a Store remembers the current versions it last committed per account and kind
-as fingerprints (a snapshot: id → hash, see ``Fingerprints``; tens of MB for 200,000
-instances, where the records would take hundreds; none for a fleet of more than
-``REMEMBER_ROWS``, which is compared in full each time). The next crawl compares each batch
-with it in C-level loops and keeps only the records that differ, in Python; the commit
-closes and opens versions by id lists computed from the snapshot and inserts the new
-versions from column lists, so an hourly crawl of a fleet that barely changes never
-touches a staging database. If another process (or Store) committed in between, the
-snapshot is stale: the records skipped as unchanged are staged from the history as the
-snapshot's crawl saw it, and the full set-based comparison runs instead.
+as fingerprints (a snapshot: id → hash, see ``Fingerprints``; none for a fleet of more
+than ``REMEMBER_ROWS``, compared in full each time). The next crawl keeps only the
+records that differ from it; the commit closes and opens versions by id lists and inserts
+the new versions from column lists, never touching a staging database. If another
+process (or Store) committed in between, the snapshot is stale: the records skipped as
+unchanged are staged from the history as the snapshot's crawl saw it, and the full
+set-based comparison runs instead.
 
 Evidence: each commit seals its crawl into a hash chain in the same transaction (the
 manifest rides in the crawl's own row; see :mod:`nexus_audit.history.sealing`), and a
@@ -60,7 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -257,18 +254,25 @@ class Store:
     def _write(self, summary: CrawlSummary, staged: StagedCrawl | None) -> int:
         _check_aware(summary.started_at, "started_at")
         _check_aware(summary.finished_at, "finished_at")
+        if staged is None or max(staged.instance_count,
+                                 staged.bucket_count) <= self.remember_rows:
+            # Never near the limit: DuckDB keeps its threads (and reads meanwhile theirs).
+            return self._write_once(summary, staged, contextlib.nullcontext(), compact)
         # DuckDB's memory bounded while the commit and its compaction run; once more
         # unbounded if DuckDB ran out of it (spill.py).
-        return self.files.memory.run(lambda bounded: self._write_once(summary, staged, bounded))
+        memory = self.files.memory
+        return memory.run(lambda bounded: self._write_once(summary, staged, bounded,
+                                                           memory.around(compact)))
 
     def _write_once(self, summary: CrawlSummary, staged: StagedCrawl | None,
-                    bounded: contextlib.AbstractContextManager[None]) -> int:
+                    bounded: contextlib.AbstractContextManager[None],
+                    settle: Callable[[Commit], None]) -> int:
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
         with translated(lambda exc: _write_failure(self.path, exc)):
             self._open(read_only=False)
             with self.files.committing(self.path, timeout=self.lock_timeout,
-                                       settle=self.files.memory.around(compact)) as commit, \
+                                       settle=settle) as commit, \
                     bounded:
                 cursor, alias, memo = commit
                 tail = self._tail(cursor, alias, account, kinds, memo)
@@ -483,9 +487,6 @@ class CopiedHistory:
     def read(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A read-only connection on a copy of the history as it is now."""
         return self.store.read(copy=True)
-
-
-
 
 
 def _write_failure(path: Path, exc: duckdb.Error) -> str:
