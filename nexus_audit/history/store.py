@@ -27,10 +27,9 @@ Fast path: a Store remembers the current versions it last committed per account 
 as fingerprints (a snapshot: id → hash, see ``Fingerprints``; none for a fleet of more
 than ``REMEMBER_ROWS``, compared in full each time). The next crawl keeps only the
 records that differ from it; the commit closes and opens versions by id lists and inserts
-the new versions from column lists, never touching a staging database. If another
-process (or Store) committed in between, the snapshot is stale: the records skipped as
-unchanged are staged from the history as the snapshot's crawl saw it, and the full
-set-based comparison runs instead.
+the new versions from column lists. If another process committed in between, the
+snapshot is stale: the records skipped as unchanged are staged from the history as the
+snapshot's crawl saw it, and the full set-based comparison runs instead.
 
 Evidence: each commit seals its crawl into a hash chain in the same transaction (the
 manifest rides in the crawl's own row; see :mod:`nexus_audit.history.sealing`), and a
