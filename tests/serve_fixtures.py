@@ -191,8 +191,11 @@ def start_serve(tmp_path: Path) -> Iterator[StartServe]:
         environment.update(env or {})
         command = [sys.executable, "-m", "nexus_audit", "serve", "--listen", "127.0.0.1:0",
                    *args]
+        # A session of its own: a test can signal its process group as a terminal's
+        # Ctrl-C does, without signalling pytest.
         proc = subprocess.Popen(command, env=environment, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
         context = ssl.create_default_context(cafile=str(tls_cafile)) if tls_cafile else None
         serve = ServeProcess(proc, scheme="https" if tls_cafile else "http",
                              ssl_context=context)

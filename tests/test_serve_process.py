@@ -200,6 +200,21 @@ def test_sigterm_lets_a_crawl_in_progress_finish_within_the_grace(
     assert instance_rows[-1][2] == "succeeded"
 
 
+def test_ctrl_c_on_the_terminal_stops_serve_and_its_workers_without_a_traceback(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """SIGINT to serve's whole process group (a terminal's Ctrl-C) after a report started
+    a worker: exit 0, and the log stays JSON lines, no worker's KeyboardInterrupt."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    assert serve.get("/report?since=1h")[0] == 200  # a report worker now waits for jobs
+    os.killpg(os.getpgid(serve.proc.pid), signal.SIGINT)
+    assert serve.proc.wait(CHANGE_TIMEOUT) == 0
+    assert serve.stop() == 0  # already exited: releases the pipe
+    assert serve.events_named("serve.stopped")
+    assert "Traceback" not in serve.log_text()
+    assert all(is_json(line) for line in serve.lines), serve.log_text()
+
+
 def test_sighup_reloads_the_policy_and_a_broken_file_keeps_it(
         serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
     """SIGHUP re-reads the policy: findings follow the new file at once in /metrics and

@@ -32,6 +32,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -180,6 +181,10 @@ def _run(conn: Connection, send_lock: threading.Lock, job: Job, args: tuple[Any,
 
 def _serve(conn: Connection, niceness: int) -> None:
     """A worker's main loop: run each job in a thread, while listening for its cancel."""
+    # A terminal's Ctrl-C reaches every process of its group, the workers too: serve alone
+    # decides when they stop (it closes their pipes), and a worker interrupted in recv()
+    # printed a KeyboardInterrupt traceback over serve's log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
