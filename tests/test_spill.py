@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from structlog.testing import capture_logs
 
-from nexus_audit.history import spill
+from nexus_audit.history import owned, spill
 from nexus_audit.history.duckfile import DuckFiles
 from nexus_audit.history.store import Store
 from nexus_audit.history.verify import verify_history
@@ -45,10 +45,15 @@ def files() -> Iterator[DuckFiles]:
 
 def test_the_hub_spills_to_a_directory_of_this_process(files: DuckFiles) -> None:
     """DuckDB spills under the system's temporary directory, in a directory named after
-    this process (never the working directory, DuckDB's default)."""
+    this process (never the working directory, DuckDB's default), locked by it while it
+    lives and removed when the files are closed."""
     path = Path(_setting(files, "temp_directory"))
     assert path.parent == Path(tempfile.gettempdir())
     assert path.name.startswith(f"{spill.PREFIX}{os.getpid()}-")
+    assert not owned.remove_if_abandoned(path)
+    assert path.is_dir()
+    files.close()
+    assert not path.exists()
 
 
 def test_memory_is_bounded_while_a_block_runs_and_only_then(files: DuckFiles) -> None:
@@ -120,24 +125,98 @@ def test_a_commit_out_of_memory_is_committed_again_unbounded(
         assert verify_history(con).crawls == 1
 
 
-def test_sweep_removes_only_the_directories_of_processes_gone(tmp_path: Path) -> None:
-    """A spill directory left by a process that no longer runs (killed) is removed with
-    what it holds; this process's, a running one's and other names stay."""
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    dead = tmp_path / f"{spill.PREFIX}{gone.stdout.strip()}-0a1b2c3d"
-    dead.mkdir()
+def test_a_process_that_exits_leaves_no_spill_directory(tmp_path: Path) -> None:
+    """A process that spilled and exits without closing its files (a CLI command) takes
+    its spill directory, DuckDB's files in it, along at exit."""
+    script = """
+import duckdb
+from nexus_audit.history.duckfile import process_files
+cursor = process_files().cursor()
+cursor.execute("SET memory_limit = '30MiB'")
+cursor.execute("SET threads = 1")
+cursor.execute("SET preserve_insertion_order = false")
+cursor.execute("CREATE TEMP TABLE t AS SELECT range i, md5(range::varchar) s "
+               "FROM range(1000000)")
+print(cursor.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    path = Path(done.stdout.strip())
+    assert path.parent == tmp_path, done.stderr
+    assert not path.exists()
+    assert not done.stderr
+
+
+_HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_spill_directories_of_processes_gone_are_removed_not_those_of_live_ones(
+        tmp_path: Path) -> None:
+    """A spill directory whose owner exited without removing it (killed) goes, with what it
+    holds, when the next hub makes its own; one whose owner still holds its lock stays,
+    even under a process id not running here (another PID namespace); other names stay."""
+    left = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from nexus_audit.history import spill; "
+         "print(spill.directory(Path(sys.argv[1])).path)", str(tmp_path)],
+        capture_output=True, text=True, check=True)
+    dead = Path(left.stdout.strip())
     (dead / "duckdb_temp_storage-0.tmp").write_bytes(b"x" * 1024)
-    ours = tmp_path / f"{spill.PREFIX}{os.getpid()}-0a1b2c3d"
-    parent = tmp_path / f"{spill.PREFIX}{os.getppid()}-0a1b2c3d"
-    odd = tmp_path / f"{spill.PREFIX}not-a-pid"
+    alien = tmp_path / f"{spill.PREFIX}999999999-0a1b2c3d"  # a pid not running here
+    alien.mkdir()
     other = tmp_path / "unrelated-123"
-    for kept in (ours, parent, odd, other):
-        kept.mkdir()
-    assert spill.sweep(tmp_path) == [dead]
-    assert not dead.exists()
-    assert all(p.is_dir() for p in (ours, parent, odd, other))
-    assert Path(str(spill.hub_config(tmp_path)["temp_directory"])).parent == tmp_path
+    other.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(alien)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        holder.stdout.close()
+        made = spill.directory(tmp_path)
+        assert made is not None
+        assert not dead.exists()
+        assert alien.is_dir()
+        assert other.is_dir()
+        assert made.path.name.startswith(f"{spill.PREFIX}{os.getpid()}-")
+        assert made.release()
+        assert not made.path.exists()
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)
+    again = spill.directory(tmp_path)
+    assert again is not None
+    assert again.release()
+    assert not alien.exists(), "its owner is gone now"
+
+
+def test_without_a_writable_temporary_directory_a_large_commit_runs_unspilled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the spill directory cannot be made: a warning naming TMPDIR, DuckDB spills
+    nowhere, and a commit bounded too tightly runs again unbounded: recorded, whole."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    files = DuckFiles()
+    files.memory = spill.MemoryLimit(files.cursor, limit="1MiB")
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, files=files,
+                  remember_rows=10)
+    try:
+        with capture_logs() as logs:
+            store.migrate()
+            assert crawl(store, T0, instances=[inst(f"i-{n:03d}") for n in range(100)]) == 1
+        assert _setting(files, "temp_directory") == ""
+        with store.read() as con:
+            assert verify_history(con).crawls == 1
+    finally:
+        files.close()
+    events = [e["event"] for e in logs]
+    assert events[0] == "store.no_spill_directory"
+    assert "TMPDIR" in logs[0]["hint"]
+    assert "store.commit_unbounded" in events
 
 
 def test_a_staged_crawl_is_compressed(tmp_path: Path, files: DuckFiles) -> None:

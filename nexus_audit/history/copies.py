@@ -19,21 +19,16 @@ lock is held only for that). Each long read sees every crawl committed before it
 An old copy is detached and deleted when its last reader finishes; copies live in a
 directory next to the database (``.<db name>.copies-*``), removed at exit.
 
-A process killed outright (``kill -9``, the OOM killer) cannot remove its directory. So the
-directory's owner holds an exclusive ``flock`` on it for as long as it lives, and the next
-process making a copy of that database removes every sibling directory whose lock it can
-take: the kernel drops a lock with its process, whatever the PID namespace (two containers
-on one volume), so a live owner's copies are never touched. A new directory is made under
-another name and renamed once locked, so no other process ever sees it unlocked.
+A process killed outright (``kill -9``, the OOM killer) cannot remove its directory: the
+next process making a copy of that database does, once the owner's lock is gone
+(:mod:`nexus_audit.history.owned`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -44,6 +39,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from nexus_audit.errors import StoreError
+from nexus_audit.history import owned
 from nexus_audit.history.attach import sql_literal
 from nexus_audit.history.cancel import interruptible
 
@@ -88,23 +84,6 @@ def _remove_copy_files(target: Path) -> None:
             file.unlink(missing_ok=True)
 
 
-def _remove_if_abandoned(directory: Path) -> None:
-    """Remove a copies directory whose owner is gone (its lock can be taken); leave it
-    when its owner lives or it cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # its owner is alive
-        shutil.rmtree(directory, ignore_errors=True)
-    finally:
-        os.close(fd)
-
-
 class Copies:
     """The copies one :class:`~nexus_audit.history.duckfile.DuckFiles` made, attached to
     its hub: the newest of each file, shared by the reads using it, and where they live.
@@ -118,23 +97,12 @@ class Copies:
         self._lock = threading.Lock()
         #: Source path -> its newest copy.
         self._copies: dict[str, _Copy] = {}
-        #: Source path -> the directory holding its copies.
-        self._dirs: dict[str, Path] = {}
-        #: Directory -> the descriptor that holds its owner's lock while it exists.
-        self._owned: dict[Path, int] = {}
+        #: Source path -> the directory holding its copies (locked while it exists).
+        self._dirs: dict[str, owned.OwnedDirectory] = {}
 
-    def _new_directory(self, path: Path) -> Path:
+    def _new_directory(self, path: Path) -> owned.OwnedDirectory:
         """A locked directory for copies of ``path``, after removing those of dead owners."""
-        prefix = f".{path.name}.copies-"
-        for stale in path.parent.glob(prefix + "*"):
-            _remove_if_abandoned(stale)
-        made = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-copies-", dir=path.parent))
-        fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody else can hold it
-        directory = made.with_name(prefix + made.name.rsplit("-", 1)[1])
-        made.rename(directory)
-        self._owned[directory] = fd
-        return directory
+        return owned.make(path.parent, f".{path.name}.copies-")
 
     def _make(self, path: Path, *, timeout: float) -> _Copy:
         """Copy ``path`` (whole, with its write-ahead log if any) and attach the copy
@@ -144,7 +112,7 @@ class Copies:
             directory = self._dirs.get(key)
             if directory is None:
                 directory = self._dirs[key] = self._new_directory(path)
-        target = directory / (uuid.uuid4().hex[:12] + ".duckdb")
+        target = directory.path / (uuid.uuid4().hex[:12] + ".duckdb")
         try:
             # Opened before the read-only attach and closed after its detach, so closing
             # it drops no lock; the attach keeps other processes' commits out meanwhile.
@@ -259,10 +227,6 @@ class Copies:
         for _, copy in idle:
             self._drop(copy)
         for key, directory in directories:
-            with contextlib.suppress(OSError):
-                directory.rmdir()  # only when empty: a copy still read stays
+            if directory.release():  # only when empty: a copy still read stays
                 with self._lock:
                     self._dirs.pop(key, None)
-                    fd = self._owned.pop(directory, None)
-                if fd is not None:
-                    os.close(fd)

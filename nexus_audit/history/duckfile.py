@@ -88,7 +88,7 @@ import duckdb
 
 from nexus_audit.domain.timeutil import Clock, SystemClock
 from nexus_audit.errors import StoreError
-from nexus_audit.history import spill
+from nexus_audit.history import owned, spill
 from nexus_audit.history.attach import attach, detach, someone_waits, yield_to_waiters
 from nexus_audit.history.cancel import interruptible
 from nexus_audit.history.copies import Copies
@@ -175,6 +175,8 @@ class DuckFiles:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._hub: duckdb.DuckDBPyConnection | None = None
+        #: Where the hub spills (made with it; see :mod:`nexus_audit.history.spill`).
+        self._spill: owned.OwnedDirectory | None = None
         self._path_locks: dict[str, threading.RLock] = {}
         self._holds: dict[str, _Hold] = {}
         #: When the last commit on each path finished (this clock's monotonic), to tell a
@@ -211,7 +213,9 @@ class DuckFiles:
         self._check_usable()
         with self._lock:
             if self._hub is None:
-                hub = duckdb.connect(":memory:", config=spill.hub_config())
+                self._spill = spill.directory()  # None: no spilling
+                where = "" if self._spill is None else str(self._spill.path)
+                hub = duckdb.connect(":memory:", config={"temp_directory": where})
                 # Global, so every cursor starts with it (a SET per cursor costs a statement).
                 hub.execute("SET GLOBAL TimeZone = 'UTC'")
                 self._hub = hub
@@ -285,6 +289,10 @@ class DuckFiles:
         self._closing = True
         self.copies.drop()
         self.release_all()
+        if self._spill is not None:
+            # With DuckDB's files in it: no commit runs any more, and DuckDB, closing
+            # later, finds them gone without complaint (its descriptors stay valid).
+            self._spill.release(contents=True)
 
     def _at_exit(self) -> None:
         """Let go of every file at exit, so the files are whole. Timers that fire later

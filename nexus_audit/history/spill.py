@@ -15,9 +15,10 @@ three times as long at 128 MiB (its queries spilled, with schema 5's views), and
 crawls are small (compressed: 40 MB for a million instances).
 
 The spill directory is one of this process, under the system's temporary directory
-(``TMPDIR``): ``nexus-audit-spill-<pid>-<random>`` (:func:`hub_config`). DuckDB creates it
-on the first spill and removes it when the hub closes; one left by a process that was
-killed is removed by the next process that starts a hub (:func:`sweep`).
+(``TMPDIR``): ``nexus-audit-spill-<pid>-<random>`` (:func:`directory`), made with the hub
+and removed when the hub closes or the process exits; one left by a process that was
+killed is removed by the next process that starts a hub, once its owner's lock is gone
+(:mod:`nexus_audit.history.owned`: never a live process's, in any PID namespace).
 
 The limit covers DuckDB's buffer manager only (table blocks, hash tables, sorts); a query's
 result while Python reads it and the Python objects themselves are outside it.
@@ -27,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
@@ -38,6 +37,7 @@ from typing import Final, TypeVar
 import duckdb
 
 from nexus_audit.errors import StoreError
+from nexus_audit.history import owned
 from nexus_audit.logs import get_logger
 
 #: DuckDB's buffer manager limit while a commit runs, in MiB. With it a crawl of a
@@ -51,14 +51,24 @@ PREFIX: Final = "nexus-audit-spill-"
 T = TypeVar("T")
 
 
-def hub_config(temp_root: Path | None = None) -> dict[str, str | bool | int | float | list[str]]:
-    """The hub's settings (``duckdb.connect(config=...)``): a spill directory of this
-    process under ``temp_root`` (default: the system's), never the working directory
-    (DuckDB's default, ``.tmp``)."""
+def directory(temp_root: Path | None = None) -> owned.OwnedDirectory | None:
+    """A spill directory of this process under ``temp_root`` (default: the system's
+    temporary directory), for the hub's ``temp_directory``: never the working directory,
+    DuckDB's default (``.tmp``). Spill directories of processes gone are removed first.
+
+    None, with a warning, when it cannot be made (a temporary directory not writable):
+    DuckDB then spills nowhere, and a bounded commit that runs out of memory runs once
+    more unbounded (:meth:`MemoryLimit.run`) rather than fail.
+    """
     root = Path(temp_root or tempfile.gettempdir())
-    sweep(root)
-    directory = root / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    return {"temp_directory": str(directory)}
+    try:
+        return owned.make(root, PREFIX, tag=f"{os.getpid()}-")
+    except OSError as exc:
+        get_logger(__name__).warning(
+            "store.no_spill_directory", error=str(exc),
+            hint="set TMPDIR to a writable directory: commits of large fleets then keep "
+                 "less in memory")
+        return None
 
 
 class MemoryLimit:
@@ -151,35 +161,3 @@ def _out_of_memory(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def sweep(root: Path) -> list[Path]:
-    """Remove the spill directories under ``root`` of processes that no longer run; the
-    ones removed."""
-    removed: list[Path] = []
-    try:
-        entries = list(root.glob(PREFIX + "*"))
-    except OSError:
-        return removed
-    for entry in entries:
-        pid = entry.name.removeprefix(PREFIX).partition("-")[0]
-        if not pid.isdigit() or _running(int(pid)) or not entry.is_dir():
-            continue
-        # Best effort: another user's directory, or one going away meanwhile, stays.
-        with contextlib.suppress(OSError):
-            shutil.rmtree(entry)
-            removed.append(entry)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` exists (another user's counts: it cannot be signalled)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
