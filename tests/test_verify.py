@@ -9,11 +9,15 @@ import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nexus_audit.cli import main
+from nexus_audit.history import sealing
 from nexus_audit.history.chain import StateSum, element, row_line
 from nexus_audit.history.staging import REMEMBER_ROWS
 from nexus_audit.history.store import Store
@@ -111,29 +115,70 @@ def test_a_store_remembering_nothing_seals_the_same_chain(tmp_path: Path) -> Non
 def test_a_store_remembers_fleets_up_to_its_limit(tmp_path: Path) -> None:
     """A Store keeps a kind's snapshot and its views' elements for the next commit only
     up to ``remember_rows`` records (a million instances' took 300 MB); past it the next
-    crawl of that kind is compared and sealed in full, and the history stays verifiable."""
+    crawl of that kind is compared in full and its views keep their sums alone, and the
+    history stays verifiable."""
     store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, remember_rows=2)
     store.migrate()
     # What the Store remembers between commits (private on purpose: memory, not behaviour).
     snapshots, states = store._snapshots, store._states
+    views = {("acme", v) for v in ("instance_versions", "bucket_versions", "bucket_sizes")}
+
+    def with_elements() -> set[tuple[str, str]]:
+        return {key for key, state in states.items() if state.elements is not None}
+
     crawl(store, T0, instances=[inst("i-1"), inst("i-2")], buckets=[bucket("b-1")])
     assert set(snapshots) == {("acme", "instances"), ("acme", "buckets")}
-    assert set(states) == {("acme", v) for v in
-                           ("instance_versions", "bucket_versions", "bucket_sizes")}
+    assert set(states) == with_elements() == views
     crawl(store, T0 + HOUR, instances=[inst("i-1"), inst("i-2"), inst("i-3")],
           buckets=[bucket("b-1")])
     assert set(snapshots) == {("acme", "buckets")}
-    assert set(states) == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
+    assert with_elements() == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
+    assert set(states) == views
     crawl(store, T0 + 2 * HOUR, instances=[inst("i-1"), inst("i-2", status="stopped")],
           buckets=[bucket("b-1"), bucket("b-2"), bucket("b-3")])
     assert set(snapshots) == {("acme", "instances")}
-    assert set(states) == {("acme", "instance_versions")}
+    assert set(states) == views
+    # Instances came back under the limit, read in full (no elements to move); buckets
+    # went past it: their sums alone.
+    assert with_elements() == {("acme", "instance_versions")}
     store.close()
     assert verify(tmp_path / "history.duckdb").crawls == 3
     with Store(tmp_path / "history.duckdb").read() as con:
         assert con.execute("SELECT id, status FROM instance_versions "
                            "WHERE until_crawl IS NULL ORDER BY id").fetchall() == [
             ("i-1", "running"), ("i-2", "stopped")]
+
+
+def test_a_large_fleets_sum_moves_by_the_rows_a_commit_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of a fleet too large to remember a Store keeps each view's sum alone, and each
+    later commit of its own moves it by the versions that commit opened and closed: a
+    view is read back in full only by a Store's first commit of it and after another
+    writer's; the chain is byte for byte a remembering Store's."""
+    full: list[tuple[str, str]] = []
+    real = sealing._full
+
+    def counted(commit: Any, account: str, view: str, crawl_id: int, *, keep: int) -> Any:
+        full.append((account, view))
+        return real(commit, account, view, crawl_id, keep=keep)
+
+    monkeypatch.setattr(sealing, "_full", counted)
+    path = tmp_path / "sums.duckdb"
+    ids = build_history(path, remember_rows=0)
+    # build_history: a first Store (acme's 5 crawls, beta's instances once), then
+    # another writer (acme's 2 crawls): each reads a view in full on its first commit.
+    acme = [("acme", v) for v in ("instance_versions", "bucket_versions", "bucket_sizes")]
+    assert sorted(full) == sorted([*acme, ("beta", "instance_versions"), *acme])
+    monkeypatch.setattr(sealing, "_full", real)
+    reference = tmp_path / "remembering.duckdb"
+    build_history(reference)
+    chains = []
+    for each in (path, reference):
+        with Store(each).read() as con:
+            chains.append(con.execute("SELECT seq, body FROM manifests ORDER BY seq"
+                                      ).fetchall())
+    assert chains[0] == chains[1]
+    assert verify(path).crawls == len(ids)
 
 
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:
@@ -379,3 +424,48 @@ def test_clock_corrections_stay_verifiable(tmp_path: Path) -> None:
         with pytest.raises(ChainBrokenError) as caught:
             verify(copy)
         assert caught.value.crawl_id == named, str(caught.value)
+
+
+_FLEET = st.lists(st.tuples(st.sampled_from(["i-1", "i-2", "i-3", "i-4", "i-5"]),
+                            st.sampled_from(["running", "stopped"])),
+                  max_size=5, unique_by=lambda pair: pair[0])
+_BUCKETS = st.lists(st.tuples(st.sampled_from(["b-1", "b-2", "b-3"]),
+                              st.integers(1, 3), st.sampled_from(["private", "public-read"])),
+                    max_size=3, unique_by=lambda triple: triple[0])
+#: One step: a crawl of instances, buckets or both (None: not crawled), failed or not,
+#: by this Store or by another writer.
+_STEP = st.tuples(st.none() | _FLEET, st.none() | _BUCKETS, st.booleans(), st.booleans())
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP.filter(lambda s: s[0] is not None or s[1] is not None),
+                      min_size=1, max_size=6),
+       remember=st.sampled_from([0, 2]))
+def test_any_sequence_of_commits_seals_what_a_full_read_back_seals(
+        tmp_path_factory: pytest.TempPathFactory,
+        steps: list[tuple[Any, Any, bool, bool]], remember: int) -> None:
+    """Whatever a Store remembers (nothing, or fleets of up to two), any sequence of
+    crawls (fleets growing past it and shrinking, removals, failures, another writer in
+    between) seals the same chain as a Store reading every state back, and verifies."""
+    base = tmp_path_factory.mktemp("sequences")
+    chains = []
+    for keep in (remember, REMEMBER_ROWS):
+        path = base / f"keep-{keep}.duckdb"
+        ours = Store(path, lock_timeout=5.0, remember_rows=keep)
+        ours.migrate()
+        other = Store(path, lock_timeout=5.0, remember_rows=keep)
+        for n, (fleet, buckets, failed, by_other) in enumerate(steps):
+            store = other if by_other else ours
+            crawl(store, T0 + n * HOUR,
+                  instances=None if fleet is None else [inst(i, status=s) for i, s in fleet],
+                  buckets=None if buckets is None else [
+                      bucket(b, size=size * 10**9, access=access)
+                      for b, size, access in buckets],
+                  failed=failed)
+            store.close()
+        with ours.read() as con:
+            chains.append(con.execute("SELECT seq, body FROM manifests ORDER BY seq"
+                                      ).fetchall())
+            assert verify_history(con).crawls == len(steps)
+    assert chains[0] == chains[1]
