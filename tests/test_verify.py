@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from nexus_audit.cli import main
 from nexus_audit.history import sealing
@@ -152,9 +153,10 @@ def test_a_store_remembers_fleets_up_to_its_limit(tmp_path: Path) -> None:
 def test_a_large_fleets_sum_moves_by_the_rows_a_commit_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Of a fleet too large to remember a Store keeps each view's sum alone, and each
-    later commit of its own moves it by the versions that commit opened and closed: a
-    view is read back in full only by a Store's first commit of it and after another
-    writer's; the chain is byte for byte a remembering Store's."""
+    later commit moves it by the versions that commit opened and closed; the whole sum
+    is kept in the database too, so another writer (or the next ``crawl`` process)
+    moves it as well: a view is read back in full only on its first commit. The chain
+    is byte for byte a remembering Store's."""
     full: list[tuple[str, str]] = []
     real = sealing._full
 
@@ -166,9 +168,9 @@ def test_a_large_fleets_sum_moves_by_the_rows_a_commit_changed(
     path = tmp_path / "sums.duckdb"
     ids = build_history(path, remember_rows=0)
     # build_history: a first Store (acme's 5 crawls, beta's instances once), then
-    # another writer (acme's 2 crawls): each reads a view in full on its first commit.
+    # another writer (acme's 2 crawls), which finds the sums the first one kept.
     acme = [("acme", v) for v in ("instance_versions", "bucket_versions", "bucket_sizes")]
-    assert sorted(full) == sorted([*acme, ("beta", "instance_versions"), *acme])
+    assert sorted(full) == sorted([*acme, ("beta", "instance_versions")])
     monkeypatch.setattr(sealing, "_full", real)
     reference = tmp_path / "remembering.duckdb"
     build_history(reference)
@@ -179,6 +181,35 @@ def test_a_large_fleets_sum_moves_by_the_rows_a_commit_changed(
                                       ).fetchall())
     assert chains[0] == chains[1]
     assert verify(path).crawls == len(ids)
+
+
+def test_a_kept_sum_that_is_not_the_sealed_one_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large view's sum kept in ``meta`` that is not the one its crawl's manifest sealed
+    (edited by hand, or a bug) is not built on: a warning, the state read back in full,
+    and the chain stays verifiable."""
+    path = tmp_path / "history.duckdb"
+    store = Store(path, lock_timeout=5.0, remember_rows=0)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
+    store.close()
+    tamper(path, "UPDATE meta SET value = replace(value, ', 2, ', ', 3, ') "
+                 "WHERE key LIKE 'state_sum:%'")
+    read_back: list[str] = []
+    real = sealing._full
+
+    def counted(commit: Any, account: str, view: str, crawl_id: int, *, keep: int) -> Any:
+        read_back.append(view)
+        return real(commit, account, view, crawl_id, keep=keep)
+
+    monkeypatch.setattr(sealing, "_full", counted)
+    other = Store(path, lock_timeout=5.0, remember_rows=0)
+    with capture_logs() as logs:
+        crawl(other, T0 + HOUR, instances=[inst("i-1"), inst("i-3")])
+    other.close()
+    assert [e["event"] for e in logs] == ["store.state_sum_mismatch"]
+    assert read_back == ["instance_versions"]
+    assert verify(path).crawls == 2
 
 
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:

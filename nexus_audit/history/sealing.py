@@ -24,6 +24,7 @@ not the fleet (a million instances read back and hashed took 7 to 10 s a commit)
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -48,6 +49,7 @@ from nexus_audit.history.chain import (
 )
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
 from nexus_audit.history.staging import REMEMBER_ROWS
+from nexus_audit.logs import get_logger
 
 #: The memo key of the chain's head (seq, hash) while this process holds the file.
 HEAD: Final = "chain_head"
@@ -74,6 +76,15 @@ CURRENT: Final = {view: f"SELECT {', '.join(cols)} FROM @h@.{view} "
 MOVED: Final = {view: f"SELECT {', '.join(cols)}, until_crawl IS NULL FROM @h@.{view} "
                       "WHERE account = $a AND (first_crawl = $c OR until_crawl = $c)"
                 for view, cols in VIEW_COLUMNS.items()}
+
+#: A large view's whole state sum after a commit, for the next process's commit: kept in
+#: ``meta`` under a key of its account and view, used only when it is the sum the
+#: following crawl's manifest sealed (its SHA-256 in that manifest), so nothing has to be
+#: trusted (:func:`_stored`).
+_SUM_KEY: Final = "state_sum:"
+_SAVE_SUM: Final = "INSERT OR REPLACE INTO @h@.meta VALUES ($k, $v)"
+_LOAD_SUM: Final = """SELECT m.value, c.manifest FROM @h@.meta m, @h@.crawls c
+                      WHERE m.key = $k AND c.crawl_id = $c"""
 
 #: Rows read back at a time: a batch of Python objects, not the fleet.
 FETCH_ROWS: Final = 10_000
@@ -151,6 +162,44 @@ def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int, *,
     return ViewState(crawl_id, elements, total)
 
 
+def _sum_key(account: str, view: str) -> str:
+    return _SUM_KEY + json.dumps([account, view])
+
+
+def _save_sum(commit: duckfile.Commit, account: str, view: str, state: ViewState) -> None:
+    """Keep ``state``'s whole sum in ``meta`` (inside the commit's transaction)."""
+    value = json.dumps([state.crawl_id, state.total.rows, format(state.total.total, "x")])
+    commit.cursor.execute(_SAVE_SUM.replace("@h@", commit.alias),
+                          {"k": _sum_key(account, view), "v": value})
+
+
+def _stored(commit: duckfile.Commit, account: str, view: str,
+            crawl_id: int | None) -> ViewState | None:
+    """The view's state (its sum alone) as of ``crawl_id`` (the account's last successful
+    crawl of the view's kind), from ``meta``, if that is what the crawl's manifest sealed;
+    else None (none kept, an older crawl's, or not the sealed sum: then read back)."""
+    if crawl_id is None:
+        return None
+    row = commit.cursor.execute(_LOAD_SUM.replace("@h@", commit.alias),
+                                {"k": _sum_key(account, view), "c": crawl_id}).fetchone()
+    if row is None or row[1] is None:
+        return None
+    try:
+        kept_crawl, rows, total = json.loads(row[0])
+        state = StateSum(int(rows), int(total, 16))
+        sealed = json.loads(row[1])["state"][view]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if kept_crawl != crawl_id:
+        return None
+    if state.as_json() != sealed:
+        get_logger(__name__).warning(
+            "store.state_sum_mismatch", account=account, view=view, crawl_id=crawl_id,
+            hint="the sum kept in meta is not the one sealed; reading the state back")
+        return None
+    return ViewState(crawl_id, None, state)
+
+
 def _moved(commit: duckfile.Commit, account: str, view: str, old: ViewState,
            crawl_id: int) -> ViewState:
     """The view's state after the commit from the state before it (its sum alone is
@@ -225,8 +274,12 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
                 key = (account, view)
                 old = memory.get(key)
                 # The state this Store left is the one this commit follows (no other
-                # writer's crawl of the kind in between).
+                # writer's crawl of the kind in between); else a large view's sum, kept
+                # by whoever committed that crawl.
                 fresh = old is not None and old.crawl_id == previous.get(kind)
+                if not fresh:
+                    old = _stored(commit, account, view, previous.get(kind))
+                    fresh = old is not None
                 found = None
                 if plan is not None and old is not None and fresh:
                     records, removed = plan.get(view, ((), ()))
@@ -238,6 +291,8 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
                              if old is not None and fresh and old.elements is None else None)
                     new = (moved if moved is not None and moved.total.rows > keep
                            else _full(commit, account, view, crawl_id, keep=keep))
+                if new.elements is None:
+                    _save_sum(commit, account, view, new)
                 sealed.states[key] = new
                 state[view] = new.total
     columns = {c: values[_PARAMS.get(c, c)] for c in CRAWL_COLUMNS}
