@@ -116,7 +116,11 @@ def test_a_commit_out_of_memory_is_committed_again_unbounded(
     with capture_logs() as logs:
         assert crawl(store, T0, instances=fleet) == 1
     store.close()
-    assert [e["event"] for e in logs] == ["store.commit_unbounded"] * 2  # commit, compaction
+    events = [e["event"] for e in logs]
+    assert events[0] == "store.commit_unbounded"  # the commit, run again unbounded
+    # The compaction: run out of memory and run again, or (DuckDB holding more than
+    # 1 MiB then, which varies from run to run) not bounded in the first place.
+    assert events[1:] in (["store.commit_unbounded"], ["store.memory_unbounded"])
     assert "Out of Memory" in logs[0]["error"]
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM crawls").fetchone() == (1,)
