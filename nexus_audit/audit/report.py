@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -47,6 +47,7 @@ from nexus_audit.audit.answers import (
     money,
 )
 from nexus_audit.audit.findings import Finding, evaluate
+from nexus_audit.audit.rows import Rows, Table, columns_of, mapped
 from nexus_audit.audit.series import Series, build_series
 from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
@@ -92,10 +93,11 @@ class Report:
     crawls: CrawlCounts
     inventory: Inventory
     cost: Cost
-    drift: tuple[Drift, ...]
+    #: The drift rows and stale instances read as tuples (:class:`Rows` of their columns).
+    drift: Sequence[Drift]
     public_buckets: tuple[PublicBucket, ...]
     exposures: tuple[Exposure, ...]
-    stale_instances: tuple[StaleInstance, ...]
+    stale_instances: Sequence[StaleInstance]
     pricing: dict[str, str] = field(default_factory=dict)
     #: Policy findings (``nexus_audit.audit.findings``); ``None`` when no policy is configured.
     findings: tuple[Finding, ...] | None = None
@@ -106,8 +108,12 @@ class Report:
     #: unless asked for, so the JSON has no ``series`` key by default.
     series: Series | None = None
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded)."""
+    def to_json_dict(self, *, tables: bool = False) -> dict[str, Any]:
+        """The report JSON of DESIGN.md (times ISO 8601 UTC ``Z``, money rounded).
+
+        With ``tables``, the long lists (drift, stale instances) are :class:`Table` values
+        (their columns) for ``output/indented.py`` to write without a dict per row; without,
+        lists of dicts (any JSON encoder's input)."""
         cov = self.crawls.coverage
         data: dict[str, Any] = {
             "generated_at": isoformat(self.generated_at),
@@ -145,9 +151,7 @@ class Report:
                 "accrued": _amounts(self.cost.accrued),
                 "run_rate_hourly": _amounts(self.cost.run_rate_hourly),
             },
-            "drift": [{"kind": d.kind, "id": d.id, "change": d.change, "field": d.field,
-                       "old": d.old, "new": d.new, "observed_at": isoformat(d.observed_at),
-                       "account": d.account} for d in self.drift],
+            "drift": self._table(tables, self.drift, _DRIFT_FIELDS, {"observed_at": isoformat}),
             "public_buckets": [{"id": b.id, "region": b.region, "access": b.access,
                                 "size_bytes": b.size_bytes,
                                 "public_since": isoformat(b.public_since),
@@ -157,10 +161,9 @@ class Report:
                            "end": isoformat(e.end), "at_least": e.at_least,
                            "account": e.account}
                           for e in self.exposures],
-            "stale_instances": [{"id": s.id, "name": s.name, "status": s.status,
-                                 "region": s.region, "stale_since": isoformat(s.stale_since),
-                                 "at_least": s.at_least, "hourly_cost": money(s.hourly_cost),
-                                 "account": s.account} for s in self.stale_instances],
+            "stale_instances": self._table(
+                tables, self.stale_instances, _STALE_FIELDS,
+                {"stale_since": isoformat, "hourly_cost": money}),
             "pricing": dict(self.pricing),
         }
         if self.evidence is not None:
@@ -170,6 +173,24 @@ class Report:
         if self.series is not None:
             data["series"] = self.series.to_json_dict(money)
         return data
+
+
+    @staticmethod
+    def _table(tables: bool, items: Sequence[Any], fields: tuple[str, ...],
+               convert: dict[str, Callable[[Any], Any]]) -> Table | list[dict[str, Any]]:
+        """A long list's JSON rows from its columns, each field converted once per
+        distinct value (a crawl's time, a shape's price) by ``convert``'s function."""
+        columns = tuple(
+            mapped(column, convert[name]) if name in convert else column
+            for name, column in zip(fields, columns_of(items, fields), strict=True))
+        table = Table(fields, columns)
+        return table if tables else table.records()
+
+
+#: The JSON keys of a drift row and a stale instance: their answers' fields, in order.
+_DRIFT_FIELDS: Final = ("kind", "id", "change", "field", "old", "new", "observed_at", "account")
+_STALE_FIELDS: Final = ("id", "name", "status", "region", "stale_since", "at_least",
+                        "hourly_cost", "account")
 
 
 def _amounts(a: Amounts) -> dict[str, Any]:
@@ -325,11 +346,7 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
     cost = Cost(currency=pricing.currency,
                 accrued=_split(run_query(con, "cost_accrued", values)),
                 run_rate_hourly=_split(run_query(con, "run_rate", values)))
-    drift = tuple(
-        Drift(kind=k, id=i, change=c, field=f, old=_drift_value(f, o), new=_drift_value(f, n),
-              observed_at=from_epoch_us(t), account=a)
-        for k, a, i, c, f, o, n, t in run_query(con, "drift", values,
-                                                epoch_us=("observed_at",)))
+    drift = _drift(run_query(con, "drift", values, epoch_us=("observed_at",)))
     public = tuple(
         PublicBucket(id=i, region=r, access=acc, size_bytes=int(s), public_since=_utc(since),
                      account=a, at_least=bool(al))
@@ -341,14 +358,40 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
             'SELECT account, id, access, start, "end", at_least FROM exposures '
             "WHERE start < $until ORDER BY start, account, id",
             {"until": window.until}).fetchall())
-    stale = tuple(
-        StaleInstance(id=i, name=n, status=st, region=r, stale_since=from_epoch_us(since),
-                      at_least=bool(al), hourly_cost=float(h), account=a)
-        for a, i, n, st, r, since, al, h in run_query(con, "stale_instances", values,
-                                                      epoch_us=("stale_since",)))
+    stale = _stale(run_query(con, "stale_instances", values, epoch_us=("stale_since",)))
     return Report(generated_at=now, window=window, accounts=tuple(accounts), crawls=crawls,
                   inventory=inventory, cost=cost, drift=drift, public_buckets=public,
                   exposures=exposures, stale_instances=stale, pricing=pricing.reference())
+
+
+#: Drift fields whose old and new values are not text (``_drift_value``).
+_TYPED_FIELDS: Final = frozenset({"cpu", "memory_gb", "tags"})
+
+
+def _drift(rows: list[tuple[Any, ...]]) -> Rows[Drift]:
+    """Drift rows (kind, account, id, change, field, old, new, observed_at in µs) as
+    :class:`Rows` of :class:`Drift`: the columns converted a column at a time, the few
+    typed values (cpu, memory, tags) one by one, each crawl's time made once."""
+    if not rows:
+        return Rows(Drift, ((),) * len(_DRIFT_FIELDS))
+    kind, account, ident, change, field_name, old, new, micros = zip(*rows, strict=True)
+    olds, news = list(old), list(new)
+    for i, name in enumerate(field_name):
+        if name in _TYPED_FIELDS:
+            olds[i] = _drift_value(name, olds[i])
+            news[i] = _drift_value(name, news[i])
+    return Rows(Drift, (kind, ident, change, field_name, olds, news,
+                        mapped(micros, from_epoch_us), account))
+
+
+def _stale(rows: list[tuple[Any, ...]]) -> Rows[StaleInstance]:
+    """Stale instances (account, id, name, status, region, stale_since in µs, at_least,
+    hourly) as :class:`Rows` of :class:`StaleInstance`, converted a column at a time."""
+    if not rows:
+        return Rows(StaleInstance, ((),) * len(_STALE_FIELDS))
+    account, ident, name, status, region, micros, at_least, hourly = zip(*rows, strict=True)
+    return Rows(StaleInstance, (ident, name, status, region, mapped(micros, from_epoch_us),
+                                mapped(at_least, bool), mapped(hourly, float), account))
 
 
 def _crawl_stats(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window: Window,

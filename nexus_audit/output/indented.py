@@ -8,17 +8,20 @@ encoded by the same C functions the encoder uses (``encode_basestring``, ``int``
 ``float`` ``__repr__``), and a list of flat records (dicts of the same keys) is written
 column by column in batches (one C-level ``map`` per column, one ``%`` template per
 record) instead of value by value; everything else, and any record holding a list or an
-object, goes the general way. ``tests/test_indented.py`` compares both encoders on
-arbitrary values.
+object, goes the general way. A :class:`~nexus_audit.audit.rows.Table` (the report's
+long lists, held as columns) is written as the list of its records, from its columns.
+``tests/test_indented.py`` compares both encoders on arbitrary values.
 """
 
 from __future__ import annotations
 
 import json.encoder
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Final
+
+from nexus_audit.audit.rows import Table
 
 #: The standard library's string encoder for ``ensure_ascii=False`` (its C version).
 _string: Final = json.encoder.encode_basestring
@@ -70,6 +73,14 @@ def _container(value: object, level: int) -> Iterator[str]:
     """The pieces of a list or dict at nesting ``level``."""
     inner = "\n" + " " * (_INDENT * (level + 1))
     outer = "\n" + " " * (_INDENT * level)
+    if isinstance(value, Table):
+        if not len(value):
+            yield "[]"
+            return
+        yield "[" + inner
+        yield from _table_rows(value.keys, value.columns, level + 1)
+        yield outer + "]"
+        return
     if isinstance(value, (list, tuple)):
         if not value:
             yield "[]"
@@ -129,6 +140,26 @@ def _record_rows(items: list[Any] | tuple[Any, ...], level: int) -> Iterator[str
     """The records of a list at nesting ``level`` (each a dict of the same keys), joined
     as the encoder joins them, a batch at a time."""
     keys = list(items[0])
+    rows = iter(items)
+    batches = ([[record[k] for record in batch] for k in keys]
+               for batch in iter(lambda: list(islice(rows, BATCH)), []))
+    return _batches(keys, batches, level)
+
+
+def _table_rows(keys: Sequence[str], columns: Sequence[Sequence[Any]],
+                level: int) -> Iterator[str]:
+    """A table's rows, as :func:`_record_rows` writes the same records (its columns cut
+    into the same batches)."""
+    size = len(columns[0])
+    batches = ([list(column[start:start + BATCH]) for column in columns]
+               for start in range(0, size, BATCH))
+    return _batches(keys, batches, level)
+
+
+def _batches(keys: Sequence[Any], batches: Iterable[list[list[Any]]],
+             level: int) -> Iterator[str]:
+    """Records of ``keys`` at nesting ``level`` from batches of their columns, joined as
+    the encoder joins them."""
     inner = "\n" + " " * (_INDENT * (level + 1))
     outer = "\n" + " " * (_INDENT * level)
     # One template per record: the keys written once, a %s per value.
@@ -136,10 +167,9 @@ def _record_rows(items: list[Any] | tuple[Any, ...], level: int) -> Iterator[str
                 + ("," + inner).join(_key(k).replace("%", "%%") + ": %s" for k in keys)
                 + outer + "}")
     separator = "," + outer
-    rows = iter(items)
     first = True
-    while batch := list(islice(rows, BATCH)):
-        columns = [_column([record[k] for record in batch], level + 1) for k in keys]
+    for batch in batches:
+        columns = [_column(values, level + 1) for values in batch]
         text = separator.join(map(template.__mod__, zip(*columns, strict=True)))
         yield text if first else separator + text
         first = False

@@ -76,7 +76,7 @@ def _json_chunks(report: Report) -> Iterator[str]:
     # What json.JSONEncoder(indent=2, ensure_ascii=False) writes, faster (indented.py).
     pending: list[str] = []
     size = 0
-    for piece in indented.iterencode(report.to_json_dict()):
+    for piece in indented.iterencode(report.to_json_dict(tables=True)):
         pending.append(piece)
         size += len(piece)
         if size >= JSON_CHUNK:
