@@ -376,10 +376,10 @@ def _drift(rows: list[tuple[Any, ...]]) -> Rows[Drift]:
         return Rows(Drift, ((),) * len(_DRIFT_FIELDS))
     kind, account, ident, change, field_name, old, new, micros = zip(*rows, strict=True)
     olds, news = list(old), list(new)
-    for i, name in enumerate(field_name):
-        if name in _TYPED_FIELDS:
-            olds[i] = _drift_value(name, olds[i])
-            news[i] = _drift_value(name, news[i])
+    if not _TYPED_FIELDS.isdisjoint(field_name):  # most windows change no shape or tag
+        for i in [i for i, name in enumerate(field_name) if name in _TYPED_FIELDS]:
+            olds[i] = _drift_value(field_name[i], olds[i])
+            news[i] = _drift_value(field_name[i], news[i])
     return Rows(Drift, (kind, ident, change, field_name, olds, news,
                         mapped(micros, from_epoch_us), account))
 
