@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nexus_audit.audit.rows import Table
 from nexus_audit.output import indented
 
 STANDARD = json.JSONEncoder(indent=2, ensure_ascii=False)
@@ -74,3 +75,31 @@ def test_what_json_refuses_is_refused() -> None:
             STANDARD.encode(bad)
         with pytest.raises(TypeError):
             "".join(indented.iterencode(bad))  # type: ignore[arg-type]
+
+
+@given(records(), st.integers(1, 4))
+@settings(max_examples=300)
+def test_a_table_encodes_as_its_records(rows: list[dict[str, object]], batch: int) -> None:
+    """A Table (the report's long lists, as columns) reads as the standard encoder writes
+    the list of its records, at any nesting and across batch boundaries."""
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    table = Table(keys, tuple([row[k] for row in rows] for k in keys))
+    assert table.records() == rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indented, "BATCH", batch)
+        for value in ({"drift": table, "n": 1}, [table, {"x": [table]}], table):
+            expected = STANDARD.encode(_records(value))
+            assert "".join(indented.iterencode(value)) == expected  # type: ignore[arg-type]
+
+
+def _records(value: object) -> object:
+    """``value`` with each Table replaced by the list of its records."""
+    if isinstance(value, Table):
+        return value.records()
+    if isinstance(value, dict):
+        return {k: _records(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_records(v) for v in value]
+    return value
