@@ -3,6 +3,7 @@ the tuples of answers they stand for: every output, byte for byte, on hostile va
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import pickle
@@ -19,9 +20,11 @@ from nexus_audit.audit import report as report_module
 from nexus_audit.audit.report import Drift, Report, StaleInstance
 from nexus_audit.audit.rows import Rows, Table, columns_of
 from nexus_audit.domain import escape
+from nexus_audit.errors import NoDataError
 from nexus_audit.history.store import Store
 from nexus_audit.output import indented
 from nexus_audit.output.render import render
+from tests.test_queries import T0, H, report
 from tests.test_report import build, rich_history
 
 STANDARD = json.JSONEncoder(indent=2, ensure_ascii=False)
@@ -193,3 +196,33 @@ def test_the_built_report_holds_rows(tmp_path: Path) -> None:
     assert report.stale_instances
     assert report.drift == tuple(report.drift)
     assert report.stale_instances[0].stale_since.tzinfo is not None
+
+
+def test_the_collector_is_paused_only_while_a_report_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_report reads with Python's cycle collector off and turns it back on after,
+    on success and on error alike; a collector someone else turned off stays off."""
+    store = Store(tmp_path / "rich.duckdb")
+    store.migrate()
+    rich_history(store)
+    seen: list[bool] = []
+    original = report_module._drift
+
+    def watching(rows: list[tuple[Any, ...]]) -> Any:
+        seen.append(gc.isenabled())
+        return original(rows)
+
+    monkeypatch.setattr(report_module, "_drift", watching)
+    try:
+        assert gc.isenabled()
+        build(store)
+        assert seen == [False]
+        assert gc.isenabled()
+        with pytest.raises(NoDataError):
+            report(store, T0 - 10 * H, T0 - 9 * H)
+        assert gc.isenabled()
+        gc.disable()
+        build(store)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
