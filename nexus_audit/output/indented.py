@@ -102,7 +102,7 @@ def _container(value: object, level: int) -> Iterator[str]:
             head = _key(key) + ": "
             yield head if first else "," + inner + head
             first = False
-            if isinstance(item, (list, tuple, dict)):
+            if isinstance(item, (list, tuple, dict, Table)):  # streamed, not joined whole
                 yield from _container(item, level + 1)
             else:
                 yield encode(item, level + 1)
