@@ -200,8 +200,9 @@ def test_the_built_report_holds_rows(tmp_path: Path) -> None:
 
 def test_the_collector_is_paused_only_while_a_report_is_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """build_report reads with Python's cycle collector off and turns it back on after,
-    on success and on error alike; a collector someone else turned off stays off."""
+    """build_report reads, and Rows make their answers, with Python's cycle collector off
+    and turn it back on after, on success and on error alike; a collector someone else
+    turned off stays off."""
     store = Store(tmp_path / "rich.duckdb")
     store.migrate()
     rich_history(store)
@@ -220,6 +221,13 @@ def test_the_collector_is_paused_only_while_a_report_is_read(
         assert gc.isenabled()
         with pytest.raises(NoDataError):
             report(store, T0 - 10 * H, T0 - 9 * H)
+        assert gc.isenabled()
+        made = build(store)
+        seen.clear()
+        made.drift._items = None  # type: ignore[attr-defined]
+        made.drift._make = lambda *row: seen.append(gc.isenabled()) or Drift(*row)  # type: ignore[attr-defined]
+        assert made.drift[0] == made.drift[0]
+        assert set(seen) == {False}
         assert gc.isenabled()
         gc.disable()
         build(store)

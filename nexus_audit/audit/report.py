@@ -22,11 +22,9 @@ Conventions (see the queries for the SQL):
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -49,7 +47,7 @@ from nexus_audit.audit.answers import (
     money,
 )
 from nexus_audit.audit.findings import Finding, evaluate
-from nexus_audit.audit.rows import Rows, Table, columns_of, mapped
+from nexus_audit.audit.rows import Rows, Table, collector_paused, columns_of, mapped
 from nexus_audit.audit.series import Series, build_series
 from nexus_audit.domain.policy import Policy
 from nexus_audit.domain.pricing import Pricing
@@ -246,7 +244,7 @@ def build_report(
                           max_gap_instances=max_gap_instances,
                           max_gap_buckets=max_gap_buckets, pricing=pricing)
     # The history's read() turns DuckDB's errors into StoreError.
-    with _collector_paused(), store.read() as con:
+    with collector_paused(), store.read() as con:
         report = _build(con, window, accounts, values, pricing, now)
         report = replace(report, evidence=read_evidence(con, report.accounts, window))
         if policy is not None:
@@ -254,22 +252,6 @@ def build_report(
         if series:
             report = replace(report, series=build_series(con, window, values))
         return report
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector held off while a report is read: the rows DuckDB hands
-    over (half a million tuples for 30 days of a million instances) hold no cycles, yet
-    each batch of new tuples set it scanning every object alive, the rows read so far
-    included (0.45 s of CPU in a 3.5 s report). It runs again, as before, afterwards
-    (unless something else had turned it off)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def query_values(window: Window, *, stale_after: timedelta, pending_stale_after: timedelta,
