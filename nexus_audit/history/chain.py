@@ -78,10 +78,15 @@ _MODULUS: Final = 1 << 2048
 _EXPANDED_BYTES: Final = 256
 
 
+#: ``json.dumps`` with the canonical arguments builds this encoder on every call; built
+#: once, its ``encode`` gives the same text (a few microseconds less per manifest).
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False, allow_nan=False)
+
+
 def canonical(value: Any) -> str:
     """The canonical JSON text of ``value`` (sorted keys, no spaces, UTF-8 as is)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def canonical_array(values: Sequence[Any]) -> str:
@@ -141,6 +146,31 @@ _VIEW_CONVERTERS: Final = {view: tuple(map(_converter, columns))
 
 def row_line(account: str, view: str, values: Sequence[Any]) -> str:
     """The canonical line of one row of ``view`` (``values``: its columns, id first)."""
+    # _typed and canonical_array in one pass (a commit writes a line per row it changes):
+    # the same text, any value of another type sending the whole row the long way.
+    if type(account) is not str:
+        return _row_line(account, view, values)
+    parts = [encode_basestring(account)]
+    for convert, value in zip(_VIEW_CONVERTERS[view], values, strict=True):
+        if value is None:
+            parts.append("null")
+            continue
+        if convert is not None:
+            value = convert(value)
+        kind = type(value)
+        if kind is str:
+            parts.append(encode_basestring(value))
+        elif kind is int:
+            parts.append(int.__repr__(value))
+        elif kind is float and math.isfinite(value):
+            parts.append(float.__repr__(value))
+        else:
+            return _row_line(account, view, values)
+    return "[" + ",".join(parts) + "]"
+
+
+def _row_line(account: str, view: str, values: Sequence[Any]) -> str:
+    """:func:`row_line` the long way: each column typed, then :func:`canonical_array`."""
     line: list[Any] = [account]
     # _typed, column by column, with each column's conversion looked up once per view.
     for convert, value in zip(_VIEW_CONVERTERS[view], values, strict=True):
@@ -180,6 +210,13 @@ class StateSum:
         self.rows -= 1
         self.total = (self.total - expand(digest)) % _MODULUS
 
+    def moved(self, added: Sequence[bytes], taken: Sequence[bytes]) -> StateSum:
+        """A new sum: this one with ``added`` added and ``taken`` (present) removed, in one
+        reduction modulo 2**2048 (a commit's changes)."""
+        return StateSum(self.rows + len(added) - len(taken),
+                        (self.total + sum(map(expand, added)) - sum(map(expand, taken)))
+                        % _MODULUS)
+
     def copy(self) -> StateSum:
         """An independent copy."""
         return StateSum(self.rows, self.total)
@@ -192,7 +229,12 @@ class StateSum:
 
 def iso(moment: datetime) -> str:
     """A time as a manifest writes it: UTC, microseconds, ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    if utc.year >= 1000:
+        # The same text as the strftime below, at half the cost: isoformat always pads the
+        # year to four digits, where strftime's %Y may not (years before 1000).
+        return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def crawl_row(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
+from operator import itemgetter
 from typing import Any, Final
 
 import duckdb
@@ -46,6 +48,7 @@ from nexus_audit.history.chain import (
     element,
     genesis,
     manifest,
+    row_line,
 )
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
 from nexus_audit.history.staging import REMEMBER_ROWS
@@ -60,6 +63,9 @@ _POSITIONS: Final[Mapping[str, tuple[int, ...]]] = {
     "bucket_versions": tuple(BUCKET_COLUMNS.index(c) for c in VIEW_COLUMNS["bucket_versions"]),
     "bucket_sizes": tuple(BUCKET_COLUMNS.index(c) for c in VIEW_COLUMNS["bucket_sizes"]),
 }
+#: Per view, a staged record's columns in the order of its line (a tuple).
+_COLUMNS: Final[Mapping[str, Callable[[Record], tuple[Any, ...]]]] = {
+    view: itemgetter(*positions) for view, positions in _POSITIONS.items()}
 #: The chain's head: the latest crawl's manifest, else the genesis.
 _HEAD_SQL: Final = """
     SELECT * FROM (SELECT manifest_seq, manifest_hash, crawl_id FROM @h@.crawls
@@ -224,27 +230,28 @@ def _incremental(account: str, view: str, old: ViewState, crawl_id: int,
     elements = old.elements
     if elements is None:
         return None
-    total = old.total.copy()
     changes: dict[str, bytes | None] = {}
-    positions = _POSITIONS[view]
+    added: list[bytes] = []  # the new rows' elements
+    taken: list[bytes] = []  # the elements of the rows they replace or remove
+    columns = _COLUMNS[view]
     for record in records:
-        values = [record[i] for i in positions]
+        values = columns(record)
         ident = str(values[0])
         if ident in changes:
             return None  # an id twice: not a diff this state can follow
         before = elements.get(ident)
         if before is not None:
-            total.remove(before)
-        new = element(account, view, values)
-        total.add(new)
+            taken.append(before)
+        new = sha256(row_line(account, view, values).encode("utf-8")).digest()  # element()
+        added.append(new)
         changes[ident] = new
     for ident in removed:
         before = elements.get(ident)
         if before is None or ident in changes:
             return None
-        total.remove(before)
+        taken.append(before)
         changes[ident] = None
-    return ViewState(crawl_id, elements, total), changes
+    return ViewState(crawl_id, elements, old.total.moved(added, taken)), changes
 
 
 def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,

@@ -344,9 +344,14 @@ def crawl_row_params(summary: CrawlSummary, kinds: Sequence[Kind],
         "retries": summary.retries, "total_mismatch": summary.total_mismatch,
         "error": summary.error, "error_code": summary.error_code,
         "request_id": summary.request_id,
-        "rbe": json.dumps({k: dict(v) for k, v in summary.requests_by_endpoint.items()},
-                          sort_keys=True),
+        "rbe": _SORTED_JSON.encode({k: dict(v)
+                                    for k, v in summary.requests_by_endpoint.items()}),
     }
+
+
+#: ``json.dumps(..., sort_keys=True)``'s encoder, built once rather than per commit (the
+#: same text).
+_SORTED_JSON: Final = json.JSONEncoder(sort_keys=True)
 
 
 def parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:
