@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import compress, filterfalse, islice
+from itertools import compress
 from operator import itemgetter, ne
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ import duckdb
 from nexus_audit.domain.model import KINDS, Bucket, Instance, Kind
 from nexus_audit.errors import StoreError
 from nexus_audit.history.failures import translated
+from nexus_audit.history.removals import missing_ids
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
     BUCKET_VERSION_COLUMNS,
@@ -69,6 +70,9 @@ class Fingerprints:
 
     crawl_id: int
     keys: dict[str, object]
+    #: The ids as the crawl handed them (``keys``' order), when it saw each once (else
+    #: None): finds the next crawl's removed ids faster (:mod:`.removals`).
+    order: list[str] | None = None
 
 
 class StagedCrawl:
@@ -123,6 +127,8 @@ class StagedCrawl:
         #: Rows appended to each DuckDB staging table.
         self._rows: dict[Kind, int] = dict.fromkeys(kinds, 0)
         self._removed: dict[Kind, list[str]] = {}
+        #: The ids in the order they came (for the next snapshot); None once one repeats.
+        self._order: dict[Kind, list[str] | None] = {k: [] for k in kinds}
         self.alias = "stage_" + uuid.uuid4().hex[:12]
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._appenders: dict[Kind, Any] = {}
@@ -171,8 +177,13 @@ class StagedCrawl:
         seen.update(zip(ids, fingerprints, strict=True))
         if base is None and len(seen) > self._remember:
             self._keys[kind] = None  # no snapshot of this fleet: let the dict go now
+            self._order[kind] = None
+        order = self._order[kind]
+        if order is not None:
+            order.extend(ids)
         if len(seen) - before != len(ids):
             self._duplicates[kind] = True
+            self._order[kind] = None
             if not self._direct[kind]:
                 # Once an id repeats, the diff path is off (see diffable): stage everything
                 # from here on, in order after what was held, so the record seen last wins.
@@ -311,9 +322,7 @@ class StagedCrawl:
         # removed one instance of 10,000 walked all 10,000, half of them on average now).
         new = sum(1 for i in self._staged_ids[kind] if i not in base.keys)
         missing = len(base.keys) - (len(seen) - new)
-        if missing <= 0:
-            return []
-        return list(islice(filterfalse(seen.__contains__, base.keys), missing))
+        return missing_ids(base.keys, base.order, seen, self._order[kind], missing)
 
     def changed(self, kind: Kind) -> list[Record]:
         """Records held as different from the snapshot."""
@@ -325,7 +334,7 @@ class StagedCrawl:
         keys = self._keys[kind] if self._bases.get(kind) is None else self._seen[kind]
         if keys is None or len(keys) > self._remember:
             return None
-        return Fingerprints(crawl_id, keys)
+        return Fingerprints(crawl_id, keys, self._order[kind])
 
     def discard(self) -> None:
         """Drop the staged records (idempotent)."""
