@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from nexus_audit.history.chain import (
     StateSum,
     canonical_array,
     element,
+    expand,
+    iso,
     log_line,
     row_line,
 )
@@ -99,3 +102,46 @@ def test_state_sum_adds_and_removes_modulo_2048_bits() -> None:
     expanded = int.from_bytes(hashlib.shake_256(first).digest(256), "big")
     assert before == {"rows": 1, "sum": hashlib.sha256(
         expanded.to_bytes(256, "big")).hexdigest()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(SCALARS, min_size=6, max_size=6), st.sampled_from(["acme", Text("acme"), 7]))
+def test_row_line_of_any_scalars_is_the_canonical_array(values: list[Any],
+                                                        account: Any) -> None:
+    """A row whose columns hold any scalars (booleans, str subclasses, huge ints, None) in
+    columns stored as they come, under any account value, gets the line ``json.dumps``
+    writes, whichever way it is written."""
+    assert row_line(account, "bucket_versions", values) == documented([account, *values])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(-timedelta(hours=11))])))
+@example(datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC))
+@example(datetime(1000, 1, 1, tzinfo=timezone(timedelta(hours=1))))
+def test_manifest_times_are_utc_with_microseconds(moment: datetime) -> None:
+    """A time in a manifest is the documented ``%Y-%m-%dT%H:%M:%S.%fZ`` of its UTC
+    moment, whatever its zone and year (four-digit years written the fast way)."""
+    assert iso(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=8),
+       st.lists(st.binary(min_size=32, max_size=32), max_size=8))
+def test_moving_a_sum_is_adding_and_removing_one_by_one(added: list[bytes],
+                                                        taken: list[bytes]) -> None:
+    """A commit's changes applied at once give the sum and count of applying them one
+    element at a time (removals below zero wrapping modulo 2**2048 alike), and leave the
+    sum they start from as it was (it is the Store's until the commit is through)."""
+    start = StateSum()
+    start.add_all([hashlib.sha256(b"base").digest()] * 3)
+    one_by_one = start.copy()
+    for digest in added:
+        one_by_one.add(digest)
+    for digest in taken:
+        one_by_one.remove(digest)
+    moved = start.moved(added, taken)
+    assert (moved.rows, moved.total) == (one_by_one.rows, one_by_one.total)
+    assert moved.as_json() == one_by_one.as_json()
+    assert (start.rows, start.total) == (3, 3 * expand(hashlib.sha256(b"base").digest()) % 2**2048)
