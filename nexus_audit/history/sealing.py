@@ -50,6 +50,7 @@ from nexus_audit.history.chain import (
     manifest,
     row_line,
 )
+from nexus_audit.history.plain import optimized
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
 from nexus_audit.history.staging import REMEMBER_ROWS
 from nexus_audit.logs import get_logger
@@ -142,6 +143,7 @@ def head(commit: duckfile.Commit) -> tuple[int, str | None, int | None]:
     """The chain's last (seq, hash, crawl id); (0, None, None) before the first manifest."""
     known: tuple[int, str | None, int | None] | None = commit.memo.get(HEAD)
     if known is None:
+        optimized(commit.cursor, commit.memo)
         row = commit.cursor.execute(_HEAD_SQL.replace("@h@", commit.alias)).fetchone()
         known = ((int(row[0]), str(row[1]), None if row[2] is None else int(row[2]))
                  if row else (0, None, None))
@@ -153,6 +155,7 @@ def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int, *,
           keep: int) -> ViewState:
     """The view's state read back from the database (inside the commit's transaction), in
     batches; the elements by id too while there are at most ``keep`` rows (else None)."""
+    optimized(commit.cursor, commit.memo)
     result = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias), {"a": account})
     elements: dict[str, bytes] | None = {}
     total = StateSum()

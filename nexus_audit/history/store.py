@@ -55,7 +55,6 @@ goes on without a human.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +69,7 @@ from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
 from nexus_audit.history.chain import ViewState
 from nexus_audit.history.duckfile import Commit, DuckFiles, process_files
 from nexus_audit.history.failures import translated
+from nexus_audit.history.plain import optimized, plain
 from nexus_audit.history.readers import AccountState, CrawlInfo, read_latest
 from nexus_audit.history.schema import CHAIN_MIGRATION, MIGRATIONS, SCHEMA_VERSION
 from nexus_audit.history.sealing import HEAD, Plan, head_from_rows, seal, write_genesis
@@ -85,6 +85,7 @@ from nexus_audit.history.writes import (
     Tail,
     append_params,
     appended_logs,
+    as_failed,
     compact,
     crawl_row_params,
     diff_plan,
@@ -92,6 +93,7 @@ from nexus_audit.history.writes import (
     redate,
     state_from_rows,
     transaction,
+    write_failure,
 )
 from nexus_audit.logs import get_logger
 
@@ -103,8 +105,6 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AccountState", "CrawlInfo", "StagedC
 def _check_aware(moment: datetime, what: str) -> None:
     if moment.tzinfo is None:
         raise StoreError(f"{what} must be timezone-aware (UTC)")
-
-
 
 
 class Store:
@@ -247,7 +247,7 @@ class Store:
         if staged is not None:
             staged.discard()
         if summary.status != "failed":
-            summary = _as_failed(summary)
+            summary = as_failed(summary)
         return self._write(summary, None)
 
     def _write(self, summary: CrawlSummary, staged: StagedCrawl | None) -> int:
@@ -268,7 +268,7 @@ class Store:
                     settle: Callable[[Commit], None]) -> int:
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
-        with translated(lambda exc: _write_failure(self.path, exc)):
+        with translated(lambda exc: write_failure(self.path, exc)):
             self._open(read_only=False)
             with self.files.committing(self.path, timeout=self.lock_timeout,
                                        settle=settle) as commit, \
@@ -282,6 +282,7 @@ class Store:
                         diff[kind] = staged.diffable(kind, latest[kind])
                         if not diff[kind]:
                             try:
+                                optimized(cursor, memo)
                                 staged.stage_all(kind, cursor, alias)
                             except StoreError:
                                 self._snapshots.pop((account, kind), None)
@@ -303,6 +304,7 @@ class Store:
                                   succeeded=staged is not None, plans=plans,
                                   previous=latest, memory=self._states, corrections=skews,
                                   keep=self.remember_rows)
+                    plain(commit)
                     cursor.execute(parsed(commit, INSERT_CRAWL.replace("@h@", alias)),
                                    {**row, **sealed.params()})
                 memo[LAST_ID] = crawl_id
@@ -348,6 +350,7 @@ class Store:
                         {k: v[2] for k, v in zip(kinds, known, strict=True) if v})
         snapshots = [self._snapshots.get((account, k)) for k in kinds]
         state = None
+        optimized(cursor, memo)
         try:
             if snapshots and None not in snapshots:
                 rows = cursor.execute(CRAWLS_SINCE.replace("@h@", h),
@@ -386,12 +389,14 @@ class Store:
         base = staged.base(kind)
         if diff and base is not None:
             plan = diff_plan(kind, base.keys, staged.changed(kind), staged.removed(kind))
+            plain(commit)
             for view, (records, removed) in plan.items():
                 if records or removed:
                     cursor.execute(parsed(commit, APPEND[view].replace("@h@", h)),
                                    {**params, **append_params(view, records, removed)})
             return plan
         new = staged.table(kind)
+        optimized(cursor, commit.memo)
         if not staged.unique(kind):
             # A crawl that saw an id twice (pages shifting under churn) keeps the record it
             # saw last; rare, so only then pay for the copy.
@@ -487,14 +492,3 @@ class CopiedHistory:
         """A read-only connection on a copy of the history as it is now."""
         return self.store.read(copy=True)
 
-
-def _write_failure(path: Path, exc: duckdb.Error) -> str:
-    text = str(exc)
-    if "No space left" in text or ("disk" in text.lower() and "full" in text.lower()):
-        return f"cannot write {path}: the disk is full; the crawl was not recorded ({text})"
-    return f"cannot write {path}: {text}; the crawl was not recorded"
-
-
-def _as_failed(summary: CrawlSummary) -> CrawlSummary:
-    return dataclasses.replace(summary, status="failed",
-                               error=summary.error or "recorded as failed without an error message")

@@ -8,6 +8,7 @@ logs, the compaction that closes versions, and what a commit checks first."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import duckdb
 
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.history import duckfile
+from nexus_audit.history.plain import optimized
 from nexus_audit.history.schema import (
     BUCKET_COLUMNS,
     BUCKET_VERSION_COLUMNS,
@@ -207,6 +209,7 @@ def compact(commit: duckfile.Commit) -> None:
     if not dirty:
         return
     cursor, h = commit.cursor, commit.alias
+    optimized(cursor, commit.memo)
     with transaction(cursor):
         for log in sorted(dirty):
             cursor.execute(_COMPACT[log].replace("@h@", h))
@@ -291,6 +294,7 @@ def redate(commit: duckfile.Commit, account: str, kinds: Sequence[Kind], end: da
     the account's kinds.
     """
     cursor, h = commit.cursor, commit.alias
+    optimized(cursor, commit.memo)
     rows = cursor.execute(
         f"""SELECT crawl_id, kinds, started_at, finished_at FROM {h}.crawls
             WHERE account = $a AND finished_at > $t AND crawl_id < $c
@@ -352,6 +356,20 @@ def crawl_row_params(summary: CrawlSummary, kinds: Sequence[Kind],
 #: ``json.dumps(..., sort_keys=True)``'s encoder, built once rather than per commit (the
 #: same text).
 _SORTED_JSON: Final = json.JSONEncoder(sort_keys=True)
+
+
+def write_failure(path: object, exc: duckdb.Error) -> str:
+    """The message of a commit that DuckDB refused (the disk full named as such)."""
+    text = str(exc)
+    if "No space left" in text or ("disk" in text.lower() and "full" in text.lower()):
+        return f"cannot write {path}: the disk is full; the crawl was not recorded ({text})"
+    return f"cannot write {path}: {text}; the crawl was not recorded"
+
+
+def as_failed(summary: CrawlSummary) -> CrawlSummary:
+    """``summary`` recorded as a failed crawl (with an error message, if it had none)."""
+    return dataclasses.replace(summary, status="failed", error=summary.error
+                               or "recorded as failed without an error message")
 
 
 def parsed(commit: duckfile.Commit, sql: str) -> duckdb.Statement:
