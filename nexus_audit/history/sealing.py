@@ -189,6 +189,7 @@ def _stored(commit: duckfile.Commit, account: str, view: str,
     else None (none kept, an older crawl's, or not the sealed sum: then read back)."""
     if crawl_id is None:
         return None
+    optimized(commit.cursor, commit.memo)
     row = commit.cursor.execute(_LOAD_SUM.replace("@h@", commit.alias),
                                 {"k": _sum_key(account, view), "c": crawl_id}).fetchone()
     if row is None or row[1] is None:
@@ -214,6 +215,7 @@ def _moved(commit: duckfile.Commit, account: str, view: str, old: ViewState,
     """The view's state after the commit from the state before it (its sum alone is
     used) and the rows the commit opened (added) and closed (taken away), read back
     inside the commit's transaction in batches."""
+    optimized(commit.cursor, commit.memo)
     result = commit.cursor.execute(MOVED[view].replace("@h@", commit.alias),
                                    {"a": account, "c": crawl_id})
     total = old.total.copy()
