@@ -3,13 +3,13 @@ not stage (see :class:`~nexus_audit.history.staging.StagedCrawl`), found for eac
 
 How many are missing is known by counting; which ones takes a walk over the snapshot. A
 plain walk looks each id up in the crawl's ids, about 25 ns an id: a fleet of 10,000
-with one instance replaced spent 0.2 ms of each commit finding it. When both crawls'
-orders are known (the ids as each crawl handed them, kept beside the fingerprints) and
-the ids both saw come in the same order in both (an API that pages in a stable order),
-the two orders are walked in step instead: the stretches they share are compared as list
-slices in C, a few ns an id, and only where they part is an id looked up. Whatever it
-finds is checked to be exactly the missing ids (each one of the snapshot's ids, not seen,
-as many as are missing); otherwise (the orders differ) the plain walk answers.
+with one instance replaced spent 0.2 ms of each commit finding it. Listed in order (the
+dicts' order: as each crawl handed its ids), the two crawls' ids are walked in step
+instead where they agree (an API that pages in a stable order): the stretches they share
+are compared as list slices in C, a few ns an id, and only where they part is an id
+looked up. Whatever it finds is checked to be exactly the missing ids (each one of the
+snapshot's ids, not seen, as many as are missing); otherwise (the orders differ) the
+plain walk answers.
 """
 
 from __future__ import annotations

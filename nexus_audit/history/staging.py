@@ -70,8 +70,8 @@ class Fingerprints:
 
     crawl_id: int
     keys: dict[str, object]
-    #: The ids as the crawl handed them (``keys``' order), when it saw each once (else
-    #: None): finds the next crawl's removed ids faster (:mod:`.removals`).
+    #: ``list(keys)``, when the crawl's commit listed it to find its removed ids (else
+    #: None): the next crawl finds its own faster (:mod:`.removals`).
     order: list[str] | None = None
 
 
@@ -127,8 +127,8 @@ class StagedCrawl:
         #: Rows appended to each DuckDB staging table.
         self._rows: dict[Kind, int] = dict.fromkeys(kinds, 0)
         self._removed: dict[Kind, list[str]] = {}
-        #: The ids in the order they came (for the next snapshot); None once one repeats.
-        self._order: dict[Kind, list[str] | None] = {k: [] for k in kinds}
+        #: The ids seen, listed in order when the removed ones were looked for.
+        self._order: dict[Kind, list[str]] = {}
         self.alias = "stage_" + uuid.uuid4().hex[:12]
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._appenders: dict[Kind, Any] = {}
@@ -160,6 +160,7 @@ class StagedCrawl:
     def _add(self, kind: Kind, batch: Sequence[Record]) -> None:
         self._require_open()
         self._removed.pop(kind, None)
+        self._order.pop(kind, None)
         if kind not in self.kinds:
             raise StoreError(f"this crawl does not cover {kind}")
         if not batch:
@@ -177,13 +178,8 @@ class StagedCrawl:
         seen.update(zip(ids, fingerprints, strict=True))
         if base is None and len(seen) > self._remember:
             self._keys[kind] = None  # no snapshot of this fleet: let the dict go now
-            self._order[kind] = None
-        order = self._order[kind]
-        if order is not None:
-            order.extend(ids)
         if len(seen) - before != len(ids):
             self._duplicates[kind] = True
-            self._order[kind] = None
             if not self._direct[kind]:
                 # Once an id repeats, the diff path is off (see diffable): stage everything
                 # from here on, in order after what was held, so the record seen last wins.
@@ -322,7 +318,13 @@ class StagedCrawl:
         # removed one instance of 10,000 walked all 10,000, half of them on average now).
         new = sum(1 for i in self._staged_ids[kind] if i not in base.keys)
         missing = len(base.keys) - (len(seen) - new)
-        return missing_ids(base.keys, base.order, seen, self._order[kind], missing)
+        if missing <= 0:
+            return []
+        # Both crawls' ids listed in order (the snapshot's, if its commit listed them: a
+        # list of pointers, cheaper than a lookup per id); this crawl's kept for the next.
+        order = self._order[kind] = list(seen)
+        before = base.order if base.order is not None else list(base.keys)
+        return missing_ids(base.keys, before, seen, order, missing)
 
     def changed(self, kind: Kind) -> list[Record]:
         """Records held as different from the snapshot."""
@@ -334,7 +336,7 @@ class StagedCrawl:
         keys = self._keys[kind] if self._bases.get(kind) is None else self._seen[kind]
         if keys is None or len(keys) > self._remember:
             return None
-        return Fingerprints(crawl_id, keys, self._order[kind])
+        return Fingerprints(crawl_id, keys, self._order.get(kind))
 
     def discard(self) -> None:
         """Drop the staged records (idempotent)."""
