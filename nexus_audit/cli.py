@@ -5,20 +5,29 @@ No business logic lives here. Errors become one line on standard error and an ex
 Tracebacks are for bugs only. The line is escaped for the terminal
 (:func:`nexus_audit.domain.escape.terminal`): an API error body quoted in it cannot move the
 cursor, retitle the window or start a second line.
+
+Ctrl-C at any moment is "interrupted" and 130, never a traceback: this module imports only
+the standard library at its top (the console script imports it before :func:`run` can
+catch anything), the start-up (imports of the command, its parser, the configuration)
+runs with SIGINT held back and takes it once done, and a DuckDB query that Ctrl-C
+interrupted (DuckDB turns the KeyboardInterrupt into ``RuntimeError('Query interrupted')``)
+counts as the interrupt it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from nexus_audit import __version__
-from nexus_audit.config import Settings, load_settings
-from nexus_audit.domain import escape
-from nexus_audit.errors import NexusAuditError, UsageError
-from nexus_audit.logs import configure_logging, redactor
+
+if TYPE_CHECKING:
+    from nexus_audit.config import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -27,13 +36,15 @@ EXIT_INTERRUPTED = 130
 SHARD_HELP = ("crawl only the accounts of replica I of N (stable by account name; "
               "default: NEXUS_AUDIT_SHARD, else every account)")
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+Handler = Callable[[argparse.Namespace, "Settings"], int]
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in our one-line style (still exit 2)."""
 
     def error(self, message: str) -> NoReturn:
+        from nexus_audit.domain import escape
+
         self.exit(EXIT_USAGE, f"nexus-audit: error: {escape.terminal(message)} "
                               f"(see {self.prog} --help)\n")
 
@@ -212,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int, hint: str = "") -> int:
+    from nexus_audit.domain import escape
+    from nexus_audit.logs import redactor
+
     text = escape.terminal(redactor.scrub(message))
     sys.stderr.write(f"nexus-audit: error: {text}\n")
     if hint:
@@ -219,13 +233,47 @@ def _fail(message: str, code: int, hint: str = "") -> int:
     return code
 
 
+# Commands that open the history: DuckDB is imported during the start-up, SIGINT held back
+# (a KeyboardInterrupt inside DuckDB's module initialisation aborts the process, exit 134),
+# with the module of the command.
+_STORE_COMMANDS: Final = frozenset({"crawl", "report", "export", "verify", "serve", "demo"})
+_MODULES: Final = {"simulate": "nexus_audit.simulator.cli",
+                   "verify-bundle": "nexus_audit.commands.verify_bundle"}
+# What DuckDB raises instead of KeyboardInterrupt when Ctrl-C interrupts a query.
+_DUCKDB_INTERRUPTED: Final = ("Query interrupted",)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """SIGINT held back inside (pending, not lost); delivered as KeyboardInterrupt at the end."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _interrupted() -> int:
+    sys.stderr.write("nexus-audit: interrupted\n")
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nexus-audit`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from nexus_audit.errors import NexusAuditError, UsageError
+
     try:
-        settings = load_settings()
-        configure_logging(secrets=settings.secrets())
+        with _sigint_held():
+            args = build_parser().parse_args(argv)
+            if args.command in _STORE_COMMANDS:
+                importlib.import_module("duckdb")
+            importlib.import_module(
+                _MODULES.get(args.command, f"nexus_audit.commands.{args.command}"))
+            from nexus_audit.config import load_settings
+            from nexus_audit.logs import configure_logging
+
+            settings = load_settings()
+            configure_logging(secrets=settings.secrets())
         handler: Handler = args.handler
         return handler(args, settings)
     except UsageError as exc:
@@ -233,13 +281,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NexusAuditError as exc:
         return _fail(str(exc), EXIT_FAILURE, exc.hint)
     except KeyboardInterrupt:
-        sys.stderr.write("nexus-audit: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted()
+    except RuntimeError as exc:
+        if exc.args == _DUCKDB_INTERRUPTED:
+            return _interrupted()
+        raise
 
 
 def run() -> NoReturn:
-    """Console-script wrapper: exit with :func:`main`'s code."""
-    sys.exit(main())
+    """Console-script wrapper: exit with :func:`main`'s code (130 for a Ctrl-C before it)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = _interrupted()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
