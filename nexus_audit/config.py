@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from nexus_audit.domain.files import read_bounded
 from nexus_audit.domain.shards import Shard
 from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.domain.values import (
@@ -297,7 +298,7 @@ def read_secret_file(path: str | Path, setting: str, *, given: str | None = None
     secret itself rather than a file name, the error does not repeat it.
     """
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_bounded(path).decode("utf-8").strip()
     except OSError as exc:
         reason = exc.strerror or exc
         if not _nameable(str(path) if given is None else given, Path(path)):
@@ -318,8 +319,7 @@ def read_secret_file(path: str | Path, setting: str, *, given: str | None = None
 def load_toml(path: Path) -> dict[str, Any]:
     """Read the config file; syntax errors name the line and column."""
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_bounded(path).decode("utf-8"))
     except OSError as exc:
         reason = exc.strerror or exc
         raise ConfigError(f"NEXUS_AUDIT_CONFIG: cannot read {path}: {reason}") from None

@@ -203,6 +203,16 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def huge(folder: Path) -> str:
+    """The path of a sparse file of 17 MiB of zero bytes (made once)."""
+    path = folder / "huge.img"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            handle.truncate(17 * 1024 * 1024)
+    return str(path)
+
+
 def config_cases(home: Path) -> list[tuple[str, dict[str, str], str]]:
     """Broken configuration (files and variables): id, environment, words of the error."""
     cfg = home / "cfg"
@@ -243,6 +253,12 @@ def config_cases(home: Path) -> list[tuple[str, dict[str, str], str]]:
         ("key-file-two-words", {"NEXUS_API_KEY_FILE": str(write(cfg / "two.key", "a b\n"))},
          "more than one word"),
         ("listen", {"NEXUS_AUDIT_LISTEN": "localhost"}, "listen"),
+        # A setting naming a huge or endless file (a disk image, /dev/zero) by mistake:
+        # refused at 16 MiB, not read whole (or for ever). The file is sparse.
+        ("config-endless", {"NEXUS_AUDIT_CONFIG": huge(cfg)}, "not a settings file"),
+        ("key-file-endless", {"NEXUS_API_KEY_FILE": huge(cfg)}, "not a settings file"),
+        ("pricing-endless", {"NEXUS_AUDIT_PRICING": huge(cfg)}, "not a settings file"),
+        ("policy-endless", {"NEXUS_AUDIT_POLICY": huge(cfg)}, "not a settings file"),
         ("pricing-missing", {"NEXUS_AUDIT_PRICING": str(cfg / "absent-prices.toml")},
          "absent-prices.toml"),
         ("pricing-broken", {"NEXUS_AUDIT_PRICING": str(write(cfg / "p.toml", "plans = 3\n"))},
@@ -257,7 +273,8 @@ UNREACHABLE = "http://127.0.0.1:9/v2"
 #: Settings a command does not use: a crawl neither prices nor judges, a report does not
 #: listen; each command refuses only what it reads.
 NOT_READ_BY = {("crawl", "pricing-missing"), ("crawl", "pricing-broken"),
-               ("crawl", "policy-broken"), ("report", "listen")}
+               ("crawl", "policy-broken"), ("crawl", "pricing-endless"),
+               ("crawl", "policy-endless"), ("report", "listen")}
 
 
 @pytest.mark.parametrize("command", ["crawl", "report", "serve"])

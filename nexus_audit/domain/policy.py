@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from nexus_audit.domain.files import read_bounded
 from nexus_audit.domain.timeutil import isoformat, parse_duration
 from nexus_audit.errors import ConfigError, UsageError
 
@@ -376,7 +377,7 @@ def parse_policy(data: bytes, source: str = "policy") -> Policy:
 def load_policy(path: Path) -> Policy:
     """Read and validate the policy file at ``path``."""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path)
     except OSError as exc:
         raise ConfigError(f"NEXUS_AUDIT_POLICY: cannot read {path}: {exc.strerror or exc}",
                           parameter="policy") from None

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from nexus_audit.domain.files import read_bounded
 from nexus_audit.errors import ConfigError
 
 #: Storage prices are per GB-month; a month is this many hours, a GB 10^9 bytes (decimal,
@@ -152,7 +153,7 @@ def load_pricing(path: Path | None = None) -> Pricing:
         raw = resources.files("nexus_audit").joinpath("data/pricing.toml").read_bytes()
         return parse_pricing(raw, DEFAULT_SOURCE)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise ConfigError(f"pricing: cannot read {path}: {exc.strerror or exc}") from None
     return parse_pricing(raw, str(path))
