@@ -58,6 +58,16 @@ def _account_name(value: str) -> str:
     return value
 
 
+def _chain_head(value: str) -> str:
+    """``--expect-head``: a chain head as reports cite it (64 hex digits; any case, spaces
+    around forgiven). A typo is a usage error, not "the crawls were removed or rewritten"."""
+    head = value.strip().lower()
+    if len(head) != 64 or any(ch not in "0123456789abcdef" for ch in head):
+        raise argparse.ArgumentTypeError(
+            "expected a chain head, 64 hexadecimal digits (a report's evidence.chain_head)")
+    return head
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from nexus_audit.simulator.cli import run
 
@@ -180,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ISO 8601 time); the chain's links are always checked whole")
     verify.add_argument("--account", metavar="NAME", type=_account_name,
                         help="check only this account's crawls")
-    verify.add_argument("--expect-head", metavar="HASH",
+    verify.add_argument("--expect-head", metavar="HASH", type=_chain_head,
                         help="a chain head cited earlier (a report's evidence.chain_head) "
                         "that the chain must still hold")
     verify.add_argument("--export", metavar="DIR",

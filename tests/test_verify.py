@@ -378,7 +378,8 @@ def test_genesis_seals_history_from_before_the_chain(tmp_path: Path) -> None:
 def test_verify_command(history: tuple[Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch,
                         capsys: pytest.CaptureFixture[str]) -> None:
     """``nexus-audit verify`` prints the count and head (exit 0), or one line naming the
-    crawl (exit 1); an unknown account is a usage error (exit 2)."""
+    crawl (exit 1); an unknown account or a malformed ``--expect-head`` is a usage error
+    (exit 2), never reported as tampering."""
     path, ids = history
     monkeypatch.setenv("NEXUS_AUDIT_DB", str(path))
     assert main(["verify"]) == 0
@@ -387,6 +388,18 @@ def test_verify_command(history: tuple[Path, dict[str, int]], monkeypatch: pytes
     assert out == f"{len(ids)} crawls verified, chain head {head}\n"
     assert main(["verify", "--account", "nobody"]) == 2
     assert "nobody" in capsys.readouterr().err
+    # The head a report cited, pasted as a tool showed it: the same head.
+    assert main(["verify", "--expect-head", f" {str(head).upper()}\n"]) == 0
+    capsys.readouterr()
+    # A typo in the cited head is the user's mistake, not evidence of tampering.
+    for typo in (str(head)[:-1], str(head) + "0", "sha256:" + str(head), "zz"):
+        with pytest.raises(SystemExit) as exited:
+            main(["verify", "--expect-head", typo])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "64 hexadecimal digits" in err
+        assert "rewritten" not in err
     tamper(path, f"DELETE FROM instance_log WHERE first_crawl = {ids['beta']}")
     assert main(["verify", "--since", "2026-03-01T00:00:00Z"]) == 1
     err = capsys.readouterr().err
