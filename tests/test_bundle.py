@@ -149,7 +149,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
 def test_bad_input_is_one_line(signed: tuple[Path, Path, bytes], env: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     """Not a bundle, a wrong public key, a signature over other bytes, missing or bad key
-    files: one line, exit 1 (the bundle) or 2 (the flags), no traceback."""
+    files (a huge one too): one line, exit 1 (the bundle) or 2 (the flags), no traceback."""
     bundle, public, private = signed
     (env / "junk.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
     assert run(["verify-bundle", str(env / "junk.tar.gz")], capsys)[0] == 1
@@ -187,6 +187,15 @@ def test_bad_input_is_one_line(signed: tuple[Path, Path, bytes], env: Path,
     assert "not an unencrypted Ed25519 private key" in err
     assert private.decode().splitlines()[1] not in err
     assert run(["report", *WINDOW, "--sign-key", str(env / "key.pem")], capsys)[0] == 2
+    # A key flag naming a huge or endless file (a disk image, /dev/zero): refused, not
+    # read whole or for ever (a sparse file of 17 MiB).
+    with (env / "disk.img").open("wb") as image:
+        image.truncate(17 * 1024 * 1024)
+    for argv in (["report", *WINDOW, "--bundle", "y.tar.gz", "--sign-key", "disk.img"],
+                 ["verify-bundle", str(bundle), "--public-key", "disk.img"]):
+        code, err = run(argv, capsys)
+        assert (code, "not a settings file" in err) == (2, True), err
+    assert not (env / "y.tar.gz").exists()
 
 
 def test_upload_takes_a_bundle() -> None:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from nexus_audit.domain.files import read_bounded
 from nexus_audit.errors import ConfigError, NexusAuditError
 
 SUMS: Final = "SHA256SUMS"
@@ -112,7 +113,7 @@ class SigningKey:
         """Read an unencrypted PEM (PKCS#8) or OpenSSH Ed25519 private key; a missing or
         unreadable file, or another kind of key, is a :class:`ConfigError` (exit 2)."""
         try:
-            raw = Path(path).read_bytes()
+            raw = read_bounded(path)
         except OSError as exc:
             raise ConfigError(f"{parameter}: cannot read {path}: {exc.strerror or exc}",
                               parameter=parameter) from None
@@ -157,7 +158,7 @@ def public_key_id(pem: bytes) -> str:
 def load_public_key(path: Path, *, parameter: str = "--public-key") -> bytes:
     """A public key file (PEM) as canonical PEM; :class:`ConfigError` when it is not one."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise ConfigError(f"{parameter}: cannot read {path}: {exc.strerror or exc}",
                           parameter=parameter) from None
