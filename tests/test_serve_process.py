@@ -215,6 +215,23 @@ def test_ctrl_c_on_the_terminal_stops_serve_and_its_workers_without_a_traceback(
     assert all(is_json(line) for line in serve.lines), serve.log_text()
 
 
+def test_sighup_to_the_process_group_reloads_and_leaves_the_workers_alone(
+        serve_sim: SimulatorThread, start_serve: StartServe) -> None:
+    """SIGHUP to serve's whole process group (a terminal's hangup, ``kill -HUP -PGID``)
+    after a report started a worker: serve reloads, the worker lives on, and the next
+    report answers (the worker used to die: a 500 and a failed reload)."""
+    serve = start_serve(serve_sim)
+    serve.wait_ready()
+    assert serve.get("/report?since=1h")[0] == 200  # a report worker now waits for jobs
+    os.killpg(os.getpgid(serve.proc.pid), signal.SIGHUP)
+    wait_until(lambda: serve.events_named("serve.reloaded") or None, timeout=CHANGE_TIMEOUT,
+               what="serve.reloaded")
+    assert serve.get("/report?since=1h")[0] == 200
+    assert serve.stop() == 0
+    assert "Traceback" not in serve.log_text()
+    assert "WorkerError" not in serve.log_text()
+
+
 def test_sighup_reloads_the_policy_and_a_broken_file_keeps_it(
         serve_sim: SimulatorThread, start_serve: StartServe, tmp_path: Path) -> None:
     """SIGHUP re-reads the policy: findings follow the new file at once in /metrics and

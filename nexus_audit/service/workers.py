@@ -183,8 +183,10 @@ def _serve(conn: Connection, niceness: int) -> None:
     """A worker's main loop: run each job in a thread, while listening for its cancel."""
     # A terminal's Ctrl-C reaches every process of its group, the workers too: serve alone
     # decides when they stop (it closes their pipes), and a worker interrupted in recv()
-    # printed a KeyboardInterrupt traceback over serve's log.
+    # printed a KeyboardInterrupt traceback over serve's log. A hangup reaches them too
+    # (SIGHUP's default ends a process): serve's reload would fail on a dead worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
