@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,6 +21,7 @@ from nexus_audit.errors import NoDataError, StoreError
 from nexus_audit.history import cancel as cancel_mod
 from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.store import Store
+from nexus_audit.service import workers as workers_mod
 from nexus_audit.service.reports import StoreReports
 from nexus_audit.service.runtime import Service
 from nexus_audit.service.web import ReportQuery
@@ -148,3 +150,24 @@ def test_the_rebuild_reads_stale_instances_through_a_worker_alike(
     finally:
         assert there.rebuild_worker is not None
         there.rebuild_worker.close()
+
+
+def test_a_worker_signalled_during_its_start_up_lives_on() -> None:
+    """A Ctrl-C or hangup to serve's process group while a worker is still starting (its
+    imports take a second) does not end it: held back from the spawn until it ignores
+    them, then dropped; the worker answers its first job."""
+    worker = workers_mod._Worker(0)
+    try:
+        # At once: the child is still starting Python when these arrive.
+        os.kill(worker.process.pid, signal.SIGINT)
+        os.kill(worker.process.pid, signal.SIGHUP)
+        worker.conn.send(("job", os.getpid, ()))
+        assert worker.conn.poll(30), "the worker answered no job"
+        status, pid = worker.conn.recv()
+        assert status == "ok"
+        assert pid == worker.process.pid
+        assert worker.process.is_alive()
+    finally:
+        worker.kill()
+    # The spawning thread's own mask is as it was.
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & workers_mod.HELD_SIGNALS

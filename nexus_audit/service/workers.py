@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
@@ -59,6 +60,9 @@ log = get_logger(__name__)
 #: How much lower a worker's CPU priority is than serve's (``nice``): the crawls, bucket
 #: polls and scrapes come first on a busy machine.
 NICENESS: Final = 10
+#: What a worker ignores: a terminal's Ctrl-C and hangup reach every process of serve's
+#: group, and serve alone decides when its workers stop.
+HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP})
 #: Seconds a worker may take to stop after a cancel before it is killed.
 KILL_AFTER: Final = 10.0
 #: How often the waiting thread looks whether its job was cancelled.
@@ -185,8 +189,11 @@ def _serve(conn: Connection, niceness: int) -> None:
     # decides when they stop (it closes their pipes), and a worker interrupted in recv()
     # printed a KeyboardInterrupt traceback over serve's log. A hangup reaches them too
     # (SIGHUP's default ends a process): serve's reload would fail on a dead worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for held in HELD_SIGNALS:
+        signal.signal(held, signal.SIG_IGN)
+    # Held back since serve spawned this process (see _Worker): one that came meanwhile
+    # is dropped now, ignored, instead of ending the worker during its start-up.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
     if niceness:
         with contextlib.suppress(OSError):
             os.nice(niceness)
@@ -216,7 +223,19 @@ class _Worker:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, niceness), daemon=True,
                                        name="nexus-audit-report-worker")
-        self.process.start()
+        # The child inherits this thread's signal mask: with these held back until it
+        # ignores them, a Ctrl-C or hangup during its start-up (the imports take a
+        # second) cannot end it either.
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+        try:
+            # multiprocessing's resource tracker, started (once) on the first spawn,
+            # unblocks SIGINT after starting: start it first (with a hangup held back for
+            # it too), then hold them back again for the worker.
+            resource_tracker.ensure_running()
+            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         child.close()
 
     def kill(self) -> None:
