@@ -31,10 +31,11 @@ renders them only when their version moved since (between a crawl and its instal
 
 from __future__ import annotations
 
+import struct
 import threading
 import zlib
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,39 +43,54 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from nexus_audit.metrics.slices import SliceCache
+from nexus_audit.metrics.slices import Block, SliceCache, blocks, merge
 from nexus_audit.metrics.snapshot import Snapshot, SnapshotHolder
 
 _EOF: Final = b"# EOF\n"
-#: zlib's window bits for a gzip stream (header and trailer included).
-_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+#: A gzip member's header: deflate, no name, no time, unknown OS (RFC 1952).
+_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: zlib's level for what is compressed once per snapshot (in the installing thread), and
+#: for what a scrape compresses on the event loop (the live families; the counted ones
+#: when a crawl was counted since the install): level 1 is ten times faster.
 _GZIP_LEVEL: Final = 6
+_LIVE_LEVEL: Final = 1
 Encoder = Callable[[CollectorRegistry], bytes]
+
+
+def _deflate(data: bytes, level: int) -> bytes:
+    """``data`` as raw deflate blocks ending on a byte boundary (sync flush), so that more
+    segments, each from a compressor of its own, can follow in the same stream."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    """The snapshot's families in one format: plain, and the start of a gzip stream."""
+    """The snapshot's families in one format: plain, and the start of a gzip stream (its
+    deflate segments, each compressed on its own, and the CRC-32 of ``plain``)."""
 
     plain: bytes
-    #: What the compressor emitted for ``plain`` so far; ``compressor`` holds the rest.
-    gzip_head: bytes
-    compressor: zlib._Compress
+    deflated: bytes
+    crc: int
 
     @classmethod
-    def of(cls, plain: bytes) -> _Part:
-        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
-        return cls(plain, compressor.compress(plain), compressor)
+    def of(cls, plain: bytes, level: int = _GZIP_LEVEL) -> _Part:
+        return cls(plain, _deflate(plain, level), zlib.crc32(plain))
 
     def gzip(self, live: bytes) -> bytes:
-        """One gzip stream of ``plain + live`` (the compressor itself is left as it was)."""
-        compressor = self.compressor.copy()
-        return self.gzip_head + compressor.compress(live) + compressor.flush()
+        """One gzip stream of ``plain + live``: the cached segments, ``live`` compressed
+        as the last (cheaply: it is compressed on every scrape), the trailer."""
+        compressor = zlib.compressobj(_LIVE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        size = (len(self.plain) + len(live)) & 0xFFFFFFFF
+        return b"".join((_GZIP_HEADER, self.deflated, compressor.compress(live),
+                         compressor.flush(), struct.pack("<II", zlib.crc32(live, self.crc),
+                                                         size)))
 
-    def extended(self, more: bytes) -> _Part:
-        """This part followed by ``more`` (this one is left as it was)."""
-        compressor = self.compressor.copy()
-        return _Part(self.plain + more, self.gzip_head + compressor.compress(more), compressor)
+    def extended(self, more: bytes, level: int = _GZIP_LEVEL) -> _Part:
+        """This part followed by ``more``, as a segment of its own (this one is left as
+        it was)."""
+        return _Part(self.plain + more, self.deflated + _deflate(more, level),
+                     zlib.crc32(more, self.crc))
 
 
 class SnapshotCollector(Collector):
@@ -91,6 +107,20 @@ class CountedCollector(Collector):
     @abstractmethod
     def version(self) -> int:
         """A number that changes whenever the samples may have."""
+
+
+class SlicedCollector(CountedCollector):
+    """A counted collector whose every series is one account's, ordered by account first,
+    that can render one account's series alone: a crawl recorded re-renders only its
+    account's (the others' bytes are reused and merged, :mod:`~nexus_audit.metrics.slices`)."""
+
+    @abstractmethod
+    def versions(self) -> Mapping[str, int]:
+        """Per account with series: a number that changes whenever they may have."""
+
+    @abstractmethod
+    def sliced(self, account: str | None) -> Collector:
+        """The same families with ``account``'s series alone (None: none, headers only)."""
 
 
 class Exporter:
@@ -142,6 +172,9 @@ class Exporter:
         #: Content type -> ((generation, counted versions), the snapshot part followed by
         #: the counted families); replaced whole, read unlocked.
         self._steady: dict[str, tuple[tuple[int, tuple[int, ...]], _Part]] = {}
+        #: Content type -> account -> (its versions, its counted families rendered), when
+        #: every counted collector is sliced; replaced whole, read unlocked.
+        self._counted_slices: dict[str, dict[str, tuple[tuple[int, ...], list[Block]]]] = {}
 
     def install(self, snapshot: Snapshot) -> bool:
         """Swap ``snapshot`` in and pre-render it in every format asked for so far (call
@@ -165,14 +198,46 @@ class Exporter:
             self._steady = steady
         return True
 
-    def _steady_part(self, generation: int, part: _Part, accept: str
-                     ) -> tuple[tuple[int, tuple[int, ...]], _Part]:
+    def _steady_part(self, generation: int, part: _Part, accept: str, *,
+                     level: int = _GZIP_LEVEL) -> tuple[tuple[int, tuple[int, ...]], _Part]:
         """``part`` followed by the counted families, with the key it is good for."""
         # The versions first: a count moving during the render shows as a new version on
         # the next scrape, never as old bytes under the new version.
         key = (generation, tuple(c.version() for c in self._counted))
-        encoder, _ = choose_encoder(accept)
-        return key, part.extended(self._strip_eof(encoder(self.counted_registry)))
+        return key, part.extended(self._counted_body(accept), level)
+
+    def _counted_body(self, accept: str) -> bytes:
+        """The counted families in the format ``accept`` asks for: per account when every
+        counted collector is sliced (only the accounts whose versions moved rendered
+        again), else in one render."""
+        encoder, content_type = choose_encoder(accept)
+        sliced = [c for c in self._counted if isinstance(c, SlicedCollector)]
+        if len(sliced) != len(self._counted):
+            return self._strip_eof(encoder(self.counted_registry))
+        # The versions before the samples, as in _steady_part.
+        versions = [c.versions() for c in sliced]
+        accounts = sorted(set().union(*versions))
+        previous = self._counted_slices.get(content_type, {})
+        kept: dict[str, tuple[tuple[int, ...], list[Block]]] = {}
+        heads = blocks(self._render_counted(sliced, None, encoder))
+        renders = [heads]
+        for account in accounts:
+            key = tuple(v.get(account, -1) for v in versions)
+            hit = previous.get(account)
+            if hit is None or hit[0] != key:
+                hit = (key, blocks(self._render_counted(sliced, account, encoder)))
+            kept[account] = hit
+            renders.append(hit[1])
+        self._counted_slices = {**self._counted_slices, content_type: kept}
+        return merge(renders, [name for name, _, _ in heads])
+
+    def _render_counted(self, sliced: Iterable[SlicedCollector], account: str | None,
+                        encoder: Encoder) -> bytes:
+        """The counted families with ``account``'s series alone (None: headers only)."""
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in sliced:
+            registry.register(collector.sliced(account))
+        return self._strip_eof(encoder(registry))
 
     def cached(self, accept: str, *, gzip: bool = False) -> tuple[bytes, str] | None:
         """The body and content type for a scrape with this ``Accept`` header, from the
@@ -187,7 +252,8 @@ class Exporter:
             key = (generation, tuple(c.version() for c in self._counted))
             steady = self._steady.get(content_type)
             if steady is None or steady[0] != key:  # a crawl counted since the install
-                steady = self._steady_part(generation, part, accept)
+                # On the loop: that crawl's account rendered, the segment compressed fast.
+                steady = self._steady_part(generation, part, accept, level=_LIVE_LEVEL)
                 self._steady = {**self._steady, content_type: steady}
             part = steady[1]
         live = encoder(self.live_registry)

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from nexus_audit.api import ApiStats, RateBudget
 from nexus_audit.domain.model import KINDS
-from nexus_audit.metrics.exposition import CountedCollector, SnapshotCollector
+from nexus_audit.metrics.exposition import SlicedCollector, SnapshotCollector
 from nexus_audit.metrics.snapshot import SnapshotHolder
 
 #: Crawl duration buckets (seconds): a bucket poll takes about a second, a large
@@ -103,9 +103,13 @@ class CrawlStats:
         self._lock = threading.Lock()
         #: Moves with every crawl recorded (the exposition caches the rendering by it).
         self.version = 0
+        #: Per account, moves with every crawl of that account recorded (the exposition
+        #: renders again only the accounts whose version moved).
+        self._versions: dict[str, int] = {}
         self._counts: dict[tuple[str, str, str], int] = {}
         self._durations: dict[tuple[str, str], _Histogram] = {}
         for account in accounts:
+            self._versions[account] = 0
             for kind in KINDS:
                 # Present at 0 from the start, so increase() and alerts see the first one.
                 for status in CRAWL_STATUSES:
@@ -117,6 +121,7 @@ class CrawlStats:
         index = bisect.bisect_left(DURATION_BUCKETS, seconds)
         with self._lock:
             self.version += 1
+            self._versions[account] = self._versions.get(account, 0) + 1
             for kind in kinds:
                 key = (account, kind, status)
                 self._counts[key] = self._counts.get(key, 0) + 1
@@ -124,15 +129,25 @@ class CrawlStats:
                 hist.counts[index] += 1
                 hist.total += seconds
 
-    def counts(self) -> dict[tuple[str, str, str], int]:
-        """Crawls so far by (account, kind, status)."""
+    def versions(self) -> dict[str, int]:
+        """Per account with counters: a number that moves whenever they do."""
         with self._lock:
-            return dict(self._counts)
+            return dict(self._versions)
 
-    def durations(self) -> dict[tuple[str, str], tuple[list[int], float]]:
-        """Per (account, kind): counts per duration bucket (last is +Inf) and their sum."""
+    def counts(self, account: str | None = None) -> dict[tuple[str, str, str], int]:
+        """Crawls so far by (account, kind, status); of ``account`` alone if given."""
         with self._lock:
-            return {k: (list(h.counts), h.total) for k, h in self._durations.items()}
+            if account is None:
+                return dict(self._counts)
+            return {k: n for k, n in self._counts.items() if k[0] == account}
+
+    def durations(self, account: str | None = None
+                  ) -> dict[tuple[str, str], tuple[list[int], float]]:
+        """Per (account, kind): counts per duration bucket (last is +Inf) and their sum;
+        of ``account`` alone if given."""
+        with self._lock:
+            return {k: (list(h.counts), h.total) for k, h in self._durations.items()
+                    if account is None or k[0] == account}
 
 
 def _le(bound: float) -> str:
@@ -140,7 +155,7 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-class CrawlStatsCollector(CountedCollector):
+class CrawlStatsCollector(SlicedCollector):
     """Crawls finished by this process, and how long they took.
 
     Emits::
@@ -151,28 +166,43 @@ class CrawlStatsCollector(CountedCollector):
         nexus_audit_crawl_duration_seconds_count{account="prod",kind="instances"} 12
     """
 
-    def __init__(self, stats: CrawlStats) -> None:
+    def __init__(self, stats: CrawlStats, *, only: str | None = None,
+                 none: bool = False) -> None:
         self._stats = stats
+        #: Render one account's series (``only``), or none at all (``none``: the families'
+        #: headers alone), instead of every account's.
+        self._only = only
+        self._none = none
 
     def version(self) -> int:
         """Changes whenever a crawl is recorded (the samples change only then)."""
         return self._stats.version
+
+    def versions(self) -> dict[str, int]:
+        """Per account: changes whenever a crawl of that account is recorded."""
+        return self._stats.versions()
+
+    def sliced(self, account: str | None) -> CrawlStatsCollector:
+        """The same families with ``account``'s series alone (None: no series)."""
+        return CrawlStatsCollector(self._stats, only=account, none=account is None)
 
     def collect(self) -> Iterator[Metric]:
         """Yield the crawl counter and the duration histogram."""
         total = CounterMetricFamily("nexus_audit_crawls",
                                     "Crawls finished by this process, by kind and status.",
                                     labels=["account", "kind", "status"])
-        for key, n in sorted(self._stats.counts().items()):
+        counts = {} if self._none else self._stats.counts(self._only)
+        durations = {} if self._none else self._stats.durations(self._only)
+        for key, n in sorted(counts.items()):
             total.add_metric(list(key), n)
         yield total
         hist = HistogramMetricFamily("nexus_audit_crawl_duration_seconds",
                                      "Wall-clock length of crawls, by kind.",
                                      labels=["account", "kind"])
-        for (account, kind), (counts, seconds) in sorted(self._stats.durations().items()):
+        for (account, kind), (per_bucket, seconds) in sorted(durations.items()):
             cumulative = 0
             buckets: list[tuple[str, float]] = []
-            for bound, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), per_bucket, strict=True):
                 cumulative += n
                 buckets.append((_le(bound), cumulative))
             hist.add_metric([account, kind], buckets, seconds)
