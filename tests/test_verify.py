@@ -212,6 +212,46 @@ def test_a_kept_sum_that_is_not_the_sealed_one_is_not_used(
     assert verify(path).crawls == 2
 
 
+def test_a_store_remembers_up_to_its_total_across_accounts(tmp_path: Path) -> None:
+    """Across accounts a Store remembers at most ``remember_total`` records (snapshots and
+    their views' elements), first come first served: an account that does not fit is
+    committed and sealed in full, one that grew past what is left is forgotten, and the
+    chain is byte for byte that of a Store remembering everything."""
+    chains = []
+    for total in (REMEMBER_ROWS, 3):
+        path = tmp_path / f"total-{total}.duckdb"
+        store = Store(path, lock_timeout=5.0, remember_total=total)
+        store.migrate()
+        # What the Store remembers (private on purpose: memory, not behaviour).
+        snapshots, states = store._snapshots, store._states
+        crawl(store, T0, instances=[inst("i-1"), inst("i-2")], buckets=[bucket("b-1")])
+        crawl(store, T0 + HOUR / 2, instances=[inst("i-9")], account="beta")
+        if total == 3:  # acme's three records fill it: beta is not remembered
+            assert set(snapshots) == {("acme", "instances"), ("acme", "buckets")}
+            assert ("beta", "instance_versions") not in states
+        crawl(store, T0 + HOUR, instances=[inst("i-1", status="stopped"), inst("i-3"),
+                                          inst("i-4")])
+        if total == 3:  # acme's instances grew past what is left: forgotten
+            assert set(snapshots) == {("acme", "buckets")}
+            assert set(states) == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
+        crawl(store, T0 + 2 * HOUR, instances=[inst("i-9", status="stopped")],
+              account="beta")
+        if total == 3:  # now beta fits
+            assert set(snapshots) == {("acme", "buckets"), ("beta", "instances")}
+            assert ("beta", "instance_versions") in states
+        crawl(store, T0 + 3 * HOUR, instances=[inst("i-1"), inst("i-3")])
+        store.close()
+        assert verify(path).crawls == 5
+        with Store(path).read() as con:
+            chains.append(con.execute("SELECT seq, body FROM manifests ORDER BY seq"
+                                      ).fetchall())
+            assert con.execute("SELECT account, id, status FROM instance_versions "
+                               "WHERE until_crawl IS NULL ORDER BY ALL").fetchall() == [
+                ("acme", "i-1", "running"), ("acme", "i-3", "running"),
+                ("beta", "i-9", "stopped")]
+    assert chains[0] == chains[1]
+
+
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:
     """A manifest's state sum is recomputable from the README's recipe alone."""
     path, ids = history

@@ -66,6 +66,7 @@ from nexus_audit.domain import exposure
 from nexus_audit.domain.model import KINDS, CrawlSummary, Kind
 from nexus_audit.domain.timeutil import Clock, SystemClock, isoformat
 from nexus_audit.errors import NoDataError, SchemaTooNewError, StoreError
+from nexus_audit.history import staging
 from nexus_audit.history.chain import ViewState
 from nexus_audit.history.duckfile import Commit, DuckFiles, process_files
 from nexus_audit.history.failures import translated
@@ -114,14 +115,15 @@ class Store:
 
     def __init__(self, path: str | Path, *, lock_timeout: float = 30.0,
                  clock: Clock = SystemClock(),  # noqa: B008 - stateless default
-                 files: DuckFiles | None = None, remember_rows: int = REMEMBER_ROWS) -> None:
+                 files: DuckFiles | None = None, remember_rows: int = REMEMBER_ROWS,
+                 remember_total: int = staging.REMEMBER_TOTAL) -> None:
         self.path = Path(path).expanduser().absolute()
         self.lock_timeout = lock_timeout
         self.clock = clock
         self.files = files if files is not None else process_files()
-        #: The most records of a kind whose snapshot and evidence elements are kept from
-        #: one commit for the next (see :data:`REMEMBER_ROWS`).
-        self.remember_rows = remember_rows
+        #: The most records of a kind, and of all together, whose snapshots and evidence
+        #: elements are kept for the next commit (:data:`REMEMBER_ROWS`, keep_snapshot).
+        self.remember_rows, self.remember_total = remember_rows, remember_total
         self._snapshots: dict[tuple[str, Kind], Fingerprints] = {}
         #: Per (account, version view): its state sum as of this Store's last commit of it
         #: (the evidence chain's, see :mod:`nexus_audit.history.sealing`).
@@ -320,11 +322,9 @@ class Store:
                 if staged is not None:
                     memo.setdefault(DIRTY, set()).update(appended_logs(kinds, plans))
                     for kind in kinds:
-                        snapshot = staged.snapshot(crawl_id, kind)
-                        if snapshot is None:  # a fleet too large to remember
-                            self._snapshots.pop((account, kind), None)
-                        else:
-                            self._snapshots[(account, kind)] = snapshot
+                        staging.keep_snapshot(self._snapshots, self._states, account, kind,
+                                              staged.snapshot(crawl_id, kind),
+                                              self.remember_total)
                         memo[(account, kind)] = (crawl_id, end, end)
                 if skews:
                     log.warning("store.clock_skew", account=account, kinds=list(kinds),
