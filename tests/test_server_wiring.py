@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from nexus_audit.commands.serve import apply_flags
+from nexus_audit.commands.serve import GC_THRESHOLDS, SWITCH_INTERVAL, apply_flags
 from nexus_audit.config import AccountConfig, Secret, Settings
 from nexus_audit.domain.timeutil import FakeClock
 from nexus_audit.errors import ConfigError, UsageError
@@ -74,3 +76,16 @@ def test_a_bucket_interval_that_would_starve_instance_crawls_is_refused(tmp_path
     fine = replace(starving, bucket_interval=timedelta(minutes=1))
     service = Service(fine, store, load_pricing(None), clock=FakeClock(), grace=0.0)
     assert service.budgets["prod"].reserve * 2 <= service.budgets["prod"].capacity
+
+
+def test_serve_tunes_the_interpreter_for_the_event_loop() -> None:
+    """``serve`` (in a process of its own: it changes process-wide settings) lets a thread
+    waiting for the GIL have it within a millisecond, runs the garbage collector's full
+    passes rarely and keeps what exists at start-up out of them."""
+    code = ("import gc, sys; from nexus_audit.commands.serve import tune_interpreter; "
+            "tune_interpreter(); print(sys.getswitchinterval(), gc.get_threshold(), "
+            "gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split(maxsplit=1)
+    assert float(out[0]) == SWITCH_INTERVAL < 0.005
+    assert out[1].strip() == f"{GC_THRESHOLDS} True"
