@@ -51,11 +51,12 @@ def bucket_fingerprint(record: Bucket) -> tuple[int, object]:
 REMEMBER_ROWS: Final = 200_000
 
 #: The most records a Store remembers across all its accounts and kinds together (see
-#: :func:`keep_snapshot`): in ``serve`` with a hundred accounts of 10,000 instances,
-#: remembering all of them kept ~400 MB of RSS (a record's fingerprint and evidence
-#: element, ~260 bytes as Python objects, and the allocator's share around them), while
-#: a set-based commit of 10,000 costs ~0.2 s of CPU in a worker thread.
-REMEMBER_TOTAL: Final = 300_000
+#: :func:`keep_snapshot`): as many as one kind of one account, so a Store of one account
+#: remembers what it did before. In ``serve`` with a hundred accounts of 10,000
+#: instances, remembering every account kept ~300 MB of RSS (a record's fingerprint and
+#: evidence element, ~260 bytes as Python objects, and the allocator's share around
+#: them); now a fifth of them are, and a set-based commit of 10,000 costs ~0.2 s of CPU.
+REMEMBER_TOTAL: Final = REMEMBER_ROWS
 
 #: Per kind, a record's fingerprint as kept in a snapshot (see :class:`Fingerprints`).
 _FINGERPRINT: Final[Mapping[Kind, Callable[[Any], object]]] = {
