@@ -11,10 +11,12 @@ appended.
 A scrape is served on the event loop, never in a worker thread (:meth:`Exporter.cached`):
 worker threads are shared with commits and snapshot rebuilds, and a scrape queued behind
 them took seconds. Serving from the cache only appends the live part (well under a
-millisecond). The gzip encoding is cached too: the snapshot part is compressed once, and
-each scrape copies the compressor's state and feeds it the live part
-(``zlib.Compress.copy``), so a gzipped scrape is one stream and costs no more than the live
-part (aiohttp would otherwise compress a large body in a worker thread on every scrape).
+millisecond). The gzip encoding is cached too: one gzip stream whose deflate data is a
+series of segments, each compressed on its own and ended on a byte boundary (a sync
+flush), so the snapshot part is compressed once (level 6), and a scrape compresses only
+the live part (level 1) and appends it and the trailer (the CRC-32 carried on from the
+cached part's): it costs no more than the live part (aiohttp would otherwise compress a
+large body in a worker thread on every scrape).
 Only a format no scrape asked for under this snapshot yet has to be rendered in full, once
 (:meth:`Exporter.render`, in a worker thread).
 
@@ -23,8 +25,12 @@ moments (the crawl counters and duration histograms, when a crawl finishes), eac
 collector with a ``version()`` that changes when they do. They grow with the accounts (a
 histogram of 14 series per account and kind: 3,600 samples and ~27 ms of rendering at a
 hundred accounts), so they are rendered at each install (in ``serve`` every crawl counted
-is followed by one) and appended to the snapshot part (its gzip stream too); a scrape
-renders them only when their version moved since (between a crawl and its install).
+is followed by one) and appended to the snapshot part (a segment of its gzip stream); a
+scrape renders them only when their version moved since (between a crawl and its
+install). A :class:`SlicedCollector` (the crawl counters) is rendered per account and
+merged as the snapshot's slices are: only the accounts whose versions moved are rendered
+again, so the scrape that follows a crawl renders its account's 36 series and compresses
+the counted segment at level 1 (~2.5 ms of CPU at a hundred accounts, ~28 ms before).
 
 ``registry`` holds every collector as well, for tests (``get_sample_value``) and tools.
 """
