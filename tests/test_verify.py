@@ -252,6 +252,22 @@ def test_a_store_remembers_up_to_its_total_across_accounts(tmp_path: Path) -> No
     assert chains[0] == chains[1]
 
 
+def test_a_fleet_too_large_to_remember_keeps_its_sums_within_the_total(
+        tmp_path: Path) -> None:
+    """The total budget forgets only what does not fit: a fleet past ``remember_rows``
+    keeps its views' sums alone (no elements) as before, beside the accounts that fit."""
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, remember_rows=2,
+                  remember_total=2)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2"), inst("i-3")])
+    crawl(store, T0 + HOUR, instances=[inst("i-9")], account="beta")
+    assert set(store._snapshots) == {("beta", "instances")}
+    assert store._states[("acme", "instance_versions")].elements is None
+    assert store._states[("beta", "instance_versions")].elements is not None
+    store.close()
+    assert verify(tmp_path / "history.duckdb").crawls == 2
+
+
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:
     """A manifest's state sum is recomputable from the README's recipe alone."""
     path, ids = history

@@ -67,16 +67,20 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
                   states: dict[tuple[str, str], Any], account: str, kind: Kind,
                   snapshot: Fingerprints | None, total: int) -> None:
     """Remember ``snapshot``, the current versions of ``account``'s ``kind`` after a
-    commit, in a Store's ``snapshots``, unless it is None (a fleet too large to remember)
-    or the records remembered of every account and kind would then be more than
-    ``total``; then the Store forgets that kind's snapshot and its evidence elements
-    (``states``): its next commit is compared in full, set-based, and its state sums
-    read back. Who remembers is first come, first served: a hundred accounts crawled in
-    turns keep the same ones remembered, and no commit evicts another account.
+    commit, in a Store's ``snapshots``, unless it is None (a fleet too large to remember:
+    its views' sums alone stay in ``states``, see :mod:`~nexus_audit.history.sealing`) or
+    the records remembered of every account and kind would then be more than ``total``;
+    then the Store forgets that kind's snapshot and its evidence states: its next commit
+    is compared in full, set-based, and its state sums read back. Who remembers is first
+    come, first served: a hundred accounts crawled in turns keep the same ones
+    remembered, and no commit evicts another account.
     """
     key = (account, kind)
+    if snapshot is None:
+        snapshots.pop(key, None)
+        return
     others = sum(len(s.keys) for k, s in snapshots.items() if k != key)
-    if snapshot is not None and others + len(snapshot.keys) <= total:
+    if others + len(snapshot.keys) <= total:
         snapshots[key] = snapshot
         return
     snapshots.pop(key, None)
