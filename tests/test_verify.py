@@ -268,6 +268,18 @@ def test_a_fleet_too_large_to_remember_keeps_its_sums_within_the_total(
     assert verify(tmp_path / "history.duckdb").crawls == 2
 
 
+def test_one_kind_remembered_alone_may_pass_the_total(tmp_path: Path) -> None:
+    """A kind the Store would remember alone is remembered past the total (up to
+    ``remember_rows``): a Store of one account keeps what it kept before the total."""
+    store = Store(tmp_path / "history.duckdb", lock_timeout=5.0, remember_total=1)
+    store.migrate()
+    crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
+    crawl(store, T0 + HOUR, instances=[inst("i-9")], account="beta")
+    assert set(store._snapshots) == {("acme", "instances")}
+    assert set(store._states) == {("acme", "instance_versions")}
+    store.close()
+
+
 def test_state_sum_is_the_documented_encoding(history: tuple[Path, dict[str, int]]) -> None:
     """A manifest's state sum is recomputable from the README's recipe alone."""
     path, ids = history

@@ -51,12 +51,13 @@ def bucket_fingerprint(record: Bucket) -> tuple[int, object]:
 REMEMBER_ROWS: Final = 200_000
 
 #: The most records a Store remembers across all its accounts and kinds together (see
-#: :func:`keep_snapshot`): as many as one kind of one account, so a Store of one account
-#: remembers what it did before. In ``serve`` with a hundred accounts of 10,000
-#: instances, remembering every account kept ~300 MB of RSS (a record's fingerprint and
-#: evidence element, ~260 bytes as Python objects, and the allocator's share around
-#: them); now a fifth of them are, and a set-based commit of 10,000 costs ~0.2 s of CPU.
-REMEMBER_TOTAL: Final = REMEMBER_ROWS
+#: :func:`keep_snapshot`; one kind remembered alone may hold up to ``REMEMBER_ROWS``, so
+#: a Store of one account remembers what it did before). In ``serve`` with a hundred
+#: accounts of 10,000 instances, remembering every account kept ~300 MB of RSS (a
+#: record's fingerprint and evidence element, ~260 bytes as Python objects, and the
+#: allocator's share around them); now a tenth of them are, and each other commit of
+#: 10,000 is set-based, ~0.2 s of CPU in a worker thread.
+REMEMBER_TOTAL: Final = 100_000
 
 #: Per kind, a record's fingerprint as kept in a snapshot (see :class:`Fingerprints`).
 _FINGERPRINT: Final[Mapping[Kind, Callable[[Any], object]]] = {
@@ -69,8 +70,8 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
     """Remember ``snapshot``, the current versions of ``account``'s ``kind`` after a
     commit, in a Store's ``snapshots``, unless it is None (a fleet too large to remember:
     its views' sums alone stay in ``states``, see :mod:`~nexus_audit.history.sealing`) or
-    the records remembered of every account and kind would then be more than ``total``;
-    then the Store forgets that kind's snapshot and its evidence states: its next commit
+    the records remembered of every account and kind would then be more than ``total``
+    (one kind remembered alone always fits); then the Store forgets that kind's snapshot and its evidence states: its next commit
     is compared in full, set-based, and its state sums read back. Who remembers is first
     come, first served: a hundred accounts crawled in turns keep the same ones
     remembered, and no commit evicts another account.
@@ -80,7 +81,7 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
         snapshots.pop(key, None)
         return
     others = sum(len(s.keys) for k, s in snapshots.items() if k != key)
-    if others + len(snapshot.keys) <= total:
+    if not others or others + len(snapshot.keys) <= total:
         snapshots[key] = snapshot
         return
     snapshots.pop(key, None)
