@@ -71,10 +71,10 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
     commit, in a Store's ``snapshots``, unless it is None (a fleet too large to remember:
     its views' sums alone stay in ``states``, see :mod:`~nexus_audit.history.sealing`) or
     the records remembered of every account and kind would then be more than ``total``
-    (one kind remembered alone always fits); then the Store forgets that kind's snapshot and its evidence states: its next commit
-    is compared in full, set-based, and its state sums read back. Who remembers is first
-    come, first served: a hundred accounts crawled in turns keep the same ones
-    remembered, and no commit evicts another account.
+    (one kind remembered alone always fits); then the Store forgets that kind's snapshot
+    and its evidence states: its next commit is compared in full, set-based, and its
+    state sums read back. Who remembers is first come, first served: a hundred accounts
+    crawled in turns keep the same ones remembered, and no commit evicts another account.
     """
     key = (account, kind)
     if snapshot is None:
