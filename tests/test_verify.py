@@ -139,9 +139,8 @@ def test_a_store_remembers_fleets_up_to_its_limit(tmp_path: Path) -> None:
           buckets=[bucket("b-1"), bucket("b-2"), bucket("b-3")])
     assert set(snapshots) == {("acme", "instances")}
     assert set(states) == views
-    # Instances came back under the limit, read in full (no elements to move); buckets
-    # went past it: their sums alone.
-    assert with_elements() == {("acme", "instance_versions")}
+    # A sum alone stays a sum alone: moved by each commit's rows, never read back.
+    assert with_elements() == set()
     store.close()
     assert verify(tmp_path / "history.duckdb").crawls == 3
     with Store(tmp_path / "history.duckdb").read() as con:
@@ -215,8 +214,13 @@ def test_a_kept_sum_that_is_not_the_sealed_one_is_not_used(
 def test_a_store_remembers_up_to_its_total_across_accounts(tmp_path: Path) -> None:
     """Across accounts a Store remembers at most ``remember_total`` records (snapshots and
     their views' elements), first come first served: an account that does not fit is
-    committed and sealed in full, one that grew past what is left is forgotten, and the
-    chain is byte for byte that of a Store remembering everything."""
+    committed set-based and keeps its views' sums alone, one that grew past what is left
+    is forgotten but for its sums, and the chain is byte for byte that of a Store
+    remembering everything."""
+
+    def with_elements() -> set[tuple[str, str]]:
+        return {key for key, state in states.items() if state.elements is not None}
+
     chains = []
     for total in (REMEMBER_ROWS, 3):
         path = tmp_path / f"total-{total}.duckdb"
@@ -228,17 +232,18 @@ def test_a_store_remembers_up_to_its_total_across_accounts(tmp_path: Path) -> No
         crawl(store, T0 + HOUR / 2, instances=[inst("i-9")], account="beta")
         if total == 3:  # acme's three records fill it: beta is not remembered
             assert set(snapshots) == {("acme", "instances"), ("acme", "buckets")}
-            assert ("beta", "instance_versions") not in states
+            assert ("beta", "instance_versions") not in with_elements()
+            assert states[("beta", "instance_versions")].total.rows == 1
         crawl(store, T0 + HOUR, instances=[inst("i-1", status="stopped"), inst("i-3"),
                                           inst("i-4")])
         if total == 3:  # acme's instances grew past what is left: forgotten
             assert set(snapshots) == {("acme", "buckets")}
-            assert set(states) == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
+            assert with_elements() == {("acme", "bucket_versions"), ("acme", "bucket_sizes")}
         crawl(store, T0 + 2 * HOUR, instances=[inst("i-9", status="stopped")],
               account="beta")
         if total == 3:  # now beta fits
             assert set(snapshots) == {("acme", "buckets"), ("beta", "instances")}
-            assert ("beta", "instance_versions") in states
+            assert ("beta", "instance_versions") in states  # its sum, moved
         crawl(store, T0 + 3 * HOUR, instances=[inst("i-1"), inst("i-3")])
         store.close()
         assert verify(path).crawls == 5
@@ -276,7 +281,8 @@ def test_one_kind_remembered_alone_may_pass_the_total(tmp_path: Path) -> None:
     crawl(store, T0, instances=[inst("i-1"), inst("i-2")])
     crawl(store, T0 + HOUR, instances=[inst("i-9")], account="beta")
     assert set(store._snapshots) == {("acme", "instances")}
-    assert set(store._states) == {("acme", "instance_versions")}
+    assert store._states[("acme", "instance_versions")].elements is not None
+    assert store._states[("beta", "instance_versions")].elements is None  # its sum alone
     store.close()
 
 

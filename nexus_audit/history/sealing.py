@@ -301,7 +301,9 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
                 else:
                     moved = (_moved(commit, account, view, old, crawl_id)
                              if old is not None and fresh and old.elements is None else None)
-                    new = (moved if moved is not None and moved.total.rows > keep
+                    # A sum alone stays a sum alone (a large fleet, or one past the
+                    # Store's budget): elements come back only with a full read.
+                    new = (moved if moved is not None
                            else _full(commit, account, view, crawl_id, keep=keep))
                 if new.elements is None:
                     _save_sum(commit, account, view, new)

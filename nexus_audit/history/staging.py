@@ -9,6 +9,7 @@ fingerprints of the current versions it is compared with (the fast path of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
     its views' sums alone stay in ``states``, see :mod:`~nexus_audit.history.sealing`) or
     the records remembered of every account and kind would then be more than ``total``
     (one kind remembered alone always fits); then the Store forgets that kind's snapshot
-    and its evidence states: its next commit is compared in full, set-based, and its
-    state sums read back. Who remembers is first come, first served: a hundred accounts
-    crawled in turns keep the same ones remembered, and no commit evicts another account.
+    and its views' elements, keeping their sums: its next commit is compared in full,
+    set-based, and moves the sums by the rows it changed. Who remembers is first come,
+    first served: a hundred accounts crawled in turns keep the same ones remembered, and
+    no commit evicts another account.
     """
     key = (account, kind)
     if snapshot is None:
@@ -86,7 +88,11 @@ def keep_snapshot(snapshots: dict[tuple[str, Kind], Fingerprints],
         return
     snapshots.pop(key, None)
     for view in KIND_VIEWS[kind]:
-        states.pop((account, view), None)
+        state = states.get((account, view))
+        if state is not None and state.elements is not None:
+            # Its sum alone (a few hundred bytes): the next commit moves it by the rows
+            # that commit changes instead of reading the account's rows back.
+            states[(account, view)] = dataclasses.replace(state, elements=None)
 
 
 @dataclass(frozen=True, slots=True)
