@@ -171,3 +171,25 @@ def test_a_worker_signalled_during_its_start_up_lives_on() -> None:
         worker.kill()
     # The spawning thread's own mask is as it was.
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & workers_mod.HELD_SIGNALS
+
+
+def _open_the_hub() -> bytes:
+    """A job that makes the worker's DuckDB hub (and so its spill directory)."""
+    process_files().cursor().close()
+    return str(os.getpid()).encode()
+
+
+def test_closing_lets_idle_workers_exit_and_clean_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing the workers (serve stopping) ends an idle worker through its pipe, not a
+    kill: it exits 0 and takes its DuckDB spill directory along."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the spawned worker's temporary dir
+    pool = ReportWorkers(niceness=0)
+    try:
+        pid = int(pool.run(_open_the_hub, (), cancel_mod.Cancel()))
+        assert list(tmp_path.glob(f"nexus-audit-spill-{pid}-*"))
+        (worker,) = pool._all  # the one worker (private: which process, not behaviour)
+    finally:
+        pool.close()
+    assert worker.process.exitcode == 0
+    assert not list(tmp_path.glob("nexus-audit-spill-*"))

@@ -60,6 +60,8 @@ log = get_logger(__name__)
 #: How much lower a worker's CPU priority is than serve's (``nice``): the crawls, bucket
 #: polls and scrapes come first on a busy machine.
 NICENESS: Final = 10
+#: How long serve's shutdown waits for its idle workers to end on their own.
+STOP_AFTER: Final = 2.0
 #: What a worker ignores: a terminal's Ctrl-C and hangup reach every process of serve's
 #: group, and serve alone decides when its workers stop.
 HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP})
@@ -325,11 +327,20 @@ class ReportWorkers:
         raise WorkerError(reply[1])
 
     def close(self) -> None:
-        """Stop every worker (a job still running is killed)."""
+        """Stop every worker: an idle one ends on its own once its pipe closes, so it
+        cleans up after itself (its DuckDB spill directory), within :data:`STOP_AFTER`;
+        one still running a job, or slower than that, is killed."""
         with self._lock:
             self._closed = True
             workers = list(self._all)
+            idle = list(self._idle)
             self._all.clear()
             self._idle.clear()
+        for worker in idle:
+            with contextlib.suppress(OSError):
+                worker.conn.close()  # its recv() ends: it returns and exits
+        deadline = time.monotonic() + STOP_AFTER
+        for worker in idle:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
         for worker in workers:
-            worker.kill()
+            worker.kill()  # no signal to one that exited (its exit code is known)
