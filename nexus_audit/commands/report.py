@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from nexus_audit.audit.report import build_report
 from nexus_audit.config import Settings
@@ -21,13 +21,12 @@ from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
 from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.history.duckfile import process_files
-from nexus_audit.history.exports import ParquetHistory
 from nexus_audit.history.protocol import History
 from nexus_audit.history.store import Store
-from nexus_audit.output.archive import UploadRequest
-from nexus_audit.output.bundle import SigningKey
 from nexus_audit.output.render import render_chunks, require_policy
-from nexus_audit.output.report_bundle import write_report_bundle
+
+if TYPE_CHECKING:
+    from nexus_audit.output.archive import UploadRequest
 
 
 def report_command(args: argparse.Namespace, settings: Settings, *,
@@ -36,7 +35,7 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     clock = clock or SystemClock()
     now = clock.now()
     window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
-    upload = UploadRequest.from_args(args)  # flags checked before any work
+    upload = _upload_request(args)  # flags checked before any work
     bundle = Path(args.bundle) if getattr(args, "bundle", None) else None
     if getattr(args, "sign_key", None) and bundle is None:
         raise UsageError("--sign-key signs an evidence bundle: give --bundle FILE.tar.gz too",
@@ -45,7 +44,11 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
         # Each shard's database has its own chain: one bundle cites one chain.
         raise UsageError("--bundle: give one --from-export (each shard has its own evidence "
                          "chain; bundle each shard's report apart)", parameter="bundle")
-    key = SigningKey.load(Path(args.sign_key)) if getattr(args, "sign_key", None) else None
+    key = None
+    if getattr(args, "sign_key", None):
+        from nexus_audit.output.bundle import SigningKey
+
+        key = SigningKey.load(Path(args.sign_key))
     stale_after = (parse_duration(args.stale_after, parameter="--stale-after")
                    if args.stale_after else settings.stale_after)
     gap_instances, gap_buckets = settings.max_gaps()
@@ -53,8 +56,13 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     policy = load_configured(settings.policy_file)
     require_policy(args.format, policy)
     # The database, or a set of Parquet exports (one per shard): the same report either way.
-    history: History = (ParquetHistory(*args.from_export) if getattr(args, "from_export", None)
-                        else Store(settings.db_path, files=process_files()))
+    history: History
+    if getattr(args, "from_export", None):
+        from nexus_audit.history.exports import ParquetHistory
+
+        history = ParquetHistory(*args.from_export)
+    else:
+        history = Store(settings.db_path, files=process_files())
     try:
         report = build_report(
             history, window, accounts=[args.account] if args.account else None,
@@ -76,6 +84,8 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
         if upload is not None:
             upload.run(settings, "".join(written).encode("utf-8"), report, clock=clock)
         return 0
+    from nexus_audit.output.report_bundle import write_report_bundle
+
     data = write_report_bundle(bundle, history, report, {args.format: "".join(written)},
                                settings=settings, key=key)
     if key is not None:
@@ -84,3 +94,20 @@ def report_command(args: argparse.Namespace, settings: Settings, *,
     if upload is not None:
         upload.run(settings, data, report, clock=clock)
     return 0
+
+
+def _upload_request(args: argparse.Namespace) -> UploadRequest | None:
+    """``--upload``'s request (its flags checked), or None without ``--upload``.
+
+    The upload path (aiohttp, the API client) is imported only when asked for: a plain
+    report does not pay the fifth of a second its imports take. ``--retention`` is
+    checked either way, as :meth:`UploadRequest.from_args` does (a bad flag is an error
+    wherever it stands).
+    """
+    if not getattr(args, "upload", None):
+        if getattr(args, "retention", None):
+            parse_duration(args.retention, parameter="--retention")
+        return None
+    from nexus_audit.output.archive import UploadRequest
+
+    return UploadRequest.from_args(args)

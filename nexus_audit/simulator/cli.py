@@ -6,12 +6,12 @@ Wired into ``nexus-audit simulate`` by the main CLI; also ``python -m nexus_audi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import (
     DEFAULT_BUCKETS,
@@ -25,7 +25,9 @@ from .config import (
     SimulatorConfig,
     generate_key,
 )
-from .runner import Simulator
+
+if TYPE_CHECKING:
+    from .runner import Simulator
 
 DEFAULT_PORT = 8750
 _PROG = "nexus-audit simulate"
@@ -199,6 +201,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     # Signals that arrive between building the fleet and the event loop's handlers.
     pending: list[int] = []
+    # Imported here, not at the top: ``nexus-audit``'s parser names these flags for every
+    # command, and the event loop and aiohttp are this command's alone.
+    import asyncio
+
     try:
         sim = _build(config, pending)
         if sim is None:
@@ -231,6 +237,8 @@ def _build(config: SimulatorConfig, pending: list[int]) -> Simulator | None:
     def note(signum: int, frame: object) -> None:
         pending.append(signum)
 
+    from .runner import Simulator
+
     try:
         try:
             for sig in _STOP_SIGNALS:
@@ -245,6 +253,8 @@ def _build(config: SimulatorConfig, pending: list[int]) -> Simulator | None:
 
 
 async def _serve(sim: Simulator, pending: list[int]) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _STOP_SIGNALS:
