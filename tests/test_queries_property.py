@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nexus_audit.domain.model import Bucket, Instance, Kind
@@ -131,3 +131,97 @@ def test_accrual_matches_brute_force(history: list[tuple[int, bool, str, list[Sn
         assert r.crawls.coverage.window_seconds == length * 60 * len(streams)
         gaps = sum((g.end - g.start).total_seconds() for g in r.crawls.coverage.gaps)
         assert gaps == pytest.approx(length * 60 * len(streams) - covered, abs=1e-3)
+
+
+def stale_by_hand(crawls: list[Crawl], until: int, stale_after: int,
+                  pending_after: int) -> list[tuple[int, str, str, bool]]:
+    """(since, id, status, at_least) of each stale instance, walking the successful
+    instance crawls back from the last before ``until``: a streak goes on while the id is
+    in each crawl and not running (a pending one's: while pending)."""
+    good = [c for c in crawls if not c[1] and "instances" in c[2] and c[0] < until]
+    if not good:
+        return []
+    found = []
+    for record in good[-1][3]:
+        if record.status == "running":
+            continue
+        pending = record.status == "pending"
+        first = len(good) - 1
+        while first > 0:
+            earlier = {r.id: r.status for r in good[first - 1][3]}.get(record.id)
+            if earlier is None or earlier == "running" or (pending and earlier != "pending"):
+                break
+            first -= 1
+        limit = pending_after if pending else stale_after
+        if until - good[first][0] >= limit:
+            found.append((good[first][0], record.id, record.status, first == 0))
+    return sorted(found)
+
+
+#: Histories for the stale rule: two ids, mostly not running, in crawls minutes to hours
+#: apart (so streaks begin, change status and end within a few crawls).
+idle_history = st.lists(
+    st.tuples(st.integers(min_value=1, max_value=120), st.sampled_from((False, False, True)),
+              st.sampled_from(("both", "instances", "instances", "buckets")),
+              st.lists(st.tuples(st.sampled_from(IDS[:2]),
+                                 st.sampled_from(("running", "stopped", "pending", "pending")),
+                                 st.sampled_from(range(len(PLANS))),
+                                 st.sampled_from(("eu-1", "us-1"))),
+                       min_size=0, max_size=2, unique_by=lambda t: t[0]),
+              buckets),
+    min_size=2, max_size=8)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+# The edges a random history reaches seldom: a stopped instance turned pending (its
+# pending streak starts then), pending turned stopped (the stopped streak counts the
+# pending crawls), an idle instance removed and back (a new streak), and a failed crawl
+# inside a streak, a stopped instance whose shape and region change (one streak).
+@example(history=[(10, False, "instances", [("i-1", "running", 0, "eu-1")], []),
+                  (10, False, "instances", [("i-1", "stopped", 0, "eu-1")], []),
+                  (10, False, "instances", [("i-1", "stopped", 2, "us-1")], [])],
+         stale_after=5, after_last=10)
+@example(history=[(10, False, "instances", [("i-1", "stopped", 0, "eu-1")], []),
+                  (10, False, "instances", [("i-1", "pending", 0, "eu-1")], [])],
+         stale_after=5, after_last=90)
+@example(history=[(10, False, "instances", [("i-1", "pending", 0, "eu-1")], []),
+                  (10, True, "instances", [], []),
+                  (10, False, "both", [("i-1", "stopped", 1, "us-1")], [("b-1", 1, "private")])],
+         stale_after=30, after_last=10)
+@example(history=[(10, False, "instances", [("i-1", "stopped", 0, "eu-1")], []),
+                  (10, False, "instances", [], []),
+                  (10, False, "instances", [("i-1", "stopped", 0, "eu-1")], [])],
+         stale_after=5, after_last=10)
+@given(history=idle_history, stale_after=st.integers(min_value=1, max_value=400),
+       after_last=st.integers(min_value=1, max_value=120))
+def test_stale_instances_match_brute_force(history: list[tuple[int, bool, str, list[Snap],
+                                                               list[BucketSnap]]],
+                                           stale_after: int, after_last: int,
+                                           empty_db: Path) -> None:
+    """The stale instances the report lists (start of the streak, at_least, status) are
+    those found by walking each current idle instance's crawls back by hand, through
+    changes of shape, region and idle status, removals, failed and bucket-only crawls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(empty_db, Path(tmp) / "h.duckdb")
+        store = Store(Path(tmp) / "h.duckdb")
+        crawls: list[Crawl] = []
+        t = 0
+        for step, failed, covers, snap, sizes in history:
+            t += step
+            kinds = COVERS[covers]
+            records = [inst(i, status=s, plan=PLANS[p][0], cpu=PLANS[p][1],
+                            memory_gb=PLANS[p][2], region=r) for i, s, p, r in snap]
+            found = [bucket(b, size=n * 10**8, access=a) for b, n, a in sizes]
+            crawl(store, T0 + t * M, failed=failed,
+                  instances=records if "instances" in kinds else None,
+                  buckets=found if "buckets" in kinds else None)
+            crawls.append((t, failed, kinds, records, found))
+        until = t + after_last
+        if all(c[1] for c in crawls):
+            return  # no successful crawl: no report
+        r = report(store, T0, T0 + until * M, stale_after=stale_after * M)
+        # report() sets pending_stale_after to an hour
+        expected = stale_by_hand(crawls, until, stale_after, 60)
+        assert [((s.stale_since - T0) // M, s.id, s.status, s.at_least)
+                for s in r.stale_instances] == expected
