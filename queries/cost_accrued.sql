@@ -6,6 +6,9 @@
 -- looked up in obs' cumulative sums: no expansion of versions x crawls. A crawl before the
 -- first one obs kept (lo) observed nothing in the window (cumulative sum 0); one after its
 -- last, everything (cum_total). Time in a coverage gap is never charged.
+-- Amounts are summed as decimals of 12 places, each term rounded once: exact, so the
+-- sum is the same whatever order DuckDB's threads add them in (a float sum of a million
+-- terms was not, in its 6th decimal).
 -- Needs temp tables obs and instance_prices.
 -- Parameters: $storage_gb_month, $bytes_per_gb, $hours_per_month DOUBLE.
 WITH totals AS (
@@ -47,10 +50,12 @@ WITH totals AS (
     LEFT JOIN obs f ON f.account = p.account AND f.kind = 'buckets' AND f.crawl_id = p.lo
     LEFT JOIN obs u ON u.account = p.account AND u.kind = 'buckets' AND u.crawl_id = p.hi
 )
-SELECT 'compute' AS part, region, sum(hourly * secs / 3600.0) AS amount
+SELECT 'compute' AS part, region,
+       sum(CAST(hourly * secs / 3600.0 AS DECIMAL(38, 12)))::DOUBLE AS amount
 FROM running WHERE secs > 0 GROUP BY ALL
 UNION ALL
 SELECT 'storage', region,
-       sum(size_bytes / $bytes_per_gb * $storage_gb_month / $hours_per_month * secs / 3600.0)
+       sum(CAST(size_bytes / $bytes_per_gb * $storage_gb_month / $hours_per_month * secs
+                / 3600.0 AS DECIMAL(38, 12)))::DOUBLE
 FROM stored WHERE secs > 0 GROUP BY ALL
 ORDER BY part, region

@@ -6,12 +6,14 @@
 -- crawls. Versions opened before obs' first crawl of the stream (lo) count from lo; those
 -- also closed before it cancel out there.
 -- day: whole days since 1970-01-01 UTC (epoch_us // 86,400,000,000).
+-- Rates and amounts are summed as decimals (exact in any order, as in cost_accrued.sql).
 -- Needs temp tables obs and instance_prices. Parameters: $accounts VARCHAR[],
--- $storage_gb_month DOUBLE.
+-- $storage_gb_month, $bytes_per_gb, $hours_per_month DOUBLE.
 WITH lo AS (
     SELECT account, kind, min(crawl_id) AS lo FROM obs GROUP BY ALL
 ), running AS (
-    SELECT v.account, v.first_crawl, v.until_crawl, p.hourly AS rate, l.lo
+    SELECT v.account, v.first_crawl, v.until_crawl,
+           CAST(p.hourly AS DECIMAL(38, 12)) AS rate, l.lo
     FROM instance_versions v
     JOIN lo l ON l.account = v.account AND l.kind = 'instances'
     JOIN instance_prices p ON p.plan IS NOT DISTINCT FROM v.plan
@@ -23,7 +25,8 @@ WITH lo AS (
            nullif(least(coalesce(s.until_crawl, 9223372036854775807),
                         coalesce(v.until_crawl, 9223372036854775807)),
                   9223372036854775807) AS until_crawl,
-           s.size_bytes / 1e9 * $storage_gb_month / 730.0 AS rate, l.lo
+           CAST(s.size_bytes / $bytes_per_gb * $storage_gb_month / $hours_per_month
+                AS DECIMAL(38, 12)) AS rate, l.lo
     FROM bucket_sizes s
     JOIN bucket_versions v ON v.account = s.account AND v.id = s.id
         AND v.first_crawl < coalesce(s.until_crawl, 9223372036854775807)
@@ -46,7 +49,8 @@ WITH lo AS (
            NULL::BIGINT AS a, NULL::BIGINT AS b
     FROM deltas GROUP BY ALL
     UNION ALL
-    SELECT account, kind, crawl_id, 0.0, TRUE, epoch_us(cov_from), epoch_us(cov_to)
+    SELECT account, kind, crawl_id, 0::DECIMAL(38, 12), TRUE, epoch_us(cov_from),
+           epoch_us(cov_to)
     FROM obs WHERE cov_to > cov_from
 ), rated AS (
     -- RANGE: a crawl's rate includes every delta at its own crawl_id (peers)
@@ -60,8 +64,8 @@ WITH lo AS (
     FROM rated WHERE is_obs
 )
 SELECT day, CASE kind WHEN 'instances' THEN 'compute' ELSE 'storage' END AS part,
-       sum(rate * (least(b, (day + 1) * 86400000000) - greatest(a, day * 86400000000))
-           / 3.6e9) AS amount
+       sum(CAST(rate * (least(b, (day + 1) * 86400000000) - greatest(a, day * 86400000000))
+                / 3.6e9 AS DECIMAL(38, 12)))::DOUBLE AS amount
 FROM split
 GROUP BY ALL
 ORDER BY day, part
