@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from nexus_audit.audit.report import build_report
+from nexus_audit.audit.rows import collector_paused
 from nexus_audit.config import Settings
 from nexus_audit.domain import escape
 from nexus_audit.domain.policy import load_configured
@@ -32,6 +33,16 @@ if TYPE_CHECKING:
 def report_command(args: argparse.Namespace, settings: Settings, *,
                    clock: Clock | None = None, out: TextIO | None = None) -> int:
     """Build and print the report; raises our errors for the CLI to turn into one line."""
+    # The collector stays off from the first row read until the report is gone: its
+    # hundreds of thousands of objects hold no cycle, and turned back on while they lived,
+    # its next pass walked them all (0.15 s at a million instances). Freed by their
+    # counts when the command returns, they are never walked.
+    with collector_paused():
+        return _report_command(args, settings, clock=clock, out=out)
+
+
+def _report_command(args: argparse.Namespace, settings: Settings, *,
+                    clock: Clock | None, out: TextIO | None) -> int:
     clock = clock or SystemClock()
     now = clock.now()
     window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
