@@ -35,7 +35,7 @@ run()
 @pytest.mark.parametrize(("module", "argv"), [
     ("duckdb", ["verify"]),
     ("duckdb", ["report", "--since", "1d"]),
-    ("aiohttp", ["export"]),
+    ("nexus_audit.history.parquet", ["export"]),
     ("nexus_audit.config", ["crawl"]),
     ("structlog", ["verify-bundle", "x.tar.gz"]),
 ])
