@@ -196,6 +196,11 @@ def test_bad_input_is_one_line(signed: tuple[Path, Path, bytes], env: Path,
         code, err = run(argv, capsys)
         assert (code, "not a settings file" in err) == (2, True), err
     assert not (env / "y.tar.gz").exists()
+    # A bundle in a directory that does not exist: refused before the report is written.
+    code = main(["report", *WINDOW, "--bundle", str(env / "missing" / "z.tar.gz")])
+    out, err = capsys.readouterr()
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert "--bundle: no directory" in err
 
 
 def test_upload_takes_a_bundle() -> None:

@@ -48,6 +48,11 @@ def _report_command(args: argparse.Namespace, settings: Settings, *,
     window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
     upload = _upload_request(args)  # flags checked before any work
     bundle = Path(args.bundle) if getattr(args, "bundle", None) else None
+    if bundle is not None and not bundle.absolute().parent.is_dir():
+        # Before the report is printed: a bundle that cannot be written is a mistake in
+        # the flags, not something to find out after the work.
+        raise UsageError(f"--bundle: no directory {bundle.absolute().parent} to write "
+                         f"{bundle.name} in", parameter="bundle")
     if getattr(args, "sign_key", None) and bundle is None:
         raise UsageError("--sign-key signs an evidence bundle: give --bundle FILE.tar.gz too",
                          parameter="sign-key")
