@@ -292,13 +292,20 @@ def test_ssl_context_requires_tls12(tmp_path: Path) -> None:
 
 
 def test_unusable_tls_files_are_config_errors(tmp_path: Path) -> None:
-    """A missing or garbage certificate is a ConfigError naming the setting."""
+    """A missing, garbage or huge certificate or key is a ConfigError naming the setting."""
     with pytest.raises(ConfigError, match="tls_cert_file"):
         make_ssl_context(tmp_path / "missing.pem", tmp_path / "missing-key.pem")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
     with pytest.raises(ConfigError, match="tls_cert_file"):
         make_ssl_context(garbage, garbage)
+    # a huge file (a sparse disk image of 17 MiB) named by mistake: refused unread
+    image = tmp_path / "disk.img"
+    with image.open("wb") as handle:
+        handle.truncate(17 * 1024 * 1024)
+    cert, _ = make_self_signed(tmp_path)
+    with pytest.raises(ConfigError, match=r"serve.tls_key_file: .* not a PEM file"):
+        make_ssl_context(cert, image)
 
 
 def test_a_missing_tls_key_is_named(tmp_path: Path) -> None:

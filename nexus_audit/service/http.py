@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from nexus_audit.config import WebConfig
+from nexus_audit.domain.files import MAX_SETTINGS_FILE_BYTES
 from nexus_audit.domain.timeutil import Window, parse_duration
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.history.cancel import Cancel
@@ -181,6 +182,12 @@ def make_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     for setting, path in (("tls_cert_file", cert_file), ("tls_key_file", key_file)):
         if not path.is_file():
             raise ConfigError(f"serve.{setting}: {path} does not exist (or is not a file)",
+                              parameter=setting)
+        # OpenSSL reads a file to its end looking for PEM blocks: a disk image named by
+        # mistake is refused, as every other settings file over the bound is.
+        if path.stat().st_size > MAX_SETTINGS_FILE_BYTES:
+            raise ConfigError(f"serve.{setting}: {path} holds more than "
+                              f"{MAX_SETTINGS_FILE_BYTES:,} bytes: not a PEM file",
                               parameter=setting)
     try:
         context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
