@@ -2,15 +2,16 @@
 writes, at a fraction of its cost on long lists of records.
 
 The standard library encodes indented JSON in pure Python (its C encoder only writes
-unindented JSON), about 50 MB a CPU-minute: the report of 30 days of a million instances,
-120 MB of drift rows and stale instances, took six seconds to write. Here each value is
-encoded by the same C functions the encoder uses (``encode_basestring``, ``int`` and
-``float`` ``__repr__``), and a list of flat records (dicts of the same keys) is written
-column by column in batches (one C-level ``map`` per column, one ``%`` template per
-record) instead of value by value; everything else, and any record holding a list or an
-object, goes the general way. A :class:`~nexus_audit.audit.rows.Table` (the report's
-long lists, held as columns) is written as the list of its records, from its columns.
-``tests/test_indented.py`` compares both encoders on arbitrary values.
+unindented JSON), about 50 MB a CPU-minute: the report of 30 days of a million
+instances, 120 MB of drift rows and stale instances, took six seconds to write. Here
+each value is encoded by the same C functions the encoder uses (``encode_basestring``,
+``int`` and ``float`` ``__repr__``), and a list of flat records (dicts of the same keys)
+is written column by column in batches (one C-level ``map`` per column, one C-level join
+of the columns and the keys per batch) instead of value by value; everything else, and
+any record holding a list or an object, goes the general way. A
+:class:`~nexus_audit.audit.rows.Table` (the report's long lists, held as columns) is
+written as the list of its records, from its columns. ``tests/test_indented.py``
+compares both encoders on arbitrary values.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json.encoder
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
+from itertools import chain, islice, repeat
 from typing import Any, Final
 
 from nexus_audit.audit.rows import Table
@@ -162,16 +163,22 @@ def _batches(keys: Sequence[Any], batches: Iterable[list[list[Any]]],
     the encoder joins them."""
     inner = "\n" + " " * (_INDENT * (level + 1))
     outer = "\n" + " " * (_INDENT * level)
-    # One template per record: the keys written once, a %s per value.
-    template = ("{" + inner
-                + ("," + inner).join(_key(k).replace("%", "%%") + ": %s" for k in keys)
-                + outer + "}")
     separator = "," + outer
+    # Each record is its pieces in turn: the separator, and each key's head (the keys
+    # written once) followed by its value, then the closing brace. A batch's records are
+    # one C-level join of the columns interleaved with the repeated heads (a third faster
+    # than a %-template per record); the first record of all has no separator before it.
+    heads = [separator + "{" + inner + _key(keys[0]) + ": "]
+    heads += ["," + inner + _key(k) + ": " for k in keys[1:]]
+    tail = outer + "}"
     first = True
     for batch in batches:
         columns = [_column(values, level + 1) for values in batch]
-        text = separator.join(map(template.__mod__, zip(*columns, strict=True)))
-        yield text if first else separator + text
+        size = len(columns[0])
+        pieces = [part for head, column in zip(heads, columns, strict=True)
+                  for part in (repeat(head, size), column)]
+        text = "".join(chain.from_iterable(zip(*pieces, repeat(tail, size), strict=True)))
+        yield text[len(separator):] if first else text
         first = False
 
 
