@@ -75,6 +75,24 @@ def brute_force(crawls: list[Crawl], max_gap: int, since: int,
     return compute, storage, covered
 
 
+def write(store: Store, history: list[tuple[int, bool, str, list[Snap], list[BucketSnap]]],
+          ) -> list[Crawl]:
+    """Commit the crawls of ``history`` (minutes apart, as drawn); the crawls as written."""
+    crawls: list[Crawl] = []
+    t = 0
+    for step, failed, covers, snap, sizes in history:
+        t += step
+        kinds = COVERS[covers]
+        records = [inst(i, status=s, plan=PLANS[p][0], cpu=PLANS[p][1],
+                        memory_gb=PLANS[p][2], region=r) for i, s, p, r in snap]
+        found = [bucket(b, size=n * 10**8, access=a) for b, n, a in sizes]
+        crawl(store, T0 + t * M, failed=failed,
+              instances=records if "instances" in kinds else None,
+              buckets=found if "buckets" in kinds else None)
+        crawls.append((t, failed, kinds, records, found))
+    return crawls
+
+
 @pytest.fixture(scope="module")
 def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated, empty database, copied for each example (migrating takes longer than
@@ -101,18 +119,7 @@ def test_accrual_matches_brute_force(history: list[tuple[int, bool, str, list[Sn
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(empty_db, Path(tmp) / "h.duckdb")
         store = Store(Path(tmp) / "h.duckdb")
-        crawls: list[Crawl] = []
-        t = 0
-        for step, failed, covers, snap, sizes in history:
-            t += step
-            kinds = COVERS[covers]
-            records = [inst(i, status=s, plan=PLANS[p][0], cpu=PLANS[p][1],
-                            memory_gb=PLANS[p][2], region=r) for i, s, p, r in snap]
-            found = [bucket(b, size=n * 10**8, access=a) for b, n, a in sizes]
-            crawl(store, T0 + t * M, failed=failed,
-                  instances=records if "instances" in kinds else None,
-                  buckets=found if "buckets" in kinds else None)
-            crawls.append((t, failed, kinds, records, found))
+        crawls = write(store, history)
         # The window starts ``before`` minutes before one of the crawls (after it when
         # negative), so most windows hold a crawl and some hold none.
         since = max(0, crawls[anchor % len(crawls)][0] - before)
@@ -205,19 +212,8 @@ def test_stale_instances_match_brute_force(history: list[tuple[int, bool, str, l
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(empty_db, Path(tmp) / "h.duckdb")
         store = Store(Path(tmp) / "h.duckdb")
-        crawls: list[Crawl] = []
-        t = 0
-        for step, failed, covers, snap, sizes in history:
-            t += step
-            kinds = COVERS[covers]
-            records = [inst(i, status=s, plan=PLANS[p][0], cpu=PLANS[p][1],
-                            memory_gb=PLANS[p][2], region=r) for i, s, p, r in snap]
-            found = [bucket(b, size=n * 10**8, access=a) for b, n, a in sizes]
-            crawl(store, T0 + t * M, failed=failed,
-                  instances=records if "instances" in kinds else None,
-                  buckets=found if "buckets" in kinds else None)
-            crawls.append((t, failed, kinds, records, found))
-        until = t + after_last
+        crawls = write(store, history)
+        until = crawls[-1][0] + after_last
         if all(c[1] for c in crawls):
             return  # no successful crawl: no report
         r = report(store, T0, T0 + until * M, stale_after=stale_after * M)
