@@ -20,7 +20,6 @@ from nexus_audit.domain import escape
 from nexus_audit.errors import ConfigError, UsageError
 from nexus_audit.output import indented
 from nexus_audit.output.csvfile import CSV_COLUMNS, CSV_FINDING_COLUMNS, render_csv
-from nexus_audit.output.html_report import render_html_chunks
 from nexus_audit.output.markdown import render_markdown
 from nexus_audit.output.ocsf import render_ocsf
 from nexus_audit.output.table import TABLE_ROWS, render_table
@@ -44,12 +43,19 @@ def render_chunks(report: Report, fmt: str, *, max_rows: int = TABLE_ROWS) -> It
         "markdown": lambda r: (render_markdown(r),),
         "csv": lambda r: (render_csv(r),),
         "ocsf": lambda r: (render_ocsf_report(r),),
-        "html": render_html_chunks,  # charts need build_report(..., series=True)
+        "html": _html_chunks,  # charts need build_report(..., series=True)
     }
     if fmt not in renderers:
         raise UsageError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}",
                          parameter="format")
     return iter(renderers[fmt](report))
+
+
+def _html_chunks(report: Report) -> Iterable[str]:
+    # Imported when asked for: the page's template engine (jinja2) is the HTML's alone.
+    from nexus_audit.output.html_report import render_html_chunks
+
+    return render_html_chunks(report)
 
 
 def require_policy(fmt: str, policy: object | None) -> None:
