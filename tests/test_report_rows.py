@@ -20,7 +20,7 @@ from nexus_audit.audit import report as report_module
 from nexus_audit.audit.report import Drift, Report, StaleInstance
 from nexus_audit.audit.rows import Rows, Table, columns_of
 from nexus_audit.domain import escape
-from nexus_audit.errors import NoDataError
+from nexus_audit.errors import NoDataError, StoreError
 from nexus_audit.history.store import Store
 from nexus_audit.output import indented
 from nexus_audit.output.render import render
@@ -150,7 +150,13 @@ def test_drift_rows_convert_as_each_answer_did(generated: list[tuple[Any, ...]])
         Drift(kind=k, id=i, change=c, field=f, old=conv(f, o), new=conv(f, n),
               observed_at=report_module.from_epoch_us(t), account=a)
         for k, a, i, c, f, o, n, t in rows)
-    made = report_module._drift(rows)
+    # as the query hands them over: kind, account, change and field coded (run_query)
+    accounts = sorted({a for _, a, *_ in rows})
+    coded = [(report_module._DRIFT_KINDS.index(k) + 1, accounts.index(a) + 1, i,
+              report_module._DRIFT_CHANGES.index(c) + 1,
+              0 if f is None else report_module._DRIFT_FIELD_NAMES.index(f) + 1, o, n, t)
+             for k, a, i, c, f, o, n, t in rows]
+    made = report_module._drift(coded, accounts)
     assert made == one_by_one
     # equal is not enough for 2 == 2.0: the types are the answers' too
     assert [(type(d.old), type(d.new)) for d in made] == [
@@ -172,7 +178,7 @@ def test_stale_rows_convert_as_each_answer_did() -> None:
     assert [type(s.hourly_cost) for s in made] == [float, float]
     assert [s.at_least for s in made] == [False, True]
     assert report_module._stale([]) == ()
-    assert report_module._drift([]) == ()
+    assert report_module._drift([], []) == ()
 
 
 def test_a_non_finite_price_is_refused_from_columns(base: Report) -> None:
@@ -209,9 +215,9 @@ def test_the_collector_is_paused_only_while_a_report_is_read(
     seen: list[bool] = []
     original = report_module._drift
 
-    def watching(rows: list[tuple[Any, ...]]) -> Any:
+    def watching(rows: list[tuple[Any, ...]], accounts: list[str]) -> Any:
         seen.append(gc.isenabled())
-        return original(rows)
+        return original(rows, accounts)
 
     monkeypatch.setattr(report_module, "_drift", watching)
     try:
@@ -234,3 +240,17 @@ def test_the_collector_is_paused_only_while_a_report_is_read(
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_drift_text_outside_its_domain_fails_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drift field the report does not know (drift.sql grew one, the code did not)
+    fails the report naming it, never reads as another field or as none."""
+    store = Store(tmp_path / "rich.duckdb")
+    store.migrate()
+    rich_history(store)
+    assert any(d.field == "status" for d in build(store).drift)
+    monkeypatch.setattr(report_module, "_DRIFT_FIELD_NAMES",
+                        tuple(f for f in report_module._DRIFT_FIELD_NAMES if f != "status"))
+    with pytest.raises(StoreError, match="drift: unexpected field status"):
+        build(store)

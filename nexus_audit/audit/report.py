@@ -22,7 +22,6 @@ Conventions (see the queries for the SQL):
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +56,7 @@ from nexus_audit.errors import NoDataError, UsageError
 from nexus_audit.history.evidence import Evidence, read_evidence
 from nexus_audit.history.protocol import History
 from nexus_audit.history.readers import resolve_accounts
-from nexus_audit.history.sql import bind, create_temp, load_query
+from nexus_audit.history.sql import create_temp, decoded, from_epoch_us, run_query
 
 #: The answers' values, importable from here too.
 __all__ = [
@@ -293,35 +292,6 @@ _SOURCES: Final = {"obs": "observations", "instance_prices": "instance_prices",
                    "exposures": "exposures"}
 
 
-def run_query(con: duckdb.DuckDBPyConnection, name: str, values: dict[str, Any], *,
-              epoch_us: Sequence[str] = ()) -> list[tuple[Any, ...]]:
-    """The rows of query ``name`` with the values it binds; the time columns named in
-    ``epoch_us`` come as microseconds since the epoch (:func:`from_epoch_us` makes them
-    UTC times).
-
-    DuckDB makes each time a Python datetime in its session's zone (about 2 µs), which
-    ``astimezone(UTC)`` then copies (as long again), while a long list's rows share the
-    few times of their crawls (300,000 drift rows of 720 crawls in 30 days of a million
-    instances): read as integers, each distinct time is made once.
-    """
-    sql = load_query(name)
-    params = bind(sql, values)
-    if epoch_us:
-        # The query's own order stands (a projection over it keeps the rows in order).
-        replaced = ", ".join(f'epoch_us("{c}") AS "{c}"' for c in epoch_us)
-        sql = f"SELECT * REPLACE ({replaced}) FROM ({sql})"  # noqa: S608 - our names
-    return con.execute(sql, params).fetchall()
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@functools.lru_cache(maxsize=4096)
-def from_epoch_us(micros: int) -> datetime:
-    """The UTC time ``micros`` microseconds after the epoch (DuckDB's ``epoch_us``)."""
-    return _EPOCH + timedelta(microseconds=micros)
-
-
 def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str] | None,
            values: dict[str, Any], pricing: Pricing, now: datetime) -> Report:
     accounts = resolve_accounts(con, wanted)
@@ -347,14 +317,15 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
     cost = Cost(currency=pricing.currency,
                 accrued=_split(run_query(con, "cost_accrued", values)),
                 run_rate_hourly=_split(run_query(con, "run_rate", values)))
-    drift_rows = run_query(con, "drift", values, epoch_us=("observed_at",))
+    drift_rows = run_query(con, "drift", values, epoch_us=("observed_at",),
+                           coded=_drift_coded(accounts))
     # DuckDB answers the last questions in a thread of its own (a query lets go of the
     # GIL) while this one makes the drift answers of their rows: the connection is used by
     # one thread at a time, and a second core saves most of the conversion's time.
     with ThreadPoolExecutor(1, thread_name_prefix="nexus-audit-report") as pool:
         later = pool.submit(_later_rows, con, values, window)
         try:
-            drift = _drift(drift_rows)
+            drift = _drift(drift_rows, accounts)
             del drift_rows
             public_rows, exposure_rows, stale_rows = later.result()
         except BaseException:
@@ -388,13 +359,30 @@ def _later_rows(con: duckdb.DuckDBPyConnection, values: dict[str, Any], window: 
 _TYPED_FIELDS: Final = frozenset({"cpu", "memory_gb", "tags"})
 
 
-def _drift(rows: list[tuple[Any, ...]]) -> Rows[Drift]:
-    """Drift rows (kind, account, id, change, field, old, new, observed_at in µs) as
-    :class:`Rows` of :class:`Drift`: the columns converted a column at a time, the few
+#: The texts of a drift row's kind, change and field (those drift.sql writes).
+_DRIFT_KINDS: Final = ("instance", "bucket")
+_DRIFT_CHANGES: Final = ("added", "removed", "changed")
+_DRIFT_FIELD_NAMES: Final = ("name", "status", "region", "cpu", "memory_gb", "plan", "tags",
+                             "access")
+
+
+def _drift_coded(accounts: Sequence[str]) -> tuple[tuple[str, Sequence[str]], ...]:
+    return (("kind", _DRIFT_KINDS), ("change", _DRIFT_CHANGES),
+            ("field", _DRIFT_FIELD_NAMES), ("account", accounts))
+
+
+def _drift(rows: list[tuple[Any, ...]], accounts: Sequence[str]) -> Rows[Drift]:
+    """Drift rows (kind, account, id, change, field coded, old, new, observed_at in µs)
+    as :class:`Rows` of :class:`Drift`: the columns converted a column at a time, the few
     typed values (cpu, memory, tags) one by one, each crawl's time made once."""
     if not rows:
         return Rows(Drift, ((),) * len(_DRIFT_FIELDS))
-    kind, account, ident, change, field_name, old, new, micros = zip(*rows, strict=True)
+    kind_codes, account_codes, ident, change_codes, field_codes, old, new, micros = zip(
+        *rows, strict=True)
+    kind = decoded(kind_codes, _DRIFT_KINDS)
+    account = decoded(account_codes, accounts)
+    change = decoded(change_codes, _DRIFT_CHANGES)
+    field_name = decoded(field_codes, _DRIFT_FIELD_NAMES)
     olds, news = list(old), list(new)
     if not _TYPED_FIELDS.isdisjoint(field_name):  # most windows change no shape or tag
         for i in [i for i, name in enumerate(field_name) if name in _TYPED_FIELDS]:
