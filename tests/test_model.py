@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from nexus_audit.domain import model
 from nexus_audit.domain.model import (
     InvalidRecordError,
     bucket_from_api,
@@ -64,3 +69,64 @@ def test_reference_sample_bucket_parses() -> None:
                               "created_at": "2023-11-02T14:20:00Z"})
     assert record.size_bytes == 4829348204
     assert record.access == "private"
+
+
+class Text(str):
+    """A str subclass: valid for the field-by-field checks, not taken inline."""
+
+
+_CYCLE: dict[str, Any] = {}
+_CYCLE["self"] = _CYCLE
+# Values around every bound the checks apply (types, lengths, signs, limits, non-finite,
+# nesting, a dict that contains itself).
+_VALUES: list[Any] = [
+    None, True, False, "", "a", "x" * 1024, "x" * 1025, "é東\x00\n\"\\", Text("t"),
+    0, 1, -1, 2**31 - 1, 2**31, 2**53, 2**53 + 1, 2**63 - 1, 2**63, 10**400, 0.0, -0.0, 0.5, -0.5,
+    1e308, float("nan"), float("inf"), [], {}, ["a"], {"k": "v"}, {"k": 1}, {1: "v"},
+    {"k": Text("v")}, _CYCLE]
+_FIELDS = ("id", "name", "status", "region", "cpu", "memory_gb", "plan", "tags", "created_at",
+           "size_bytes", "access", "image_id", "extra", "zone")
+_SAMPLES: dict[str, dict[str, Any]] = {
+    "instance": {**REFERENCE_INSTANCE, "plan": "micro", "tags": {"team": "a", "env": "b"},
+                 "image_id": "img_1"},
+    "bucket": {"id": "bk_1", "region": "eu-1", "size_bytes": 10, "access": "private",
+               "tags": {"k": "v"}, "created_at": None, "versioning": True},
+}
+
+
+def _outcome(convert: Callable[[object], object], item: object) -> object:
+    """A conversion's record, or the type and message of what it raised."""
+    try:
+        return convert(item)
+    except Exception as exc:  # compared, whatever it is
+        return (type(exc), str(exc))
+
+
+def _agree(item: object) -> None:
+    assert _outcome(instance_from_api, item) == _outcome(model._checked_instance, item)
+    assert _outcome(bucket_from_api, item) == _outcome(model._checked_bucket, item)
+
+
+def test_the_inline_path_agrees_with_the_field_by_field_checks() -> None:
+    """For valid items and every item off by one field (each field dropped, or set to a
+    value of another type, past a length or a bound, negative, NaN, nested, odd tags),
+    ``instance_from_api`` and ``bucket_from_api`` give exactly what the field-by-field
+    checks give: the same record, or the same error."""
+    for sample in _SAMPLES.values():
+        _agree(sample)
+        _agree(OrderedDict(sample))  # a dict subclass: valid, and never taken inline
+        for field in _FIELDS:
+            _agree({k: v for k, v in sample.items() if k != field})
+            for value in _VALUES:
+                _agree({**sample, field: value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.sampled_from(sorted(_SAMPLES)),
+       changes=st.lists(st.tuples(st.sampled_from(_FIELDS), st.sampled_from(_VALUES)),
+                        min_size=2, max_size=4))
+def test_the_inline_path_agrees_on_several_faults(base: str,
+                                                   changes: list[tuple[str, Any]]) -> None:
+    """Items off by several fields at once give what the field-by-field checks give (the
+    first fault they name)."""
+    _agree({**_SAMPLES[base], **dict(changes)})

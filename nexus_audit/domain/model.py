@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, NamedTuple
@@ -151,8 +151,59 @@ def _ident(item: object, kind: str) -> tuple[Mapping[str, Any], str]:
     return item, _text(ident, "id", ident)
 
 
-def instance_from_api(item: object) -> Instance:
-    """Validate one ``GET /instances`` item; raise :class:`InvalidRecordError` if unusable."""
+#: The types of an unmodelled field's value that the inline path encodes: scalars, so the
+#: encoder needs no guard against a value that contains itself.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _compiled(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` for a dict of scalars, with the C encoder built once instead of
+    per call (as ``encode`` does: half its cost for a record's tags). The same text:
+    ``encode`` builds the same C encoder with the same settings, and only its guard
+    against self-containing values (``markers``) is left out, which values from JSON, or
+    scalars, cannot need."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:  # no C accelerator (another interpreter): the encoder as it is
+        return encoder.encode
+    built = make(None, encoder.default, json.encoder.encode_basestring, None,
+                 encoder.key_separator, encoder.item_separator, encoder.sort_keys,
+                 encoder.skipkeys, encoder.allow_nan)
+    join = "".join
+    return lambda value: join(built(value, 0))
+
+
+_ENCODE: Final = _compiled(_CANONICAL)
+_ENCODE_FINITE: Final = _compiled(_CANONICAL_FINITE)
+
+
+def _flat_tags(tags: object) -> str | None:
+    """:func:`_tags`' text for None or a dict of strings to strings; None for anything
+    else (then the field-by-field path decides)."""
+    if tags is None:
+        return "{}"
+    if type(tags) is not dict:
+        return None
+    for key, value in tags.items():
+        if type(key) is not str or type(value) is not str:
+            return None
+    return _ENCODE(tags)
+
+
+def _flat_extra(item: dict[str, Any], known: frozenset[str]) -> str | None:
+    """:func:`_extra`'s text for the unmodelled fields of ``item`` when each holds a
+    scalar, a float finite; None otherwise (then the field-by-field path decides)."""
+    extra = {k: v for k, v in item.items() if k not in known}
+    for value in extra.values():
+        if type(value) not in _SCALARS:
+            return None
+    try:
+        return _ENCODE_FINITE(extra)
+    except ValueError:  # NaN or Infinity: invalid, said field by field
+        return None
+
+
+def _checked_instance(item: object) -> Instance:
+    """:func:`instance_from_api` field by field: the first fault named."""
     data, ident = _ident(item, "instance")
     extra = {k: v for k, v in data.items() if k not in _INSTANCE_FIELDS}
     return Instance(
@@ -169,8 +220,8 @@ def instance_from_api(item: object) -> Instance:
     )
 
 
-def bucket_from_api(item: object) -> Bucket:
-    """Validate one ``GET /buckets`` item; raise :class:`InvalidRecordError` if unusable."""
+def _checked_bucket(item: object) -> Bucket:
+    """:func:`bucket_from_api` field by field: the first fault named."""
     data, ident = _ident(item, "bucket")
     extra = {k: v for k, v in data.items() if k not in _BUCKET_FIELDS}
     return Bucket(
@@ -182,6 +233,52 @@ def bucket_from_api(item: object) -> Bucket:
         tags=_tags(data, ident),
         extra=_extra(extra, ident),
     )
+
+
+def instance_from_api(item: object) -> Instance:
+    """Validate one ``GET /instances`` item; raise :class:`InvalidRecordError` if unusable."""
+    # The usual item is checked inline (a crawl validates a million): exact types, each
+    # bound the field-by-field checks apply, the same text for tags and extra. Anything
+    # else, valid or not, goes the field-by-field way, which names the first fault.
+    if type(item) is dict:
+        get = item.get
+        ident, name, status, region = get("id"), get("name"), get("status"), get("region")
+        cpu, memory, plan, created = get("cpu"), get("memory_gb"), get("plan"), get("created_at")
+        if (type(ident) is str and type(name) is str and type(status) is str
+                and type(region) is str and 0 < len(ident) <= MAX_TEXT
+                and 0 < len(name) <= MAX_TEXT and 0 < len(status) <= MAX_TEXT
+                and 0 < len(region) <= MAX_TEXT
+                and type(cpu) is int and 0 <= cpu <= INT32_MAX
+                and ((type(memory) is float and 0 <= memory < math.inf)
+                     or (type(memory) is int and memory >= 0))
+                and (plan is None or (type(plan) is str and len(plan) <= MAX_TEXT))
+                and (created is None
+                     or (type(created) is str and len(created) <= MAX_TEXT))):
+            tags = _flat_tags(get("tags"))
+            extra = _flat_extra(item, _INSTANCE_FIELDS)
+            if tags is not None and extra is not None:
+                return Instance(ident, name, status, region, cpu, float(memory), plan, tags,
+                                created, extra)
+    return _checked_instance(item)
+
+
+def bucket_from_api(item: object) -> Bucket:
+    """Validate one ``GET /buckets`` item; raise :class:`InvalidRecordError` if unusable."""
+    if type(item) is dict:  # the usual item inline, as in instance_from_api
+        get = item.get
+        ident, region, size, access = get("id"), get("region"), get("size_bytes"), get("access")
+        created = get("created_at")
+        if (type(ident) is str and type(region) is str and type(access) is str
+                and 0 < len(ident) <= MAX_TEXT and 0 < len(region) <= MAX_TEXT
+                and 0 < len(access) <= MAX_TEXT
+                and type(size) is int and 0 <= size <= INT64_MAX
+                and (created is None
+                     or (type(created) is str and len(created) <= MAX_TEXT))):
+            tags = _flat_tags(get("tags"))
+            extra = _flat_extra(item, _BUCKET_FIELDS)
+            if tags is not None and extra is not None:
+                return Bucket(ident, region, size, access, created, tags, extra)
+    return _checked_bucket(item)
 
 
 CrawlStatus = Literal["succeeded", "failed"]
