@@ -20,7 +20,10 @@ def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads``' object hook: a key repeated with another value is a contradiction
     (``"access": "public-read"`` then ``"private"``) that Python would settle silently by
     keeping the last; other parsers keep the first. Identical repeats are harmless."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(pairs)
+    if len(out) == len(pairs):  # no key repeated (the usual object): nothing to compare
+        return out
+    out = {}
     for key, value in pairs:
         if key in out and out[key] != value:
             raise RepeatedKeyError(key)
@@ -44,3 +47,20 @@ def redact_fields(record: R, secret: str) -> R:
         for name, value in zip(record._fields, record, strict=True)
         if isinstance(value, str) and secret in value}
     return record._replace(**leaked) if leaked else record
+
+
+def redact_page(records: list[R], secret: str) -> list[R]:
+    """:func:`redact_fields` of each of ``records`` (a page), with one test for the page.
+
+    When one of the page's text fields holds ``secret``, so do all of them joined (by NUL,
+    so that a key spans two fields only if it holds a NUL): a page whose joined text does
+    not hold it (every page of an honest API) is returned as it is; the others are
+    redacted record by record.
+    """
+    if not secret or not records:
+        return records
+    text = "\x00".join([value for record in records for value in record
+                        if isinstance(value, str)])
+    if secret not in text:
+        return records
+    return [redact_fields(record, secret) for record in records]

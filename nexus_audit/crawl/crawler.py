@@ -2,9 +2,9 @@
 
 Instances and buckets are walked concurrently. Records stream to a :class:`CrawlSink` in
 batches as pages arrive; only the ids seen stay in memory, each with a compact fingerprint
-(40 bits of the record's hash and the index of the answer it came in: one int, no record
-kept). Any API error, invalid record or repeated cursor fails the crawl: a half-seen
-fleet is worse than none, because history would read the missing half as "removed".
+(:mod:`nexus_audit.crawl.collector`). Any API error, invalid record or repeated cursor
+fails the crawl: a half-seen fleet is worse than none, because history would read the
+missing half as "removed".
 
 **Duplicates.** An id seen again with the same contents is dropped (pages shift under
 churn). An id seen again with *different* contents fails the crawl with
@@ -38,14 +38,14 @@ request for the total, and proves completeness:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from nexus_audit.api.client import REQUEST_ID_LIMIT, ApiStats, CloudNexusClient
 from nexus_audit.api.pagination import CursorWalk, fetch_total
-from nexus_audit.api.untrusted import redact_fields
 from nexus_audit.config import AccountConfig
+from nexus_audit.crawl.collector import Collector
 from nexus_audit.crawl.progress import CrawlProgress
 from nexus_audit.domain.model import (
     KINDS,
@@ -62,7 +62,6 @@ from nexus_audit.domain.tolerance import DEFAULT_TOTAL_TOLERANCE, TotalTolerance
 from nexus_audit.errors import (
     ApiError,
     CrawlError,
-    DuplicateConflictError,
     NexusAuditError,
     RateLimitedError,
     StoreError,
@@ -77,15 +76,9 @@ log = get_logger(__name__)
 BATCH_SIZE: Final = 1000
 #: The error code of a complete crawl the store refused to commit (recorded as failed).
 COMMIT_REFUSED: Final = "COMMIT_REFUSED"
-_SAMPLE: Final = 5
-#: Bits of a record's hash kept as its fingerprint; the answer's index goes above them.
-#: Two different copies of one id pass as the same with odds of 2**-40.
 MAX_FANOUT_REGIONS: Final = 64  #: more regions (no cloud has so many) walk one chain
-_FP_BITS: Final = 40
-_FP_MASK: Final = (1 << _FP_BITS) - 1
 
 T = TypeVar("T")
-R = TypeVar("R", Instance, Bucket)
 
 
 class CrawlSink(Protocol):
@@ -120,100 +113,6 @@ class CrawlStore(Protocol):
 
     def previous_regions(self, account: str) -> list[str]:
         """Regions of the account's last successful instance crawl."""
-
-
-class _Collector(Generic[R]):
-    """Validates raw items, drops identical repeats, fails on conflicting ones, and hands
-    batches to the sink."""
-
-    def __init__(
-        self,
-        kind: Kind,
-        convert: Callable[[object], R],
-        emit: Callable[[Sequence[R]], None],
-        client: CloudNexusClient,
-        progress: CrawlProgress | None,
-        batch_size: int,
-    ) -> None:
-        self.kind = kind
-        self._convert: Callable[[object], R] = convert
-        self._emit: Callable[[Sequence[R]], None] = emit
-        self._client = client
-        self._secret = client.account.api_key.reveal()
-        self._progress = progress
-        self._batch_size = batch_size
-        self._batch: list[R] = []
-        #: id -> (answer index << _FP_BITS) | fingerprint: one int per id, not the record.
-        self._seen: dict[str, int] = {}
-        #: Per answer added: its request id and the walk phase it belongs to.
-        self._answers: list[tuple[str | None, int]] = []
-        #: The walk phase: 0 for the first walks, 1 for the fan-out's unfiltered fallback,
-        #: whose copies may supersede (not contradict) the earlier phase's.
-        self.phase = 0
-        self.duplicates = 0
-        self.duplicate_sample: list[str] = []
-        self.superseded = 0
-        self.superseded_sample: list[str] = []
-
-    @property
-    def count(self) -> int:
-        """Unique records collected."""
-        return len(self._seen)
-
-    def add(self, items: Sequence[object], request_id: str | None = None) -> None:
-        """Take one answer's raw items; :class:`InvalidRecordError` on the first bad one,
-        :class:`DuplicateConflictError` on an id seen before with other contents."""
-        answer = len(self._answers)
-        self._answers.append((request_id, self.phase))
-        tag = answer << _FP_BITS
-        seen = self._seen
-        for item in items:
-            try:
-                record = self._convert(item)
-            except InvalidRecordError as exc:
-                self._client.count_invalid(self.kind)
-                exc.request_id = request_id  # the answer the item came in, for support
-                raise
-            record = redact_fields(record, self._secret)
-            fingerprint = hash(record) & _FP_MASK
-            before = seen.get(record.id)
-            if before is None:
-                seen[record.id] = tag | fingerprint
-            elif before & _FP_MASK == fingerprint:
-                self.duplicates += 1
-                if len(self.duplicate_sample) < _SAMPLE:
-                    self.duplicate_sample.append(record.id)
-                continue
-            else:
-                first_id, first_phase = self._answers[before >> _FP_BITS]
-                if first_phase == self.phase:
-                    raise DuplicateConflictError(
-                        f"{self.kind}: id {record.id!r:.80} came twice with different contents "
-                        f"(request ids {first_id or 'unknown'} and {request_id or 'unknown'}); "
-                        "neither copy was recorded", request_id=request_id)
-                # A later phase's copy: a change between walks (see the module docstring).
-                seen[record.id] = tag | fingerprint
-                self.superseded += 1
-                if len(self.superseded_sample) < _SAMPLE:
-                    self.superseded_sample.append(record.id)
-            self._batch.append(record)
-            if len(self._batch) >= self._batch_size:
-                self.flush()
-        if self._progress is not None:
-            self._progress.records[self.kind] = len(seen)
-
-    def superseded_note(self) -> str | None:
-        """The note a crawl stores when a later walk's copies replaced earlier ones."""
-        if not self.superseded:
-            return None
-        return (f"{self.kind}: {self.superseded} changed between the region walks and the "
-                "unfiltered walk; the unfiltered walk's (later) copies kept")
-
-    def flush(self) -> None:
-        """Hand the pending batch to the sink."""
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._emit(batch)
 
 
 async def _run_all(aws: Sequence[Awaitable[T]]) -> list[T]:
@@ -262,7 +161,7 @@ def check_total(kind: str, collected: int, first: int | None, last: int | None,
         f"{tolerance.records_for(nearest):,}); nothing committed")
 
 
-async def _walk(walk: CursorWalk, collector: _Collector[Any],
+async def _walk(walk: CursorWalk, collector: Collector[Any],
                 progress: CrawlProgress | None, *, expect: bool) -> None:
     async for items in walk:
         if expect and progress is not None and walk.pages == 1:
@@ -270,7 +169,7 @@ async def _walk(walk: CursorWalk, collector: _Collector[Any],
         collector.add(items, walk.request_id)
 
 
-async def _single_instance_walk(client: CloudNexusClient, collector: _Collector[Instance],
+async def _single_instance_walk(client: CloudNexusClient, collector: Collector[Instance],
                                 progress: CrawlProgress | None,
                                 tolerance: TotalTolerance) -> str | None:
     walk = CursorWalk(client, "/instances", "instances")
@@ -279,7 +178,7 @@ async def _single_instance_walk(client: CloudNexusClient, collector: _Collector[
                        tolerance)
 
 
-async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
+async def _fan_out(client: CloudNexusClient, collector: Collector[Instance],
                    regions: Sequence[str], progress: CrawlProgress | None,
                    account: str, tolerance: TotalTolerance) -> str | None:
     walks = [CursorWalk(client, "/instances", "instances", {"region": r}) for r in regions]
@@ -317,7 +216,7 @@ async def _fan_out(client: CloudNexusClient, collector: _Collector[Instance],
     return "; ".join(n for n in (note, superseded) if n) or None
 
 
-async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Instance],
+async def _crawl_instances(client: CloudNexusClient, collector: Collector[Instance],
                            regions: Sequence[str], progress: CrawlProgress | None,
                            account: str, tolerance: TotalTolerance) -> str | None:
     if 1 < len(regions) <= MAX_FANOUT_REGIONS:  # more: a region per instance, say
@@ -325,7 +224,7 @@ async def _crawl_instances(client: CloudNexusClient, collector: _Collector[Insta
     return await _single_instance_walk(client, collector, progress, tolerance)
 
 
-async def _crawl_buckets(client: CloudNexusClient, collector: _Collector[Bucket],
+async def _crawl_buckets(client: CloudNexusClient, collector: Collector[Bucket],
                          progress: CrawlProgress | None, tolerance: TotalTolerance) -> str | None:
     # The reference shows /buckets unpaged; if an answer carries pagination, follow it.
     walk = CursorWalk(client, "/buckets", "buckets", paginated=False)
@@ -389,9 +288,9 @@ async def crawl_account(
         progress.started = started
         progress.budget = client.budget
     regions = sorted({r for r in previous_regions if r})
-    instances = _Collector("instances", instance_from_api, sink.add_instances, scoped,
+    instances = Collector("instances", instance_from_api, sink.add_instances, scoped,
                            progress, batch_size)
-    buckets = _Collector("buckets", bucket_from_api, sink.add_buckets, scoped, progress,
+    buckets = Collector("buckets", bucket_from_api, sink.add_buckets, scoped, progress,
                          batch_size)
     jobs: list[Awaitable[str | None]] = []
     if "instances" in wanted:
