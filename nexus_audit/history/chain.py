@@ -121,7 +121,7 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _converter(column: str) -> Callable[[Any], Any] | None:
+def column_converter(column: str) -> Callable[[Any], Any] | None:
     """The type a column's non-null value is stored as (None: as it is)."""
     if column in _INTEGER:
         return int
@@ -135,12 +135,12 @@ def _converter(column: str) -> Callable[[Any], Any] | None:
 def _typed(column: str, value: Any) -> Any:
     """A column's value as the database stores it (the line must not depend on whether
     the value came from the API's JSON or from DuckDB)."""
-    convert = _converter(column)
+    convert = column_converter(column)
     return value if value is None or convert is None else convert(value)
 
 
-#: Per version view, :func:`_converter` of each of its columns.
-_VIEW_CONVERTERS: Final = {view: tuple(map(_converter, columns))
+#: Per version view, :func:`column_converter` of each of its columns.
+_VIEW_CONVERTERS: Final = {view: tuple(map(column_converter, columns))
                            for view, columns in VIEW_COLUMNS.items()}
 
 

@@ -6,8 +6,10 @@ Store still remembers the previous sums (:class:`~nexus_audit.history.chain.View
 a few hashes per changed record, nothing per unchanged one. Otherwise (a Store's first
 commit of an account, another writer in between, a set-based commit) they are computed
 from the account's current rows, read back inside the transaction in batches of
-:data:`FETCH_ROWS` (never the whole fleet as Python objects at once: a million instances
-fetched in one piece took 600 MB of tuples).
+:data:`~nexus_audit.history.elements.FETCH_ROWS` (never the whole fleet as Python objects
+at once: a million instances fetched in one piece took 600 MB of tuples), each row's
+element built by DuckDB where it writes the row's line exactly as Python does
+(:mod:`nexus_audit.history.elements`).
 
 Updating a sum takes away the elements of the rows a change replaces, which the Store
 keeps by id: only for views of up to :data:`~nexus_audit.history.staging.REMEMBER_ROWS`
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from operator import itemgetter
@@ -45,11 +47,11 @@ from nexus_audit.history.chain import (
     ViewState,
     correction,
     crawl_row,
-    element,
     genesis,
     manifest,
     row_line,
 )
+from nexus_audit.history.elements import Batch, fold_elements
 from nexus_audit.history.plain import optimized
 from nexus_audit.history.schema import BUCKET_COLUMNS, INSTANCE_COLUMNS, Record
 from nexus_audit.history.staging import REMEMBER_ROWS
@@ -74,8 +76,8 @@ _HEAD_SQL: Final = """
     UNION ALL
     SELECT 0, sha256(value), NULL FROM @h@.meta WHERE key = 'chain_genesis'
     ORDER BY 1 DESC LIMIT 1"""
-#: A view's current rows of one account, as the line lists them.
-CURRENT: Final = {view: f"SELECT {', '.join(cols)} FROM @h@.{view} "
+#: A view's current rows of one account, as the line lists them (and a flag: each is one).
+CURRENT: Final = {view: f"SELECT {', '.join(cols)}, true FROM @h@.{view} "
                         "WHERE account = $a AND until_crawl IS NULL"
                   for view, cols in VIEW_COLUMNS.items()}
 
@@ -92,9 +94,6 @@ _SUM_KEY: Final = "state_sum:"
 _SAVE_SUM: Final = "INSERT OR REPLACE INTO @h@.meta VALUES ($k, $v)"
 _LOAD_SUM: Final = """SELECT m.value, c.manifest FROM @h@.meta m, @h@.crawls c
                       WHERE m.key = $k AND c.crawl_id = $c"""
-
-#: Rows read back at a time: a batch of Python objects, not the fleet.
-FETCH_ROWS: Final = 10_000
 
 #: INSERT_CRAWL's parameter of each crawl column where the names differ.
 _PARAMS: Final = {"crawl_id": "c", "requests_by_endpoint": "rbe"}
@@ -156,14 +155,20 @@ def _full(commit: duckfile.Commit, account: str, view: str, crawl_id: int, *,
     """The view's state read back from the database (inside the commit's transaction), in
     batches; the elements by id too while there are at most ``keep`` rows (else None)."""
     optimized(commit.cursor, commit.memo)
-    result = commit.cursor.execute(CURRENT[view].replace("@h@", commit.alias), {"a": account})
+    return fold_elements(commit.cursor, CURRENT[view].replace("@h@", commit.alias),
+                         {"a": account}, account, view,
+                         lambda batches: _summed(batches, crawl_id, keep=keep))
+
+
+def _summed(batches: Iterator[Batch], crawl_id: int, *, keep: int) -> ViewState:
+    """The state of the rows ``batches`` hold: their sum, and their elements by id while
+    there are at most ``keep`` rows (else None)."""
     elements: dict[str, bytes] | None = {}
     total = StateSum()
-    while rows := result.fetchmany(FETCH_ROWS):
-        digests = [element(account, view, row) for row in rows]
+    for ids, digests, _ in batches:
         total.add_all(digests)
         if elements is not None:
-            elements.update(zip([str(row[0]) for row in rows], digests, strict=True))
+            elements.update(zip(ids, digests, strict=True))
             # More rows than remembered, or an id on two rows (never written so): the
             # elements could not follow the sum; none are kept.
             if len(elements) > keep or len(elements) != total.rows:
@@ -216,14 +221,20 @@ def _moved(commit: duckfile.Commit, account: str, view: str, old: ViewState,
     used) and the rows the commit opened (added) and closed (taken away), read back
     inside the commit's transaction in batches."""
     optimized(commit.cursor, commit.memo)
-    result = commit.cursor.execute(MOVED[view].replace("@h@", commit.alias),
-                                   {"a": account, "c": crawl_id})
+    return fold_elements(commit.cursor, MOVED[view].replace("@h@", commit.alias),
+                         {"a": account, "c": crawl_id}, account, view,
+                         lambda batches: _shifted(batches, old, crawl_id))
+
+
+def _shifted(batches: Iterator[Batch], old: ViewState, crawl_id: int) -> ViewState:
+    """``old``'s sum with the rows ``batches`` flag as opened added and the others
+    taken away."""
     total = old.total.copy()
-    while rows := result.fetchmany(FETCH_ROWS):
-        total.add_all([element(account, view, row[:-1]) for row in rows if row[-1]])
-        for row in rows:
-            if not row[-1]:
-                total.remove(element(account, view, row[:-1]))
+    for _, digests, opened in batches:
+        total.add_all([digest for digest, new in zip(digests, opened, strict=True) if new])
+        for digest, new in zip(digests, opened, strict=True):
+            if not new:
+                total.remove(digest)
     return ViewState(crawl_id, None, total)
 
 
