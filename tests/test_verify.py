@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from nexus_audit.cli import main
 from nexus_audit.history import sealing
+from nexus_audit.history import store as store_module
 from nexus_audit.history.chain import StateSum, element, row_line
 from nexus_audit.history.staging import REMEMBER_ROWS
 from nexus_audit.history.store import Store
@@ -111,6 +112,41 @@ def test_a_store_remembering_nothing_seals_the_same_chain(tmp_path: Path) -> Non
                                       ).fetchall())
         assert verify(path).crawls == len(ids)
     assert chains[0] == chains[1]
+
+
+def test_a_large_commit_compacts_before_its_seal_reads_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit of more records than the Store remembers compacts the log of each view it
+    reads back in full, in its own transaction, before reading it (so the view reads its
+    rows as they are, not through its window over every open row); a commit the Store
+    remembers does not. Either way the history is row for row the same, and verifies."""
+    compacted: list[str] = []
+    real = store_module.compact_log
+
+    def recorded(commit: Any, log: str) -> None:
+        compacted.append(log)
+        real(commit, log)
+
+    monkeypatch.setattr(store_module, "compact_log", recorded)
+    paths = {remember: tmp_path / f"remember-{remember}.duckdb" for remember in (0, 10)}
+    calls = {}
+    for remember, path in paths.items():
+        store = Store(path, lock_timeout=5.0, remember_rows=remember)
+        store.migrate()
+        crawl(store, T0, instances=[inst("i-1"), inst("i-2")], buckets=[bucket("b-1")])
+        crawl(store, T0 + HOUR, instances=[inst("i-1", status="stopped"), inst("i-3")],
+              buckets=[bucket("b-1", size=5)])
+        store.close()
+        calls[remember], compacted[:] = list(compacted), []
+    # The first commit reads each view back in full; the second moves the sums it kept.
+    assert calls == {0: ["instance_log", "bucket_log", "bucket_size_log"], 10: []}
+    rows = []
+    for path in paths.values():
+        with Store(path).read() as con:
+            rows.append([con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                         for t in ("instance_log", "bucket_log", "bucket_size_log")])
+        assert verify(path).crawls == 2
+    assert rows[0] == rows[1]
 
 
 def test_a_store_remembers_fleets_up_to_its_limit(tmp_path: Path) -> None:

@@ -274,15 +274,17 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
          kinds: Sequence[Kind], succeeded: bool, plans: Mapping[Kind, Plan | None],
          previous: Mapping[Kind, int | None],
          memory: Mapping[tuple[str, str], ViewState],
-         corrections: Sequence[Any] = (), keep: int = REMEMBER_ROWS) -> Sealed:
+         corrections: Sequence[Any] = (), keep: int = REMEMBER_ROWS,
+         before_full: Callable[[str], None] | None = None) -> Sealed:
     """The manifest of a crawl (``values``: :data:`INSERT_CRAWL`'s parameters).
 
     ``plans``: per kind, what a diff commit appended (None: set-based); ``previous``: per
     kind, the account's successful crawl the commit followed; ``memory``: the Store's
     states; ``corrections``: the clock corrections (``ClockSkew``) the commit made;
-    ``keep``: the most rows of a view whose elements are remembered. Call
-    inside the commit's transaction, after the crawl's history is written (a set-based
-    commit's state is read back).
+    ``keep``: the most rows of a view whose elements are remembered; ``before_full``:
+    called with a view's name before it is read back in full (the Store compacts its
+    log then). Call inside the commit's transaction, after the crawl's history is written
+    (a set-based commit's state is read back).
     """
     crawl_id = int(values["c"])
     seq, prev, prev_crawl = head(commit)
@@ -314,6 +316,8 @@ def seal(commit: duckfile.Commit, values: Mapping[str, Any], *, account: str,
                              if old is not None and fresh and old.elements is None else None)
                     # A sum alone stays a sum alone (a large fleet, or one past the
                     # Store's budget): elements come back only with a full read.
+                    if moved is None and before_full is not None:
+                        before_full(view)
                     new = (moved if moved is not None
                            else _full(commit, account, view, crawl_id, keep=keep))
                 if new.elements is None:

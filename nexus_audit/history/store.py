@@ -82,12 +82,14 @@ from nexus_audit.history.writes import (
     DIRTY,
     INSERT_CRAWL,
     LAST_ID,
+    LOGS,
     WRITE_STATE,
     Tail,
     append_params,
     appended_logs,
     as_failed,
     compact,
+    compact_log,
     crawl_row_params,
     diff_plan,
     parsed,
@@ -263,11 +265,12 @@ class Store:
         # unbounded if DuckDB ran out of it (spill.py).
         memory = self.files.memory
         return memory.run(lambda bounded: self._write_once(summary, staged, bounded,
-                                                           memory.around(compact)))
+                                                           memory.around(compact),
+                                                           large=True))
 
     def _write_once(self, summary: CrawlSummary, staged: StagedCrawl | None,
                     bounded: contextlib.AbstractContextManager[None],
-                    settle: Callable[[Commit], None]) -> int:
+                    settle: Callable[[Commit], None], *, large: bool = False) -> int:
         kinds = [k for k in KINDS if k in summary.kinds]
         account = summary.account
         with translated(lambda exc: write_failure(self.path, exc)):
@@ -302,10 +305,11 @@ class Store:
                             plans[kind] = self._advance(commit, staged, kind, crawl_id,
                                                         diff=diff[kind])
                     row = crawl_row_params(summary, kinds, crawl_id)
+                    early = (lambda view: compact_log(commit, LOGS[view])) if large else None
                     sealed = seal(commit, row, account=account, kinds=kinds,
                                   succeeded=staged is not None, plans=plans,
                                   previous=latest, memory=self._states, corrections=skews,
-                                  keep=self.remember_rows)
+                                  keep=self.remember_rows, before_full=early)
                     plain(commit)
                     cursor.execute(parsed(commit, INSERT_CRAWL.replace("@h@", alias)),
                                    {**row, **sealed.params()})

@@ -208,13 +208,26 @@ def compact(commit: duckfile.Commit) -> None:
     dirty = commit.memo.get(DIRTY)
     if not dirty:
         return
+    optimized(commit.cursor, commit.memo)
+    with transaction(commit.cursor):
+        for log in sorted(dirty):
+            compact_log(commit, log)
+    dirty.clear()
+
+
+def compact_log(commit: duckfile.Commit, log: str) -> None:
+    """Compact ``log`` now, inside the caller's transaction.
+
+    A large set-based commit does so for each view it seals in full, before reading the
+    view back: compacted, the view reads its current rows as they are, where before it
+    ran its window over every open row after the mark (a first commit: the whole fleet,
+    which the compaction before the file is let go sorted once more). Compacting is
+    idempotent, so that later compaction finds the log as it leaves it.
+    """
     cursor, h = commit.cursor, commit.alias
     optimized(cursor, commit.memo)
-    with transaction(cursor):
-        for log in sorted(dirty):
-            cursor.execute(_COMPACT[log].replace("@h@", h))
-            cursor.execute(_MARK[log].replace("@h@", h))
-    dirty.clear()
+    cursor.execute(_COMPACT[log].replace("@h@", h))
+    cursor.execute(_MARK[log].replace("@h@", h))
 
 
 
