@@ -8,6 +8,7 @@ never a silent stall, never the key in what is stored, exported or printed.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -246,6 +247,7 @@ async def test_truncation_with_one_total_or_two_close_ones_fails(
     {"memory_gb": float("inf")},
     {"memory_gb": float("-inf")},
     {"cpu": 2**31},
+    {"memory_gb": 1e300},
     {"score": float("nan")},
 ])
 async def test_non_finite_or_out_of_range_numbers_are_invalid(
@@ -258,6 +260,30 @@ async def test_non_finite_or_out_of_range_numbers_are_invalid(
     error = assert_failed(summary, store, "INVALID_RECORD")
     assert "inst_00002" in error
     assert summary.request_id == "req-instances-0"
+
+
+@pytest.mark.parametrize("fields", [
+    {"name": "web-\ud800"},
+    {"region": "\udfffeu"},
+    {"tags": {"team": "a\udc00"}},
+    {"tags": {"\ud800": "x"}},
+    {"image": "img-\ud800"},
+    {"id": "inst_\ud800"},
+])
+async def test_lone_surrogates_are_invalid_records(hostile_api: MakeHostile, tmp_path: Path,
+                                                   fields: dict[str, Any]) -> None:
+    """A ``\\ud800`` escape in any text of a record (a JSON string, but no Unicode text)
+    fails the crawl INVALID_RECORD with the request id, escaped in the stored error: not
+    a STORE failure from DuckDB's UTF-8 conversion."""
+    api = await hostile_api()
+    api.script("/instances", [Answer(body=json.dumps(  # ensure_ascii: the escape as sent
+        {"instances": [inst(1), inst(2, **fields)], "pagination": {"next_cursor": None}}
+    ).encode(), headers={"X-Request-Id": "req-sur"})])
+    summary, store = await crawl(api, tmp_path, kinds=("instances",))
+    error = assert_failed(summary, store, "INVALID_RECORD")
+    assert "lone surrogate" in error
+    assert summary.request_id == "req-sur"
+    error.encode("utf-8")  # what was stored is text
 
 
 async def test_bucket_size_past_bigint_is_invalid(hostile_api: MakeHostile,

@@ -77,11 +77,25 @@ _BUCKET_FIELDS: Final = frozenset(Bucket._fields)
 MAX_TEXT: Final = 1024
 
 
+def _utf8(value: str, key: str, ident: str) -> str:
+    """``value`` if it is Unicode text; JSON's ``\\ud800`` escapes give Python strings
+    holding lone surrogates, which are no text: UTF-8 (DuckDB's strings, Parquet, every
+    output) cannot hold them, so such an item is invalid, not a store failure."""
+    if not value.isascii():  # isascii is O(1); the common case ends here
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRecordError(
+                f"{ident:.120}: field {key!r} holds {value[exc.start]!r}, a lone surrogate "
+                "(not Unicode text)") from None
+    return value
+
+
 def _text(value: str, key: str, ident: str) -> str:
     if len(value) > MAX_TEXT:
         raise InvalidRecordError(f"{ident:.120}: field {key!r} is {len(value):,} characters "
                                  f"long, more than the {MAX_TEXT:,} recorded")
-    return value
+    return _utf8(value, key, ident)
 
 
 def _req_str(item: Mapping[str, Any], key: str, ident: str) -> str:
@@ -104,6 +118,10 @@ def _opt_str(item: Mapping[str, Any], key: str, ident: str) -> str | None:
 #: BIGINT in the store; a larger count is no count CloudNexus could mean.
 INT32_MAX: Final = 2**31 - 1
 INT64_MAX: Final = 2**63 - 1
+#: The largest ``memory_gb`` recorded (two exabytes, as ``cpu``'s bound). A DOUBLE holds
+#: 1e300, but priced per GB-hour it is no amount a report can add up (money is summed as
+#: DECIMAL(38,12)): one such record made every report fail on a conversion error.
+MAX_MEMORY_GB: Final = INT32_MAX
 
 
 def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
@@ -125,10 +143,11 @@ def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
 def _extra(extra: Mapping[str, Any], ident: str) -> str:
     """The fields we do not model as canonical JSON; a non-finite number is invalid JSON."""
     try:
-        return _CANONICAL_FINITE.encode(extra)
+        text = _CANONICAL_FINITE.encode(extra)
     except ValueError:
         raise InvalidRecordError(
             f"{ident:.120}: a field holds a non-finite number (NaN or Infinity)") from None
+    return _utf8(text, "extra", ident)
 
 
 def _tags(item: Mapping[str, Any], ident: str) -> str:
@@ -139,7 +158,7 @@ def _tags(item: Mapping[str, Any], ident: str) -> str:
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
         raise InvalidRecordError(f"{ident:.120}: field 'tags' must map strings to strings")
-    return canonical_json(tags)
+    return _utf8(canonical_json(tags), "tags", ident)
 
 
 def _ident(item: object, kind: str) -> tuple[Mapping[str, Any], str]:
@@ -212,7 +231,8 @@ def _checked_instance(item: object) -> Instance:
         status=_req_str(data, "status", ident),
         region=_req_str(data, "region", ident),
         cpu=int(_number(data, "cpu", ident, integral=True, maximum=INT32_MAX)),
-        memory_gb=float(_number(data, "memory_gb", ident, integral=False)),
+        memory_gb=float(_number(data, "memory_gb", ident, integral=False,
+                                   maximum=MAX_MEMORY_GB)),
         plan=_opt_str(data, "plan", ident),
         tags=_tags(data, ident),
         created_at=_opt_str(data, "created_at", ident),
