@@ -154,6 +154,13 @@ class SchemaTooNewError(StoreError):
     hint = "upgrade nexus-audit, or point NEXUS_AUDIT_DB at another file"
 
 
+class CostOutOfRangeError(NexusAuditError):
+    """An amount of money passes what a report adds up exactly (DECIMAL(38,12): under
+    10^26): prices out of proportion to the fleet they price."""
+
+    hint = "check the prices in the pricing file (NEXUS_AUDIT_PRICING or pricing = ...)"
+
+
 class NoDataError(NexusAuditError):
     """The question has no answer yet: no crawls, an unknown account, an empty window."""
 

@@ -71,6 +71,13 @@ def test_hourly_price_fallbacks() -> None:
     (("name = \"acme-contract\"", "name = \"\""), "'name'"),
     (("[plans.micro]", "[plans.micro]\ncolour = \"red\""), "unknown key"),
     (("[plans.micro]", "[plans.micro"), "not a valid TOML"),
+    # Past what a report sums (DECIMAL(38,12)) or a record holds (cpu is an INTEGER).
+    (("hourly = 1.0", "hourly = 1_000_000_001.0"), "up to 1,000,000,000"),
+    (("storage_gb_month = 7.3", "storage_gb_month = 1e40"), "storage_gb_month"),
+    (("cpu = 2\nmemory_gb = 2\nhourly = 1.0", "cpu = 2147483648\nmemory_gb = 2\nhourly = 1.0"),
+     "'cpu'"),
+    (("cpu = 2\nmemory_gb = 2\nhourly = 1.0", "cpu = 2\nmemory_gb = 1e300\nhourly = 1.0"),
+     "memory_gb"),
 ])
 def test_invalid_lists_are_config_errors(change: tuple[str, str], message: str) -> None:
     """Every mistake is a ConfigError naming the file and the setting."""

@@ -54,6 +54,7 @@ from nexus_audit.domain.pricing import Pricing
 from nexus_audit.domain.timeutil import Window, isoformat
 from nexus_audit.errors import NoDataError, UsageError
 from nexus_audit.history.evidence import Evidence, read_evidence
+from nexus_audit.history.failures import money_in_range
 from nexus_audit.history.protocol import History
 from nexus_audit.history.readers import resolve_accounts
 from nexus_audit.history.sql import create_temp, decoded, from_epoch_us, run_query
@@ -314,9 +315,10 @@ def _build(con: duckdb.DuckDBPyConnection, window: Window, wanted: Sequence[str]
 
     crawls = _crawl_stats(con, values, window, len(accounts))
     inventory = _inventory(run_query(con, "inventory", values))
-    cost = Cost(currency=pricing.currency,
-                accrued=_split(run_query(con, "cost_accrued", values)),
-                run_rate_hourly=_split(run_query(con, "run_rate", values)))
+    with money_in_range():
+        cost = Cost(currency=pricing.currency,
+                    accrued=_split(run_query(con, "cost_accrued", values)),
+                    run_rate_hourly=_split(run_query(con, "run_rate", values)))
     drift_rows = run_query(con, "drift", values, epoch_us=("observed_at",),
                            coded=_drift_coded(accounts))
     # DuckDB answers the last questions in a thread of its own (a query lets go of the

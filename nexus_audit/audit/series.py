@@ -23,6 +23,7 @@ from typing import Any, Final
 import duckdb
 
 from nexus_audit.domain.timeutil import Window
+from nexus_audit.history.failures import money_in_range
 from nexus_audit.history.sql import bind, create_temp, load_query
 
 #: The changes drift knows, in the order the charts stack them.
@@ -116,7 +117,9 @@ def build_series(con: duckdb.DuckDBPyConnection, window: Window,
     """The daily series over ``window``, on a connection holding the report's temp tables
     (``obs``, ``instance_prices``) and with the report's query ``values``."""
     cost: dict[date, dict[str, float]] = {d: {} for d in window_days(window)}
-    for number, part, amount in _run(con, "series_cost", values):
+    with money_in_range():
+        cost_rows = _run(con, "series_cost", values)
+    for number, part, amount in cost_rows:
         day = _day(number)
         # A stretch covered inside the window never lies outside its days; kept if it did.
         cost.setdefault(day, {})[part] = float(amount or 0.0)

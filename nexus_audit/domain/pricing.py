@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nexus_audit.domain.files import read_bounded
+from nexus_audit.domain.model import INT32_MAX, MAX_MEMORY_GB
 from nexus_audit.errors import ConfigError
 
 #: Storage prices are per GB-month; a month is this many hours, a GB 10^9 bytes (decimal,
@@ -80,14 +81,23 @@ class Pricing:
         return {"name": self.name, "as_of": self.as_of, "digest": self.digest}
 
 
-def _number(data: dict[str, Any], key: str, where: str, *, integral: bool = False) -> float:
+#: The largest price a list may give (per hour, per vCPU-hour, per GB-hour or per
+#: GB-month): a billion, room for any currency's real prices (a large instance is a few
+#: million dong an hour). Amounts are summed as DECIMAL(38,12), at most 10^26: a price of
+#: 1e300 made every report fail on a conversion error instead of refusing the file.
+MAX_PRICE: Final = 1e9
+
+
+def _number(data: dict[str, Any], key: str, where: str, *, integral: bool = False,
+            maximum: float = MAX_PRICE) -> float:
     value = data.get(key)
     kind = "a non-negative whole number" if integral else "a non-negative number"
+    kind += f" up to {maximum:,.0f}"
     if not isinstance(value, (int, float)) or isinstance(value, bool) or (
             integral and not isinstance(value, int)):
-        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r:.40}")
+    if not math.isfinite(value) or value < 0 or value > maximum:
+        raise ConfigError(f"{where}: '{key}' must be {kind}, got {value!r:.40}")
     return float(value)
 
 
@@ -136,8 +146,12 @@ def parse_pricing(raw: bytes, source: str) -> Pricing:
         extra = sorted(set(table) - _PLAN)
         if extra:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
-        plans.append(Plan(name=plan_name, cpu=int(_number(table, "cpu", where, integral=True)),
-                          memory_gb=_number(table, "memory_gb", where),
+        # A plan's size is held to a record's bounds (cpu is an INTEGER where the
+        # queries match it): a larger one matches no instance and failed every report.
+        plans.append(Plan(name=plan_name,
+                          cpu=int(_number(table, "cpu", where, integral=True,
+                                          maximum=INT32_MAX)),
+                          memory_gb=_number(table, "memory_gb", where, maximum=MAX_MEMORY_GB),
                           hourly=_number(table, "hourly", where)))
     return Pricing(
         name=_text(data, "name", source), as_of=as_of, currency=currency, plans=tuple(plans),

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import duckdb
 
-from nexus_audit.errors import NexusAuditError, StoreError
+from nexus_audit.errors import CostOutOfRangeError, NexusAuditError, StoreError
 
 
 @contextlib.contextmanager
@@ -23,3 +23,18 @@ def translated(message: Callable[[duckdb.Error], str],
         yield
     except duckdb.Error as exc:
         raise error(message(exc)) from exc
+
+
+@contextlib.contextmanager
+def money_in_range() -> Iterator[None]:
+    """Raise :class:`~nexus_audit.errors.CostOutOfRangeError` from a cast or sum of money
+    that passes DECIMAL(38,12) inside (the queries add amounts exactly, as decimals);
+    left to :func:`translated`, it read as a damaged database (``cannot read ...:
+    Conversion Error: Could not cast value 57442291666...``)."""
+    try:
+        yield
+    except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
+        raise CostOutOfRangeError(
+            "cost: an amount reaches 10^26 or more, past the 38 digits (12 of them "
+            "decimals) a report adds money in: the prices are out of proportion to the "
+            "fleet") from exc
