@@ -313,6 +313,17 @@ def read_secret_file(path: str | Path, setting: str, *, given: str | None = None
         raise ConfigError(f"{setting}: {path} is empty")
     if any(ch.isspace() for ch in value):
         raise ConfigError(f"{setting}: {path} holds more than one word; expected only the key")
+    return _secret(value, f"{setting}: {path}")
+
+
+def _secret(value: str, where: str) -> Secret:
+    """``value`` as a :class:`Secret` if it can travel in an HTTP header: a control, format
+    or other unprintable character (ESC, NUL, a bidi mark, a byte the environment could not
+    decode) is refused here, never repeated; aiohttp refused it mid-crawl, with a
+    traceback."""
+    if not value.isprintable():
+        raise ConfigError(f"{where}: holds a control or unprintable character; a key or token "
+                          "is one word of printable characters (not repeated here)")
     return Secret(value)
 
 
@@ -365,7 +376,7 @@ def _env_key(env: Mapping[str, str]) -> Secret | None:
         value = env["NEXUS_API_KEY"].strip()
         if not value or any(ch.isspace() for ch in value):
             raise ConfigError("NEXUS_API_KEY: empty or contains white space")
-        return Secret(value)
+        return _secret(value, "NEXUS_API_KEY")
     if env.get("NEXUS_API_KEY_FILE"):
         return read_secret_file(env["NEXUS_API_KEY_FILE"], "NEXUS_API_KEY_FILE")
     return None
@@ -393,7 +404,7 @@ def _accounts(env: Mapping[str, str], data: Mapping[str, Any], base: Path, where
             var = text(table["api_key_env"], f"{label}.api_key_env")
             if not env.get(var):
                 raise ConfigError(f"{label}.api_key_env: the variable {var} is not set")
-            key = Secret(env[var].strip())
+            key = _secret(env[var].strip(), f"{label}.api_key_env ({var})")
         if env_key is not None and len(tables) == 1:
             key = env_key  # the environment wins
         if key is None:

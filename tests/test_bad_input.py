@@ -158,6 +158,17 @@ FLAG_CASES: list[Any] = [
     pytest.param(("simulate", "--latency", "abc"), {}, "--latency", id="simulate-latency"),
     pytest.param(("demo", "--interval", "soon"), {}, "--interval", id="demo-interval"),
     pytest.param(("demo", "--listen", "nohost"), {}, "listen", id="demo-listen"),
+    # Bytes the command line could not decode (Python's lone surrogates): refused before
+    # any work, not a traceback (--listen, --upload after the report was printed) or a
+    # DuckDB conversion error (--to, after creating the directory).
+    pytest.param(("serve", "--listen", "\udcff:0"), WITH_KEY, "--listen",
+                 id="serve-listen-not-utf8"),
+    pytest.param(("report", "--upload", "bk\udcff/k"), {}, "--upload",
+                 id="report-upload-not-utf8"),
+    pytest.param(("export", "--since", "1h", "--to", "out\udcff"), {}, "--to",
+                 id="export-to-not-utf8"),
+    pytest.param(("report", "--from-export", "out\udcff"), {}, "--from-export",
+                 id="report-from-export-not-utf8"),
     pytest.param(("frobnicate",), {}, "invalid choice", id="unknown-command"),
     pytest.param((), {}, "required", id="no-command"),
 ]
@@ -213,6 +224,11 @@ def huge(folder: Path) -> str:
     return str(path)
 
 
+#: The shipped example price list, the base of the broken ones.
+PRICES = (Path(__file__).resolve().parent.parent / "nexus_audit" / "data"
+          / "pricing.toml").read_text()
+
+
 def config_cases(home: Path) -> list[tuple[str, dict[str, str], str]]:
     """Broken configuration (files and variables): id, environment, words of the error."""
     cfg = home / "cfg"
@@ -253,6 +269,27 @@ def config_cases(home: Path) -> list[tuple[str, dict[str, str], str]]:
         ("key-file-two-words", {"NEXUS_API_KEY_FILE": str(write(cfg / "two.key", "a b\n"))},
          "more than one word"),
         ("listen", {"NEXUS_AUDIT_LISTEN": "localhost"}, "listen"),
+        # A key that cannot go in a header (aiohttp refused it mid-crawl, with a traceback).
+        ("key-control", {"NEXUS_API_KEY": "nxk_\x1b[2J_key"}, "NEXUS_API_KEY"),
+        ("key-file-control", {"NEXUS_API_KEY_FILE": str(write(cfg / "ctl.key",
+                                                              "nxk_\x00_key\n"))},
+         "printable"),
+        # Variables holding bytes that are not UTF-8 (lone surrogates in Python).
+        ("account-not-utf8", {"NEXUS_ACCOUNT": "acme\udcff"}, "NEXUS_ACCOUNT"),
+        ("db-not-utf8", {"NEXUS_AUDIT_DB": str(cfg / "h\udcff.duckdb")}, "NEXUS_AUDIT_DB"),
+        ("listen-not-utf8", {"NEXUS_AUDIT_LISTEN": "\udcff:0"}, "NEXUS_AUDIT_LISTEN"),
+        # Prices no report can add up (amounts are DECIMAL(38,12)), or a plan size no
+        # record can have: a DuckDB conversion error at report time before.
+        ("pricing-price-huge", {"NEXUS_AUDIT_PRICING": str(write(
+            cfg / "huge-price.toml", PRICES.replace("hourly = 0.0075", "hourly = 1e300")))},
+         "hourly"),
+        ("pricing-rate-huge", {"NEXUS_AUDIT_PRICING": str(write(
+            cfg / "huge-rate.toml", PRICES.replace("storage_gb_month = 0.02",
+                                                   "storage_gb_month = 1e40")))},
+         "storage_gb_month"),
+        ("pricing-plan-cpu-huge", {"NEXUS_AUDIT_PRICING": str(write(
+            cfg / "huge-cpu.toml", PRICES.replace("cpu = 1\n", "cpu = 99999999999999999999\n")))},
+         "cpu"),
         # A setting naming a huge or endless file (a disk image, /dev/zero) by mistake:
         # refused at 16 MiB, not read whole (or for ever). The file is sparse.
         ("config-endless", {"NEXUS_AUDIT_CONFIG": huge(cfg)}, "not a settings file"),
@@ -274,7 +311,9 @@ UNREACHABLE = "http://127.0.0.1:9/v2"
 #: listen; each command refuses only what it reads.
 NOT_READ_BY = {("crawl", "pricing-missing"), ("crawl", "pricing-broken"),
                ("crawl", "policy-broken"), ("crawl", "pricing-endless"),
-               ("crawl", "policy-endless"), ("report", "listen")}
+               ("crawl", "policy-endless"), ("report", "listen"),
+               ("report", "listen-not-utf8"), ("crawl", "pricing-price-huge"),
+               ("crawl", "pricing-rate-huge"), ("crawl", "pricing-plan-cpu-huge")}
 
 
 @pytest.mark.parametrize("command", ["crawl", "report", "serve"])

@@ -15,6 +15,7 @@ from typing import Final, TextIO
 from nexus_audit.config import Settings
 from nexus_audit.domain import escape
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window
+from nexus_audit.domain.values import utf8
 from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.parquet import TABLES, export_history
@@ -28,9 +29,12 @@ def export_command(args: argparse.Namespace, settings: Settings, *,
     """Export the window; raises our errors for the CLI to turn into one line."""
     window = Window.parse(args.since, args.until, (clock or SystemClock()).now(),
                           names=FLAG_NAMES)
+    # DuckDB takes UTF-8 paths only: a --to it cannot write was created, locked and left
+    # behind before its COPY failed on the name.
+    target = utf8(args.to or DEFAULT_EXPORT_DIR, "--to", UsageError)
     try:
         result = export_history(Store(settings.db_path, files=process_files()),
-                                Path(args.to or DEFAULT_EXPORT_DIR),
+                                Path(target),
                                 window, accounts=[args.account] if args.account else None)
     except UnknownAccountError as exc:
         raise UsageError(str(exc), parameter="account") from None

@@ -20,6 +20,7 @@ from nexus_audit.domain import escape
 from nexus_audit.domain.policy import load_configured
 from nexus_audit.domain.pricing import load_pricing
 from nexus_audit.domain.timeutil import FLAG_NAMES, Clock, SystemClock, Window, parse_duration
+from nexus_audit.domain.values import utf8
 from nexus_audit.errors import UnknownAccountError, UsageError
 from nexus_audit.history.duckfile import process_files
 from nexus_audit.history.protocol import History
@@ -76,7 +77,8 @@ def _report_command(args: argparse.Namespace, settings: Settings, *,
     if getattr(args, "from_export", None):
         from nexus_audit.history.exports import ParquetHistory
 
-        history = ParquetHistory(*args.from_export)
+        history = ParquetHistory(*(utf8(d, "--from-export", UsageError)
+                                   for d in args.from_export))
     else:
         history = Store(settings.db_path, files=process_files())
     try:

@@ -62,15 +62,29 @@ def boolean(value: Any, setting: str) -> bool:
     raise ConfigError(f"{setting}: expected true or false, got {value!r}")
 
 
+def utf8(value: str, setting: str, error: type[UsageError] = ConfigError) -> str:
+    """``value`` if it is Unicode text. Bytes the environment or the command line could not
+    decode reach Python as lone surrogates (``\\udcff``), which no UTF-8 reader takes:
+    DuckDB refused such an account name or database path at its first query, the socket
+    layer such a listen address with a traceback."""
+    if not value.isascii():  # O(1): the common case ends here
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error(f"{setting}: {value!r} is not UTF-8 text", parameter=setting) from None
+    return value
+
+
 def text(value: Any, setting: str) -> str:
-    """A string with something in it, stripped of surrounding white space."""
+    """A string with something in it, stripped of surrounding white space, in UTF-8."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{setting}: expected a non-empty string, got {value!r}")
-    return value.strip()
+    return utf8(value.strip(), setting)
 
 
 def validate_listen(value: str, setting: str = "listen") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:9747`` for IPv6); ``UsageError`` when malformed."""
+    utf8(value, setting, UsageError)
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
     ascii_port = port_text.isascii() and port_text.isdigit()  # not "٩٧٤٧"

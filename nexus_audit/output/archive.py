@@ -40,6 +40,7 @@ from nexus_audit.config import AccountConfig, Settings
 from nexus_audit.domain import escape
 from nexus_audit.domain.exposure import is_exposed
 from nexus_audit.domain.timeutil import Clock, SystemClock, Window, isoformat, parse_duration
+from nexus_audit.domain.values import utf8
 from nexus_audit.errors import (
     ApiError,
     ConfigError,
@@ -112,6 +113,9 @@ class Target:
         part of the key: an HTTP client normalises ``/objects/../instances`` into
         ``/instances``, so ``--upload ../instances`` would become ``PUT /v2/instances``.
         """
+        # Percent-encoded into the path: a byte the command line could not decode (a
+        # lone surrogate) failed there, with a traceback, after the report was printed.
+        utf8(text, parameter, UsageError)
         bucket, sep, key = text.strip().partition("/")
         if not sep or not bucket or not key or key.endswith("/"):
             raise UsageError(f"{parameter}: {text!r} is not BUCKET/KEY "
