@@ -55,6 +55,12 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    # PEP 562's other half: without it dir(), help() and completion missed every name
+    # not yet resolved.
+    return sorted(set(globals()) | set(_HOMES))
+
+
 __all__ = [
     "PLAN_SHAPES",
     "REGIONS",
