@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -201,6 +202,32 @@ def test_bad_input_is_one_line(signed: tuple[Path, Path, bytes], env: Path,
     out, err = capsys.readouterr()
     assert (code, out, err.count("\n")) == (2, "", 1), err
     assert "--bundle: no directory" in err
+
+
+def test_bundle_never_replaces_what_is_not_a_bundle(env: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--bundle naming the history database, a symlink to it, a key, a directory or a
+    device is a usage error before the report is printed, and the file keeps every byte
+    (the bundle was renamed over the database, exit 0); an earlier bundle is replaced."""
+    db = env / "history.duckdb"
+    write_key(env / "key.pem")
+    (env / "dir").mkdir()
+    (env / "link.tar.gz").symlink_to(db)
+    os.mkfifo(env / "fifo")  # a device stands in for /dev/null (replaced, as root)
+    before = {p: p.read_bytes() for p in (db, env / "key.pem")}
+    for target in (db, env / "link.tar.gz", env / "key.pem", env / "dir", env / "fifo"):
+        code = main(["report", *WINDOW, "--bundle", str(target)])
+        out, err = capsys.readouterr()
+        assert (code, out, err.count("\n")) == (2, "", 1), (target, err)
+        assert err.startswith("nexus-audit: error: --bundle: "), err
+    assert {p: p.read_bytes() for p in before} == before
+    assert (env / "link.tar.gz").is_symlink()
+    assert (env / "fifo").is_fifo()
+    for _ in range(2):  # written, then replaced: an earlier bundle may be
+        assert main(["report", *WINDOW, "--bundle", "again.tar.gz"]) == 0
+        capsys.readouterr()
+        assert main(["verify-bundle", "again.tar.gz"]) == 0
+        capsys.readouterr()
 
 
 def test_upload_takes_a_bundle() -> None:

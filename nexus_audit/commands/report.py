@@ -48,12 +48,7 @@ def _report_command(args: argparse.Namespace, settings: Settings, *,
     now = clock.now()
     window = Window.parse(args.since, args.until, now, names=FLAG_NAMES)
     upload = _upload_request(args)  # flags checked before any work
-    bundle = Path(args.bundle) if getattr(args, "bundle", None) else None
-    if bundle is not None and not bundle.absolute().parent.is_dir():
-        # Before the report is printed: a bundle that cannot be written is a mistake in
-        # the flags, not something to find out after the work.
-        raise UsageError(f"--bundle: no directory {bundle.absolute().parent} to write "
-                         f"{bundle.name} in", parameter="bundle")
+    bundle = _bundle_target(args)
     if getattr(args, "sign_key", None) and bundle is None:
         raise UsageError("--sign-key signs an evidence bundle: give --bundle FILE.tar.gz too",
                          parameter="sign-key")
@@ -112,6 +107,42 @@ def _report_command(args: argparse.Namespace, settings: Settings, *,
     if upload is not None:
         upload.run(settings, data, report, clock=clock)
     return 0
+
+
+#: What every gzip file (an earlier bundle) begins with.
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _bundle_target(args: argparse.Namespace) -> Path | None:
+    """``--bundle``'s file, checked before the report is printed: a bundle that cannot be
+    written is a mistake in the flags, not something to find out after the work.
+
+    The bundle is renamed into place, replacing what the path names: only an earlier
+    bundle (a gzip file) may be replaced. ``--bundle "$NEXUS_AUDIT_DB"`` replaced the
+    history database with the bundle and exited 0; a device (``/dev/null``, as root) or
+    a key, price or config file named by mistake went the same way.
+    """
+    if not getattr(args, "bundle", None):
+        return None
+    bundle = Path(args.bundle)
+    if not bundle.absolute().parent.is_dir():
+        raise UsageError(f"--bundle: no directory {bundle.absolute().parent} to write "
+                         f"{bundle.name} in", parameter="bundle")
+    if bundle.is_dir():
+        raise UsageError(f"--bundle: {bundle} is a directory; name the file to write "
+                         "(e.g. DIR/evidence.tar.gz)", parameter="bundle")
+    if bundle.exists() or bundle.is_symlink():
+        earlier = False
+        if bundle.is_file():  # a FIFO is never opened: that would wait for a writer
+            try:
+                with bundle.open("rb") as existing:
+                    earlier = existing.read(2) == _GZIP_MAGIC
+            except OSError:
+                pass
+        if not earlier:
+            raise UsageError(f"--bundle: {bundle} exists and is not an earlier bundle; it "
+                             "would be replaced (name a new file)", parameter="bundle")
+    return bundle
 
 
 def _upload_request(args: argparse.Namespace) -> UploadRequest | None:
