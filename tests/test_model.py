@@ -83,7 +83,8 @@ _VALUES: list[Any] = [
     None, True, False, "", "a", "x" * 1024, "x" * 1025, "é東\x00\n\"\\", Text("t"),
     0, 1, -1, 2**31 - 1, 2**31, 2**53, 2**53 + 1, 2**63 - 1, 2**63, 10**400, 0.0, -0.0, 0.5, -0.5,
     1e308, float("nan"), float("inf"), [], {}, ["a"], {"k": "v"}, {"k": 1}, {1: "v"},
-    {"k": Text("v")}, _CYCLE]
+    {"k": Text("v")}, _CYCLE, "b\ud800", {"k": "\udcff"}, {"\udcff": "v"},
+    2147483647.0, 2147483647.5]
 _FIELDS = ("id", "name", "status", "region", "cpu", "memory_gb", "plan", "tags", "created_at",
            "size_bytes", "access", "image_id", "extra", "zone")
 _SAMPLES: dict[str, dict[str, Any]] = {

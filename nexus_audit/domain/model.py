@@ -221,6 +221,18 @@ def _flat_extra(item: dict[str, Any], known: frozenset[str]) -> str | None:
         return None
 
 
+def _unicode(*texts: str | None) -> bool:
+    """True when every text is Unicode text (see :func:`_utf8`); ASCII, the usual case,
+    is told in O(1) per text. False sends the item the field-by-field way."""
+    for text in texts:
+        if text is not None and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
 def _checked_instance(item: object) -> Instance:
     """:func:`instance_from_api` field by field: the first fault named."""
     data, ident = _ident(item, "instance")
@@ -269,14 +281,15 @@ def instance_from_api(item: object) -> Instance:
                 and 0 < len(name) <= MAX_TEXT and 0 < len(status) <= MAX_TEXT
                 and 0 < len(region) <= MAX_TEXT
                 and type(cpu) is int and 0 <= cpu <= INT32_MAX
-                and ((type(memory) is float and 0 <= memory < math.inf)
-                     or (type(memory) is int and memory >= 0))
+                and ((type(memory) is float and 0 <= memory <= MAX_MEMORY_GB)
+                     or (type(memory) is int and 0 <= memory <= MAX_MEMORY_GB))
                 and (plan is None or (type(plan) is str and len(plan) <= MAX_TEXT))
                 and (created is None
                      or (type(created) is str and len(created) <= MAX_TEXT))):
             tags = _flat_tags(get("tags"))
             extra = _flat_extra(item, _INSTANCE_FIELDS)
-            if tags is not None and extra is not None:
+            if (tags is not None and extra is not None
+                    and _unicode(ident, name, status, region, plan, created, tags, extra)):
                 return Instance(ident, name, status, region, cpu, float(memory), plan, tags,
                                 created, extra)
     return _checked_instance(item)
@@ -296,7 +309,8 @@ def bucket_from_api(item: object) -> Bucket:
                      or (type(created) is str and len(created) <= MAX_TEXT))):
             tags = _flat_tags(get("tags"))
             extra = _flat_extra(item, _BUCKET_FIELDS)
-            if tags is not None and extra is not None:
+            if (tags is not None and extra is not None
+                    and _unicode(ident, region, access, created, tags, extra)):
                 return Bucket(ident, region, size, access, created, tags, extra)
     return _checked_bucket(item)
 
