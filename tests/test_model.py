@@ -131,3 +131,13 @@ def test_the_inline_path_agrees_on_several_faults(base: str,
     """Items off by several fields at once give what the field-by-field checks give (the
     first fault they name)."""
     _agree({**_SAMPLES[base], **dict(changes)})
+
+
+@pytest.mark.parametrize(("kind", "field"), [("instance", "cpu"), ("instance", "memory_gb"),
+                                             ("bucket", "size_bytes")])
+def test_an_integer_of_hundreds_of_digits_is_an_invalid_record(kind: str, field: str) -> None:
+    """JSON bounds no integer: one past every float (10**400) is INVALID_RECORD naming the
+    field, never an OverflowError escaping the crawl's named codes."""
+    convert = instance_from_api if kind == "instance" else bucket_from_api
+    with pytest.raises(InvalidRecordError, match=f"field '{field}' must be"):
+        convert({**_SAMPLES[kind], field: 10**400})

@@ -129,9 +129,11 @@ def _number(item: Mapping[str, Any], key: str, ident: str, *, integral: bool,
     value = item.get(key)
     # bool is an int in Python but never a count in JSON. Python's json reads NaN and
     # Infinity, which compare false with everything: ``NaN < 0`` would let one through.
+    # Only a float can be non-finite: an integer of hundreds of digits (JSON has no bound)
+    # is compared as it is, not made a float (isfinite raised OverflowError on it).
     ok = isinstance(value, int) if integral else isinstance(value, (int, float))
     if (not ok or isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value < 0
+            or (isinstance(value, float) and not math.isfinite(value)) or value < 0
             or (maximum is not None and value > maximum)):
         kind = "a non-negative integer" if integral else "a finite non-negative number"
         if maximum is not None:
