@@ -88,6 +88,28 @@ def test_a_worker_report_equals_the_one_made_in_process(store: Store,
         there.report(ReportQuery(window=query.window, account="nobody"))
 
 
+def test_the_report_json_escapes_what_the_cli_escapes(tmp_path: Path,
+                                                     workers: ReportWorkers) -> None:
+    """GET /report's JSON writes DEL and U+2028 from the API as escapes (as the CLI's JSON
+    does; ``json.dumps`` escapes every character outside printable ASCII): the same value,
+    nothing raw for a line-based or terminal reader."""
+    s = Store(tmp_path / "history.duckdb", lock_timeout=5.0)
+    s.migrate()
+    crawl(s, T0, instances=[inst("i-1")])
+    crawl(s, T0 + HOUR, instances=[inst("i-1"), inst("i-\x7f\u2028")])
+    s.close()
+    settings = Settings(accounts=(AccountConfig(name="acme", api_key=Secret("k")),),
+                        db_path=s.path)
+    query = ReportQuery(window=Window(T0 - HOUR, T0 + 2 * HOUR))
+    made = StoreReports(s, settings, load_pricing(None), FakeClock(T0 + 2 * HOUR),
+                        workers=workers).report(query)
+    assert isinstance(made, bytes)
+    assert b"\x7f" not in made
+    assert "\u2028".encode() not in made
+    assert b"i-\\u007f\\u2028" in made
+    assert [d["id"] for d in json.loads(made)["drift"]] == ["i-\x7f\u2028"]
+
+
 def test_a_cancelled_job_is_interrupted_in_its_worker(store: Store, workers: ReportWorkers,
                                                        tmp_path: Path) -> None:
     """Cancelling a running job interrupts its DuckDB query in the worker (a StoreError
