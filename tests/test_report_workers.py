@@ -175,14 +175,15 @@ def test_the_rebuild_reads_stale_instances_through_a_worker_alike(
 
 
 def test_a_worker_signalled_during_its_start_up_lives_on() -> None:
-    """A Ctrl-C or hangup to serve's process group while a worker is still starting (its
-    imports take a second) does not end it: held back from the spawn until it ignores
-    them, then dropped; the worker answers its first job."""
+    """A Ctrl-C, hangup or stop (SIGTERM) to serve's process group while a worker is still
+    starting (its imports take a second) does not end it: held back from the spawn until
+    it ignores them, then dropped; the worker answers its first job."""
     worker = workers_mod._Worker(0)
     try:
         # At once: the child is still starting Python when these arrive.
         os.kill(worker.process.pid, signal.SIGINT)
         os.kill(worker.process.pid, signal.SIGHUP)
+        os.kill(worker.process.pid, signal.SIGTERM)
         worker.conn.send(("job", os.getpid, ()))
         assert worker.conn.poll(30), "the worker answered no job"
         status, pid = worker.conn.recv()

@@ -63,8 +63,11 @@ NICENESS: Final = 10
 #: How long serve's shutdown waits for its idle workers to end on their own.
 STOP_AFTER: Final = 2.0
 #: What a worker ignores: a terminal's Ctrl-C and hangup reach every process of serve's
-#: group, and serve alone decides when its workers stop.
-HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP})
+#: group, and so does a process manager's stop (systemd's control group, ``docker stop``,
+#: ``kill -TERM`` of the group), and serve alone decides when its workers stop: it drains
+#: its crawls, then closes their pipes (a worker killed by the stop failed serve's
+#: start-up rebuild with a traceback, or a /report in flight).
+HELD_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGTERM})
 #: Seconds a worker may take to stop after a cancel before it is killed.
 KILL_AFTER: Final = 10.0
 #: How often the waiting thread looks whether its job was cancelled.
@@ -190,7 +193,8 @@ def _serve(conn: Connection, niceness: int) -> None:
     # A terminal's Ctrl-C reaches every process of its group, the workers too: serve alone
     # decides when they stop (it closes their pipes), and a worker interrupted in recv()
     # printed a KeyboardInterrupt traceback over serve's log. A hangup reaches them too
-    # (SIGHUP's default ends a process): serve's reload would fail on a dead worker.
+    # (SIGHUP's default ends a process): serve's reload would fail on a dead worker. So
+    # does a stop of the whole group (SIGTERM): serve stops them once it has drained.
     for held in HELD_SIGNALS:
         signal.signal(held, signal.SIG_IGN)
     # Held back since serve spawned this process (see _Worker): one that came meanwhile
