@@ -64,7 +64,10 @@ WITH lo AS (
     FROM rated WHERE is_obs
 )
 SELECT day, CASE kind WHEN 'instances' THEN 'compute' ELSE 'storage' END AS part,
-       sum(CAST(rate * (least(b, (day + 1) * 86400000000) - greatest(a, day * 86400000000))
+       -- (the rate times microseconds as a float: as a decimal, an hour's 3.6e9 of them
+       -- took a rate a record and a price list allow past 38 digits)
+       sum(CAST(CAST(rate AS DOUBLE)
+                * (least(b, (day + 1) * 86400000000) - greatest(a, day * 86400000000))
                 / 3.6e9 AS DECIMAL(38, 12)))::DOUBLE AS amount
 FROM split
 GROUP BY ALL
