@@ -44,6 +44,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reference import reference_runs  # bench/reference.py, beside this file
+
 from nexus_audit.audit.report import build_report
 from nexus_audit.domain.model import Bucket, CrawlSummary, Instance, Kind
 from nexus_audit.domain.pricing import load_pricing
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {"both": 0.0, "buckets": 0.0}
     wall = time.perf_counter()
     mark = (0, 0, 0.0, 0.0)  # crawls, observations, spent and staging at the last weekly line
+    # The host's speed each week (bench/reference.py, untimed): a week slower than the
+    # others on a host running a third slower that week reads as the host, not the code.
+    speeds: list[float] = []
     for hour in range(hours):
         g0 = time.perf_counter()
         for _ in range(churn_i // 24 + (1 if rng.random() < (churn_i % 24) / 24 else 0)):
@@ -199,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             n = crawls - mark[0]
             week = (observations - mark[1], spent - mark[2], staging - mark[3])
             mark = (crawls, observations, spent, staging)
+            speeds.append(reference_runs(1)[0])
             print(f"  day {hour // 24 + 1}: this week {week[0] / week[1]:,.0f} observations/s "
                   f"(staging {week[2] / n * 1000:.1f} ms, commit "
-                  f"{(week[1] - week[2]) / n * 1000:.1f} ms a crawl)",
-                  file=sys.stderr, flush=True)
+                  f"{(week[1] - week[2]) / n * 1000:.1f} ms a crawl; reference workload "
+                  f"{speeds[-1]:.1f} runs per CPU-second)", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - wall
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
     schedule = "hourly" if len(minutes) == 1 else (
@@ -212,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ingest: {observations / spent:,.0f} observations/s "
           f"({spent / crawls * 1000:.1f} ms per crawl: staging {staging / crawls * 1000:.1f}, "
           f"commit {(spent - staging) / crawls * 1000:.1f}; {elapsed:.0f} s in all)")
+    if speeds:
+        print(f"  the host meanwhile: reference workload {statistics.median(speeds):.1f} runs "
+              f"per CPU-second (median of {len(speeds)} weeks; {min(speeds):.1f} to "
+              f"{max(speeds):.1f}; usual on this project's machine 11 to 14, slow phases 8 "
+              f"to 9): {observations / spent / statistics.median(speeds):,.0f} observations "
+              "per reference run")
     if len(minutes) > 1:
         for which, n in counts.items():
             print(f"  {which}: {n:,} crawls, {seconds[which] / n * 1000:.1f} ms each")

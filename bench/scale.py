@@ -86,6 +86,8 @@ from nexus_audit.logs import configure_logging  # noqa: E402
 # Errors only: the figures are the output.
 configure_logging(json=True, level=40)
 
+from reference import reference_figure  # noqa: E402 - bench/reference.py, beside this file
+
 from nexus_audit.simulator.fleet import REGIONS  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,20 +110,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
         name, _, value = row.partition(":")
         status[name] = value
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
-
-
-def reference_figure() -> float:
-    """A fixed pure-Python workload (dicts, strings, sorting), in runs per second."""
-    started = time.process_time()
-    wall = time.perf_counter()
-    rng = random.Random(1)
-    for _ in range(3):
-        table = {f"inst_{rng.getrandbits(40):010x}": i for i in range(100_000)}
-        sorted(table)
-    cpu = time.process_time() - started
-    print(f"  reference workload: {3 / cpu:.2f} runs per CPU-second "
-          f"({time.perf_counter() - wall:.2f}s wall for {cpu:.2f}s CPU)")
-    return 3 / cpu
 
 
 def load() -> str:
